@@ -1,0 +1,88 @@
+//! Register-blocked microkernels: `C[mr×nr] = alpha·A_panel·B_panel + beta·C` over a packed depth.
+//!
+//! One kernel per instruction set; the driver picks one with [`for_isa`] and never looks inside.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+
+use crate::Isa;
+
+/// Arguments of one microkernel call.
+pub(crate) struct TileArgs {
+    /// Depth of the packed panels.
+    pub kc: usize,
+    /// Packed A micro-panel: `kc × mr` values.
+    pub a: *const f32,
+    /// Packed B micro-panel: `kc × nr` values.
+    pub b: *const f32,
+    /// Top-left element of the C tile.
+    pub c: *mut f32,
+    /// Distance between rows of C.
+    pub rs_c: usize,
+    /// Distance between columns of C.
+    pub cs_c: usize,
+    /// Rows of the tile that exist in C (`<= mr`).
+    pub mr_eff: usize,
+    /// Columns of the tile that exist in C (`<= nr`).
+    pub nr_eff: usize,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the old C; exactly 0 means C is not read (NaN in C does not leak).
+    pub beta: f32,
+}
+
+/// A microkernel and its register tile.
+#[derive(Clone, Copy)]
+pub(crate) struct MicroKernel {
+    /// Rows of the register tile.
+    pub mr: usize,
+    /// Columns of the register tile.
+    pub nr: usize,
+    /// The kernel.
+    ///
+    /// # Safety
+    /// `a` and `b` must point to `kc·mr` and `kc·nr` readable floats; the `mr_eff × nr_eff`
+    /// tile of C at `c` with strides `rs_c`, `cs_c` must be valid and written by nobody else;
+    /// the instruction set of the kernel must be available.
+    pub run: unsafe fn(&TileArgs),
+}
+
+/// The microkernel of an instruction set (the scalar one for a set this build lacks).
+pub(crate) fn for_isa(isa: Isa) -> MicroKernel {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::KERNEL,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::KERNEL,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::KERNEL,
+        _ => scalar::KERNEL,
+    }
+}
+
+/// Writes a finished `mr × nr` accumulator tile (row-major in `tile`) into C, element by element.
+///
+/// # Safety
+/// Same contract on `args.c` as [`MicroKernel::run`]; `tile` holds at least `mr_eff` rows of `nr`.
+#[inline]
+pub(crate) unsafe fn store_tile_scalar(tile: &[f32], nr: usize, args: &TileArgs) {
+    for i in 0..args.mr_eff {
+        for j in 0..args.nr_eff {
+            let product = args.alpha * tile[i * nr + j];
+            // SAFETY: (i, j) is inside the mr_eff × nr_eff tile the caller owns.
+            unsafe {
+                let dst = args.c.add(i * args.rs_c + j * args.cs_c);
+                *dst = if args.beta == 0.0 {
+                    product
+                } else {
+                    product + args.beta * *dst
+                };
+            }
+        }
+    }
+}

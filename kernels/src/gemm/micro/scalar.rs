@@ -1,0 +1,33 @@
+//! Portable microkernel: plain Rust over a 4 × 8 tile, left to the compiler to vectorise.
+
+use super::{MicroKernel, TileArgs, store_tile_scalar};
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+/// The portable kernel.
+pub(crate) const KERNEL: MicroKernel = MicroKernel {
+    mr: MR,
+    nr: NR,
+    run: kernel,
+};
+
+unsafe fn kernel(args: &TileArgs) {
+    let mut acc = [0.0f32; MR * NR];
+    // SAFETY: the caller guarantees kc·MR floats at `a` and kc·NR floats at `b`.
+    let (a, b) = unsafe {
+        (
+            std::slice::from_raw_parts(args.a, args.kc * MR),
+            std::slice::from_raw_parts(args.b, args.kc * NR),
+        )
+    };
+    for (a_step, b_step) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i * NR + j] = a_step[i].mul_add(b_step[j], acc[i * NR + j]);
+            }
+        }
+    }
+    // SAFETY: the caller owns the C tile.
+    unsafe { store_tile_scalar(&acc, NR, args) };
+}

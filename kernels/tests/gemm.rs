@@ -1,0 +1,337 @@
+//! sgemm against a float64 reference on seeded random data, on every instruction set here.
+
+use accelmesh_kernels::gemm::{Epilogue, MatMut, MatRef, gemm};
+use accelmesh_kernels::{Element, Isa, KernelError};
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const SIZES: [usize; 15] = [1, 2, 3, 7, 15, 16, 17, 31, 33, 63, 65, 127, 129, 257, 1000];
+
+fn random_vec(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// A stored operand: its buffer and a view description (rows, cols, rs, cs) of op(X).
+struct Operand {
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl Operand {
+    /// A rows × cols op(X), stored transposed or not, with `pad` spare elements per line.
+    fn random(
+        rng: &mut ChaCha8Rng,
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+        pad: usize,
+    ) -> Self {
+        let (lines, line_len) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let ld = line_len + pad;
+        let data = random_vec(rng, lines * ld);
+        let (rs, cs) = if transposed { (1, ld) } else { (ld, 1) };
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    fn get(&self, i: usize, j: usize) -> f64 {
+        self.data[i * self.rs + j * self.cs] as f64
+    }
+
+    fn view<'a, T: Element>(&self, converted: &'a [T]) -> MatRef<'a, T> {
+        MatRef::new(converted, self.rows, self.cols, self.rs, self.cs).unwrap()
+    }
+}
+
+fn converted<T: Element>(data: &[f32]) -> Vec<T> {
+    data.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+/// Runs one case and checks every element against float64 with a bound scaled by |A||B|.
+#[allow(clippy::too_many_arguments)]
+fn check_case<T: Element>(
+    isa: Isa,
+    rng: &mut ChaCha8Rng,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    pad: usize,
+    alpha: f32,
+    beta: f32,
+    rel_tol: f64,
+) {
+    let a = Operand::random(rng, m, k, trans_a, pad);
+    let b = Operand::random(rng, k, n, trans_b, pad);
+    let a_t: Vec<T> = converted(&a.data);
+    let b_t: Vec<T> = converted(&b.data);
+    // Reference on the values the kernel actually sees (after rounding to T).
+    let a_seen: Vec<f32> = a_t.iter().map(|v| v.to_f32()).collect();
+    let b_seen: Vec<f32> = b_t.iter().map(|v| v.to_f32()).collect();
+    let a_ref = Operand { data: a_seen, ..a };
+    let b_ref = Operand { data: b_seen, ..b };
+    let ldc = n + pad;
+    let c0 = random_vec(rng, m * ldc);
+    let mut c = c0.clone();
+    gemm(
+        isa,
+        alpha,
+        a_ref.view(&a_t),
+        b_ref.view(&b_t),
+        beta,
+        MatMut::with_ld(&mut c, m, n, ldc).unwrap(),
+        &Epilogue::NONE,
+    )
+    .unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            let (mut exact, mut magnitude) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let prod = a_ref.get(i, p) * b_ref.get(p, j);
+                exact += prod;
+                magnitude += prod.abs();
+            }
+            let old = c0[i * ldc + j] as f64;
+            let expected = alpha as f64 * exact + beta as f64 * old;
+            let scale = (alpha as f64).abs() * magnitude + (beta as f64 * old).abs() + 1e-30;
+            let err = (c[i * ldc + j] as f64 - expected).abs() / scale;
+            assert!(
+                err <= rel_tol,
+                "{isa} {} m={m} n={n} k={k} ta={trans_a} tb={trans_b} pad={pad} \
+                 alpha={alpha} beta={beta}: C[{i},{j}] = {} expected {expected} (rel {err:e})",
+                T::NAME,
+                c[i * ldc + j]
+            );
+        }
+        // Padding between rows is never touched.
+        for j in n..ldc {
+            assert_eq!(
+                c[i * ldc + j],
+                c0[i * ldc + j],
+                "padding written at row {i}"
+            );
+        }
+    }
+}
+
+/// Sampled combinations of the sizes in every dimension, capped in work to stay quick.
+fn sampled_shapes(rng: &mut ChaCha8Rng, count: usize) -> Vec<(usize, usize, usize)> {
+    let mut shapes = Vec::new();
+    for &s in &SIZES {
+        shapes.push((s, s, s));
+    }
+    while shapes.len() < count {
+        let pick = |rng: &mut ChaCha8Rng| SIZES[rng.random_range(0..SIZES.len())];
+        let (m, n, k) = (pick(rng), pick(rng), pick(rng));
+        if m * n * k <= 40_000_000 {
+            shapes.push((m, n, k));
+        }
+    }
+    shapes
+}
+
+#[test]
+fn sgemm_matches_f64_on_every_isa() {
+    for isa in Isa::available() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
+        for (case, (m, n, k)) in sampled_shapes(&mut rng, 70).into_iter().enumerate() {
+            let trans_a = case & 1 == 1;
+            let trans_b = case & 2 == 2;
+            let pad = [0, 3, 16][case % 3];
+            let (alpha, beta) = [(1.0, 0.0), (0.75, -1.5), (-2.0, 1.0)][case % 3];
+            check_case::<f32>(
+                isa, &mut rng, m, n, k, trans_a, trans_b, pad, alpha, beta, 2e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn all_four_transposes_on_odd_sizes() {
+    for isa in Isa::available() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (m, n, k) in [(33, 17, 129), (129, 65, 31), (7, 257, 63)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                check_case::<f32>(isa, &mut rng, m, n, k, ta, tb, 5, 1.25, 0.5, 2e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_operands() {
+    for isa in Isa::available() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (m, n, k) in [(17, 33, 65), (129, 127, 257), (1, 1000, 15)] {
+            check_case::<f16>(isa, &mut rng, m, n, k, false, true, 2, 1.0, 0.0, 2e-5);
+            check_case::<bf16>(isa, &mut rng, m, n, k, true, false, 0, 1.0, 1.0, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn empty_depth_scales_c() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for isa in Isa::available() {
+        let c0 = random_vec(&mut rng, 12);
+        let mut c = c0.clone();
+        let none: [f32; 0] = [];
+        let a = MatRef::row_major(&none, 3, 0).unwrap();
+        let b = MatRef::row_major(&none, 0, 4).unwrap();
+        let cm = MatMut::row_major(&mut c, 3, 4).unwrap();
+        gemm(isa, 1.0, a, b, 0.5, cm, &Epilogue::NONE).unwrap();
+        for (x, y) in c.iter().zip(&c0) {
+            assert_eq!(*x, 0.5 * y);
+        }
+        let mut nan_c = vec![f32::NAN; 12];
+        let cm = MatMut::row_major(&mut nan_c, 3, 4).unwrap();
+        gemm(isa, 1.0, a, b, 0.0, cm, &Epilogue::NONE).unwrap();
+        assert!(nan_c.iter().all(|v| *v == 0.0), "beta = 0 must not read C");
+    }
+}
+
+#[test]
+fn beta_zero_ignores_nan_in_c_and_nan_inputs_propagate() {
+    for isa in Isa::available() {
+        let (m, n, k) = (37, 45, 29);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut a = random_vec(&mut rng, m * k);
+        let mut b = random_vec(&mut rng, k * n);
+        a[3 * k + 4] = f32::NAN; // poisons row 3 of C
+        b[5 * n + 9] = f32::INFINITY; // column 9 becomes ±inf (or NaN on row 3)
+        let mut c = vec![f32::NAN; m * n];
+        gemm(
+            isa,
+            1.0,
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&b, k, n).unwrap(),
+            0.0,
+            MatMut::row_major(&mut c, m, n).unwrap(),
+            &Epilogue::NONE,
+        )
+        .unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let v = c[i * n + j];
+                if i == 3 {
+                    assert!(v.is_nan(), "{isa}: row 3 col {j} should be NaN, got {v}");
+                } else if j == 9 {
+                    assert!(
+                        v.is_infinite(),
+                        "{isa}: ({i},9) should be infinite, got {v}"
+                    );
+                } else {
+                    assert!(v.is_finite(), "{isa}: ({i},{j}) should be finite, got {v}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn epilogue_adds_biases_and_relu() {
+    let (m, n, k) = (19, 70, 23);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let a = random_vec(&mut rng, m * k);
+    let b = random_vec(&mut rng, k * n);
+    let row_bias = random_vec(&mut rng, m);
+    let col_bias = random_vec(&mut rng, n);
+    for isa in Isa::available() {
+        let mut c = vec![0.0; m * n];
+        let epi = Epilogue {
+            row_bias: Some(&row_bias),
+            col_bias: Some(&col_bias),
+            relu: true,
+        };
+        gemm(
+            isa,
+            1.0,
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&b, k, n).unwrap(),
+            0.0,
+            MatMut::row_major(&mut c, m, n).unwrap(),
+            &epi,
+        )
+        .unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
+                let expected = (dot + row_bias[i] as f64 + col_bias[j] as f64).max(0.0);
+                assert!(
+                    (c[i * n + j] as f64 - expected).abs() < 1e-5,
+                    "{isa} ({i},{j})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_typed_errors() {
+    let data = vec![1.0f32; 64];
+    let mut out = vec![0.0f32; 64];
+    let a = MatRef::row_major(&data, 4, 3).unwrap();
+    let b = MatRef::row_major(&data, 4, 4).unwrap();
+    let c = MatMut::row_major(&mut out, 4, 4).unwrap();
+    let err = gemm(Isa::Scalar, 1.0, a, b, 0.0, c, &Epilogue::NONE).unwrap_err();
+    match err {
+        KernelError::ShapeMismatch { detail, .. } => {
+            assert!(
+                detail.contains("A is 4x3") && detail.contains("B is 4x4"),
+                "{detail}"
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let bias = [1.0f32; 3];
+    let c = MatMut::row_major(&mut out, 4, 4).unwrap();
+    let epi = Epilogue {
+        row_bias: Some(&bias),
+        ..Epilogue::NONE
+    };
+    let a = MatRef::row_major(&data, 4, 4).unwrap();
+    assert!(matches!(
+        gemm(Isa::Scalar, 1.0, a, b, 0.0, c, &epi),
+        Err(KernelError::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn runs_inside_a_caller_chosen_pool() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    pool.install(|| {
+        check_case::<f32>(
+            Isa::selected(),
+            &mut rng,
+            300,
+            200,
+            150,
+            false,
+            false,
+            0,
+            1.0,
+            0.0,
+            2e-5,
+        )
+    });
+}
