@@ -14,6 +14,12 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// Narrows an f32 to this type, rounding to nearest even.
     fn from_f32(value: f32) -> Self;
 
+    /// The slice itself when `Self` is f32 (so packing can skip the widening copy).
+    fn as_f32(slice: &[Self]) -> Option<&[f32]> {
+        let _ = slice;
+        None
+    }
+
     /// Widens a contiguous run into `dst` (same length), using F16C or shifts where available.
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         for (d, s) in dst.iter_mut().zip(src) {
@@ -33,6 +39,11 @@ impl Element for f32 {
     #[inline(always)]
     fn from_f32(value: f32) -> Self {
         value
+    }
+
+    #[inline(always)]
+    fn as_f32(slice: &[Self]) -> Option<&[f32]> {
+        Some(slice)
     }
 
     #[inline(always)]

@@ -103,8 +103,8 @@ mod tests {
     #[test]
     fn blocking_is_sane_for_common_caches() {
         let b = Blocking::for_kernel(12, 32, CacheSizes::DEFAULT);
-        assert!(b.kc >= 64 && b.kc <= 512 && b.kc % 8 == 0);
-        assert!(b.nc >= 32 && b.nc % 32 == 0);
+        assert!(b.kc >= 64 && b.kc <= 512 && b.kc.is_multiple_of(8));
+        assert!(b.nc >= 32 && b.nc.is_multiple_of(32));
         let tiny = Blocking::for_kernel(
             12,
             32,

@@ -1,4 +1,9 @@
-//! The blocked gemm loop (BLIS order): depth blocks, packed B blocks, tasks over the C grid.
+//! The blocked gemm loop (BLIS-style) and its split over threads.
+//!
+//! One call runs in two parallel phases per super-block of columns: first every task packs a
+//! share of B (all depth blocks), then every task owns a rectangle of C, packs its own rows of A
+//! once per depth block and sweeps the shared packed B in L2-sized column blocks. Two phases
+//! (not one per block) keep the cost of waking threads off small and mid-sized problems.
 
 use std::cell::Cell;
 
@@ -12,16 +17,20 @@ use super::pack::{AlignedBuf, PackA, PackB};
 use crate::Isa;
 
 /// Below this many multiply-adds a call stays on the calling thread.
-const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
-/// Tasks per thread over the C grid of one packed block, for load balance.
-const TASKS_PER_THREAD: usize = 3;
-/// Micro-panels packed per parallel packing task.
-const PANELS_PER_PACK_TASK: usize = 4;
+const PARALLEL_MIN_MACS: usize = 160 * 160 * 160;
+/// Tasks per thread over the C grid, for load balance between unevenly fast cores.
+const TASKS_PER_THREAD: usize = 2;
+/// Micro-panels of B packed per parallel packing task.
+const PANELS_PER_PACK_TASK: usize = 8;
+/// Most floats of B packed at once; wider problems are processed in column super-blocks.
+const PACKED_B_MAX: usize = 16 << 20;
 
 thread_local! {
-    /// Packing buffers kept between calls on this thread (taken while in use, so a nested
-    /// call on the same thread allocates its own instead of sharing).
-    static BUFFERS: Cell<Option<(AlignedBuf, AlignedBuf)>> = const { Cell::new(None) };
+    /// Packing buffer kept between calls on this thread (taken while in use, so a nested call
+    /// on the same thread allocates its own instead of sharing).
+    static A_BUFFER: Cell<Option<AlignedBuf>> = const { Cell::new(None) };
+    /// Packed-B buffer of the thread that runs a call, taken the same way.
+    static B_BUFFER: Cell<Option<AlignedBuf>> = const { Cell::new(None) };
 }
 
 /// A C pointer shared by tasks that write disjoint tiles.
@@ -33,7 +42,7 @@ struct SharedC {
 }
 
 // SAFETY: tasks derived from one SharedC write pairwise disjoint tiles of C (the grid split in
-// `compute_block`), and the owning `&mut` borrow outlives every task.
+// `compute`), and the owning `&mut` borrow outlives every task.
 unsafe impl Send for SharedC {}
 // SAFETY: as above.
 unsafe impl Sync for SharedC {}
@@ -46,6 +55,15 @@ pub(crate) struct Problem<'e> {
     pub alpha: f32,
     pub beta: f32,
     pub epilogue: &'e Epilogue<'e>,
+}
+
+/// Everything a task needs besides its rectangle of C.
+struct Plan<'a> {
+    p: &'a Problem<'a>,
+    a: &'a dyn PackA,
+    kernel: MicroKernel,
+    blocking: Blocking,
+    c: SharedC,
 }
 
 /// Runs `C = alpha·A·B + beta·C` (+ epilogue) with already validated shapes.
@@ -63,97 +81,92 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         return;
     }
     let kernel = micro::for_isa(isa);
-    let blocking = Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect());
+    let plan = Plan {
+        p,
+        a,
+        kernel,
+        blocking: Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()),
+        c: shared,
+    };
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && p.m.saturating_mul(p.n).saturating_mul(p.k) >= PARALLEL_MIN_MACS;
-
-    let (mut a_buf, mut b_buf) = BUFFERS.take().unwrap_or_default();
-    let row_panels = p.m.div_ceil(kernel.mr);
-    for k0 in (0..p.k).step_by(blocking.kc) {
-        let kc = blocking.kc.min(p.k - k0);
-        let a_len = row_panels * kernel.mr * kc;
-        pack_parallel(parallel, a_buf.get(a_len), kernel.mr * kc, |first, dst| {
-            let m0 = first * kernel.mr;
-            a.pack_a(m0, (p.m - m0).min(dst.len() / kc), k0, kc, kernel.mr, dst)
-        });
-        let beta = if k0 == 0 { p.beta } else { 1.0 };
-        let last = k0 + kc == p.k;
-        for n0 in (0..p.n).step_by(blocking.nc) {
-            let nc = blocking.nc.min(p.n - n0);
-            let b_len = nc.div_ceil(kernel.nr) * kernel.nr * kc;
-            pack_parallel(parallel, b_buf.get(b_len), kernel.nr * kc, |first, dst| {
-                let j0 = n0 + first * kernel.nr;
-                b.pack_b(
-                    k0,
-                    kc,
-                    j0,
-                    (n0 + nc - j0).min(dst.len() / kc),
-                    kernel.nr,
-                    dst,
-                )
-            });
-            let block = Block {
-                kernel,
-                kc,
-                n0,
-                nc,
-                beta,
-                last,
-                a: a_buf.as_slice(),
-                b: b_buf.as_slice(),
-            };
-            compute_block(p, &block, shared, if parallel { threads } else { 1 });
-        }
+    let nr = kernel.nr;
+    let super_cols = (PACKED_B_MAX / p.k / nr * nr).max(nr);
+    let mut b_buf = B_BUFFER.take().unwrap_or_default();
+    for n0 in (0..p.n).step_by(super_cols) {
+        let cols = super_cols.min(p.n - n0);
+        let panels = cols.div_ceil(nr);
+        let packed_b = b_buf.get(panels * nr * p.k);
+        pack_b_all(&plan, b, n0, cols, packed_b, parallel);
+        compute(
+            &plan,
+            n0,
+            cols,
+            packed_b,
+            if parallel { threads } else { 1 },
+        );
     }
-    BUFFERS.set(Some((a_buf, b_buf)));
+    B_BUFFER.set(Some(b_buf));
 }
 
-/// Fills `buf` panel group by panel group, in parallel when asked.
-fn pack_parallel<F>(parallel: bool, buf: &mut [f32], panel_len: usize, pack: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync,
-{
-    let group = panel_len * PANELS_PER_PACK_TASK;
-    if parallel && buf.len() > group {
-        buf.par_chunks_mut(group)
-            .enumerate()
-            .for_each(|(g, dst)| pack(g * PANELS_PER_PACK_TASK, dst));
-    } else {
-        pack(0, buf);
-    }
-}
-
-/// One packed depth block × column block, ready for the microkernels.
-struct Block<'a> {
-    kernel: MicroKernel,
-    kc: usize,
+/// Packs columns `n0..n0+cols` of B for every depth block: block `k0` starts at `k0·panels·nr`.
+fn pack_b_all(
+    plan: &Plan<'_>,
+    b: &dyn PackB,
     n0: usize,
-    nc: usize,
-    beta: f32,
-    last: bool,
-    a: &'a [f32],
-    b: &'a [f32],
+    cols: usize,
+    dst: &mut [f32],
+    parallel: bool,
+) {
+    let (nr, kc, k) = (plan.kernel.nr, plan.blocking.kc, plan.p.k);
+    let panels = cols.div_ceil(nr);
+    let pack_depth_block = |(block, dst): (usize, &mut [f32])| {
+        let k0 = block * kc;
+        let depth = kc.min(k - k0);
+        let group = PANELS_PER_PACK_TASK * nr * depth;
+        let pack_group = |(g, dst): (usize, &mut [f32])| {
+            let j0 = g * PANELS_PER_PACK_TASK * nr;
+            let width = (cols - j0).min(PANELS_PER_PACK_TASK * nr);
+            b.pack_b(k0, depth, n0 + j0, width, nr, dst);
+        };
+        if parallel {
+            dst.par_chunks_mut(group).enumerate().for_each(pack_group);
+        } else {
+            dst.chunks_mut(group).enumerate().for_each(pack_group);
+        }
+    };
+    let block_len = kc * panels * nr;
+    if parallel {
+        dst.par_chunks_mut(block_len)
+            .enumerate()
+            .for_each(pack_depth_block);
+    } else {
+        dst.chunks_mut(block_len)
+            .enumerate()
+            .for_each(pack_depth_block);
+    }
 }
 
-/// Runs the microkernel over every tile of a block, split into a grid of tasks.
-fn compute_block(p: &Problem<'_>, blk: &Block<'_>, c: SharedC, threads: usize) {
-    let (mr, nr) = (blk.kernel.mr, blk.kernel.nr);
-    let row_panels = p.m.div_ceil(mr);
-    let col_panels = blk.nc.div_ceil(nr);
-    let target = threads * TASKS_PER_THREAD;
-    let row_tasks = row_panels.min(if threads > 1 { target } else { 1 });
-    let col_tasks = col_panels.min(target.div_ceil(row_tasks)).max(1);
-    let col_tasks = if threads > 1 { col_tasks } else { 1 };
+/// Splits the C rectangle of a super-block into tasks and runs them.
+fn compute(plan: &Plan<'_>, n0: usize, cols: usize, packed_b: &[f32], threads: usize) {
+    let (mr, nr) = (plan.kernel.mr, plan.kernel.nr);
+    let row_panels = plan.p.m.div_ceil(mr);
+    let col_panels = cols.div_ceil(nr);
+    let target = if threads > 1 {
+        threads * TASKS_PER_THREAD
+    } else {
+        1
+    };
+    let row_tasks = row_panels.min(target);
+    let col_tasks = col_panels.min(target.div_ceil(row_tasks));
     let rows_per_task = row_panels.div_ceil(row_tasks);
     let cols_per_task = col_panels.div_ceil(col_tasks);
     let task = |t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let rows = rt * rows_per_task..((rt + 1) * rows_per_task).min(row_panels);
-        let cols = ct * cols_per_task..((ct + 1) * cols_per_task).min(col_panels);
-        for ip in rows {
-            for jp in cols.clone() {
-                run_tile(p, blk, c, ip, jp);
-            }
+        let panels = ct * cols_per_task..((ct + 1) * cols_per_task).min(col_panels);
+        if !rows.is_empty() && !panels.is_empty() {
+            run_task(plan, n0, cols, packed_b, rows, panels);
         }
     };
     let tasks = row_tasks * col_tasks;
@@ -164,29 +177,92 @@ fn compute_block(p: &Problem<'_>, blk: &Block<'_>, c: SharedC, threads: usize) {
     }
 }
 
-/// One microkernel call on tile (ip, jp) of the block, then the epilogue on the last depth block.
+/// One task: row panels `rows` × column panels `panels` of the super-block at `n0`.
+fn run_task(
+    plan: &Plan<'_>,
+    n0: usize,
+    cols: usize,
+    packed_b: &[f32],
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+) {
+    let p = plan.p;
+    let (mr, nr) = (plan.kernel.mr, plan.kernel.nr);
+    let (kc_max, nc) = (plan.blocking.kc, plan.blocking.nc);
+    let col_panels = cols.div_ceil(nr);
+    let first_row = rows.start * mr;
+    let row_count = (rows.end * mr).min(p.m) - first_row;
+    let nc_panels = (nc / nr).max(1);
+    let mut a_buf = A_BUFFER.take().unwrap_or_default();
+    for k0 in (0..p.k).step_by(kc_max) {
+        let kc = kc_max.min(p.k - k0);
+        let packed_a = a_buf.get(rows.len() * mr * kc);
+        plan.a.pack_a(first_row, row_count, k0, kc, mr, packed_a);
+        let packed_a = &*packed_a;
+        let b_block = &packed_b[k0 * col_panels * nr..][..kc * col_panels * nr];
+        let tile = TileStep {
+            kc,
+            beta: if k0 == 0 { p.beta } else { 1.0 },
+            last: k0 + kc == p.k,
+        };
+        for jc in panels.clone().step_by(nc_panels) {
+            let jc_end = (jc + nc_panels).min(panels.end);
+            for (ia, ip) in rows.clone().enumerate() {
+                let a_panel = &packed_a[ia * mr * kc..][..mr * kc];
+                for jp in jc..jc_end {
+                    let b_panel = &b_block[jp * nr * kc..][..nr * kc];
+                    run_tile(
+                        plan,
+                        &tile,
+                        a_panel,
+                        b_panel,
+                        ip * mr,
+                        n0 + jp * nr,
+                        n0 + cols,
+                    );
+                }
+            }
+        }
+    }
+    A_BUFFER.set(Some(a_buf));
+}
+
+/// What is common to the tiles of one depth block.
+struct TileStep {
+    kc: usize,
+    beta: f32,
+    last: bool,
+}
+
+/// One microkernel call on the tile at (row, col), then the epilogue after the last depth block.
 #[inline]
-fn run_tile(p: &Problem<'_>, blk: &Block<'_>, c: SharedC, ip: usize, jp: usize) {
-    let (mr, nr, kc) = (blk.kernel.mr, blk.kernel.nr, blk.kc);
-    let row = ip * mr;
-    let col = blk.n0 + jp * nr;
+fn run_tile(
+    plan: &Plan<'_>,
+    step: &TileStep,
+    a_panel: &[f32],
+    b_panel: &[f32],
+    row: usize,
+    col: usize,
+    col_end: usize,
+) {
+    let (p, c) = (plan.p, plan.c);
     let args = TileArgs {
-        kc,
-        a: blk.a[ip * mr * kc..(ip + 1) * mr * kc].as_ptr(),
-        b: blk.b[jp * nr * kc..(jp + 1) * nr * kc].as_ptr(),
+        kc: step.kc,
+        a: a_panel.as_ptr(),
+        b: b_panel.as_ptr(),
         // SAFETY: (row, col) is inside C: row < m and col < n by construction of the grid.
         c: unsafe { c.ptr.add(row * c.rs + col * c.cs) },
         rs_c: c.rs,
         cs_c: c.cs,
-        mr_eff: mr.min(p.m - row),
-        nr_eff: nr.min(blk.n0 + blk.nc - col),
+        mr_eff: plan.kernel.mr.min(p.m - row),
+        nr_eff: plan.kernel.nr.min(col_end - col),
         alpha: p.alpha,
-        beta: blk.beta,
+        beta: step.beta,
     };
-    // SAFETY: the packed slices above hold kc·mr and kc·nr floats; the tile is inside C and
-    // this task is the only one writing it; the kernel matches the selected, available ISA.
-    unsafe { (blk.kernel.run)(&args) };
-    if blk.last && !p.epilogue.is_identity() {
+    // SAFETY: the panels hold kc·mr and kc·nr floats (sliced by the caller); the tile is inside
+    // C and only this task writes it; the kernel matches the selected, available ISA.
+    unsafe { (plan.kernel.run)(&args) };
+    if step.last && !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, row, col, args.mr_eff, args.nr_eff);
     }
 }

@@ -5,6 +5,8 @@
 //! Rows or columns past the edge of the matrix are zero-filled. f16 and bf16 operands are
 //! widened to f32 here, so the microkernels only ever see f32.
 
+use std::borrow::Cow;
+
 use super::matrix::MatRef;
 use crate::Element;
 
@@ -20,71 +22,112 @@ pub trait PackB: Sync {
     fn pack_b(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]);
 }
 
-/// Copies a `rows × depth` block of `src` into panels of `width` rows, depth-major.
-///
-/// This is the one packing routine: A packs its rows, B packs its columns (as the rows of Bᵀ).
-fn pack_panels<T: Element>(
-    src: &MatRef<'_, T>,
-    row0: usize,
-    rows: usize,
-    depth0: usize,
+/// A block of an operand seen as `lines × depth`: line `i`, step `k` at `base + i·line_stride +
+/// k·depth_stride`. A packs its rows as lines; B packs its columns (the rows of Bᵀ).
+struct Block<'a, T> {
+    data: &'a [T],
+    base: usize,
+    line_stride: usize,
+    depth_stride: usize,
+    lines: usize,
     depth: usize,
-    width: usize,
-    transposed: bool,
-    dst: &mut [f32],
-) {
-    // (i, k) of the block lives at src.at(row0+i, depth0+k), or at src.at(depth0+k, row0+i)
-    // when `transposed` (packing B, whose panels run across its columns).
-    let (row_stride, depth_stride) = if transposed {
-        (src.col_stride(), src.row_stride())
-    } else {
-        (src.row_stride(), src.col_stride())
-    };
-    let base = if transposed {
-        depth0 * src.row_stride() + row0 * src.col_stride()
-    } else {
-        row0 * src.row_stride() + depth0 * src.col_stride()
-    };
-    let data = src.data();
-    let mut line = vec![0.0f32; if depth_stride == 1 { depth } else { 0 }];
-    for (p, panel) in dst.chunks_exact_mut(width * depth).enumerate() {
-        let first = p * width;
-        if first >= rows {
-            break;
+}
+
+impl<T: Element> Block<'_, T> {
+    #[inline(always)]
+    fn at(&self, i: usize, k: usize) -> f32 {
+        self.data[self.base + i * self.line_stride + k * self.depth_stride].to_f32()
+    }
+
+    /// `len` contiguous values starting at `start`, as f32 (borrowed when already f32).
+    fn run(&self, start: usize, len: usize) -> Cow<'_, [f32]> {
+        let src = &self.data[start..start + len];
+        match T::as_f32(src) {
+            Some(f) => Cow::Borrowed(f),
+            None => {
+                let mut wide = vec![0.0; len];
+                T::widen_slice(src, &mut wide);
+                Cow::Owned(wide)
+            }
         }
-        let live = width.min(rows - first);
-        if row_stride == 1 {
-            // The panel's rows sit side by side: each depth step is one contiguous run.
-            for k in 0..depth {
-                let start = base + first + k * depth_stride;
-                let out = &mut panel[k * width..(k + 1) * width];
-                T::widen_slice(&data[start..start + live], &mut out[..live]);
-                out[live..].fill(0.0);
-            }
-        } else if depth_stride == 1 {
-            // Each row is contiguous along the depth: widen it once, scatter across the panel.
-            for i in 0..width {
-                if i < live {
-                    let start = base + (first + i) * row_stride;
-                    T::widen_slice(&data[start..start + depth], &mut line[..depth]);
-                    for (k, v) in line[..depth].iter().enumerate() {
-                        panel[k * width + i] = *v;
-                    }
+    }
+}
+
+/// Packs a block into panels of `width` lines, choosing a loop suited to its strides.
+fn pack_block<T: Element>(block: &Block<'_, T>, width: usize, dst: &mut [f32]) {
+    match width {
+        4 => pack_fixed::<T, 4>(block, dst),
+        6 => pack_fixed::<T, 6>(block, dst),
+        8 => pack_fixed::<T, 8>(block, dst),
+        12 => pack_fixed::<T, 12>(block, dst),
+        16 => pack_fixed::<T, 16>(block, dst),
+        32 => pack_fixed::<T, 32>(block, dst),
+        _ => pack_any(block, width, dst),
+    }
+}
+
+/// Packing for a width known at compile time, so the inner copies unroll into vector moves.
+fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32]) {
+    let depth = block.depth;
+    let panels = block.lines.div_ceil(W);
+    let dst = &mut dst[..panels * W * depth];
+    if block.line_stride == 1 {
+        // Lines sit side by side: each depth step is one contiguous run across all panels.
+        for k in 0..depth {
+            let run = block.run(block.base + k * block.depth_stride, block.lines);
+            for (p, panel) in dst.chunks_exact_mut(W * depth).enumerate() {
+                let out: &mut [f32; W] = (&mut panel[k * W..(k + 1) * W]).try_into().unwrap();
+                let first = p * W;
+                if first + W <= block.lines {
+                    *out = run[first..first + W].try_into().unwrap();
                 } else {
-                    for k in 0..depth {
-                        panel[k * width + i] = 0.0;
+                    let live = block.lines - first;
+                    out[..live].copy_from_slice(&run[first..]);
+                    out[live..].fill(0.0);
+                }
+            }
+        }
+    } else if block.depth_stride == 1 {
+        // Each line is contiguous along the depth: a transpose of W lines per panel.
+        for (p, panel) in dst.chunks_exact_mut(W * depth).enumerate() {
+            let first = p * W;
+            let live = W.min(block.lines - first);
+            let lines: Vec<Cow<'_, [f32]>> = (0..live)
+                .map(|i| block.run(block.base + (first + i) * block.line_stride, depth))
+                .collect();
+            if live == W {
+                let rows: [&[f32]; W] = std::array::from_fn(|i| &lines[i][..depth]);
+                for (k, out) in panel.chunks_exact_mut(W).enumerate() {
+                    for i in 0..W {
+                        out[i] = rows[i][k];
+                    }
+                }
+            } else {
+                for (k, out) in panel.chunks_exact_mut(W).enumerate() {
+                    for i in 0..W {
+                        out[i] = if i < live { lines[i][k] } else { 0.0 };
                     }
                 }
             }
-        } else {
-            for k in 0..depth {
-                for i in 0..width {
-                    panel[k * width + i] = if i < live {
-                        data[base + (first + i) * row_stride + k * depth_stride].to_f32()
-                    } else {
-                        0.0
-                    };
-                }
+        }
+    } else {
+        pack_any(block, W, dst);
+    }
+}
+
+/// Packing for any width and strides, element by element.
+fn pack_any<T: Element>(block: &Block<'_, T>, width: usize, dst: &mut [f32]) {
+    let depth = block.depth;
+    let panels = block.lines.div_ceil(width);
+    for (p, panel) in dst.chunks_exact_mut(width * depth).take(panels).enumerate() {
+        for (k, out) in panel.chunks_exact_mut(width).enumerate() {
+            for (i, v) in out.iter_mut().enumerate() {
+                let line = p * width + i;
+                *v = if line < block.lines {
+                    block.at(line, k)
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -92,13 +135,29 @@ fn pack_panels<T: Element>(
 
 impl<T: Element> PackA for MatRef<'_, T> {
     fn pack_a(&self, m0: usize, mc: usize, k0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
-        pack_panels(self, m0, mc, k0, kc, mr, false, dst);
+        let block = Block {
+            data: self.data(),
+            base: m0 * self.row_stride() + k0 * self.col_stride(),
+            line_stride: self.row_stride(),
+            depth_stride: self.col_stride(),
+            lines: mc,
+            depth: kc,
+        };
+        pack_block(&block, mr, dst);
     }
 }
 
 impl<T: Element> PackB for MatRef<'_, T> {
     fn pack_b(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
-        pack_panels(self, n0, nc, k0, kc, nr, true, dst);
+        let block = Block {
+            data: self.data(),
+            base: k0 * self.row_stride() + n0 * self.col_stride(),
+            line_stride: self.col_stride(),
+            depth_stride: self.row_stride(),
+            lines: nc,
+            depth: kc,
+        };
+        pack_block(&block, nr, dst);
     }
 }
 
@@ -156,25 +215,46 @@ mod tests {
         let mut dst = vec![f32::NAN; 8];
         a.pack_a(0, 3, 0, 2, 2, &mut dst);
         assert_eq!(dst, [1.0, 3.0, 2.0, 4.0, 5.0, 0.0, 6.0, 0.0]);
-        let mut dst_t = vec![f32::NAN; 8];
-        a.t().t().pack_a(0, 3, 0, 2, 2, &mut dst_t);
-        assert_eq!(dst, dst_t);
     }
 
     #[test]
-    fn packs_b_from_any_layout() {
-        // B is 2x3; nr = 2.
-        let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let b = MatRef::row_major(&data, 2, 3).unwrap();
-        let mut dst = vec![f32::NAN; 8];
-        b.pack_b(0, 2, 0, 3, 2, &mut dst);
-        assert_eq!(dst, [1.0, 2.0, 4.0, 5.0, 3.0, 0.0, 6.0, 0.0]);
-        // The same matrix stored column-major.
-        let col = [1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0];
-        let bt = MatRef::new(&col, 2, 3, 1, 2).unwrap();
-        let mut dst_t = vec![f32::NAN; 8];
-        bt.pack_b(0, 2, 0, 3, 2, &mut dst_t);
-        assert_eq!(dst, dst_t);
+    fn every_width_and_layout_packs_the_same_values() {
+        let (rows, cols) = (37, 29);
+        let data: Vec<f32> = (0..rows * cols).map(|v| v as f32 * 0.5 - 7.0).collect();
+        let row_major = MatRef::row_major(&data, rows, cols).unwrap();
+        let col_major_data: Vec<f32> = (0..rows * cols)
+            .map(|idx| row_major.at(idx % rows, idx / rows))
+            .collect();
+        let col_major = MatRef::new(&col_major_data, rows, cols, 1, rows).unwrap();
+        let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let half_view = MatRef::row_major(&halves, rows, cols).unwrap();
+        for width in [2, 4, 6, 8, 12, 16, 32] {
+            let (m0, mc, k0, kc): (usize, usize, usize, usize) = (3, 33, 2, 25);
+            let len = mc.div_ceil(width) * width * kc;
+            let mut expected = vec![0.0f32; len];
+            for (idx, v) in expected.iter_mut().enumerate() {
+                let (p, rest) = (idx / (width * kc), idx % (width * kc));
+                let (k, i) = (rest / width, rest % width);
+                let row = p * width + i;
+                *v = if row < mc {
+                    row_major.at(m0 + row, k0 + k)
+                } else {
+                    0.0
+                };
+            }
+            for view_a in [&row_major, &col_major] {
+                let mut got = vec![f32::NAN; len];
+                view_a.pack_a(m0, mc, k0, kc, width, &mut got);
+                assert_eq!(got, expected, "pack_a width {width}");
+                // B = Aᵀ packs the same panels.
+                let mut got_b = vec![f32::NAN; len];
+                view_a.t().pack_b(k0, kc, m0, mc, width, &mut got_b);
+                assert_eq!(got_b, expected, "pack_b width {width}");
+            }
+            let mut got = vec![f32::NAN; len];
+            half_view.pack_a(m0, mc, k0, kc, width, &mut got);
+            assert_eq!(got, expected, "f16 pack_a width {width}");
+        }
     }
 
     #[test]
