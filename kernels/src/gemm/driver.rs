@@ -90,6 +90,25 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     };
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && p.m.saturating_mul(p.n).saturating_mul(p.k) >= PARALLEL_MIN_MACS;
+    let caches = CacheSizes::detect();
+    let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 2 / 4;
+    if small
+        && kernel.direct_b
+        && let Some((data, row_stride)) = b.direct_rows()
+    {
+        // Small, single-threaded and cache-resident: read B in place, pack only A.
+        let source = BSource::Direct { data, row_stride };
+        let row_panels = p.m.div_ceil(kernel.mr);
+        run_task(
+            &plan,
+            0,
+            p.n,
+            source,
+            0..row_panels,
+            0..p.n.div_ceil(kernel.nr),
+        );
+        return;
+    }
     let nr = kernel.nr;
     let super_cols = (PACKED_B_MAX / p.k / nr * nr).max(nr);
     let mut b_buf = B_BUFFER.take().unwrap_or_default();
@@ -166,7 +185,7 @@ fn compute(plan: &Plan<'_>, n0: usize, cols: usize, packed_b: &[f32], threads: u
         let rows = rt * rows_per_task..((rt + 1) * rows_per_task).min(row_panels);
         let panels = ct * cols_per_task..((ct + 1) * cols_per_task).min(col_panels);
         if !rows.is_empty() && !panels.is_empty() {
-            run_task(plan, n0, cols, packed_b, rows, panels);
+            run_task(plan, n0, cols, BSource::Packed(packed_b), rows, panels);
         }
     };
     let tasks = row_tasks * col_tasks;
@@ -177,12 +196,46 @@ fn compute(plan: &Plan<'_>, n0: usize, cols: usize, packed_b: &[f32], threads: u
     }
 }
 
+/// Where the microkernels read B from.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    /// Packed panels of a super-block, depth block `k0` at `k0·panels·nr`.
+    Packed(&'a [f32]),
+    /// B itself, row-major: element (k, j) at `k·row_stride + j`.
+    Direct { data: &'a [f32], row_stride: usize },
+}
+
+impl BSource<'_> {
+    /// Pointer to step `k0` of column panel `jp` (of `panels` in a super-block at `n0`), and the
+    /// distance between its depth steps.
+    #[inline]
+    fn panel(
+        &self,
+        k0: usize,
+        kc: usize,
+        n0: usize,
+        jp: usize,
+        panels: usize,
+        nr: usize,
+    ) -> (*const f32, usize) {
+        match *self {
+            BSource::Packed(packed) => {
+                let panel = &packed[k0 * panels * nr + jp * nr * kc..][..nr * kc];
+                (panel.as_ptr(), nr)
+            }
+            BSource::Direct { data, row_stride } => {
+                (data[k0 * row_stride + n0 + jp * nr..].as_ptr(), row_stride)
+            }
+        }
+    }
+}
+
 /// One task: row panels `rows` × column panels `panels` of the super-block at `n0`.
 fn run_task(
     plan: &Plan<'_>,
     n0: usize,
     cols: usize,
-    packed_b: &[f32],
+    b_source: BSource<'_>,
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
 ) {
@@ -199,7 +252,6 @@ fn run_task(
         let packed_a = a_buf.get(rows.len() * mr * kc);
         plan.a.pack_a(first_row, row_count, k0, kc, mr, packed_a);
         let packed_a = &*packed_a;
-        let b_block = &packed_b[k0 * col_panels * nr..][..kc * col_panels * nr];
         let tile = TileStep {
             kc,
             beta: if k0 == 0 { p.beta } else { 1.0 },
@@ -210,7 +262,7 @@ fn run_task(
             for (ia, ip) in rows.clone().enumerate() {
                 let a_panel = &packed_a[ia * mr * kc..][..mr * kc];
                 for jp in jc..jc_end {
-                    let b_panel = &b_block[jp * nr * kc..][..nr * kc];
+                    let b_panel = b_source.panel(k0, kc, n0, jp, col_panels, nr);
                     run_tile(
                         plan,
                         &tile,
@@ -240,7 +292,7 @@ fn run_tile(
     plan: &Plan<'_>,
     step: &TileStep,
     a_panel: &[f32],
-    b_panel: &[f32],
+    (b_panel, b_stride): (*const f32, usize),
     row: usize,
     col: usize,
     col_end: usize,
@@ -249,7 +301,8 @@ fn run_tile(
     let args = TileArgs {
         kc: step.kc,
         a: a_panel.as_ptr(),
-        b: b_panel.as_ptr(),
+        b: b_panel,
+        b_stride,
         // SAFETY: (row, col) is inside C: row < m and col < n by construction of the grid.
         c: unsafe { c.ptr.add(row * c.rs + col * c.cs) },
         rs_c: c.rs,
@@ -259,8 +312,10 @@ fn run_tile(
         alpha: p.alpha,
         beta: step.beta,
     };
-    // SAFETY: the panels hold kc·mr and kc·nr floats (sliced by the caller); the tile is inside
-    // C and only this task writes it; the kernel matches the selected, available ISA.
+    // SAFETY: the A panel holds kc·mr floats; B holds kc steps of nr floats (packed, sliced by
+    // `BSource::panel`) or is the validated B matrix whose rows k0..k0+kc have nr_eff columns
+    // from `col` (read only by direct_b kernels, which mask the rest); the tile is inside C and
+    // only this task writes it; the kernel matches the selected, available ISA.
     unsafe { (plan.kernel.run)(&args) };
     if step.last && !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, row, col, args.mr_eff, args.nr_eff);

@@ -20,6 +20,12 @@ pub trait PackA: Sync {
 pub trait PackB: Sync {
     /// Packs depth `k0..k0+kc` and columns `n0..n0+nc` into `dst` (`ceil(nc/nr)·nr·kc` values).
     fn pack_b(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]);
+
+    /// B as f32 rows with unit column stride, if it is stored so: small problems then skip
+    /// packing B. Returns the data (element (k, j) at `k·row_stride + j`) and the row stride.
+    fn direct_rows(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 /// A block of an operand seen as `lines × depth`: line `i`, step `k` at `base + i·line_stride +
@@ -158,6 +164,11 @@ impl<T: Element> PackB for MatRef<'_, T> {
             depth: kc,
         };
         pack_block(&block, nr, dst);
+    }
+
+    fn direct_rows(&self) -> Option<(&[f32], usize)> {
+        let rows = T::as_f32(self.data())?;
+        (self.col_stride() == 1 || self.cols() <= 1).then_some((rows, self.row_stride()))
     }
 }
 

@@ -11,6 +11,7 @@ const NR: usize = 16;
 pub(crate) const KERNEL: MicroKernel = MicroKernel {
     mr: MR,
     nr: NR,
+    direct_b: false,
     run: entry,
 };
 
@@ -21,6 +22,7 @@ unsafe fn entry(args: &TileArgs) {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel(args: &TileArgs) {
+    debug_assert_eq!(args.b_stride, NR, "this kernel reads packed B only");
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let (mut a, mut b) = (args.a, args.b);
     for _ in 0..args.kc {

@@ -1,7 +1,8 @@
 //! AVX-512F microkernel: a 12 × 32 tile in twenty-four zmm accumulators.
 //!
 //! Per depth step it loads two vectors of B and broadcasts twelve values of A, for 24 FMAs:
-//! enough independent chains to keep both FMA ports busy.
+//! enough independent chains to keep both FMA ports busy. Edge tiles run a narrower variant
+//! (4 or 8 rows, one vector of columns) so small problems do not pay for empty lanes.
 
 use std::arch::x86_64::*;
 
@@ -9,66 +10,110 @@ use super::{MicroKernel, TileArgs, store_tile_scalar};
 
 const MR: usize = 12;
 const NR: usize = 32;
+const LANES: usize = 16;
 
 /// The AVX-512 kernel.
 pub(crate) const KERNEL: MicroKernel = MicroKernel {
     mr: MR,
     nr: NR,
+    direct_b: true,
     run: entry,
 };
 
 unsafe fn entry(args: &TileArgs) {
-    // SAFETY: the driver only selects this kernel when AVX-512F is detected.
-    unsafe { kernel(args) }
-}
-
-/// One depth step of the tile.
-#[inline(always)]
-unsafe fn step(acc: &mut [[__m512; 2]; MR], a: *const f32, b: *const f32) {
-    // SAFETY: the caller passes pointers to one full step of each packed panel.
+    let rows = match args.mr_eff {
+        0..=4 => 4,
+        5..=8 => 8,
+        _ => 12,
+    };
+    let vectors = if args.nr_eff <= LANES { 1 } else { 2 };
+    // SAFETY: the driver only selects this kernel when AVX-512F is detected; the variant
+    // covers at least the live rows and columns of the tile.
     unsafe {
-        let b0 = _mm512_loadu_ps(b);
-        let b1 = _mm512_loadu_ps(b.add(16));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*a.add(i));
-            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        match (rows, vectors) {
+            (4, 1) => kernel::<4, 1>(args),
+            (4, _) => kernel::<4, 2>(args),
+            (8, 1) => kernel::<8, 1>(args),
+            (8, _) => kernel::<8, 2>(args),
+            (_, 1) => kernel::<12, 1>(args),
+            _ => kernel::<12, 2>(args),
         }
     }
 }
 
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel(args: &TileArgs) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (mut a, mut b) = (args.a, args.b);
-    let mut left = args.kc;
-    // SAFETY (whole loop): every step stays inside the kc·MR and kc·NR packed panels.
-    unsafe {
-        while left >= 4 {
-            _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR + 16) as *const i8);
-            step(&mut acc, a, b);
-            step(&mut acc, a.add(MR), b.add(NR));
-            _mm_prefetch::<_MM_HINT_T0>(b.add(10 * NR) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.add(10 * NR + 16) as *const i8);
-            step(&mut acc, a.add(2 * MR), b.add(2 * NR));
-            step(&mut acc, a.add(3 * MR), b.add(3 * NR));
-            a = a.add(4 * MR);
-            b = b.add(4 * NR);
-            left -= 4;
+/// One depth step: `R` broadcasts of A against `V` vectors of B.
+#[inline(always)]
+unsafe fn step<const R: usize, const V: usize>(
+    acc: &mut [[__m512; V]; R],
+    a: *const f32,
+    b: [__m512; V],
+) {
+    for (i, row) in acc.iter_mut().enumerate() {
+        // SAFETY: the caller passes a pointer to one full step (MR values) of packed A; the
+        // enclosing kernel has AVX-512F enabled.
+        unsafe {
+            let ai = _mm512_set1_ps(*a.add(i));
+            for v in 0..V {
+                row[v] = _mm512_fmadd_ps(ai, b[v], row[v]);
+            }
         }
-        while left > 0 {
-            step(&mut acc, a, b);
-            a = a.add(MR);
-            b = b.add(NR);
-            left -= 1;
+    }
+}
+
+/// Loads `V` vectors of one packed B step.
+#[inline(always)]
+unsafe fn load_packed<const V: usize>(b: *const f32) -> [__m512; V] {
+    // SAFETY: a packed step holds NR >= V·16 floats; AVX-512F is enabled by the caller.
+    std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(LANES * v)) })
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let (mut a, mut b) = (args.a, args.b);
+    let cols = args.nr_eff.min(NR);
+    let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))];
+    if args.b_stride != NR {
+        // Unpacked B: each step is a row of B; masked loads never touch columns past nr_eff.
+        for _ in 0..args.kc {
+            // SAFETY: A stays inside its packed panel; the masked loads read only the nr_eff
+            // columns of one row of B, which the caller guarantees readable.
+            unsafe {
+                let bv = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.add(LANES * v)));
+                step::<R, V>(&mut acc, a, bv);
+                a = a.add(MR);
+                b = b.add(args.b_stride);
+            }
+        }
+    } else {
+        let mut left = args.kc;
+        // SAFETY (whole loop): every step stays inside the kc·MR and kc·NR packed panels;
+        // prefetches of addresses past the panel are hints and never fault.
+        unsafe {
+            while left >= 4 {
+                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR + LANES) as *const i8);
+                step::<R, V>(&mut acc, a, load_packed::<V>(b));
+                step::<R, V>(&mut acc, a.add(MR), load_packed::<V>(b.add(NR)));
+                _mm_prefetch::<_MM_HINT_T0>(b.add(10 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.add(10 * NR + LANES) as *const i8);
+                step::<R, V>(&mut acc, a.add(2 * MR), load_packed::<V>(b.add(2 * NR)));
+                step::<R, V>(&mut acc, a.add(3 * MR), load_packed::<V>(b.add(3 * NR)));
+                a = a.add(4 * MR);
+                b = b.add(4 * NR);
+                left -= 4;
+            }
+            while left > 0 {
+                step::<R, V>(&mut acc, a, load_packed::<V>(b));
+                a = a.add(MR);
+                b = b.add(NR);
+                left -= 1;
+            }
         }
     }
     let alpha = _mm512_set1_ps(args.alpha);
     if args.cs_c == 1 {
         // Rows are contiguous: masked vector stores cover a partial tile's columns too.
-        let cols = args.nr_eff.min(NR);
-        let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(16))];
         let beta = _mm512_set1_ps(args.beta);
         for (i, row) in acc.iter().enumerate().take(args.mr_eff) {
             for (v, sum) in row.iter().enumerate() {
@@ -78,7 +123,7 @@ unsafe fn kernel(args: &TileArgs) {
                 // SAFETY: the mask limits the access to the nr_eff columns of row i, which the
                 // caller owns; masked-off lanes are neither read nor written.
                 unsafe {
-                    let c = args.c.add(i * args.rs_c + 16 * v);
+                    let c = args.c.add(i * args.rs_c + LANES * v);
                     let mut out = _mm512_mul_ps(alpha, *sum);
                     if args.beta != 0.0 {
                         let old = _mm512_maskz_loadu_ps(masks[v], c);
@@ -91,10 +136,9 @@ unsafe fn kernel(args: &TileArgs) {
     } else {
         let mut tile = [0.0f32; MR * NR];
         for (i, row) in acc.iter().enumerate() {
-            // SAFETY: `tile` has room for MR rows of NR floats.
-            unsafe {
-                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), row[0]);
-                _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), row[1]);
+            for (v, sum) in row.iter().enumerate() {
+                // SAFETY: `tile` has room for MR rows of NR floats.
+                unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + LANES * v), *sum) };
             }
         }
         // SAFETY: the caller owns the C tile.
@@ -105,7 +149,7 @@ unsafe fn kernel(args: &TileArgs) {
 /// A mask with the low `lanes` (at most 16) bits set.
 #[inline(always)]
 fn lane_mask(lanes: usize) -> __mmask16 {
-    if lanes >= 16 {
+    if lanes >= LANES {
         0xFFFF
     } else {
         ((1u32 << lanes) - 1) as __mmask16

@@ -18,8 +18,12 @@ pub(crate) struct TileArgs {
     pub kc: usize,
     /// Packed A micro-panel: `kc × mr` values.
     pub a: *const f32,
-    /// Packed B micro-panel: `kc × nr` values.
+    /// B micro-panel: `kc` steps of `nr` values, `b_stride` apart (`nr` when packed).
     pub b: *const f32,
+    /// Distance between depth steps of B: `nr` for a packed panel, the row stride of an
+    /// unpacked row-major B (only for kernels with `direct_b`, which mask the columns past
+    /// `nr_eff`).
+    pub b_stride: usize,
     /// Top-left element of the C tile.
     pub c: *mut f32,
     /// Distance between rows of C.
@@ -43,10 +47,13 @@ pub(crate) struct MicroKernel {
     pub mr: usize,
     /// Columns of the register tile.
     pub nr: usize,
+    /// Whether the kernel can read B unpacked (row-major, any row stride, partial width).
+    pub direct_b: bool,
     /// The kernel.
     ///
     /// # Safety
-    /// `a` and `b` must point to `kc·mr` and `kc·nr` readable floats; the `mr_eff × nr_eff`
+    /// `a` must point to `kc·mr` readable floats and `b` to `kc` steps of `nr` readable floats
+    /// `b_stride` apart (only `nr_eff` of them for `direct_b` kernels); the `mr_eff × nr_eff`
     /// tile of C at `c` with strides `rs_c`, `cs_c` must be valid and written by nobody else;
     /// the instruction set of the kernel must be available.
     pub run: unsafe fn(&TileArgs),

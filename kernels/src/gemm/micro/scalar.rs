@@ -9,10 +9,12 @@ const NR: usize = 8;
 pub(crate) const KERNEL: MicroKernel = MicroKernel {
     mr: MR,
     nr: NR,
+    direct_b: false,
     run: kernel,
 };
 
 unsafe fn kernel(args: &TileArgs) {
+    debug_assert_eq!(args.b_stride, NR, "this kernel reads packed B only");
     let mut acc = [0.0f32; MR * NR];
     // SAFETY: the caller guarantees kc·MR floats at `a` and kc·NR floats at `b`.
     let (a, b) = unsafe {
