@@ -5,8 +5,6 @@
 //! Rows or columns past the edge of the matrix are zero-filled. f16 and bf16 operands are
 //! widened to f32 here, so the microkernels only ever see f32.
 
-use std::borrow::Cow;
-
 use super::matrix::MatRef;
 use crate::Element;
 
@@ -44,19 +42,6 @@ impl<T: Element> Block<'_, T> {
     fn at(&self, i: usize, k: usize) -> f32 {
         self.data[self.base + i * self.line_stride + k * self.depth_stride].to_f32()
     }
-
-    /// `len` contiguous values starting at `start`, as f32 (borrowed when already f32).
-    fn run(&self, start: usize, len: usize) -> Cow<'_, [f32]> {
-        let src = &self.data[start..start + len];
-        match T::as_f32(src) {
-            Some(f) => Cow::Borrowed(f),
-            None => {
-                let mut wide = vec![0.0; len];
-                T::widen_slice(src, &mut wide);
-                Cow::Owned(wide)
-            }
-        }
-    }
 }
 
 /// Packs a block into panels of `width` lines, choosing a loop suited to its strides.
@@ -72,15 +57,37 @@ fn pack_block<T: Element>(block: &Block<'_, T>, width: usize, dst: &mut [f32]) {
     }
 }
 
+/// `len` contiguous values of `data` from `start` as f32: borrowed when `T` is f32, otherwise
+/// widened into `scratch`.
+#[inline]
+fn f32_run<'s, T: Element>(
+    data: &'s [T],
+    start: usize,
+    len: usize,
+    scratch: &'s mut [f32],
+) -> &'s [f32] {
+    let src = &data[start..start + len];
+    match T::as_f32(src) {
+        Some(f) => f,
+        None => {
+            T::widen_slice(src, &mut scratch[..len]);
+            &scratch[..len]
+        }
+    }
+}
+
 /// Packing for a width known at compile time, so the inner copies unroll into vector moves.
 fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32]) {
     let depth = block.depth;
     let panels = block.lines.div_ceil(W);
     let dst = &mut dst[..panels * W * depth];
+    let widen = T::as_f32(&block.data[..0]).is_none();
     if block.line_stride == 1 {
         // Lines sit side by side: each depth step is one contiguous run across all panels.
+        let mut scratch = vec![0.0f32; if widen { block.lines } else { 0 }];
         for k in 0..depth {
-            let run = block.run(block.base + k * block.depth_stride, block.lines);
+            let start = block.base + k * block.depth_stride;
+            let run = f32_run(block.data, start, block.lines, &mut scratch);
             for (p, panel) in dst.chunks_exact_mut(W * depth).enumerate() {
                 let out: &mut [f32; W] = (&mut panel[k * W..(k + 1) * W]).try_into().unwrap();
                 let first = p * W;
@@ -94,25 +101,36 @@ fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32])
             }
         }
     } else if block.depth_stride == 1 {
-        // Each line is contiguous along the depth: a transpose of W lines per panel.
+        // Each line is contiguous along the depth: a transpose of W lines per panel. Missing
+        // lines of the last panel read from a zero line.
+        let mut scratch = vec![0.0f32; (if widen { W + 1 } else { 1 }) * depth];
         for (p, panel) in dst.chunks_exact_mut(W * depth).enumerate() {
             let first = p * W;
             let live = W.min(block.lines - first);
-            let lines: Vec<Cow<'_, [f32]>> = (0..live)
-                .map(|i| block.run(block.base + (first + i) * block.line_stride, depth))
-                .collect();
-            if live == W {
-                let rows: [&[f32]; W] = std::array::from_fn(|i| &lines[i][..depth]);
-                for (k, out) in panel.chunks_exact_mut(W).enumerate() {
-                    for i in 0..W {
-                        out[i] = rows[i][k];
+            let (zeros, wide) = scratch.split_at_mut(depth);
+            let line_start = |i: usize| block.base + (first + i) * block.line_stride;
+            let rows: [&[f32]; W] = match T::as_f32(block.data) {
+                Some(data) => std::array::from_fn(|i| {
+                    if i < live {
+                        &data[line_start(i)..line_start(i) + depth]
+                    } else {
+                        &*zeros
                     }
+                }),
+                None => {
+                    for (i, line) in wide.chunks_exact_mut(depth).take(live).enumerate() {
+                        T::widen_slice(&block.data[line_start(i)..][..depth], line);
+                    }
+                    let mut lines = wide.chunks_exact(depth);
+                    std::array::from_fn(|i| match lines.next() {
+                        Some(line) if i < live => line,
+                        _ => &*zeros,
+                    })
                 }
-            } else {
-                for (k, out) in panel.chunks_exact_mut(W).enumerate() {
-                    for i in 0..W {
-                        out[i] = if i < live { lines[i][k] } else { 0.0 };
-                    }
+            };
+            for (k, out) in panel.chunks_exact_mut(W).enumerate() {
+                for i in 0..W {
+                    out[i] = rows[i][k];
                 }
             }
         }
