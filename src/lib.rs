@@ -1,1 +1,22 @@
-//! accelmesh
+//! accelmesh: a runtime that turns every compute device of a machine into an AI node of one
+//! mesh, with a benchmark harness on top.
+//!
+//! Today: host [`Tensor`]s, [`Op`] descriptors, CPU nodes behind the [`Device`] trait, and the
+//! benchmark harness of the `accelmesh` command line.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod error;
+pub mod node;
+pub mod op;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use node::{CpuDevice, Device, DeviceInfo, DeviceKind, NodeSet, NodeSpec};
+pub use op::Op;
+pub use tensor::{DType, Shape, Tensor, TensorData, TensorElement};
+
+/// The convolution parameters of [`Op::Conv2d`], re-exported from the kernels.
+pub use accelmesh_kernels::conv::Conv2dParams;

@@ -13,6 +13,7 @@ pub mod elementwise;
 pub mod error;
 pub mod gemm;
 pub mod isa;
+mod math;
 pub mod norm;
 pub mod pool;
 

@@ -1,1 +1,561 @@
-//! placeholder
+//! 2-D pooling on NCHW tensors with ONNX semantics: max and average pooling with kernel,
+//! stride, asymmetric pads, dilation, `ceil_mode` and `count_include_pad`, and global
+//! average / max pooling.
+//!
+//! Each output row is accumulated in place, one kernel tap at a time over the whole row, so
+//! stride-1 windows become contiguous vector loops. Channel planes are split across the current
+//! rayon pool when the tensor is large.
+
+use rayon::prelude::*;
+
+use crate::elementwise::check_len;
+use crate::math::{Kernel, PAR_CHUNK, dispatch, go_parallel, max_nan};
+use crate::norm::sum_of;
+use crate::{Isa, KernelError, Result};
+
+/// Geometry of a 2-D pooling window (ONNX MaxPool / AveragePool attributes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pool2dParams {
+    /// Window height and width (≥ 1).
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride (≥ 1).
+    pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]`; each must be smaller than its kernel extent.
+    pub pads: [usize; 4],
+    /// Spacing between window taps (≥ 1); 1 is a dense window.
+    pub dilation: [usize; 2],
+    /// Round the output size up instead of down (the last window may hang over the edge).
+    pub ceil_mode: bool,
+    /// Average pooling divides by the full window including padding, not only the valid taps.
+    pub count_include_pad: bool,
+}
+
+impl Pool2dParams {
+    /// A dense `kernel` window with stride 1, no padding, floor mode, padding not counted.
+    pub fn new(kernel: [usize; 2]) -> Self {
+        Pool2dParams {
+            kernel,
+            stride: [1, 1],
+            pads: [0; 4],
+            dilation: [1, 1],
+            ceil_mode: false,
+            count_include_pad: false,
+        }
+    }
+
+    /// The same window with another stride.
+    pub fn with_stride(mut self, stride: [usize; 2]) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// The same window with other pads `[top, left, bottom, right]`.
+    pub fn with_pads(mut self, pads: [usize; 4]) -> Self {
+        self.pads = pads;
+        self
+    }
+
+    /// The same window with another dilation.
+    pub fn with_dilation(mut self, dilation: [usize; 2]) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// The same window with `ceil_mode` set as given.
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.ceil_mode = ceil_mode;
+        self
+    }
+
+    /// The same window with `count_include_pad` set as given.
+    pub fn with_count_include_pad(mut self, count_include_pad: bool) -> Self {
+        self.count_include_pad = count_include_pad;
+        self
+    }
+
+    /// Output length along one axis (0 = height, 1 = width) for an input of length `len`.
+    fn out_len(&self, axis: usize, len: usize) -> Result<usize> {
+        let (k, s, d) = (self.kernel[axis], self.stride[axis], self.dilation[axis]);
+        let (pb, pe) = (self.pads[axis], self.pads[axis + 2]);
+        let extent = (k - 1)
+            .checked_mul(d)
+            .and_then(|e| e.checked_add(1))
+            .ok_or_else(|| KernelError::SizeOverflow {
+                what: "pool window",
+                detail: format!("kernel {k} with dilation {d}"),
+            })?;
+        let padded = len
+            .checked_add(pb)
+            .and_then(|v| v.checked_add(pe))
+            .ok_or_else(|| KernelError::SizeOverflow {
+                what: "padded input",
+                detail: format!("{len} + {pb} + {pe}"),
+            })?;
+        if padded < extent {
+            return Err(KernelError::ShapeMismatch {
+                op: "pool2d",
+                detail: format!(
+                    "{} axis: padded input {padded} ({len} + pads {pb}, {pe}) is smaller than \
+                     the window extent {extent}",
+                    AXIS[axis]
+                ),
+            });
+        }
+        let span = padded - extent;
+        let mut out = if self.ceil_mode {
+            span.div_ceil(s) + 1
+        } else {
+            span / s + 1
+        };
+        // ONNX / PyTorch: in ceil mode the last window must start inside the input or the
+        // leading padding, not in the trailing padding.
+        if self.ceil_mode && (out - 1).saturating_mul(s) >= len.saturating_add(pb) {
+            out -= 1;
+        }
+        Ok(out)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for axis in 0..2 {
+            for (name, v) in [
+                ("kernel", self.kernel[axis]),
+                ("stride", self.stride[axis]),
+                ("dilation", self.dilation[axis]),
+            ] {
+                if v == 0 {
+                    return Err(KernelError::InvalidArgument {
+                        name,
+                        value: format!("{:?}", self.field(name)),
+                        reason: "every entry must be at least 1",
+                    });
+                }
+            }
+            for pad in [self.pads[axis], self.pads[axis + 2]] {
+                if pad >= self.kernel[axis] {
+                    return Err(KernelError::InvalidArgument {
+                        name: "pads",
+                        value: format!("{:?} with kernel {:?}", self.pads, self.kernel),
+                        reason: "each pad must be smaller than the kernel along its axis",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn field(&self, name: &str) -> [usize; 2] {
+        match name {
+            "kernel" => self.kernel,
+            "stride" => self.stride,
+            _ => self.dilation,
+        }
+    }
+}
+
+const AXIS: [&str; 2] = ["height", "width"];
+
+/// Output dimensions `[N, C, OH, OW]` of a 2-D pooling of an NCHW input of dimensions `dims`.
+pub fn pool2d_output_dims(dims: [usize; 4], p: &Pool2dParams) -> Result<[usize; 4]> {
+    p.validate()?;
+    let [n, c, h, w] = dims;
+    if h == 0 || w == 0 {
+        return Err(KernelError::InvalidArgument {
+            name: "dims",
+            value: format!("{dims:?}"),
+            reason: "pooling needs a non-empty spatial extent",
+        });
+    }
+    Ok([n, c, p.out_len(0, h)?, p.out_len(1, w)?])
+}
+
+/// Precomputed per-axis geometry of one pooling.
+struct AxisPlan {
+    /// Input length.
+    len: usize,
+    out: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: usize,
+    /// Per output index: number of taps inside the input.
+    valid: Vec<u32>,
+    /// Per output index: number of taps inside the padded input.
+    padded: Vec<u32>,
+}
+
+impl AxisPlan {
+    fn new(p: &Pool2dParams, axis: usize, len: usize, out: usize) -> Self {
+        let (k, s, d) = (p.kernel[axis], p.stride[axis], p.dilation[axis]);
+        let (pb, pe) = (p.pads[axis] as isize, p.pads[axis + 2] as isize);
+        let mut valid = Vec::with_capacity(out);
+        let mut padded = Vec::with_capacity(out);
+        for o in 0..out {
+            let start = (o * s) as isize - pb;
+            let (mut v, mut q) = (0, 0);
+            for t in 0..k {
+                let i = start + (t * d) as isize;
+                v += u32::from(i >= 0 && i < len as isize);
+                q += u32::from(i >= -pb && i < len as isize + pe);
+            }
+            valid.push(v);
+            padded.push(q);
+        }
+        AxisPlan {
+            len,
+            out,
+            kernel: k,
+            stride: s,
+            dilation: d,
+            pad_begin: p.pads[axis],
+            valid,
+            padded,
+        }
+    }
+
+    /// For tap `t`: the input offset of output 0 (`t·d - pad`, may be negative) and the range of
+    /// outputs whose tap lands inside the input.
+    fn tap_range(&self, t: usize) -> (isize, usize, usize) {
+        let off = (t * self.dilation) as isize - self.pad_begin as isize;
+        let s = self.stride as isize;
+        // First o with o·s + off ≥ 0, and first o with o·s + off ≥ len.
+        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+        let hi = if (self.len as isize) <= off {
+            0
+        } else {
+            (self.len as isize - off + s - 1) / s
+        };
+        let lo = (lo as usize).min(self.out);
+        let hi = (hi as usize).min(self.out).max(lo);
+        (off, lo, hi)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Max,
+    Avg,
+}
+
+/// Shared geometry of one pooling call.
+struct PoolPlan {
+    rows: AxisPlan,
+    cols: AxisPlan,
+    /// Per width tap: (input offset of output column 0, first and end valid output column).
+    col_taps: Vec<(isize, usize, usize)>,
+    /// Output columns whose every tap is inside the input (empty when `.0 == .1`).
+    interior: (usize, usize),
+    mode: Mode,
+    count_include_pad: bool,
+}
+
+/// A run of whole channel planes of a pooling, run under [`dispatch`].
+struct PoolPlanes<'a> {
+    plan: &'a PoolPlan,
+    x: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl Kernel for PoolPlanes<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        match self.plan.mode {
+            Mode::Max => pool_planes::<MaxAcc>(self),
+            Mode::Avg => pool_planes::<SumAcc>(self),
+        }
+    }
+}
+
+trait Acc {
+    const INIT: f32;
+    fn acc(a: f32, v: f32) -> f32;
+}
+
+struct MaxAcc;
+impl Acc for MaxAcc {
+    const INIT: f32 = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn acc(a: f32, v: f32) -> f32 {
+        max_nan(a, v)
+    }
+}
+
+struct SumAcc;
+impl Acc for SumAcc {
+    const INIT: f32 = 0.0;
+    #[inline(always)]
+    fn acc(a: f32, v: f32) -> f32 {
+        a + v
+    }
+}
+
+/// Outputs per register block of the interior loop.
+const BLOCK: usize = 16;
+
+#[inline(always)]
+fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
+    let plan = k.plan;
+    let (h, w) = (plan.rows.len, plan.cols.len);
+    let (oh, ow) = (plan.rows.out, plan.cols.out);
+    let sw = plan.cols.stride;
+    let taps = &plan.col_taps[..];
+    let (c_lo, c_hi) = plan.interior;
+    let col_div = if plan.count_include_pad {
+        &plan.cols.padded
+    } else {
+        &plan.cols.valid
+    };
+    let row_div = if plan.count_include_pad {
+        &plan.rows.padded
+    } else {
+        &plan.rows.valid
+    };
+    // Offsets of the input rows of the current output row's window that lie inside the input.
+    let mut rows: Vec<usize> = Vec::with_capacity(plan.rows.kernel);
+    for (x, y) in k.x.chunks_exact(h * w).zip(k.y.chunks_exact_mut(oh * ow)) {
+        for (r, out) in y.chunks_exact_mut(ow).enumerate() {
+            rows.clear();
+            let start = (r * plan.rows.stride) as isize - plan.rows.pad_begin as isize;
+            for t in 0..plan.rows.kernel {
+                let ih = start + (t * plan.rows.dilation) as isize;
+                if ih >= 0 && ih < h as isize {
+                    rows.push(ih as usize * w);
+                }
+            }
+            // Interior: every column tap is inside the input; accumulate BLOCK outputs in
+            // registers over the whole window, then store once. The last block is shifted
+            // back to end at the interior's end (recomputing a few outputs) so that every block
+            // is full; an interior narrower than a block goes the per-output way.
+            let (mut c, border_from) = if c_hi - c_lo >= BLOCK {
+                (c_lo, c_hi)
+            } else {
+                (c_hi, c_lo)
+            };
+            while c < c_hi {
+                let first = c.min(c_hi - BLOCK);
+                let mut acc = [A::INIT; BLOCK];
+                window_block::<A>(&mut acc, x, &rows, w, taps, first, sw);
+                out[first..first + BLOCK].copy_from_slice(&acc);
+                c = first + BLOCK;
+            }
+            // Borders (and a narrow interior), one output at a time.
+            for o in (0..c_lo.min(border_from)).chain(border_from..ow) {
+                let mut a = A::INIT;
+                for &ro in &rows {
+                    for &(off, lo, hi) in taps {
+                        if o >= lo && o < hi {
+                            a = A::acc(a, x[ro + ((o * sw) as isize + off) as usize]);
+                        }
+                    }
+                }
+                out[o] = a;
+            }
+            if plan.mode == Mode::Avg {
+                let rd = row_div[r] as f32;
+                for (a, &cd) in out.iter_mut().zip(col_div) {
+                    // 0/0 = NaN for a window with no valid tap, which needs dilation.
+                    *a /= rd * cd as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Reduces the windows of BLOCK consecutive interior outputs starting at column `c` into
+/// `acc`: every tap of every row in `rows` (input row offsets) is inside the input.
+#[inline(always)]
+fn window_block<A: Acc>(
+    acc: &mut [f32; BLOCK],
+    x: &[f32],
+    rows: &[usize],
+    w: usize,
+    taps: &[(isize, usize, usize)],
+    c: usize,
+    sw: usize,
+) {
+    let n = BLOCK;
+    for &ro in rows {
+        let row = &x[ro..ro + w];
+        for &(off, _, _) in taps {
+            // Non-negative: c is at or past the first valid output of every tap.
+            let base = ((c * sw) as isize + off) as usize;
+            match sw {
+                1 => {
+                    for (a, &v) in acc.iter_mut().zip(&row[base..base + n]) {
+                        *a = A::acc(*a, v);
+                    }
+                }
+                2 => {
+                    let seg = &row[base..base + 2 * n - 1];
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = A::acc(*a, seg[2 * l]);
+                    }
+                }
+                _ => {
+                    let seg = &row[base..base + (n - 1) * sw + 1];
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = A::acc(*a, seg[l * sw]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pool2d(
+    mode: Mode,
+    x: &[f32],
+    dims: [usize; 4],
+    p: &Pool2dParams,
+    y: &mut [f32],
+    isa: Isa,
+) -> Result<()> {
+    let op = match mode {
+        Mode::Max => "max_pool2d",
+        Mode::Avg => "avg_pool2d",
+    };
+    isa.require()?;
+    let out_dims = pool2d_output_dims(dims, p)?;
+    check_len(op, "input", x.len(), &dims)?;
+    check_len(op, "output", y.len(), &out_dims)?;
+    let [n, c, h, w] = dims;
+    let [_, _, oh, ow] = out_dims;
+    let planes = n * c;
+    if planes == 0 {
+        return Ok(());
+    }
+    let rows = AxisPlan::new(p, 0, h, oh);
+    let cols = AxisPlan::new(p, 1, w, ow);
+    let col_taps: Vec<_> = (0..cols.kernel).map(|t| cols.tap_range(t)).collect();
+    let c_lo = col_taps.iter().map(|t| t.1).max().unwrap_or(0);
+    let c_hi = col_taps.iter().map(|t| t.2).min().unwrap_or(0).max(c_lo);
+    let plan = PoolPlan {
+        rows,
+        cols,
+        col_taps,
+        interior: (c_lo, c_hi),
+        mode,
+        count_include_pad: p.count_include_pad,
+    };
+    let work = x.len().max(y.len() * p.kernel[0] * p.kernel[1]);
+    if go_parallel(work) {
+        let planes_per_task = (PAR_CHUNK / (h * w).max(oh * ow)).clamp(1, planes);
+        x.par_chunks(planes_per_task * h * w)
+            .zip(y.par_chunks_mut(planes_per_task * oh * ow))
+            .for_each(|(x, y)| dispatch(isa, PoolPlanes { plan: &plan, x, y }));
+    } else {
+        dispatch(isa, PoolPlanes { plan: &plan, x, y });
+    }
+    Ok(())
+}
+
+/// Max pooling of an NCHW tensor `x` (dimensions `dims`) into `y` (dimensions from
+/// [`pool2d_output_dims`]). Padding never wins; NaN in a window gives NaN.
+pub fn max_pool2d(x: &[f32], dims: [usize; 4], p: &Pool2dParams, y: &mut [f32]) -> Result<()> {
+    pool2d(Mode::Max, x, dims, p, y, Isa::selected())
+}
+
+/// Average pooling of an NCHW tensor `x` (dimensions `dims`) into `y` (dimensions from
+/// [`pool2d_output_dims`]).
+pub fn avg_pool2d(x: &[f32], dims: [usize; 4], p: &Pool2dParams, y: &mut [f32]) -> Result<()> {
+    pool2d(Mode::Avg, x, dims, p, y, Isa::selected())
+}
+
+/// Max pooling on the given instruction set.
+pub fn max_pool2d_with_isa(
+    x: &[f32],
+    dims: [usize; 4],
+    p: &Pool2dParams,
+    y: &mut [f32],
+    isa: Isa,
+) -> Result<()> {
+    pool2d(Mode::Max, x, dims, p, y, isa)
+}
+
+/// Average pooling on the given instruction set.
+pub fn avg_pool2d_with_isa(
+    x: &[f32],
+    dims: [usize; 4],
+    p: &Pool2dParams,
+    y: &mut [f32],
+    isa: Isa,
+) -> Result<()> {
+    pool2d(Mode::Avg, x, dims, p, y, isa)
+}
+
+/// A run of whole planes of a global pooling, run under [`dispatch`].
+struct GlobalPlanes<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+    mode: Mode,
+}
+
+impl Kernel for GlobalPlanes<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let plane = self.x.len() / self.y.len();
+        for (x, y) in self.x.chunks_exact(plane).zip(self.y.iter_mut()) {
+            *y = match self.mode {
+                Mode::Avg => (sum_of(x) / plane as f64) as f32,
+                Mode::Max => {
+                    let mut acc = [f32::NEG_INFINITY; 16];
+                    let mut chunks = x.chunks_exact(16);
+                    for c in &mut chunks {
+                        for j in 0..16 {
+                            acc[j] = max_nan(acc[j], c[j]);
+                        }
+                    }
+                    chunks
+                        .remainder()
+                        .iter()
+                        .chain(acc.iter())
+                        .fold(f32::NEG_INFINITY, |m, &v| max_nan(m, v))
+                }
+            };
+        }
+    }
+}
+
+fn global_pool(mode: Mode, x: &[f32], dims: [usize; 4], y: &mut [f32]) -> Result<()> {
+    let op = match mode {
+        Mode::Max => "global_max_pool",
+        Mode::Avg => "global_average_pool",
+    };
+    check_len(op, "input", x.len(), &dims)?;
+    let [n, c, h, w] = dims;
+    if h == 0 || w == 0 {
+        return Err(KernelError::InvalidArgument {
+            name: "dims",
+            value: format!("{dims:?}"),
+            reason: "global pooling needs a non-empty spatial extent",
+        });
+    }
+    check_len(op, "output", y.len(), &[n, c])?;
+    if y.is_empty() {
+        return Ok(());
+    }
+    let isa = Isa::selected();
+    let plane = h * w;
+    if go_parallel(x.len()) {
+        let planes_per_task = (PAR_CHUNK / plane).max(1);
+        x.par_chunks(planes_per_task * plane)
+            .zip(y.par_chunks_mut(planes_per_task))
+            .for_each(|(x, y)| dispatch(isa, GlobalPlanes { x, y, mode }));
+    } else {
+        dispatch(isa, GlobalPlanes { x, y, mode });
+    }
+    Ok(())
+}
+
+/// Mean over H×W of each channel plane of an NCHW tensor: `y` holds N×C values.
+pub fn global_average_pool(x: &[f32], dims: [usize; 4], y: &mut [f32]) -> Result<()> {
+    global_pool(Mode::Avg, x, dims, y)
+}
+
+/// Maximum over H×W of each channel plane of an NCHW tensor (NaN propagates): `y` holds N×C.
+pub fn global_max_pool(x: &[f32], dims: [usize; 4], y: &mut [f32]) -> Result<()> {
+    global_pool(Mode::Max, x, dims, y)
+}

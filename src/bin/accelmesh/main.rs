@@ -1,1 +1,187 @@
-fn main() {}
+//! The `accelmesh` command line: parses arguments, calls the library, prints the results.
+
+#![forbid(unsafe_code)]
+
+mod print;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use accelmesh::bench::{self, ConvCase};
+use accelmesh::{DType, Error, NodeSet, NodeSpec, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// Exit status of every failed run (bad arguments or a failed command).
+const EXIT_FAILURE: u8 = 2;
+
+/// accelmesh: every compute device of this machine as one mesh of AI nodes.
+#[derive(Debug, Parser)]
+#[command(name = "accelmesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the nodes a spec brings up (default: every local device).
+    Devices {
+        /// Print one JSON object per node instead of one line of text.
+        #[arg(long)]
+        json: bool,
+        /// Which nodes: `cpu` (one node, all cores), `cpu:NxT` (N nodes of T threads), or a
+        /// comma-separated list of these.
+        #[arg(long, value_name = "SPEC")]
+        nodes: Option<NodeSpec>,
+    },
+    /// Time kernels on the nodes, split evenly over them.
+    Bench {
+        #[command(subcommand)]
+        kind: BenchCommand,
+    },
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Square matrix multiplies M = N = K.
+    Matmul {
+        /// Matrix sizes, comma-separated.
+        #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = parse_size,
+              default_value = "256,512,1024")]
+        sizes: Vec<usize>,
+        #[command(flatten)]
+        flags: BenchFlags,
+    },
+    /// 2-D convolutions (NCHW, f32 output).
+    Conv2d {
+        /// A named set of cases (the default when no --shapes are given).
+        #[arg(long, value_parser = ["resnet"])]
+        preset: Option<String>,
+        /// Custom cases N-C-H-K-R-stride-pad (H = W, R×R kernel), comma-separated.
+        #[arg(long, value_name = "N-C-H-K-R-S-P,...", value_delimiter = ',')]
+        shapes: Vec<ConvCase>,
+        #[command(flatten)]
+        flags: BenchFlags,
+    },
+}
+
+/// Flags every benchmark takes.
+#[derive(Debug, Args)]
+struct BenchFlags {
+    /// Input element type: f32, f16 or bf16 (outputs are f32).
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+    /// Which nodes to split the work over (see `devices --help`).
+    #[arg(long, value_name = "SPEC")]
+    nodes: Option<NodeSpec>,
+    /// Timed repetitions per case, after one warm-up.
+    #[arg(long, default_value_t = 5, value_parser = parse_reps)]
+    reps: usize,
+    /// Compare against a float64 reference and report max_rel_err.
+    #[arg(long)]
+    check: bool,
+    /// Print one JSON object per case instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses a positive integer.
+fn parse_positive(what: &'static str, text: &str) -> Result<usize> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(Error::parse(what, text, "must be at least 1")),
+        Ok(v) => Ok(v),
+        Err(_) => Err(Error::parse(what, text, "not a positive integer")),
+    }
+}
+
+/// Parses one matrix size of `--sizes`.
+fn parse_size(text: &str) -> Result<usize> {
+    parse_positive("matrix size", text)
+}
+
+/// Parses `--reps`.
+fn parse_reps(text: &str) -> Result<usize> {
+    parse_positive("repetition count", text)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_FAILURE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Runs one parsed command line.
+fn run(cli: Cli) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match cli.command {
+        None => {
+            Cli::command().write_help(&mut out)?;
+            writeln!(out)?;
+        }
+        Some(Command::Devices { json, nodes }) => {
+            let nodes = nodes.unwrap_or_default().build()?;
+            for dev in nodes.devices() {
+                print::device(&mut out, dev.info(), json)?;
+            }
+        }
+        Some(Command::Bench { kind }) => match kind {
+            BenchCommand::Matmul { sizes, flags } => {
+                let nodes = build(&flags)?;
+                let labels: Vec<String> = sizes.iter().map(|n| format!("{n}x{n}x{n}")).collect();
+                let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
+                table.header(&mut out)?;
+                for n in sizes {
+                    let result =
+                        bench::run_matmul(&nodes, n, flags.dtype, flags.reps, flags.check)?;
+                    table.row(&mut out, &result)?;
+                }
+            }
+            BenchCommand::Conv2d {
+                preset,
+                shapes,
+                flags,
+            } => {
+                let mut cases = match (&preset, shapes.is_empty()) {
+                    (Some(name), _) => ConvCase::preset(name)?,
+                    (None, true) => ConvCase::resnet(),
+                    (None, false) => Vec::new(),
+                };
+                cases.extend(shapes);
+                let nodes = build(&flags)?;
+                let labels: Vec<String> = cases.iter().map(ToString::to_string).collect();
+                let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
+                table.header(&mut out)?;
+                for case in &cases {
+                    let result =
+                        bench::run_conv2d(&nodes, case, flags.dtype, flags.reps, flags.check)?;
+                    table.row(&mut out, &result)?;
+                }
+            }
+        },
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Brings up the nodes of `--nodes` (default: every local device).
+fn build(flags: &BenchFlags) -> Result<NodeSet> {
+    flags.nodes.clone().unwrap_or_default().build()
+}

@@ -1,0 +1,161 @@
+"""accelmesh vs numpy/OpenBLAS (sgemm) and onnxruntime (conv2d), interleaved in one run.
+
+Run through benches/compare.sh, which prepares the venv and the release binary. Each case is
+measured alternately for accelmesh and the peer, `--rounds` times; the table shows medians and
+the ratio peer_time / accelmesh_time (above 1.0 means accelmesh is faster).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+
+import numpy as np
+
+RESNET = [
+    "1-64-56-64-3-1-1",
+    "1-128-28-128-3-1-1",
+    "1-256-14-256-3-1-1",
+    "8-64-56-64-3-1-1",
+    "1-3-224-64-7-2-3",
+    "1-256-56-64-1-1-0",
+]
+
+
+def accelmesh(binary, args):
+    """Runs the accelmesh CLI with --json and returns its JSON lines."""
+    out = subprocess.run([binary, *args, "--json"], check=True, capture_output=True, text=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
+
+
+def median_time(fn, reps):
+    """Median wall time of `fn` over `reps` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def numpy_sgemm_ms(n, reps):
+    rng = np.random.default_rng(n)
+    a = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+    b = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+    return median_time(lambda: a @ b, reps) * 1e3
+
+
+def conv_dims(shape):
+    n, c, h, k, r, stride, pad = (int(v) for v in shape.split("-"))
+    out = (h + 2 * pad - r) // stride + 1
+    flops = 2 * n * k * out * out * c * r * r
+    return n, c, h, k, r, stride, pad, flops
+
+
+def onnxruntime_conv_ms(shape, reps, threads):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n, c, h, k, r, stride, pad, _ = conv_dims(shape)
+    rng = np.random.default_rng(7)
+    weight = rng.uniform(-1, 1, (k, c, r, r)).astype(np.float32)
+    bias = rng.uniform(-1, 1, (k,)).astype(np.float32)
+    node = helper.make_node(
+        "Conv", ["x", "w", "b"], ["y"], strides=[stride, stride], pads=[pad] * 4,
+        kernel_shape=[r, r],
+    )
+    graph = helper.make_graph(
+        [node], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, h])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[
+            helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.flatten()),
+            helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    x = rng.uniform(-1, 1, (n, c, h, h)).astype(np.float32)
+    return median_time(lambda: session.run(None, {"x": x}), reps) * 1e3
+
+
+def row(cells, widths):
+    return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+
+
+def table(title, header, rows):
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n### {title}\n")
+    print(row(header, widths))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(row(r, widths))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and reps")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    sizes = [256, 512, 1024] if args.quick else [64, 128, 256, 512, 1024, 2048, 4096]
+    nodes = f"cpu:1x{args.threads}"
+    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads: {args.threads}")
+
+    rows = []
+    for n in sizes:
+        reps = max(3, min(50, int(4e9 / (2 * n**3))))
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            line = accelmesh(args.bin, ["bench", "matmul", "--sizes", str(n), "--reps", str(reps),
+                                        "--nodes", nodes])[0]
+            ours.append(line["ms_median"])
+            theirs.append(numpy_sgemm_ms(n, reps))
+        a, b = statistics.median(ours), statistics.median(theirs)
+        flops = 2 * n**3
+        rows.append([n, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}", f"{flops / b / 1e6:.1f}",
+                     f"{b / a:.2f}"])
+    table("sgemm f32, square n (ms median; GFLOP/s)",
+          ["n", "accelmesh ms", "GFLOP/s", "numpy ms", "GFLOP/s", "numpy/accelmesh"], rows)
+
+    rows = []
+    for dtype in ["f32", "f16", "bf16"]:
+        line = accelmesh(args.bin, ["bench", "matmul", "--sizes", "1024", "--reps", "10",
+                                    "--dtype", dtype, "--nodes", nodes])[0]
+        rows.append([dtype, f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
+    line = accelmesh(args.bin, ["bench", "matmul", "--sizes", "1024", "--reps", "5", "--nodes",
+                                "cpu:1x1"])[0]
+    rows.append(["f32, 1 thread", f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
+    table("matmul n=1024 by operand dtype (accelmesh)", ["dtype", "ms", "GFLOP/s"], rows)
+
+    rows = []
+    shapes = RESNET[:3] if args.quick else RESNET
+    for shape in shapes:
+        flops = conv_dims(shape)[-1]
+        reps = max(3, min(30, int(2e9 / flops)))
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            line = accelmesh(args.bin, ["bench", "conv2d", "--shapes", shape, "--reps", str(reps),
+                                        "--nodes", nodes])[0]
+            ours.append(line["ms_median"])
+            theirs.append(onnxruntime_conv_ms(shape, reps, args.threads))
+        a, b = statistics.median(ours), statistics.median(theirs)
+        rows.append([shape, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}",
+                     f"{flops / b / 1e6:.1f}", f"{b / a:.2f}"])
+    table("conv2d f32, resnet preset N-C-H-K-R-stride-pad (ms median; GFLOP/s)",
+          ["layer", "accelmesh ms", "GFLOP/s", "onnxruntime ms", "GFLOP/s", "ort/accelmesh"], rows)
+
+
+if __name__ == "__main__":
+    main()

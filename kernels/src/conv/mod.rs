@@ -1,0 +1,128 @@
+//! 2-D convolution (ONNX Conv semantics, NCHW input, OIHW weights, f32 output).
+//!
+//! Three paths, chosen from the geometry:
+//! - one input channel per group (depthwise): a direct kernel, parallel over output planes;
+//! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is;
+//! - everything else: an implicit gemm per image and group, `out[O/g × OH·OW] =
+//!   W_g[O/g × C/g·KH·KW] · im2col(x)`, where the im2col matrix is produced panel by panel
+//!   by the gemm's B packer and never stored whole.
+//!
+//! Bias and ReLU are fused (gemm epilogue, or the direct kernel's last pass). Work is split
+//! with rayon on the current pool: the implicit gemms into pieces of output columns (or of
+//! output channels) sized for the L2 cache and for load balance, computed in parallel each on
+//! its own thread's packed data (see `implicit`); the direct kernel by output planes.
+
+mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_x86;
+mod im2col;
+mod implicit;
+#[cfg(target_arch = "x86_64")]
+mod pack_x86;
+mod params;
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+pub use params::{Conv2dParams, conv2d_output_dims};
+
+use crate::{Element, Isa, KernelError, Result};
+use params::{Geometry, product};
+
+/// Largest channel multiplier (`O/groups` with one input channel per group) run by the direct
+/// kernel; larger ones go through the gemm, whose register tile then fills.
+const DIRECT_MAX_MULTIPLIER: usize = 4;
+
+/// `output (N·O·OH·OW f32, NCHW) = relu?(conv(input, weight) + bias)`; f16/bf16 widened to f32.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d<T: Element>(
+    isa: Isa,
+    input: &[T],
+    input_dims: [usize; 4],
+    weight: &[T],
+    weight_dims: [usize; 4],
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+    output: &mut [f32],
+) -> Result<()> {
+    let isa = isa.require()?;
+    let g = Geometry::new(input_dims, weight_dims, params)?;
+    check_len(
+        "conv2d input",
+        input.len(),
+        product("conv2d input", input_dims)?,
+    )?;
+    check_len(
+        "conv2d weight",
+        weight.len(),
+        product("conv2d weight", weight_dims)?,
+    )?;
+    check_len(
+        "conv2d output",
+        output.len(),
+        product("conv2d output", [g.n, g.o, g.oh, g.ow])?,
+    )?;
+    if let Some(b) = bias
+        && b.len() != g.o
+    {
+        return Err(KernelError::ShapeMismatch {
+            op: "conv2d",
+            detail: format!(
+                "bias has {} values, expected {} (output channels)",
+                b.len(),
+                g.o
+            ),
+        });
+    }
+    if output.is_empty() {
+        return Ok(());
+    }
+    let weight = widened(weight);
+    if g.cg == 1 && g.og <= DIRECT_MAX_MULTIPLIER {
+        depthwise::run(isa, &g, input, &weight, bias, output);
+        return Ok(());
+    }
+    implicit::run(isa, &g, &widened_par(input), &weight, bias, output)
+}
+
+/// A length check: shorter is [`KernelError::BufferTooSmall`], longer a shape mismatch.
+fn check_len(what: &'static str, actual: usize, needed: usize) -> Result<()> {
+    if actual < needed {
+        return Err(KernelError::BufferTooSmall {
+            what,
+            needed,
+            actual,
+        });
+    }
+    if actual > needed {
+        return Err(KernelError::ShapeMismatch {
+            op: "conv2d",
+            detail: format!("{what} has {actual} values, its dims give {needed}"),
+        });
+    }
+    Ok(())
+}
+
+/// `x` as f32: borrowed when it already is, widened into a new buffer otherwise.
+pub(crate) fn widened<T: Element>(x: &[T]) -> Cow<'_, [f32]> {
+    if let Some(x) = T::as_f32(x) {
+        return Cow::Borrowed(x);
+    }
+    let mut wide = vec![0.0; x.len()];
+    T::widen_slice(x, &mut wide);
+    Cow::Owned(wide)
+}
+
+/// [`widened`], in parallel chunks for large inputs.
+fn widened_par<T: Element>(x: &[T]) -> Cow<'_, [f32]> {
+    const CHUNK: usize = 1 << 16;
+    if T::as_f32(x).is_some() || x.len() <= CHUNK {
+        return widened(x);
+    }
+    let mut wide = vec![0.0; x.len()];
+    wide.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(dst, src)| T::widen_slice(src, dst));
+    Cow::Owned(wide)
+}

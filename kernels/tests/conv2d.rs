@@ -1,0 +1,820 @@
+//! conv2d against a naive float64 direct convolution on seeded random data, on every ISA here.
+
+use accelmesh_kernels::conv::{Conv2dParams, conv2d, conv2d_output_dims};
+use accelmesh_kernels::{Element, Isa, KernelError};
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Relative tolerance on |got - exact| / (Σ|w·x| + |bias|).
+const REL_TOL: f64 = 2e-5;
+
+/// One convolution to run: dims, options, and whether it has a bias.
+#[derive(Debug, Clone)]
+struct Case {
+    input: [usize; 4],
+    weight: [usize; 4],
+    params: Conv2dParams,
+    bias: bool,
+}
+
+impl Case {
+    /// Output dims computed here, independently of the library.
+    fn output_dims(&self) -> Option<[usize; 4]> {
+        let [n, _, h, w] = self.input;
+        let [o, _, kh, kw] = self.weight;
+        let p = &self.params;
+        let extent = |size: usize, lo: usize, hi: usize, k: usize, s: usize, d: usize| {
+            let padded = size + lo + hi;
+            let eff = (k - 1) * d + 1;
+            (padded >= eff).then(|| (padded - eff) / s + 1)
+        };
+        let oh = extent(h, p.pads[0], p.pads[2], kh, p.stride[0], p.dilation[0])?;
+        let ow = extent(w, p.pads[1], p.pads[3], kw, p.stride[1], p.dilation[1])?;
+        Some([n, o, oh, ow])
+    }
+
+    fn macs(&self) -> usize {
+        let [n, o, oh, ow] = self.output_dims().unwrap();
+        let [_, cg, kh, kw] = self.weight;
+        n * o * oh * ow * cg * kh * kw
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        input: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pads: [usize; 4],
+        groups: usize,
+        relu: bool,
+        bias: bool,
+    ) -> Case {
+        Case {
+            input,
+            weight,
+            params: Conv2dParams {
+                stride,
+                dilation,
+                pads,
+                groups,
+                relu,
+            },
+            bias,
+        }
+    }
+}
+
+fn random_vec(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// The exact result (relu applied, NaN kept) and the error scale of every output.
+fn reference(case: &Case, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+    let [n, c, h, wd] = case.input;
+    let [o, cg, kh, kw] = case.weight;
+    let [_, _, oh, ow] = case.output_dims().unwrap();
+    let p = &case.params;
+    let og = o / p.groups;
+    let mut exact = vec![0.0; n * o * oh * ow];
+    let mut scale = vec![0.0; n * o * oh * ow];
+    for img in 0..n {
+        for oc in 0..o {
+            let group = oc / og;
+            let b = bias.map_or(0.0, |b| b[oc] as f64);
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let (mut sum, mut mag) = (b, b.abs() + 1e-30);
+                    for ci in 0..cg {
+                        let ch = group * cg + ci;
+                        for r in 0..kh {
+                            let ih =
+                                (y * p.stride[0] + r * p.dilation[0]) as isize - p.pads[0] as isize;
+                            if ih < 0 || ih as usize >= h {
+                                continue;
+                            }
+                            for s in 0..kw {
+                                let iw = (xo * p.stride[1] + s * p.dilation[1]) as isize
+                                    - p.pads[1] as isize;
+                                if iw < 0 || iw as usize >= wd {
+                                    continue;
+                                }
+                                let xv = x[((img * c + ch) * h + ih as usize) * wd + iw as usize];
+                                let wv = w[((oc * cg + ci) * kh + r) * kw + s];
+                                let prod = xv as f64 * wv as f64;
+                                sum += prod;
+                                mag += prod.abs();
+                            }
+                        }
+                    }
+                    if p.relu && sum < 0.0 {
+                        sum = 0.0;
+                    }
+                    let at = ((img * o + oc) * oh + y) * ow + xo;
+                    exact[at] = sum;
+                    scale[at] = mag;
+                }
+            }
+        }
+    }
+    (exact, scale)
+}
+
+fn rounded<T: Element>(values: &[f32]) -> (Vec<T>, Vec<f32>) {
+    let typed: Vec<T> = values.iter().map(|&v| T::from_f32(v)).collect();
+    let seen = typed.iter().map(|v| v.to_f32()).collect();
+    (typed, seen)
+}
+
+/// Runs `case` with element type T on every available ISA and compares with float64.
+/// `poison` sets one input element to NaN first.
+fn check_case<T: Element>(rng: &mut ChaCha8Rng, case: &Case, poison: Option<usize>) {
+    let [n, c, h, w] = case.input;
+    let mut x = random_vec(rng, n * c * h * w);
+    if let Some(at) = poison {
+        x[at] = f32::NAN;
+    }
+    let wt = random_vec(rng, case.weight.iter().product());
+    let bias = case.bias.then(|| random_vec(rng, case.weight[0]));
+    let (x_t, x_seen) = rounded::<T>(&x);
+    let (w_t, w_seen) = rounded::<T>(&wt);
+    let (exact, scale) = reference(case, &x_seen, &w_seen, bias.as_deref());
+    let dims = case.output_dims().unwrap();
+    assert_eq!(
+        conv2d_output_dims(case.input, case.weight, &case.params).unwrap(),
+        dims
+    );
+    for isa in Isa::available() {
+        let mut out = vec![f32::NAN; exact.len()];
+        conv2d(
+            isa,
+            &x_t,
+            case.input,
+            &w_t,
+            case.weight,
+            bias.as_deref(),
+            &case.params,
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{isa} {case:?}: {e}"));
+        for (i, ((&got, &want), &mag)) in out.iter().zip(&exact).zip(&scale).enumerate() {
+            if want.is_nan() {
+                assert!(
+                    got.is_nan(),
+                    "{isa} {} {case:?}: out[{i}] = {got}, want NaN",
+                    T::NAME
+                );
+                continue;
+            }
+            let err = (got as f64 - want).abs() / mag;
+            assert!(
+                err <= REL_TOL,
+                "{isa} {} {case:?}: out[{i}] = {got}, want {want} (rel {err:e})",
+                T::NAME
+            );
+        }
+    }
+}
+
+/// A random valid configuration of at most `max_macs` multiply-adds.
+fn random_case(rng: &mut ChaCha8Rng, max_macs: usize) -> Case {
+    const SIZES: [usize; 4] = [1, 7, 17, 33];
+    loop {
+        let (c, o, groups) = match rng.random_range(0..3) {
+            0 => (rng.random_range(1..=8), rng.random_range(1..=12), 1),
+            1 => (2 * rng.random_range(1..=4), 2 * rng.random_range(1..=6), 2),
+            _ => {
+                let c = rng.random_range(1..=8);
+                let multiplier = [1, 1, 2, 5][rng.random_range(0..4)];
+                (c, c * multiplier, c)
+            }
+        };
+        let mut pick = |range: std::ops::RangeInclusive<usize>| rng.random_range(range);
+        let case = Case::new(
+            [pick(1..=3), c, SIZES[pick(0..=3)], SIZES[pick(0..=3)]],
+            [o, c / groups, pick(1..=7), pick(1..=7)],
+            [pick(1..=3), pick(1..=3)],
+            [pick(1..=2), pick(1..=2)],
+            [pick(0..=3), pick(0..=3), pick(0..=3), pick(0..=3)],
+            groups,
+            pick(0..=1) == 1,
+            pick(0..=2) != 0,
+        );
+        if case.output_dims().is_some() && case.macs() <= max_macs {
+            return case;
+        }
+    }
+}
+
+#[test]
+fn random_configurations_match_f64_on_every_isa() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0xc0f2d);
+    for _ in 0..150 {
+        let case = random_case(&mut rng, 400_000);
+        check_case::<f32>(&mut rng, &case, None);
+    }
+}
+
+#[test]
+fn each_path_and_blocking_edge() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let cases = [
+        // Depth 576 > one packed depth block, 3 output rows' worth of columns per panel edge.
+        Case::new(
+            [1, 64, 12, 13],
+            [40, 64, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+        // 1089 columns: several packed column blocks; large enough for the parallel gemm.
+        Case::new(
+            [1, 8, 33, 33],
+            [70, 8, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            false,
+            true,
+        ),
+        // Pointwise (the image is B as is), batch 2, with and without groups.
+        Case::new(
+            [2, 24, 17, 7],
+            [20, 24, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [2, 24, 17, 7],
+            [20, 12, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            2,
+            false,
+            false,
+        ),
+        // 1×1 with stride 2: through the im2col packer.
+        Case::new(
+            [1, 16, 17, 17],
+            [8, 16, 1, 1],
+            [2, 2],
+            [1, 1],
+            [0; 4],
+            1,
+            false,
+            true,
+        ),
+        // ResNet stem shape, smaller.
+        Case::new(
+            [1, 3, 33, 33],
+            [16, 3, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3, 3, 3, 3],
+            1,
+            true,
+            true,
+        ),
+        // Depthwise, multiplier 1 and 2 (direct), 6 (gemm with one channel per group).
+        Case::new(
+            [2, 16, 17, 33],
+            [16, 1, 3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1, 1, 1],
+            16,
+            true,
+            true,
+        ),
+        Case::new(
+            [1, 5, 33, 17],
+            [10, 1, 5, 3],
+            [1, 1],
+            [2, 1],
+            [3, 0, 1, 2],
+            5,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 4, 17, 17],
+            [24, 1, 3, 3],
+            [1, 2],
+            [1, 1],
+            [1, 1, 1, 1],
+            4,
+            true,
+            false,
+        ),
+        // Wide depthwise rows: the direct kernel's unmasked multi-register interior.
+        Case::new(
+            [1, 3, 5, 150],
+            [3, 1, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 2, 1, 0],
+            3,
+            true,
+            true,
+        ),
+        Case::new(
+            [1, 2, 4, 200],
+            [4, 1, 3, 5],
+            [1, 2],
+            [1, 2],
+            [0, 3, 2, 1],
+            2,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 2, 3, 300],
+            [2, 1, 2, 3],
+            [1, 3],
+            [2, 1],
+            [1, 1, 0, 2],
+            2,
+            true,
+            false,
+        ),
+        // One input channel, no groups: the direct kernel.
+        Case::new(
+            [3, 1, 17, 33],
+            [3, 1, 5, 5],
+            [1, 1],
+            [1, 1],
+            [2, 2, 2, 2],
+            1,
+            false,
+            true,
+        ),
+        // Kernel as large as the padded input: one output.
+        Case::new(
+            [1, 3, 7, 1],
+            [5, 3, 7, 3],
+            [1, 1],
+            [1, 1],
+            [0, 1, 0, 1],
+            1,
+            false,
+            true,
+        ),
+        // Many groups, batch 3 (parallel over images and groups).
+        Case::new(
+            [3, 32, 17, 17],
+            [32, 4, 3, 3],
+            [1, 1],
+            [1, 2],
+            [2, 1, 0, 3],
+            8,
+            true,
+            true,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+    }
+}
+
+#[test]
+fn half_precision_inputs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x16);
+    for i in 0..24 {
+        let case = random_case(&mut rng, 200_000);
+        if i % 2 == 0 {
+            check_case::<f16>(&mut rng, &case, None);
+        } else {
+            check_case::<bf16>(&mut rng, &case, None);
+        }
+    }
+    let pointwise = Case::new(
+        [2, 12, 7, 17],
+        [9, 12, 1, 1],
+        [1, 1],
+        [1, 1],
+        [0; 4],
+        1,
+        true,
+        true,
+    );
+    check_case::<f16>(&mut rng, &pointwise, None);
+    check_case::<bf16>(&mut rng, &pointwise, None);
+}
+
+#[test]
+fn nan_reaches_exactly_its_receptive_field() {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7a7);
+    let cases = [
+        Case::new(
+            [2, 6, 17, 17],
+            [8, 6, 3, 5],
+            [1, 2],
+            [2, 1],
+            [1, 2, 3, 0],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [1, 6, 17, 17],
+            [6, 1, 3, 3],
+            [2, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            6,
+            true,
+            false,
+        ),
+        Case::new(
+            [1, 8, 7, 7],
+            [4, 4, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            2,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 3, 33, 33],
+            [8, 3, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3, 3, 3, 3],
+            1,
+            true,
+            true,
+        ),
+    ];
+    for case in &cases {
+        let [n, c, h, w] = case.input;
+        for at in [0, n * c * h * w - 1, rng.random_range(0..n * c * h * w)] {
+            check_case::<f32>(&mut rng, case, Some(at));
+        }
+    }
+    // The receptive field check above is only meaningful if NaN does reach some outputs and
+    // not others: count them for one case.
+    let case = &cases[0];
+    let [n, c, h, w] = case.input;
+    let mut x = random_vec(&mut rng, n * c * h * w);
+    x[(c + 2) * h * w + 8 * w + 8] = f32::NAN; // image 1, channel 2, (8, 8)
+    let wt = random_vec(&mut rng, case.weight.iter().product());
+    let dims = case.output_dims().unwrap();
+    let mut out = vec![0.0; dims.iter().product()];
+    conv2d(
+        Isa::selected(),
+        &x,
+        case.input,
+        &wt,
+        case.weight,
+        None,
+        &case.params,
+        &mut out,
+    )
+    .unwrap();
+    let nans = out.iter().filter(|v| v.is_nan()).count();
+    assert!(nans > 0 && nans < out.len() / 2, "{nans} NaN outputs");
+}
+
+#[test]
+fn runs_in_caller_pools() {
+    // One image large enough to be split by output columns across the pool's threads, and a
+    // batch that is split by images.
+    let split = Case::new(
+        [1, 32, 40, 41],
+        [48, 32, 3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1, 1, 1],
+        1,
+        true,
+        true,
+    );
+    let batch = Case::new(
+        [3, 16, 33, 33],
+        [24, 16, 3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1, 1, 1],
+        1,
+        false,
+        true,
+    );
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(threads as u64);
+        pool.install(|| {
+            check_case::<f32>(&mut rng, &split, None);
+            check_case::<f32>(&mut rng, &batch, None);
+        });
+    }
+}
+
+#[test]
+fn empty_depth_and_outputs() {
+    // No input channels: the output is the bias.
+    let p = Conv2dParams::default();
+    let bias = [0.5f32, -1.0];
+    let mut out = vec![f32::NAN; 2 * 4 * 3];
+    conv2d::<f32>(
+        Isa::selected(),
+        &[],
+        [1, 0, 4, 3],
+        &[],
+        [2, 0, 1, 1],
+        Some(&bias),
+        &p,
+        &mut out,
+    )
+    .unwrap();
+    assert!(out[..12].iter().all(|&v| v == 0.5) && out[12..].iter().all(|&v| v == -1.0));
+    // No images: nothing to do, nothing to check but the dims.
+    let mut none: [f32; 0] = [];
+    let w = [1.0f32; 9];
+    conv2d(
+        Isa::selected(),
+        &[],
+        [0, 1, 5, 5],
+        &w,
+        [1, 1, 3, 3],
+        None,
+        &p,
+        &mut none,
+    )
+    .unwrap();
+}
+
+/// Runs conv2d on all-ones data of the right sizes for the dims, with the given overrides.
+fn call(
+    input_dims: [usize; 4],
+    weight_dims: [usize; 4],
+    params: &Conv2dParams,
+    lens: Option<(usize, usize, usize)>,
+    bias_len: Option<usize>,
+) -> Result<(), KernelError> {
+    let expected = conv2d_output_dims(input_dims, weight_dims, params)
+        .map(|d| d.iter().product())
+        .unwrap_or(1);
+    let (xl, wl, ol) = lens.unwrap_or((
+        input_dims.iter().product(),
+        weight_dims.iter().product(),
+        expected,
+    ));
+    let x = vec![1.0f32; xl];
+    let w = vec![1.0f32; wl];
+    let mut out = vec![0.0f32; ol];
+    let bias = bias_len.map(|l| vec![0.0f32; l]);
+    conv2d(
+        Isa::Scalar,
+        &x,
+        input_dims,
+        &w,
+        weight_dims,
+        bias.as_deref(),
+        params,
+        &mut out,
+    )
+}
+
+fn detail(err: KernelError) -> String {
+    err.to_string()
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let p = Conv2dParams::default();
+    let with = |f: &dyn Fn(&mut Conv2dParams)| {
+        let mut q = Conv2dParams::default();
+        f(&mut q);
+        q
+    };
+    // Zero stride, dilation, groups.
+    for q in [
+        with(&|q| q.stride = [0, 1]),
+        with(&|q| q.dilation = [1, 0]),
+        with(&|q| q.groups = 0),
+    ] {
+        let err = call([1, 4, 8, 8], [4, 4, 3, 3], &q, None, None).unwrap_err();
+        assert!(
+            matches!(err, KernelError::InvalidArgument { .. }),
+            "{err:?}"
+        );
+    }
+    // Channels not divisible by groups.
+    let err = call(
+        [1, 6, 8, 8],
+        [4, 1, 3, 3],
+        &with(&|q| q.groups = 4),
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, KernelError::ShapeMismatch { detail, .. } if detail.contains("6") && detail.contains("4")),
+        "{err:?}"
+    );
+    let err = call(
+        [1, 4, 8, 8],
+        [6, 1, 3, 3],
+        &with(&|q| q.groups = 4),
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, KernelError::ShapeMismatch { detail, .. } if detail.contains("output channels 6")),
+        "{err:?}"
+    );
+    // Weight channel mismatch.
+    let err = call([1, 4, 8, 8], [4, 3, 3, 3], &p, None, None).unwrap_err();
+    assert!(
+        matches!(&err, KernelError::ShapeMismatch { detail, .. } if detail.contains("3 input channels")),
+        "{err:?}"
+    );
+    // Kernel larger than the padded input.
+    let err = call([1, 1, 4, 4], [1, 1, 5, 3], &p, None, None).unwrap_err();
+    assert!(
+        matches!(&err, KernelError::ShapeMismatch { detail, .. } if detail.contains("5")),
+        "{err:?}"
+    );
+    let err = call(
+        [1, 1, 4, 4],
+        [1, 1, 3, 3],
+        &with(&|q| q.dilation = [2, 1]),
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::ShapeMismatch { .. }), "{err:?}");
+    // Zero-sized kernel.
+    let err = call([1, 1, 4, 4], [1, 1, 0, 3], &p, None, None).unwrap_err();
+    assert!(
+        matches!(err, KernelError::InvalidArgument { .. }),
+        "{err:?}"
+    );
+    // Slices of the wrong length.
+    let err = call([1, 2, 5, 5], [3, 2, 3, 3], &p, Some((49, 54, 27)), None).unwrap_err();
+    assert_eq!(
+        err,
+        KernelError::BufferTooSmall {
+            what: "conv2d input",
+            needed: 50,
+            actual: 49
+        }
+    );
+    let err = call([1, 2, 5, 5], [3, 2, 3, 3], &p, Some((51, 54, 27)), None).unwrap_err();
+    assert!(
+        detail(err.clone()).contains("51") && matches!(err, KernelError::ShapeMismatch { .. }),
+        "{err:?}"
+    );
+    let err = call([1, 2, 5, 5], [3, 2, 3, 3], &p, Some((50, 53, 27)), None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::BufferTooSmall {
+                needed: 54,
+                actual: 53,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = call([1, 2, 5, 5], [3, 2, 3, 3], &p, Some((50, 54, 26)), None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::BufferTooSmall {
+                needed: 27,
+                actual: 26,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = call([1, 2, 5, 5], [3, 2, 3, 3], &p, Some((50, 54, 28)), None).unwrap_err();
+    assert!(matches!(err, KernelError::ShapeMismatch { .. }), "{err:?}");
+    // Bias of the wrong length.
+    let err = call([1, 2, 5, 5], [3, 2, 3, 3], &p, None, Some(2)).unwrap_err();
+    assert!(
+        matches!(&err, KernelError::ShapeMismatch { detail, .. } if detail.contains("bias has 2")),
+        "{err:?}"
+    );
+    // Overflowing dims.
+    let err = call(
+        [usize::MAX, 2, 5, 5],
+        [3, 2, 3, 3],
+        &p,
+        Some((1, 54, 1)),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::SizeOverflow { .. }), "{err:?}");
+    let err = conv2d_output_dims(
+        [1, 1, 4, 4],
+        [1, 1, 3, 3],
+        &with(&|q| q.pads = [0, usize::MAX - 2, 0, 5]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, KernelError::SizeOverflow { .. }), "{err:?}");
+    // An instruction set this machine lacks.
+    if let Some(missing) = Isa::ALL.into_iter().find(|isa| !isa.is_available()) {
+        let x = [1.0f32; 9];
+        let mut out = [0.0f32; 1];
+        let err = conv2d(
+            missing,
+            &x,
+            [1, 1, 3, 3],
+            &x,
+            [1, 1, 3, 3],
+            None,
+            &p,
+            &mut out,
+        )
+        .unwrap_err();
+        assert_eq!(err, KernelError::IsaUnavailable(missing.name()));
+    }
+}
+
+/// GFLOP/s of ResNet layers on 2 threads:
+/// `cargo test -p accelmesh-kernels --release --test conv2d -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing, not a check"]
+fn resnet_layer_rates() {
+    use std::time::Instant;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // N, C, H, O, K, stride, pad.
+    let layers = [
+        (1, 64, 56, 64, 3, 1, 1),
+        (1, 128, 28, 128, 3, 1, 1),
+        (1, 256, 14, 256, 3, 1, 1),
+        (8, 64, 56, 64, 3, 1, 1),
+        (1, 3, 224, 64, 7, 2, 3),
+        (1, 256, 56, 64, 1, 1, 0),
+        (1, 32, 112, 32, 3, 1, 1),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for (n, c, h, o, k, s, pad) in layers {
+        let depthwise = n == 1 && c == 32 && h == 112;
+        let groups = if depthwise { c } else { 1 };
+        let case = Case::new(
+            [n, c, h, h],
+            [o, c / groups, k, k],
+            [s, s],
+            [1, 1],
+            [pad; 4],
+            groups,
+            true,
+            true,
+        );
+        let x = random_vec(&mut rng, n * c * h * h);
+        let w = random_vec(&mut rng, case.weight.iter().product());
+        let b = random_vec(&mut rng, o);
+        let mut out = vec![0.0f32; case.output_dims().unwrap().iter().product()];
+        let flops = 2.0 * case.macs() as f64;
+        let reps = (3e10 / flops).clamp(5.0, 200.0) as usize;
+        let mut times = Vec::new();
+        pool.install(|| {
+            for _ in 0..reps + 2 {
+                let t = Instant::now();
+                conv2d(
+                    Isa::selected(),
+                    &x,
+                    case.input,
+                    &w,
+                    case.weight,
+                    Some(&b),
+                    &case.params,
+                    &mut out,
+                )
+                .unwrap();
+                times.push(t.elapsed().as_secs_f64());
+            }
+        });
+        times.drain(..2);
+        times.sort_by(|a, b| a.total_cmp(b));
+        let (best, median) = (times[0], times[times.len() / 2]);
+        println!(
+            "{n}-{c}-{h}-{o}-{k}-{s}-{pad}{}: median {:.3} ms ({:.1} GFLOP/s), best {:.1} GFLOP/s",
+            if depthwise { " depthwise" } else { "" },
+            median * 1e3,
+            flops / median / 1e9,
+            flops / best / 1e9
+        );
+    }
+}

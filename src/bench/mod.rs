@@ -1,0 +1,223 @@
+//! The benchmark harness behind `accelmesh bench`: times matmul and conv2d cases on a set of
+//! nodes (split evenly over them) and optionally checks the results against float64.
+//!
+//! Each case runs one untimed warm-up, then `reps` timed repetitions; a repetition's time is
+//! the wall time of splitting the inputs, running the parts concurrently and assembling the
+//! output. Inputs are seeded random tensors in [-1, 1).
+
+pub mod case;
+pub mod check;
+pub mod split;
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use case::{ConvCase, RESNET};
+pub use split::{even_ranges, execute_split};
+
+use crate::node::NodeSet;
+use crate::op::Op;
+use crate::tensor::{DType, Shape, Tensor};
+use crate::{Error, Result};
+
+/// Seed of the first input of every case (the second uses the next seed, and so on).
+pub const INPUT_SEED: u64 = 0xACCE_1000;
+/// Seed that picks the output elements `--check` compares.
+pub const CHECK_SEED: u64 = 0xC4EC_0001;
+
+/// The measurements of one benchmark case (one JSON line of `bench --json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaseResult {
+    /// The op's name: `matmul` or `conv2d`.
+    pub op: String,
+    /// The problem: `MxNxK` for matmul, `N-C-H-K-R-stride-pad` for conv2d.
+    pub shape: String,
+    /// Input element type.
+    pub dtype: DType,
+    /// The node spec the case ran on.
+    pub nodes: String,
+    /// Number of nodes the work was split over.
+    pub node_count: usize,
+    /// Worker threads of all nodes together.
+    pub threads: usize,
+    /// The nodes' backend (the kernels' instruction set for CPU nodes).
+    pub isa: String,
+    /// Timed repetitions (after one warm-up).
+    pub reps: usize,
+    /// Median wall time of a repetition, in milliseconds.
+    pub ms_median: f64,
+    /// Fastest repetition, in milliseconds.
+    pub ms_min: f64,
+    /// Floating-point operations of one repetition.
+    pub flops: u64,
+    /// `flops` per median repetition, in GFLOP/s.
+    pub gflops: f64,
+    /// With `--check`: max |out − ref| / Σ|a·b| against a float64 reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rel_err: Option<f64>,
+}
+
+/// Times `reps` square `n×n×n` matrix multiplies of `dtype` inputs on `nodes`.
+pub fn run_matmul(
+    nodes: &NodeSet,
+    n: usize,
+    dtype: DType,
+    reps: usize,
+    check: bool,
+) -> Result<CaseResult> {
+    if n == 0 {
+        return Err(Error::parse("matmul size", "0", "must be at least 1"));
+    }
+    let op = Op::matmul();
+    let square = Shape::new([n, n]);
+    check_fits(nodes, &op, &[&square, &square], dtype)?;
+    let a = Tensor::random([n, n], dtype, INPUT_SEED)?;
+    let b = Tensor::random([n, n], dtype, INPUT_SEED + 1)?;
+    let inputs = [&a, &b];
+    let (times, out) = measure(nodes, &op, &inputs, reps)?;
+    let max_rel_err = check
+        .then(|| check::matmul_max_rel_err(&a, &b, (false, false), &out, CHECK_SEED))
+        .transpose()?;
+    summarize(
+        nodes,
+        &op,
+        &inputs,
+        format!("{n}x{n}x{n}"),
+        dtype,
+        &times,
+        max_rel_err,
+    )
+}
+
+/// Times `reps` convolutions of `case` with `dtype` inputs on `nodes`.
+pub fn run_conv2d(
+    nodes: &NodeSet,
+    case: &ConvCase,
+    dtype: DType,
+    reps: usize,
+    check: bool,
+) -> Result<CaseResult> {
+    let params = case.params();
+    let op = Op::Conv2d(params.clone());
+    let (x_shape, w_shape) = (
+        Shape::new(case.input_dims()),
+        Shape::new(case.weight_dims()),
+    );
+    check_fits(nodes, &op, &[&x_shape, &w_shape], dtype)?;
+    let x = Tensor::random(x_shape, dtype, INPUT_SEED)?;
+    let w = Tensor::random(w_shape, dtype, INPUT_SEED + 1)?;
+    let inputs = [&x, &w];
+    let (times, out) = measure(nodes, &op, &inputs, reps)?;
+    let max_rel_err = check
+        .then(|| check::conv2d_max_rel_err(&x, &w, None, &params, &out, CHECK_SEED))
+        .transpose()?;
+    summarize(
+        nodes,
+        &op,
+        &inputs,
+        case.to_string(),
+        dtype,
+        &times,
+        max_rel_err,
+    )
+}
+
+/// Fails unless the inputs and output of `op` fit in the nodes' memory together.
+fn check_fits(nodes: &NodeSet, op: &Op, shapes: &[&Shape], dtype: DType) -> Result<()> {
+    let needed = op.bytes(shapes, dtype)?;
+    let available = nodes.memory_bytes();
+    if needed > available {
+        return Err(Error::device(
+            nodes.label(),
+            format!(
+                "{} of {} needs {needed} bytes of inputs and output, the nodes have {available}",
+                op.name(),
+                shapes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One warm-up then `reps` timed runs; returns the times in ms and the last output.
+fn measure(
+    nodes: &NodeSet,
+    op: &Op,
+    inputs: &[&Tensor],
+    reps: usize,
+) -> Result<(Vec<f64>, Tensor)> {
+    if reps == 0 {
+        return Err(Error::parse("repetition count", "0", "must be at least 1"));
+    }
+    let mut out = execute_split(nodes, op, inputs)?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        out = execute_split(nodes, op, inputs)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((times, out))
+}
+
+/// The median of a non-empty list (mean of the middle two for even lengths).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => sorted[mid],
+        _ => (sorted[mid - 1] + sorted[mid]) / 2.0,
+    }
+}
+
+/// Builds the result record of one case.
+fn summarize(
+    nodes: &NodeSet,
+    op: &Op,
+    inputs: &[&Tensor],
+    shape: String,
+    dtype: DType,
+    times: &[f64],
+    max_rel_err: Option<f64>,
+) -> Result<CaseResult> {
+    let shapes: Vec<_> = inputs.iter().map(|t| t.shape()).collect();
+    let flops = op.flops(&shapes)?;
+    let ms_median = median(times);
+    let ms_min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok(CaseResult {
+        op: op.name().to_string(),
+        shape,
+        dtype,
+        nodes: nodes.label().to_string(),
+        node_count: nodes.len(),
+        threads: nodes.threads(),
+        isa: nodes.backends(),
+        reps: times.len(),
+        ms_median,
+        ms_min,
+        flops,
+        gflops: if ms_median > 0.0 {
+            flops as f64 / (ms_median * 1e6)
+        } else {
+            0.0
+        },
+        max_rel_err,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,109 @@
+//! Text and JSON-lines output of the command line.
+
+use std::io::Write;
+
+use accelmesh::bench::CaseResult;
+use accelmesh::{DeviceInfo, Error, Result};
+
+/// Writes one node: a line of text, or one JSON object.
+pub fn device(out: &mut impl Write, info: &DeviceInfo, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", to_json(info)?)?;
+        return Ok(());
+    }
+    let dtypes: Vec<&str> = info.dtypes.iter().map(|d| d.name()).collect();
+    let threads = info
+        .threads
+        .map_or_else(String::new, |t| format!("  threads={t}"));
+    writeln!(
+        out,
+        "{:<6} {:<4} {}  backend={}{threads}  memory={:.1} GiB  dtypes={}",
+        info.id,
+        info.kind,
+        info.name,
+        info.backend,
+        info.memory_bytes as f64 / (1u64 << 30) as f64,
+        dtypes.join(",")
+    )?;
+    Ok(())
+}
+
+/// Serialises a record as one line of JSON.
+fn to_json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Io(e.into()))
+}
+
+/// The benchmark table (or JSON lines), with column widths fixed before the first row.
+pub struct Table {
+    shape_width: usize,
+    nodes_width: usize,
+    check: bool,
+    json: bool,
+}
+
+impl Table {
+    /// A table for cases labelled `shapes`, run on `nodes`.
+    pub fn new(shapes: &[String], nodes: &str, check: bool, json: bool) -> Table {
+        let longest = shapes.iter().map(String::len).max().unwrap_or(0);
+        Table {
+            shape_width: longest.max("shape".len()),
+            nodes_width: nodes.len().max("nodes".len()),
+            check,
+            json,
+        }
+    }
+
+    /// Writes the header line (nothing in JSON mode).
+    pub fn header(&self, out: &mut impl Write) -> Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let mut line = format!(
+            "{:<6}  {:<sw$}  {:<5}  {:<nw$}  {:>7}  {:<7}  {:>4}  {:>10}  {:>9}",
+            "op",
+            "shape",
+            "dtype",
+            "nodes",
+            "threads",
+            "isa",
+            "reps",
+            "ms_median",
+            "GFLOP/s",
+            sw = self.shape_width,
+            nw = self.nodes_width,
+        );
+        if self.check {
+            line.push_str(&format!("  {:>11}", "max_rel_err"));
+        }
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+
+    /// Writes one case and flushes, so long runs show progress.
+    pub fn row(&self, out: &mut impl Write, r: &CaseResult) -> Result<()> {
+        if self.json {
+            writeln!(out, "{}", to_json(r)?)?;
+        } else {
+            let mut line = format!(
+                "{:<6}  {:<sw$}  {:<5}  {:<nw$}  {:>7}  {:<7}  {:>4}  {:>10.3}  {:>9.1}",
+                r.op,
+                r.shape,
+                r.dtype,
+                r.nodes,
+                r.threads,
+                r.isa,
+                r.reps,
+                r.ms_median,
+                r.gflops,
+                sw = self.shape_width,
+                nw = self.nodes_width,
+            );
+            if let Some(err) = r.max_rel_err {
+                line.push_str(&format!("  {err:>11.2e}"));
+            }
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! The CPU node: a share of the host's cores (one rayon pool) running the SIMD kernels.
+
+use std::sync::OnceLock;
+
+use accelmesh_kernels::conv::{Conv2dParams, conv2d};
+use accelmesh_kernels::{Epilogue, Isa, MatMut, MatRef, gemm};
+use half::{bf16, f16};
+
+use super::{Device, DeviceInfo, DeviceKind};
+use crate::op::{Conv2dDims, MatMulDims, Op, conv2d_dims, matmul_dims};
+use crate::tensor::{DType, Shape, Tensor, TensorElement, try_filled};
+use crate::{Error, Result};
+
+/// Memory assumed when /proc/meminfo cannot be read: 4 GiB.
+const FALLBACK_MEMORY_BYTES: u64 = 4 << 30;
+
+/// Number of hardware threads of the host (1 if unknown).
+pub fn host_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The CPU model from /proc/cpuinfo's `model name`, or `cpu` where there is none.
+pub fn host_cpu_name() -> String {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    (key.trim() == "model name" && !value.trim().is_empty())
+                        .then(|| value.trim().to_string())
+                })
+            })
+            .unwrap_or_else(|| "cpu".to_string())
+    })
+    .clone()
+}
+
+/// Total host memory from /proc/meminfo's `MemTotal`, in bytes, if it can be read.
+pub fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    let scale = match words.next() {
+        Some("kB") | Some("KB") => 1024,
+        None => 1,
+        Some(_) => return None,
+    };
+    value.checked_mul(scale)
+}
+
+/// The memory share of one of `nodes` CPU nodes.
+pub(crate) fn node_memory_bytes(nodes: usize) -> u64 {
+    host_memory_bytes().unwrap_or(FALLBACK_MEMORY_BYTES) / nodes.max(1) as u64
+}
+
+/// A CPU node: owns a pool of worker threads and runs every op inside it.
+///
+/// Matrix multiplies and convolutions accept f32, f16 or bf16 inputs (all of one dtype) and
+/// always return f32 outputs: the kernels widen half-precision operands and accumulate in f32.
+/// A convolution bias may have any dtype; it is widened to f32.
+pub struct CpuDevice {
+    info: DeviceInfo,
+    isa: Isa,
+    pool: rayon::ThreadPool,
+}
+
+impl CpuDevice {
+    /// CPU node number `index` (id `cpu<index>`) with `threads` workers and a memory share.
+    pub fn new(index: usize, threads: usize, memory_bytes: u64) -> Result<CpuDevice> {
+        let id = format!("cpu{index}");
+        if threads == 0 {
+            return Err(Error::device(id, "thread count must be at least 1"));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("cpu{index}-worker{i}"))
+            .build()
+            .map_err(|e| Error::device(&id, format!("cannot start {threads} threads: {e}")))?;
+        let isa = Isa::selected();
+        Ok(CpuDevice {
+            info: DeviceInfo {
+                id,
+                kind: DeviceKind::Cpu,
+                name: host_cpu_name(),
+                backend: isa.name().to_string(),
+                threads: Some(threads),
+                memory_bytes,
+                dtypes: DType::ALL.to_vec(),
+            },
+            isa,
+            pool,
+        })
+    }
+
+    /// A stand-alone CPU node (`cpu0`) with `threads` workers and all host memory.
+    pub fn with_threads(threads: usize) -> Result<CpuDevice> {
+        CpuDevice::new(0, threads, node_memory_bytes(1))
+    }
+
+    /// The kernels' instruction set this node uses.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs a validated matrix multiply of inputs stored as `T`.
+    fn matmul<T: TensorElement>(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        (trans_a, trans_b): (bool, bool),
+        d: MatMulDims,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (a, b) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+        let a = if trans_a {
+            MatRef::row_major(a, d.k, d.m)?.t()
+        } else {
+            MatRef::row_major(a, d.m, d.k)?
+        };
+        let b = if trans_b {
+            MatRef::row_major(b, d.n, d.k)?.t()
+        } else {
+            MatRef::row_major(b, d.k, d.n)?
+        };
+        let c = MatMut::row_major(out, d.m, d.n)?;
+        self.pool
+            .install(|| gemm(self.isa, 1.0, a, b, 0.0, c, &Epilogue::NONE))?;
+        Ok(())
+    }
+
+    /// Runs a validated convolution of inputs stored as `T`.
+    fn conv<T: TensorElement>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&[f32]>,
+        params: &Conv2dParams,
+        d: &Conv2dDims,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (x, w) = (x.as_slice::<T>()?, w.as_slice::<T>()?);
+        self.pool
+            .install(|| conv2d(self.isa, x, d.input, w, d.weight, bias, params, out))?;
+        Ok(())
+    }
+}
+
+/// Fails unless `a` and `b` have the same dtype, naming both.
+fn same_dtype(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<DType> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::dtype(
+            op,
+            format!(
+                "{} is {} but {} is {}: both must have the same dtype",
+                names[0],
+                a.dtype(),
+                names[1],
+                b.dtype()
+            ),
+        ));
+    }
+    Ok(a.dtype())
+}
+
+impl Device for CpuDevice {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        match op {
+            Op::MatMul { trans_a, trans_b } => {
+                let d = matmul_dims(*trans_a, *trans_b, &shapes)?;
+                let (a, b) = (inputs[0], inputs[1]);
+                let dtype = same_dtype("matmul", ["A", "B"], a, b)?;
+                let out_shape = Shape::new([d.m, d.n]);
+                let mut out = try_filled(out_shape.numel()?, 0.0f32)?;
+                if !out.is_empty() {
+                    let t = (*trans_a, *trans_b);
+                    match dtype {
+                        DType::F32 => self.matmul::<f32>(a, b, t, d, &mut out)?,
+                        DType::F16 => self.matmul::<f16>(a, b, t, d, &mut out)?,
+                        DType::BF16 => self.matmul::<bf16>(a, b, t, d, &mut out)?,
+                    }
+                }
+                Ok(vec![Tensor::from_vec(out_shape, out)?])
+            }
+            Op::Conv2d(params) => {
+                let d = conv2d_dims(params, &shapes)?;
+                let (x, w) = (inputs[0], inputs[1]);
+                let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
+                let bias = d.has_bias.then(|| inputs[2].to_f32_vec());
+                let out_shape = Shape::new(d.output);
+                let mut out = try_filled(out_shape.numel()?, 0.0f32)?;
+                if !out.is_empty() {
+                    let bias = bias.as_deref();
+                    match dtype {
+                        DType::F32 => self.conv::<f32>(x, w, bias, params, &d, &mut out)?,
+                        DType::F16 => self.conv::<f16>(x, w, bias, params, &d, &mut out)?,
+                        DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, &mut out)?,
+                    }
+                }
+                Ok(vec![Tensor::from_vec(out_shape, out)?])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_describes_the_node() {
+        let dev = CpuDevice::new(3, 2, 1 << 20).unwrap();
+        let info = dev.info();
+        assert_eq!(info.id, "cpu3");
+        assert_eq!(info.threads, Some(2));
+        assert_eq!(info.backend, Isa::selected().name());
+        assert!(!info.name.is_empty());
+        assert_eq!(info.dtypes, DType::ALL);
+        assert!(CpuDevice::new(0, 0, 1).is_err());
+    }
+
+    #[test]
+    fn empty_products_are_empty() {
+        let dev = CpuDevice::with_threads(1).unwrap();
+        let a = Tensor::random([0, 4], DType::F32, 1).unwrap();
+        let b = Tensor::random([4, 3], DType::F32, 2).unwrap();
+        let out = dev.execute(&Op::matmul(), &[&a, &b]).unwrap();
+        assert_eq!(out[0].dims(), [0, 3]);
+    }
+}

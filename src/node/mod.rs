@@ -1,0 +1,406 @@
+//! AI nodes: the [`Device`] trait (how to run an op on one device), what a device reports
+//! about itself, and the `--nodes` spec that says which nodes to bring up.
+
+mod cpu;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use cpu::{CpuDevice, host_cpu_name, host_memory_bytes, host_threads};
+
+use crate::op::Op;
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+
+/// Most nodes one spec may bring up (each CPU node owns a thread pool).
+pub const MAX_NODES: usize = 256;
+/// Most threads one CPU node may own.
+pub const MAX_THREADS_PER_NODE: usize = 1024;
+
+/// One compute device that runs ops on host tensors.
+pub trait Device: Send + Sync {
+    /// What the device is and what it can do.
+    fn info(&self) -> &DeviceInfo;
+
+    /// Runs `op` on `inputs` and returns its outputs, or a typed error for bad inputs.
+    fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+}
+
+/// The kind of device behind a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A share of the host CPU's cores.
+    Cpu,
+    /// A GPU (not available yet).
+    Gpu,
+    /// A modelled device of the simulator (not available yet).
+    Sim,
+}
+
+impl DeviceKind {
+    /// The lower-case name used in specs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Gpu => "gpu",
+            DeviceKind::Sim => "sim",
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// What a device reports about itself (serialised as one JSON object by `devices --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    /// Unique id within the process, e.g. `cpu0`.
+    pub id: String,
+    /// The kind of device.
+    pub kind: DeviceKind,
+    /// Human-readable hardware name, e.g. the CPU model.
+    pub name: String,
+    /// The code path that runs the ops, e.g. the kernels' instruction set (`avx512`).
+    pub backend: String,
+    /// Worker threads, for devices that have them.
+    pub threads: Option<usize>,
+    /// Memory the device may use, in bytes.
+    pub memory_bytes: u64,
+    /// Element types the device accepts as inputs.
+    pub dtypes: Vec<DType>,
+}
+
+/// One entry of a node spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpecEntry {
+    /// `nodes` CPU nodes of `threads` threads each (`None`: every core of the host).
+    Cpu {
+        /// Number of nodes.
+        nodes: usize,
+        /// Threads per node.
+        threads: Option<usize>,
+    },
+}
+
+/// Which nodes to bring up: `cpu` (one node, all cores), `cpu:NxT` (N nodes of T threads),
+/// or a comma-separated list of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    text: String,
+    entries: Vec<SpecEntry>,
+}
+
+impl NodeSpec {
+    /// Parses a spec, or returns an error naming the entry at fault.
+    pub fn parse(text: &str) -> Result<NodeSpec> {
+        let normalized = text.trim().to_ascii_lowercase();
+        if normalized.is_empty() {
+            return Err(Error::spec(text, "empty spec: expected cpu or cpu:NxT"));
+        }
+        let mut entries = Vec::new();
+        let mut total_nodes = 0usize;
+        let mut words = Vec::new();
+        for raw in normalized.split(',') {
+            let word = raw.trim();
+            if word.is_empty() {
+                return Err(Error::spec(
+                    text.trim(),
+                    "empty entry between commas: expected cpu or cpu:NxT",
+                ));
+            }
+            let entry = parse_entry(word)?;
+            let SpecEntry::Cpu { nodes, .. } = entry;
+            total_nodes = total_nodes.saturating_add(nodes);
+            if total_nodes > MAX_NODES {
+                return Err(Error::spec(
+                    text.trim(),
+                    format!("asks for {total_nodes} nodes or more, at most {MAX_NODES} allowed"),
+                ));
+            }
+            entries.push(entry);
+            words.push(word);
+        }
+        Ok(NodeSpec {
+            text: words.join(","),
+            entries,
+        })
+    }
+
+    /// Every local device: today one CPU node with all cores.
+    pub fn local() -> NodeSpec {
+        NodeSpec {
+            text: "cpu".to_string(),
+            entries: vec![SpecEntry::Cpu {
+                nodes: 1,
+                threads: None,
+            }],
+        }
+    }
+
+    /// The spec as text, normalised (lower case, no blanks).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed entries, in order.
+    pub fn entries(&self) -> &[SpecEntry] {
+        &self.entries
+    }
+
+    /// Brings up the nodes the spec names.
+    pub fn build(&self) -> Result<NodeSet> {
+        let cpu_nodes: usize = self
+            .entries
+            .iter()
+            .map(|e| match e {
+                SpecEntry::Cpu { nodes, .. } => *nodes,
+            })
+            .sum();
+        let memory = cpu::node_memory_bytes(cpu_nodes);
+        let mut devices: Vec<Arc<dyn Device>> = Vec::new();
+        for entry in &self.entries {
+            match *entry {
+                SpecEntry::Cpu { nodes, threads } => {
+                    let threads = threads.unwrap_or_else(host_threads);
+                    for _ in 0..nodes {
+                        let index = devices.len();
+                        devices.push(Arc::new(CpuDevice::new(index, threads, memory)?));
+                    }
+                }
+            }
+        }
+        NodeSet::new(self.text.clone(), devices)
+    }
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        NodeSpec::local()
+    }
+}
+
+impl fmt::Display for NodeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for NodeSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<NodeSpec> {
+        NodeSpec::parse(s)
+    }
+}
+
+/// Parses one comma-separated entry of a spec (already trimmed and lower-cased).
+fn parse_entry(word: &str) -> Result<SpecEntry> {
+    let (kind, arg) = match word.split_once(':') {
+        Some((kind, arg)) => (kind, Some(arg)),
+        None => (word, None),
+    };
+    match kind {
+        "cpu" => {
+            let Some(arg) = arg else {
+                return Ok(SpecEntry::Cpu {
+                    nodes: 1,
+                    threads: None,
+                });
+            };
+            let Some((n, t)) = arg.split_once('x') else {
+                return Err(Error::spec(
+                    word,
+                    "expected cpu:NxT (N nodes of T threads each), e.g. cpu:2x4",
+                ));
+            };
+            let nodes = parse_count(word, "node count", n, MAX_NODES)?;
+            let threads = parse_count(word, "thread count", t, MAX_THREADS_PER_NODE)?;
+            Ok(SpecEntry::Cpu {
+                nodes,
+                threads: Some(threads),
+            })
+        }
+        "gpu" | "sim" => Err(Error::Unavailable {
+            kind: kind.to_string(),
+            spec: word.to_string(),
+        }),
+        other => Err(Error::spec(
+            word,
+            format!("unknown node kind `{other}`: expected cpu or cpu:NxT"),
+        )),
+    }
+}
+
+/// Parses a positive count no larger than `max`.
+fn parse_count(word: &str, what: &str, text: &str, max: usize) -> Result<usize> {
+    let value: usize = text.parse().map_err(|_| {
+        Error::spec(
+            word,
+            format!("{what} `{text}` is not a positive integer (expected cpu:NxT, e.g. cpu:2x4)"),
+        )
+    })?;
+    if value == 0 {
+        return Err(Error::spec(word, format!("{what} must be at least 1")));
+    }
+    if value > max {
+        return Err(Error::spec(
+            word,
+            format!("{what} {value} exceeds the limit of {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The devices brought up from one spec, with the spec's text as their label.
+#[derive(Clone)]
+pub struct NodeSet {
+    label: String,
+    devices: Vec<Arc<dyn Device>>,
+}
+
+impl NodeSet {
+    /// A set of devices under a label (the spec text); fails if `devices` is empty.
+    pub fn new(label: impl Into<String>, devices: Vec<Arc<dyn Device>>) -> Result<NodeSet> {
+        let label = label.into();
+        if devices.is_empty() {
+            return Err(Error::spec(label, "brings up no nodes"));
+        }
+        Ok(NodeSet { label, devices })
+    }
+
+    /// Parses `spec` and brings up its nodes.
+    pub fn from_spec(spec: &NodeSpec) -> Result<NodeSet> {
+        spec.build()
+    }
+
+    /// The spec text the set was built from.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The devices, in spec order.
+    pub fn devices(&self) -> &[Arc<dyn Device>] {
+        &self.devices
+    }
+
+    /// Memory of all nodes together, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.devices
+            .iter()
+            .map(|d| d.info().memory_bytes)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// True when there are no nodes (never, for a set built by [`NodeSet::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Total worker threads of the nodes that have them.
+    pub fn threads(&self) -> usize {
+        self.devices.iter().filter_map(|d| d.info().threads).sum()
+    }
+
+    /// The distinct backends of the nodes, joined with `+` (e.g. `avx512`).
+    pub fn backends(&self) -> String {
+        let mut names: Vec<&str> = Vec::new();
+        for d in &self.devices {
+            let b = d.info().backend.as_str();
+            if !names.contains(&b) {
+                names.push(b);
+            }
+        }
+        names.join("+")
+    }
+}
+
+impl fmt::Debug for NodeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeSet")
+            .field("label", &self.label)
+            .field(
+                "devices",
+                &self.devices.iter().map(|d| d.info()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let spec = NodeSpec::parse(" CPU:2x3 , cpu ").unwrap();
+        assert_eq!(spec.as_str(), "cpu:2x3,cpu");
+        assert_eq!(
+            spec.entries(),
+            &[
+                SpecEntry::Cpu {
+                    nodes: 2,
+                    threads: Some(3)
+                },
+                SpecEntry::Cpu {
+                    nodes: 1,
+                    threads: None
+                }
+            ]
+        );
+        assert_eq!(NodeSpec::default().as_str(), "cpu");
+    }
+
+    #[test]
+    fn bad_specs_name_the_entry() {
+        for (bad, named) in [
+            ("cpu:0x2", "cpu:0x2"),
+            ("cpu:2x0", "cpu:2x0"),
+            ("cpu:2x", "cpu:2x"),
+            ("cpu:axb", "cpu:axb"),
+            ("cpu:x2", "cpu:x2"),
+            ("cpu:3", "cpu:3"),
+            ("cpu,,cpu", "`cpu,,cpu`: empty entry"),
+            ("cpu,", "`cpu,`: empty entry"),
+            ("", "empty spec"),
+            ("tpu", "tpu"),
+            ("cpu:1x99999", "99999"),
+            ("cpu:300x1", "300"),
+            ("cpu:200x1,cpu:200x1", "cpu:200x1,cpu:200x1"),
+        ] {
+            let err = NodeSpec::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::Spec { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn gpu_and_sim_are_not_available_yet() {
+        for spec in ["gpu", "cpu,gpu:0", "sim:4x4"] {
+            let err = NodeSpec::parse(spec).unwrap_err();
+            assert!(matches!(err, Error::Unavailable { .. }), "{spec}: {err}");
+            assert!(err.to_string().contains("not available yet"));
+        }
+    }
+
+    #[test]
+    fn build_gives_numbered_cpu_nodes() {
+        let set = NodeSpec::parse("cpu:2x1,cpu:1x2").unwrap().build().unwrap();
+        let ids: Vec<&str> = set.devices().iter().map(|d| d.info().id.as_str()).collect();
+        assert_eq!(ids, ["cpu0", "cpu1", "cpu2"]);
+        assert_eq!(set.threads(), 4);
+        assert_eq!(set.label(), "cpu:2x1,cpu:1x2");
+    }
+}

@@ -1,0 +1,206 @@
+//! The `accelmesh` binary: JSON output, checked benchmarks, and clean errors.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn accelmesh(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_accelmesh"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs a command that must succeed and parses every stdout line as a JSON object.
+fn json_lines(args: &[&str]) -> Vec<serde_json::Map<String, Value>> {
+    let out = accelmesh(args);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    let lines: Vec<_> = stdout
+        .lines()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(Value::Object(map)) => map,
+            other => panic!("{args:?}: line {line:?} is not a JSON object: {other:?}"),
+        })
+        .collect();
+    assert!(!lines.is_empty(), "{args:?} printed nothing");
+    lines
+}
+
+/// Asserts the command fails with exit code 2, `error:` and `needle` on stderr, and no panic.
+fn assert_clean_failure(args: &[&str], needle: &str) {
+    let out = accelmesh(args);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+}
+
+#[test]
+fn devices_json_has_the_required_keys() {
+    for args in [
+        &["devices", "--json"][..],
+        &["devices", "--json", "--nodes", "cpu:2x1,cpu:1x2"][..],
+    ] {
+        let lines = json_lines(args);
+        for (i, dev) in lines.iter().enumerate() {
+            for key in [
+                "id",
+                "kind",
+                "name",
+                "backend",
+                "threads",
+                "memory_bytes",
+                "dtypes",
+            ] {
+                assert!(dev.contains_key(key), "{args:?}: {key} missing in {dev:?}");
+            }
+            assert_eq!(dev["id"], format!("cpu{i}"));
+            assert_eq!(dev["kind"], "cpu");
+            assert!(dev["memory_bytes"].as_u64().unwrap() > 0);
+            assert!(dev["threads"].as_u64().unwrap() >= 1);
+            let dtypes: Vec<&str> = dev["dtypes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap())
+                .collect();
+            assert_eq!(dtypes, ["f32", "f16", "bf16"]);
+        }
+        if args.len() > 2 {
+            assert_eq!(lines.len(), 3);
+            assert_eq!(lines[2]["threads"], 2);
+        }
+    }
+    let text = accelmesh(&["devices"]);
+    assert!(text.status.success());
+    assert!(String::from_utf8(text.stdout).unwrap().starts_with("cpu0"));
+}
+
+/// Checks the keys every benchmark line has, and a small error.
+fn assert_bench_line(line: &serde_json::Map<String, Value>, op: &str, nodes: &str) {
+    for key in [
+        "op",
+        "shape",
+        "dtype",
+        "nodes",
+        "ms_median",
+        "gflops",
+        "max_rel_err",
+        "reps",
+        "threads",
+        "isa",
+    ] {
+        assert!(line.contains_key(key), "{key} missing in {line:?}");
+    }
+    assert_eq!(line["op"], op);
+    assert_eq!(line["nodes"], nodes);
+    assert!(line["ms_median"].as_f64().unwrap() > 0.0);
+    assert!(line["gflops"].as_f64().unwrap() > 0.0);
+    let err = line["max_rel_err"]
+        .as_f64()
+        .expect("max_rel_err is a number");
+    assert!(err < 1e-5, "max_rel_err {err} in {line:?}");
+}
+
+#[test]
+fn bench_matmul_json_with_check_on_two_nodes() {
+    let lines = json_lines(&[
+        "bench", "matmul", "--sizes", "33,64", "--reps", "2", "--check", "--json", "--nodes",
+        "cpu:2x1",
+    ]);
+    assert_eq!(lines.len(), 2);
+    for (line, shape) in lines.iter().zip(["33x33x33", "64x64x64"]) {
+        assert_bench_line(line, "matmul", "cpu:2x1");
+        assert_eq!(line["shape"], shape);
+        assert_eq!(line["dtype"], "f32");
+        assert_eq!(line["reps"], 2);
+        assert_eq!(line["threads"], 2);
+    }
+    let lines = json_lines(&[
+        "bench", "matmul", "--sizes", "48", "--reps", "1", "--check", "--json", "--dtype", "bf16",
+    ]);
+    assert_bench_line(&lines[0], "matmul", "cpu");
+    assert_eq!(lines[0]["dtype"], "bf16");
+}
+
+#[test]
+fn bench_conv2d_json_with_check() {
+    let lines = json_lines(&[
+        "bench",
+        "conv2d",
+        "--shapes",
+        "1-8-17-16-3-1-1",
+        "--check",
+        "--json",
+        "--reps",
+        "2",
+    ]);
+    assert_eq!(lines.len(), 1);
+    assert_bench_line(&lines[0], "conv2d", "cpu");
+    assert_eq!(lines[0]["shape"], "1-8-17-16-3-1-1");
+    let lines = json_lines(&[
+        "bench",
+        "conv2d",
+        "--shapes",
+        "2-3-15-8-3-2-1,1-4-9-6-1-1-0",
+        "--check",
+        "--json",
+        "--reps",
+        "1",
+        "--nodes",
+        "cpu:2x1",
+        "--dtype",
+        "f16",
+    ]);
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_bench_line(line, "conv2d", "cpu:2x1");
+    }
+}
+
+#[test]
+fn bench_table_is_aligned() {
+    let out = accelmesh(&[
+        "bench", "matmul", "--sizes", "8,100", "--reps", "1", "--check",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("op") && lines[0].contains("max_rel_err"));
+    let width = lines[0].len();
+    assert!(lines.iter().all(|l| l.len() == width), "{stdout}");
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    assert_clean_failure(&["devices", "--nodes", "cpu:0x1"], "cpu:0x1");
+    assert_clean_failure(
+        &["bench", "matmul", "--sizes", "8", "--nodes", "cpu:0x1"],
+        "cpu:0x1",
+    );
+    assert_clean_failure(
+        &["bench", "matmul", "--sizes", "8", "--dtype", "f64"],
+        "f64",
+    );
+    assert_clean_failure(&["devices", "--nodes", "gpu"], "not available yet");
+    assert_clean_failure(&["bench", "matmul", "--sizes", "0"], "matrix size");
+    assert_clean_failure(
+        &["bench", "conv2d", "--shapes", "1-8-17-16-3-1"],
+        "1-8-17-16-3-1",
+    );
+    assert_clean_failure(&["bench", "matmul", "--reps", "0"], "repetition count");
+    assert_clean_failure(&["frobnicate"], "frobnicate");
+}
+
+#[test]
+fn no_subcommand_prints_help() {
+    let out = accelmesh(&[]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("Usage") && stdout.contains("bench") && stdout.contains("devices"));
+}

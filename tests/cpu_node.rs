@@ -1,0 +1,350 @@
+//! The CPU node against float64 references on seeded random inputs.
+
+use accelmesh::bench::execute_split;
+use accelmesh::{Conv2dParams, CpuDevice, DType, Device, Error, NodeSpec, Op, Tensor};
+
+/// Largest allowed |out − ref| / Σ|a·b| per element (f32 accumulation).
+const TOL: f64 = 1e-5;
+
+/// Element (i, j) of the logical operand held row-major with `stored_cols` columns, stored
+/// transposed when `trans`.
+fn at(v: &[f64], trans: bool, stored_cols: usize, i: usize, j: usize) -> f64 {
+    if trans {
+        v[j * stored_cols + i]
+    } else {
+        v[i * stored_cols + j]
+    }
+}
+
+/// Asserts `out` matches a reference given per element as (value, Σ|terms|).
+fn assert_close(what: &str, out: &Tensor, reference: &[(f64, f64)]) {
+    let got = out.as_f32().expect("outputs are f32");
+    assert_eq!(got.len(), reference.len(), "{what}: output length");
+    for (i, (&g, &(r, scale))) in got.iter().zip(reference).enumerate() {
+        let err = (f64::from(g) - r).abs() / scale.max(f64::MIN_POSITIVE);
+        assert!(
+            err <= TOL || (f64::from(g) - r).abs() < 1e-30,
+            "{what}: element {i} is {g}, reference {r} (rel err {err:e})"
+        );
+    }
+}
+
+/// f64 reference of `op(a)·op(b)` from the (dtype-rounded) tensors.
+fn matmul_ref(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Vec<(f64, f64)> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let (m, k) = if ta { (ad[1], ad[0]) } else { (ad[0], ad[1]) };
+    let n = if tb { bd[0] } else { bd[1] };
+    let (av, bv) = (a.to_f64_vec(), b.to_f64_vec());
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut sc) = (0.0, 0.0);
+            for p in 0..k {
+                let t = at(&av, ta, ad[1], i, p) * at(&bv, tb, bd[1], p, j);
+                s += t;
+                sc += t.abs();
+            }
+            out.push((s, sc));
+        }
+    }
+    out
+}
+
+/// f64 reference of a convolution (NCHW, OIHW), bias and ReLU included.
+fn conv_ref(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &Conv2dParams) -> Vec<(f64, f64)> {
+    let [n, c, h, wd]: [usize; 4] = x.dims().try_into().unwrap();
+    let [o, cg, kh, kw]: [usize; 4] = w.dims().try_into().unwrap();
+    let oh = (h + p.pads[0] + p.pads[2] - (kh - 1) * p.dilation[0] - 1) / p.stride[0] + 1;
+    let ow = (wd + p.pads[1] + p.pads[3] - (kw - 1) * p.dilation[1] - 1) / p.stride[1] + 1;
+    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+    let bv = bias.map(Tensor::to_f64_vec);
+    let og = o / p.groups;
+    let mut out = Vec::with_capacity(n * o * oh * ow);
+    for b in 0..n {
+        for oc in 0..o {
+            let g = oc / og;
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let (mut s, mut sc) = bv.as_ref().map_or((0.0, 0.0), |v| (v[oc], v[oc].abs()));
+                    for ci in 0..cg {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (y * p.stride[0] + ky * p.dilation[0]) as isize
+                                    - p.pads[0] as isize;
+                                let ix = (xo * p.stride[1] + kx * p.dilation[1]) as isize
+                                    - p.pads[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi =
+                                    ((b * c + g * cg + ci) * h + iy as usize) * wd + ix as usize;
+                                let t = xv[xi] * wv[((oc * cg + ci) * kh + ky) * kw + kx];
+                                s += t;
+                                sc += t.abs();
+                            }
+                        }
+                    }
+                    if p.relu && s < 0.0 {
+                        s = 0.0;
+                    }
+                    out.push((s, sc));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn device(threads: usize) -> CpuDevice {
+    CpuDevice::with_threads(threads).expect("a CPU node starts")
+}
+
+fn run(dev: &dyn Device, op: &Op, inputs: &[&Tensor]) -> Tensor {
+    let mut outputs = dev.execute(op, inputs).expect("op runs");
+    assert_eq!(outputs.len(), 1);
+    outputs.remove(0)
+}
+
+#[test]
+fn matmul_with_transposes_matches_f64_on_odd_sizes() {
+    let dev = device(2);
+    let sizes = [1, 7, 17, 33];
+    let mut seed = 100;
+    for &m in &sizes {
+        for &n in &sizes {
+            for &k in &[1, 17, 33] {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    seed += 2;
+                    let a_dims = if ta { [k, m] } else { [m, k] };
+                    let b_dims = if tb { [n, k] } else { [k, n] };
+                    let a = Tensor::random(a_dims, DType::F32, seed).unwrap();
+                    let b = Tensor::random(b_dims, DType::F32, seed + 1).unwrap();
+                    let op = Op::MatMul {
+                        trans_a: ta,
+                        trans_b: tb,
+                    };
+                    let out = run(&dev, &op, &[&a, &b]);
+                    assert_eq!(out.dims(), [m, n]);
+                    assert_eq!(out.dtype(), DType::F32);
+                    let what = format!("matmul {m}x{n}x{k} ta={ta} tb={tb}");
+                    assert_close(&what, &out, &matmul_ref(&a, &b, ta, tb));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_in_half_precisions_gives_f32() {
+    let dev = device(2);
+    for dtype in [DType::F16, DType::BF16] {
+        for (m, n, k, ta, tb) in [
+            (33, 17, 65, false, true),
+            (7, 130, 33, true, false),
+            (1, 1, 7, true, true),
+        ] {
+            let a_dims = if ta { [k, m] } else { [m, k] };
+            let b_dims = if tb { [n, k] } else { [k, n] };
+            let a = Tensor::random(a_dims, dtype, 7).unwrap();
+            let b = Tensor::random(b_dims, dtype, 8).unwrap();
+            let op = Op::MatMul {
+                trans_a: ta,
+                trans_b: tb,
+            };
+            let out = run(&dev, &op, &[&a, &b]);
+            assert_eq!(out.dtype(), DType::F32);
+            let what = format!("{dtype} matmul {m}x{n}x{k}");
+            assert_close(&what, &out, &matmul_ref(&a, &b, ta, tb));
+        }
+    }
+}
+
+/// Convolution cases: input dims, weight dims, params, with bias.
+fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams, bool)> {
+    let p = Conv2dParams::default;
+    vec![
+        ([1, 1, 1, 1], [1, 1, 1, 1], p(), false),
+        ([1, 3, 7, 7], [5, 3, 3, 3], p(), true),
+        (
+            [2, 4, 17, 13],
+            [7, 4, 3, 3],
+            Conv2dParams {
+                stride: [2, 1],
+                pads: [1, 2, 0, 1],
+                relu: true,
+                ..p()
+            },
+            true,
+        ),
+        (
+            [1, 6, 17, 17],
+            [4, 3, 3, 5],
+            Conv2dParams {
+                groups: 2,
+                dilation: [2, 1],
+                pads: [2, 2, 2, 2],
+                ..p()
+            },
+            false,
+        ),
+        (
+            [2, 8, 9, 9],
+            [8, 1, 3, 3],
+            Conv2dParams {
+                groups: 8,
+                pads: [1, 1, 1, 1],
+                ..p()
+            },
+            true,
+        ),
+        ([1, 33, 7, 7], [17, 33, 1, 1], p(), false),
+        (
+            [1, 8, 33, 33],
+            [16, 8, 3, 3],
+            Conv2dParams {
+                stride: [2, 2],
+                pads: [1, 1, 1, 1],
+                ..p()
+            },
+            true,
+        ),
+    ]
+}
+
+#[test]
+fn conv2d_matches_f64_for_every_dtype() {
+    let dev = device(2);
+    for dtype in DType::ALL {
+        for (i, (xd, wd, params, with_bias)) in conv_cases().into_iter().enumerate() {
+            let seed = 1000 + 10 * i as u64;
+            let x = Tensor::random(xd, dtype, seed).unwrap();
+            let w = Tensor::random(wd, dtype, seed + 1).unwrap();
+            let bias = Tensor::random([wd[0]], DType::F32, seed + 2).unwrap();
+            let op = Op::Conv2d(params.clone());
+            let out = if with_bias {
+                run(&dev, &op, &[&x, &w, &bias])
+            } else {
+                run(&dev, &op, &[&x, &w])
+            };
+            let shapes = [x.shape(), w.shape()];
+            assert_eq!(out.shape(), &op.output_shape(&shapes).unwrap());
+            let what = format!("{dtype} conv {xd:?} * {wd:?} {params:?}");
+            let reference = conv_ref(&x, &w, with_bias.then_some(&bias), &params);
+            assert_close(&what, &out, &reference);
+        }
+    }
+}
+
+#[test]
+fn mismatched_inputs_give_typed_errors() {
+    let dev = device(1);
+    let a = Tensor::random([4, 5], DType::F32, 1).unwrap();
+    let b = Tensor::random([5, 3], DType::F32, 2).unwrap();
+    let b16 = b.to_dtype(DType::F16);
+    let err = dev.execute(&Op::matmul(), &[&a, &b16]).unwrap_err();
+    assert!(matches!(err, Error::DType { .. }), "{err}");
+    assert!(
+        err.to_string().contains("f16") && err.to_string().contains("f32"),
+        "{err}"
+    );
+
+    let err = dev.execute(&Op::matmul(), &[&a, &a]).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("4x5"), "{err}");
+
+    let err = dev.execute(&Op::matmul(), &[&a]).unwrap_err();
+    assert!(matches!(err, Error::Arity { got: 1, .. }), "{err}");
+
+    let v = Tensor::random([5], DType::F32, 3).unwrap();
+    let err = dev.execute(&Op::matmul(), &[&v, &b]).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+
+    let conv = Op::Conv2d(Conv2dParams::default());
+    let x = Tensor::random([1, 3, 8, 8], DType::F32, 4).unwrap();
+    let w = Tensor::random([4, 3, 3, 3], DType::F32, 5).unwrap();
+    let err = dev
+        .execute(&conv, &[&x, &w.to_dtype(DType::BF16)])
+        .unwrap_err();
+    assert!(matches!(err, Error::DType { .. }), "{err}");
+    let bad_bias = Tensor::random([3], DType::F32, 6).unwrap();
+    let err = dev.execute(&conv, &[&x, &w, &bad_bias]).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("[3]"), "{err}");
+    let wrong_channels = Tensor::random([4, 2, 3, 3], DType::F32, 7).unwrap();
+    assert!(dev.execute(&conv, &[&x, &wrong_channels]).is_err());
+    let flat = Tensor::random([3, 8, 8], DType::F32, 8).unwrap();
+    let err = dev.execute(&conv, &[&flat, &w]).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let too_big = Tensor::random([4, 3, 9, 9], DType::F32, 9).unwrap();
+    assert!(dev.execute(&conv, &[&x, &too_big]).is_err());
+    let err = dev.execute(&conv, &[&x, &w, &v, &v]).unwrap_err();
+    assert!(matches!(err, Error::Arity { got: 4, .. }), "{err}");
+}
+
+/// Max |x − y| / max(|y|, 1) over two equally shaped f32 tensors.
+fn max_diff(x: &Tensor, y: &Tensor) -> f32 {
+    assert_eq!(x.shape(), y.shape());
+    x.as_f32()
+        .unwrap()
+        .iter()
+        .zip(y.as_f32().unwrap())
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn two_one_thread_nodes_agree_with_one_two_thread_node() {
+    let pair = NodeSpec::parse("cpu:2x1").unwrap().build().unwrap();
+    assert_eq!(pair.len(), 2);
+    let single = NodeSpec::parse("cpu:1x2").unwrap().build().unwrap();
+    let dev = device(2);
+
+    for (m, n, k, ta, tb) in [
+        (33, 17, 129, false, false),
+        (130, 64, 70, true, true),
+        (1, 9, 5, false, true),
+    ] {
+        let a = Tensor::random(if ta { [k, m] } else { [m, k] }, DType::F32, 21).unwrap();
+        let b = Tensor::random(if tb { [n, k] } else { [k, n] }, DType::F32, 22).unwrap();
+        let op = Op::MatMul {
+            trans_a: ta,
+            trans_b: tb,
+        };
+        let split = execute_split(&pair, &op, &[&a, &b]).unwrap();
+        let whole = run(&dev, &op, &[&a, &b]);
+        assert!(max_diff(&split, &whole) <= 1e-6, "matmul {m}x{n}x{k}");
+        assert_eq!(execute_split(&single, &op, &[&a, &b]).unwrap(), whole);
+        assert_close("split matmul", &split, &matmul_ref(&a, &b, ta, tb));
+    }
+
+    // Batch split (N = 3 ≥ 2 nodes), output-channel split (N = 1), group split (N = 1).
+    let grouped = Conv2dParams {
+        groups: 4,
+        pads: [1, 1, 1, 1],
+        ..Conv2dParams::default()
+    };
+    let strided = Conv2dParams {
+        stride: [2, 2],
+        pads: [1, 0, 1, 0],
+        relu: true,
+        ..Conv2dParams::default()
+    };
+    for (xd, wd, params) in [
+        ([3, 5, 17, 17], [7, 5, 3, 3], strided.clone()),
+        ([1, 5, 17, 17], [7, 5, 3, 3], strided),
+        ([1, 8, 9, 9], [12, 2, 3, 3], grouped),
+    ] {
+        let x = Tensor::random(xd, DType::BF16, 31).unwrap();
+        let w = Tensor::random(wd, DType::BF16, 32).unwrap();
+        let bias = Tensor::random([wd[0]], DType::F32, 33).unwrap();
+        let op = Op::Conv2d(params.clone());
+        let split = execute_split(&pair, &op, &[&x, &w, &bias]).unwrap();
+        let whole = run(&dev, &op, &[&x, &w, &bias]);
+        assert!(max_diff(&split, &whole) <= 1e-6, "conv {xd:?} {wd:?}");
+        assert_close(
+            "split conv",
+            &split,
+            &conv_ref(&x, &w, Some(&bias), &params),
+        );
+    }
+}
