@@ -210,7 +210,7 @@ fn random_case(rng: &mut ChaCha8Rng, max_macs: usize) -> Case {
 #[test]
 fn random_configurations_match_f64_on_every_isa() {
     let mut rng = ChaCha8Rng::seed_from_u64(0xc0f2d);
-    for _ in 0..150 {
+    for _ in 0..300 {
         let case = random_case(&mut rng, 400_000);
         check_case::<f32>(&mut rng, &case, None);
     }
@@ -568,11 +568,13 @@ fn call(
     let expected = conv2d_output_dims(input_dims, weight_dims, params)
         .map(|d| d.iter().product())
         .unwrap_or(1);
-    let (xl, wl, ol) = lens.unwrap_or((
-        input_dims.iter().product(),
-        weight_dims.iter().product(),
-        expected,
-    ));
+    let (xl, wl, ol) = lens.unwrap_or_else(|| {
+        (
+            input_dims.iter().product(),
+            weight_dims.iter().product(),
+            expected,
+        )
+    });
     let x = vec![1.0f32; xl];
     let w = vec![1.0f32; wl];
     let mut out = vec![0.0f32; ol];

@@ -5,6 +5,8 @@
 //! never materialised: each depth row of a panel is filled from at most a few contiguous (or
 //! `sw`-strided) runs of one input row, with only the padding parts zeroed.
 
+use std::cell::Cell;
+
 use super::params::Geometry;
 use crate::Isa;
 use crate::gemm::PackB;
@@ -82,6 +84,11 @@ pub(super) struct Scratch {
     pub index: Vec<usize>,
     /// Per-vector loads derived from the runs by the SIMD fillers.
     pub loads: Vec<(u64, usize)>,
+}
+
+thread_local! {
+    /// Scratch space of `pack_b`, kept between calls on this thread.
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
 }
 
 /// The im2col matrix of one image and group, produced panel by panel.
@@ -248,7 +255,7 @@ impl<'a> Im2col<'a> {
 impl PackB for Im2col<'_> {
     fn pack_b(&self, k0: usize, kc: usize, n0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
         let depth = &self.taps.depth[k0..k0 + kc];
-        let mut scratch = Scratch::default();
+        let mut scratch = SCRATCH.take();
         for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
             let first = p * nr;
             if first >= nc {
@@ -267,6 +274,7 @@ impl PackB for Im2col<'_> {
                 }
             }
         }
+        SCRATCH.set(scratch);
     }
 }
 
@@ -357,95 +365,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod bench_tmp {
-    use super::super::params::Conv2dParams;
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn pack_rate() {
-        let params = Conv2dParams {
-            pads: [1; 4],
-            ..Conv2dParams::default()
-        };
-        let g = Geometry::new([1, 64, 56, 56], [64, 64, 3, 3], &params).unwrap();
-        let x: Vec<f32> = (0..g.group_input_len()).map(|v| v as f32).collect();
-        let t = Taps::new(&g);
-        let (k, n) = (g.depth(), g.out_plane());
-        let mut buf = vec![0.0f32; 512 * 512 + 16];
-        let off = std::env::var("PACK_OFF").map_or(0, |v| v.parse().unwrap());
-        let buf = &mut buf[off..];
-        for isa in Isa::available() {
-            if std::env::var("PACK_ISA").is_ok_and(|v| v != isa.name()) {
-                continue;
-            }
-            let packer = Im2col::new(&x, &t, &g, isa);
-            let reps = 20;
-            let mut best = f64::MAX;
-            for _ in 0..8 {
-                let start = std::time::Instant::now();
-                for _ in 0..reps {
-                    let kb: usize = std::env::var("KB").map_or(512, |v| v.parse().unwrap());
-                    let nb: usize = std::env::var("NB").map_or(512, |v| v.parse().unwrap());
-                    for k0 in (0..k).step_by(kb) {
-                        let kc = kb.min(k - k0);
-                        for n0 in (0..n).step_by(nb) {
-                            let nc = nb.min(n - n0);
-                            packer.pack_b(
-                                k0,
-                                kc,
-                                n0,
-                                nc,
-                                32,
-                                &mut buf[..nc.div_ceil(32) * 32 * kc],
-                            );
-                        }
-                    }
-                }
-                best = best.min(start.elapsed().as_secs_f64() / reps as f64);
-            }
-            let per = best;
-            println!(
-                "{isa}: {:.3} ms per conv, {:.2} ns per element",
-                per * 1e3,
-                per * 1e9 / (k * n) as f64
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod bench_tmp2 {
-    #[test]
-    #[ignore]
-    fn store_rate() {
-        for kib in [32usize, 256, 1024, 4096, 16384] {
-            let mut buf = vec![0.0f32; kib * 256];
-            let reps = (1 << 16) / kib.max(1) * 16;
-            let mut best = f64::MAX;
-            for _ in 0..5 {
-                let t = std::time::Instant::now();
-                for r in 0..reps {
-                    for chunk in buf.chunks_exact_mut(32) {
-                        for v in chunk.iter_mut() {
-                            *v = r as f32;
-                        }
-                    }
-                    std::hint::black_box(&mut buf);
-                }
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            let bytes = (kib * 1024 * reps) as f64;
-            println!(
-                "{kib} KiB: {:.1} GB/s = {:.1} B/cycle at 2.6 GHz",
-                bytes / best / 1e9,
-                bytes / best / 2.6e9
-            );
         }
     }
 }

@@ -70,7 +70,7 @@ unsafe impl Send for SharedOut<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut<'_> {}
 
-/// How the jobs of one convolution are cut: `rows` channel pieces × `cols` column pieces each.
+/// How each job of one convolution is cut: into `row_pieces` × `col_pieces` pieces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cut {
     row_pieces: usize,
@@ -123,9 +123,6 @@ struct Conv<'a> {
     /// The whole input, widened to f32.
     input: &'a [f32],
     weight: &'a [f32],
-    /// Each group's weights transposed (`C/g·KH·KW × O/g`, channels contiguous), when they are
-    /// packed more than once: packing then copies contiguous runs instead of transposing.
-    weight_t: Option<Vec<f32>>,
     bias: Option<&'a [f32]>,
     /// The im2col taps, or `None` for a pointwise convolution (the image is B as is).
     taps: Option<Taps>,
@@ -145,21 +142,11 @@ impl Conv<'_> {
         let (plane, depth, len) = (g.out_plane(), g.depth(), g.group_input_len());
         let x = &self.input[n * g.image_len() + group * len..][..len];
         let first = group * g.og + rows.start;
-        let a = match &self.weight_t {
-            // Element (i, k) at k·(O/g) + i of the group's transposed block.
-            Some(wt) => MatRef::new(
-                &wt[group * g.og * depth + rows.start..],
-                rows.len(),
-                depth,
-                1,
-                g.og,
-            )?,
-            None => MatRef::row_major(
-                &self.weight[first * depth..][..rows.len() * depth],
-                rows.len(),
-                depth,
-            )?,
-        };
+        let a = MatRef::row_major(
+            &self.weight[first * depth..][..rows.len() * depth],
+            rows.len(),
+            depth,
+        )?;
         let epilogue = Epilogue {
             row_bias: self.bias.map(|b| &b[first..first + rows.len()]),
             col_bias: None,
@@ -177,62 +164,44 @@ impl Conv<'_> {
         }
     }
 
-    /// One piece of job `job` into the output.
+    /// One piece of job `job` into the output; `alone` when no other piece runs meanwhile.
     fn piece(
         &self,
         job: usize,
         rows: Range<usize>,
         cols: Range<usize>,
         out: SharedOut<'_>,
+        alone: bool,
     ) -> Result<()> {
         let g = self.g;
         let (n, group) = (job / g.groups, job % g.groups);
         let plane = g.out_plane();
-        let base = job * g.og * plane;
-        if cols.len() == plane {
-            // Whole rows: the piece's output is one contiguous run.
-            // SAFETY: pieces own disjoint (job, channel) rows, so this run is theirs alone.
-            let dst = unsafe { out.slice(base + rows.start * plane, rows.len() * plane) };
-            let c = MatMut::row_major(dst, rows.len(), plane)?;
+        let first = job * g.og * plane + rows.start * plane + cols.start;
+        if alone || cols.len() == plane {
+            // The piece's output rows, `plane` apart, straight from the gemm.
+            let span = (rows.len() - 1) * plane + cols.len();
+            // SAFETY: the span covers this piece's elements and, unless the piece has whole
+            // rows (a contiguous run no other piece touches), other pieces' columns in
+            // between, which no one else accesses while this piece runs `alone`.
+            let dst = unsafe { out.slice(first, span) };
+            let c = MatMut::new(dst, rows.len(), cols.len(), plane, 1)?;
             return self.gemm(n, group, rows, cols, c);
         }
         let w = cols.len();
         let mut buf = PIECE.take();
         buf.resize(rows.len() * w, 0.0);
         let c = MatMut::row_major(&mut buf, rows.len(), w)?;
-        let result = self.gemm(n, group, rows.clone(), cols.clone(), c);
+        let result = self.gemm(n, group, rows, cols, c);
         if result.is_ok() {
             for (i, src) in buf.chunks_exact(w).enumerate() {
-                let start = base + (rows.start + i) * plane + cols.start;
                 // SAFETY: pieces own disjoint (job, channel, column) ranges, so this run of
-                // channel rows.start + i is this piece's alone.
-                unsafe { out.slice(start, w) }.copy_from_slice(src);
+                // the piece's i-th channel is its alone.
+                unsafe { out.slice(first + i * plane, w) }.copy_from_slice(src);
             }
         }
         PIECE.set(buf);
         result
     }
-}
-
-/// Each `rows × cols` block of `data` (one per group) transposed, in parallel over blocks.
-fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 16;
-    let mut out = vec![0.0; data.len()];
-    let block = (rows * cols).max(1);
-    out.par_chunks_mut(block)
-        .zip(data.par_chunks(block))
-        .for_each(|(dst, src)| {
-            for i0 in (0..rows).step_by(TILE) {
-                for j0 in (0..cols).step_by(TILE) {
-                    for i in i0..(i0 + TILE).min(rows) {
-                        for j in j0..(j0 + TILE).min(cols) {
-                            dst[j * rows + i] = src[i * cols + j];
-                        }
-                    }
-                }
-            }
-        });
-    out
 }
 
 /// The implicit-gemm convolution of the f32 `input` into `output`, all shapes validated.
@@ -250,27 +219,25 @@ pub(super) fn run(
     let cut = cut(g.og, g.out_plane(), g.depth(), jobs, threads, l2_half);
     let row_ranges = ranges(g.og, cut.row_pieces, ROW_ALIGN);
     let col_ranges = ranges(g.out_plane(), cut.col_pieces, COL_ALIGN);
-    // Every weight row is packed once per image and column piece.
-    let weight_t = (g.n * col_ranges.len() > 1).then(|| transposed(weight, g.og, g.depth()));
     let conv = Conv {
         isa,
         g,
         input,
         weight,
-        weight_t,
         bias,
         taps: (!g.is_pointwise()).then(|| Taps::new(g)),
     };
     let per_job = row_ranges.len() * col_ranges.len();
     let out = SharedOut::new(output);
+    let pieces = jobs * per_job;
+    let parallel = threads > 1 && pieces > 1;
     let piece = |index: usize| {
         let (job, at) = (index / per_job, index % per_job);
         let rows = row_ranges[at / col_ranges.len()].clone();
         let cols = col_ranges[at % col_ranges.len()].clone();
-        conv.piece(job, rows, cols, out)
+        conv.piece(job, rows, cols, out, !parallel)
     };
-    let pieces = jobs * per_job;
-    if threads > 1 && pieces > 1 && std::env::var("SEQ").is_err() {
+    if parallel {
         (0..pieces).into_par_iter().try_for_each(piece)
     } else {
         (0..pieces).try_for_each(piece)
