@@ -30,6 +30,12 @@ def accelmesh(binary, args):
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip().startswith("{")]
 
 
+def settle():
+    """Waits for the peer's worker threads to stop spinning (OpenBLAS and onnxruntime busy-wait
+    after a call), so they do not steal cores from the next accelmesh run."""
+    time.sleep(0.5)
+
+
 def median_time(fn, reps):
     """Median wall time of `fn` over `reps` calls after one warm-up call."""
     fn()
@@ -85,7 +91,9 @@ def onnxruntime_conv_ms(shape, reps, threads):
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     x = rng.uniform(-1, 1, (n, c, h, h)).astype(np.float32)
-    return median_time(lambda: session.run(None, {"x": x}), reps) * 1e3
+    ms = median_time(lambda: session.run(None, {"x": x}), reps) * 1e3
+    del session
+    return ms
 
 
 def row(cells, widths):
@@ -108,7 +116,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer sizes and reps")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    sizes = [256, 512, 1024] if args.quick else [64, 128, 256, 512, 1024, 2048, 4096]
+    sizes = [256, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     nodes = f"cpu:1x{args.threads}"
     print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads: {args.threads}")
@@ -122,6 +130,7 @@ def main():
                                         "--nodes", nodes])[0]
             ours.append(line["ms_median"])
             theirs.append(numpy_sgemm_ms(n, reps))
+            settle()
         a, b = statistics.median(ours), statistics.median(theirs)
         flops = 2 * n**3
         rows.append([n, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}", f"{flops / b / 1e6:.1f}",
@@ -150,6 +159,7 @@ def main():
                                         "--nodes", nodes])[0]
             ours.append(line["ms_median"])
             theirs.append(onnxruntime_conv_ms(shape, reps, args.threads))
+            settle()
         a, b = statistics.median(ours), statistics.median(theirs)
         rows.append([shape, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}",
                      f"{flops / b / 1e6:.1f}", f"{b / a:.2f}"])

@@ -91,7 +91,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && p.m.saturating_mul(p.n).saturating_mul(p.k) >= PARALLEL_MIN_MACS;
     let caches = CacheSizes::detect();
-    let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 2 / 4;
+    let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
     if small
         && kernel.direct_b
         && let Some((data, row_stride)) = b.direct_rows()

@@ -71,6 +71,14 @@ unsafe fn load_packed<const V: usize>(b: *const f32) -> [__m512; V] {
 unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     let (mut a, mut b) = (args.a, args.b);
+    // Ask for the C tile now, so its lines arrive while the depth loop runs (prefetches are
+    // hints: they never fault, whatever the address).
+    let row_span = (args.nr_eff.max(1) - 1) * args.cs_c;
+    for i in 0..args.mr_eff.min(R) {
+        let row = args.c.wrapping_add(i * args.rs_c);
+        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(row_span) as *const i8);
+    }
     let cols = args.nr_eff.min(NR);
     let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))];
     if args.b_stride != NR {

@@ -26,7 +26,8 @@ unsafe fn kernel(args: &TileArgs) {
     for (a_step, b_step) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         for i in 0..MR {
             for j in 0..NR {
-                acc[i * NR + j] = a_step[i].mul_add(b_step[j], acc[i * NR + j]);
+                // Not `mul_add`: without FMA in the target, that is a slow library call.
+                acc[i * NR + j] += a_step[i] * b_step[j];
             }
         }
     }
