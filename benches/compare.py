@@ -115,14 +115,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer sizes and reps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["sgemm", "dtypes", "conv2d"], help="run one table")
     args = parser.parse_args()
     sizes = [256, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     nodes = f"cpu:1x{args.threads}"
     print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads: {args.threads}")
 
+    run = lambda table_name: args.only in (None, table_name)  # noqa: E731
     rows = []
-    for n in sizes:
+    for n in sizes if run("sgemm") else []:
         reps = max(3, min(50, int(4e9 / (2 * n**3))))
         ours, theirs = [], []
         for _ in range(args.rounds):
@@ -135,22 +137,24 @@ def main():
         flops = 2 * n**3
         rows.append([n, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}", f"{flops / b / 1e6:.1f}",
                      f"{b / a:.2f}"])
-    table("sgemm f32, square n (ms median; GFLOP/s)",
-          ["n", "accelmesh ms", "GFLOP/s", "numpy ms", "GFLOP/s", "numpy/accelmesh"], rows)
 
+    if rows:
+        table("sgemm f32, square n (ms median; GFLOP/s)",
+              ["n", "accelmesh ms", "GFLOP/s", "numpy ms", "GFLOP/s", "numpy/accelmesh"], rows)
     rows = []
-    for dtype in ["f32", "f16", "bf16"]:
+    for dtype in ["f32", "f16", "bf16"] if run("dtypes") else []:
         line = accelmesh(args.bin, ["bench", "matmul", "--sizes", "1024", "--reps", "10",
                                     "--dtype", dtype, "--nodes", nodes])[0]
         rows.append([dtype, f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
-    line = accelmesh(args.bin, ["bench", "matmul", "--sizes", "1024", "--reps", "5", "--nodes",
-                                "cpu:1x1"])[0]
-    rows.append(["f32, 1 thread", f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
-    table("matmul n=1024 by operand dtype (accelmesh)", ["dtype", "ms", "GFLOP/s"], rows)
+    if rows:
+        line = accelmesh(args.bin, ["bench", "matmul", "--sizes", "1024", "--reps", "5",
+                                    "--nodes", "cpu:1x1"])[0]
+        rows.append(["f32, 1 thread", f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
+        table("matmul n=1024 by operand dtype (accelmesh)", ["dtype", "ms", "GFLOP/s"], rows)
 
     rows = []
     shapes = RESNET[:3] if args.quick else RESNET
-    for shape in shapes:
+    for shape in shapes if run("conv2d") else []:
         flops = conv_dims(shape)[-1]
         reps = max(3, min(30, int(2e9 / flops)))
         ours, theirs = [], []
@@ -163,8 +167,10 @@ def main():
         a, b = statistics.median(ours), statistics.median(theirs)
         rows.append([shape, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}",
                      f"{flops / b / 1e6:.1f}", f"{b / a:.2f}"])
-    table("conv2d f32, resnet preset N-C-H-K-R-stride-pad (ms median; GFLOP/s)",
-          ["layer", "accelmesh ms", "GFLOP/s", "onnxruntime ms", "GFLOP/s", "ort/accelmesh"], rows)
+    if rows:
+        table("conv2d f32, resnet preset N-C-H-K-R-stride-pad (ms median; GFLOP/s)",
+              ["layer", "accelmesh ms", "GFLOP/s", "onnxruntime ms", "GFLOP/s", "ort/accelmesh"],
+              rows)
 
 
 if __name__ == "__main__":

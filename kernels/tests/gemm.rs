@@ -335,3 +335,21 @@ fn runs_inside_a_caller_chosen_pool() {
         )
     });
 }
+
+#[test]
+fn short_and_wide_products() {
+    // Small A and wide B: the split where each task packs its own columns of B.
+    for isa in Isa::available() {
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        for (m, n, k) in [
+            (33, 1000, 257),
+            (1, 1000, 1000),
+            (129, 2049, 65),
+            (17, 1000, 515),
+        ] {
+            check_case::<f32>(isa, &mut rng, m, n, k, false, false, 0, 1.0, 0.0, 2e-5);
+            check_case::<f32>(isa, &mut rng, m, n, k, true, true, 3, 0.5, 2.0, 2e-5);
+        }
+        check_case::<f16>(isa, &mut rng, 65, 1500, 129, false, true, 0, 1.0, 0.0, 2e-5);
+    }
+}

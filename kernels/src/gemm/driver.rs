@@ -22,6 +22,8 @@ const PARALLEL_MIN_MACS: usize = 160 * 160 * 160;
 const TASKS_PER_THREAD: usize = 2;
 /// Micro-panels of B packed per parallel packing task.
 const PANELS_PER_PACK_TASK: usize = 8;
+/// Fewest columns per thread for the column-task split (small A, wide B).
+const COLUMN_TASK_MIN_COLS: usize = 256;
 /// Most floats of B packed at once; wider problems are processed in column super-blocks.
 const PACKED_B_MAX: usize = 16 << 20;
 
@@ -55,6 +57,8 @@ pub(crate) struct Problem<'e> {
     pub alpha: f32,
     pub beta: f32,
     pub epilogue: &'e Epilogue<'e>,
+    /// Threads the call may use (1: stay on the calling thread).
+    pub threads: usize,
 }
 
 /// Everything a task needs besides its rectangle of C.
@@ -88,7 +92,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         blocking: Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()),
         c: shared,
     };
-    let threads = rayon::current_num_threads();
+    let threads = p.threads;
     let parallel = threads > 1 && p.m.saturating_mul(p.n).saturating_mul(p.k) >= PARALLEL_MIN_MACS;
     let caches = CacheSizes::detect();
     let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
@@ -107,6 +111,27 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
             0..row_panels,
             0..p.n.div_ceil(kernel.nr),
         );
+        return;
+    }
+    let a_floats = p.m.div_ceil(kernel.mr) * kernel.mr * p.k;
+    if a_floats <= caches.l2 / 2 / 4 && (!parallel || p.n >= COLUMN_TASK_MIN_COLS * threads) {
+        // A is small and B wide (a convolution, a short-and-wide product): pack A once and
+        // let each task own a range of columns whose B it packs, block by block, in its L2.
+        let mut a_buf = B_BUFFER.take().unwrap_or_default();
+        let packed_a = a_buf.get(a_floats);
+        pack_a_all(&plan, packed_a);
+        let packed_a = &*packed_a;
+        if parallel {
+            let tasks = threads * TASKS_PER_THREAD;
+            let width = p.n.div_ceil(tasks).next_multiple_of(kernel.nr);
+            (0..p.n.div_ceil(width)).into_par_iter().for_each(|t| {
+                let cols = t * width..((t + 1) * width).min(p.n);
+                run_column_task(&plan, packed_a, b, cols);
+            });
+        } else {
+            run_column_task(&plan, packed_a, b, 0..p.n);
+        }
+        B_BUFFER.set(Some(a_buf));
         return;
     }
     let nr = kernel.nr;
@@ -164,6 +189,60 @@ fn pack_b_all(
             .enumerate()
             .for_each(pack_depth_block);
     }
+}
+
+/// Packs all of A, depth block by depth block: block `k0` at `k0·panels·mr`, panel `ip` of it
+/// at `ip·mr·kc`.
+fn pack_a_all(plan: &Plan<'_>, dst: &mut [f32]) {
+    let (mr, kc_max, p) = (plan.kernel.mr, plan.blocking.kc, plan.p);
+    let panels = p.m.div_ceil(mr);
+    for (block, dst) in dst.chunks_mut(kc_max * panels * mr).enumerate() {
+        let k0 = block * kc_max;
+        plan.a.pack_a(0, p.m, k0, kc_max.min(p.k - k0), mr, dst);
+    }
+}
+
+/// One column task: every row of C for columns `cols`, with A packed already (`pack_a_all`)
+/// and B packed here, one L2-sized block at a time.
+fn run_column_task(plan: &Plan<'_>, packed_a: &[f32], b: &dyn PackB, cols: std::ops::Range<usize>) {
+    let p = plan.p;
+    let (mr, nr) = (plan.kernel.mr, plan.kernel.nr);
+    let (kc_max, nc) = (plan.blocking.kc, plan.blocking.nc);
+    let row_panels = p.m.div_ceil(mr);
+    let mut b_buf = A_BUFFER.take().unwrap_or_default();
+    for n0 in cols.clone().step_by(nc) {
+        let width = nc.min(cols.end - n0);
+        let panels = width.div_ceil(nr);
+        for k0 in (0..p.k).step_by(kc_max) {
+            let kc = kc_max.min(p.k - k0);
+            let packed_b = b_buf.get(panels * nr * kc);
+            b.pack_b(k0, kc, n0, width, nr, packed_b);
+            let packed_b = &*packed_b;
+            let a_block = &packed_a[k0 * row_panels * mr..][..kc * row_panels * mr];
+            let step = TileStep {
+                kc,
+                beta: if k0 == 0 { p.beta } else { 1.0 },
+                last: k0 + kc == p.k,
+            };
+            for ip in 0..row_panels {
+                let a_panel = &a_block[ip * mr * kc..][..mr * kc];
+                for jp in 0..panels {
+                    let b_panel = &packed_b[jp * nr * kc..][..nr * kc];
+                    let b_step = (b_panel.as_ptr(), nr);
+                    run_tile(
+                        plan,
+                        &step,
+                        a_panel,
+                        b_step,
+                        ip * mr,
+                        n0 + jp * nr,
+                        n0 + width,
+                    );
+                }
+            }
+        }
+    }
+    A_BUFFER.set(Some(b_buf));
 }
 
 /// Splits the C rectangle of a super-block into tasks and runs them.

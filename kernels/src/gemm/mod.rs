@@ -59,6 +59,16 @@ impl Epilogue<'_> {
     }
 }
 
+/// Whether one gemm call may split its work across threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threading {
+    /// Split across rayon's current pool when the problem is large enough.
+    #[default]
+    CurrentPool,
+    /// Stay on the calling thread (the caller already runs calls in parallel).
+    Single,
+}
+
 /// `C = alpha·A·B + beta·C` in f32 on the selected instruction set ([`Isa::selected`]).
 ///
 /// `beta = 0` overwrites C without reading it, as BLAS does.
@@ -97,7 +107,17 @@ pub fn gemm<TA: Element, TB: Element>(
         });
     }
     let k = a.cols();
-    gemm_packed(isa, k, alpha, &a, &b, beta, c, epilogue)
+    gemm_packed(
+        isa,
+        Threading::CurrentPool,
+        k,
+        alpha,
+        &a,
+        &b,
+        beta,
+        c,
+        epilogue,
+    )
 }
 
 /// The gemm core over custom packers: `C[m×n] = epilogue(alpha·A·B + beta·C)` with depth `k`,
@@ -105,6 +125,7 @@ pub fn gemm<TA: Element, TB: Element>(
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed(
     isa: Isa,
+    threading: Threading,
     k: usize,
     alpha: f32,
     a: &dyn PackA,
@@ -129,6 +150,10 @@ pub fn gemm_packed(
         alpha,
         beta,
         epilogue,
+        threads: match threading {
+            Threading::CurrentPool => rayon::current_num_threads(),
+            Threading::Single => 1,
+        },
     };
     driver::run(isa, &problem, a, b, &mut c);
     Ok(())
