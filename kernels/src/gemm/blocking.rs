@@ -86,11 +86,31 @@ impl Blocking {
         let nc = (caches.l2 / 2 / (kc * floats)).clamp(nr, 4096) / nr * nr;
         Blocking { kc, nc: nc.max(nr) }
     }
+
+    /// The same blocking with `kc` evened out over a depth of `k`: 576 becomes two blocks of
+    /// 288, not 512 and a short 64 whose C traffic would cost as much as its arithmetic.
+    pub fn for_depth(self, k: usize) -> Blocking {
+        let blocks = k.div_ceil(self.kc).max(1);
+        Blocking {
+            kc: k.div_ceil(blocks).next_multiple_of(4).min(self.kc).max(1),
+            ..self
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_blocks_are_even() {
+        let b = Blocking { kc: 512, nc: 512 };
+        assert_eq!(b.for_depth(576).kc, 288);
+        assert_eq!(b.for_depth(1024).kc, 512);
+        assert_eq!(b.for_depth(100).kc, 100);
+        assert_eq!(b.for_depth(2304).kc, 464);
+        assert_eq!(b.for_depth(0).kc, 1);
+    }
 
     #[test]
     fn parses_sysfs_sizes() {

@@ -89,7 +89,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         p,
         a,
         kernel,
-        blocking: Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()),
+        blocking: Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()).for_depth(p.k),
         c: shared,
     };
     let threads = p.threads;
