@@ -396,6 +396,21 @@ impl Tensor {
         self.as_slice::<f32>()
     }
 
+    /// The elements as mutable f32, or a dtype error if the tensor is not f32.
+    pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
+        match &mut self.data {
+            TensorData::F32(values) => Ok(values),
+            other => Err(Error::dtype(
+                "tensor access",
+                format!(
+                    "tensor of shape {} holds {}, not f32",
+                    self.shape,
+                    other.dtype()
+                ),
+            )),
+        }
+    }
+
     /// The elements as f16, or a dtype error if the tensor is not f16.
     pub fn as_f16(&self) -> Result<&[f16]> {
         self.as_slice::<f16>()

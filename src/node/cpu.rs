@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use accelmesh_kernels::conv::{Conv2dParams, conv2d};
+use accelmesh_kernels::gemm::PARALLEL_MIN_MACS;
 use accelmesh_kernels::{Epilogue, Isa, MatMut, MatRef, gemm};
 use half::{bf16, f16};
 
@@ -126,8 +127,13 @@ impl CpuDevice {
             MatRef::row_major(b, d.k, d.n)?
         };
         let c = MatMut::row_major(out, d.m, d.n)?;
-        self.pool
-            .install(|| gemm(self.isa, 1.0, a, b, 0.0, c, &Epilogue::NONE))?;
+        let run = || gemm(self.isa, 1.0, a, b, 0.0, c, &Epilogue::NONE);
+        if d.m.saturating_mul(d.n).saturating_mul(d.k) < PARALLEL_MIN_MACS {
+            // Single-threaded anyway: waking the pool would cost more than the product.
+            run()?;
+        } else {
+            self.pool.install(run)?;
+        }
         Ok(())
     }
 
@@ -165,46 +171,78 @@ fn same_dtype(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<DTyp
     Ok(a.dtype())
 }
 
+impl CpuDevice {
+    /// The output shape of `op` on `inputs` (every output of a CPU op is f32).
+    fn output_shape(op: &Op, inputs: &[&Tensor]) -> Result<Shape> {
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        Ok(match op {
+            Op::MatMul { trans_a, trans_b } => {
+                let d = matmul_dims(*trans_a, *trans_b, &shapes)?;
+                Shape::new([d.m, d.n])
+            }
+            Op::Conv2d(params) => Shape::new(conv2d_dims(params, &shapes)?.output),
+        })
+    }
+}
+
 impl Device for CpuDevice {
     fn info(&self) -> &DeviceInfo {
         &self.info
     }
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let shape = Self::output_shape(op, inputs)?;
+        let values = try_filled(shape.numel()?, 0.0f32)?;
+        let mut outputs = vec![Tensor::from_vec(shape, values)?];
+        self.execute_into(op, inputs, &mut outputs)?;
+        Ok(outputs)
+    }
+
+    fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
+        let shape = Self::output_shape(op, inputs)?;
+        let [output] = outputs else {
+            return Err(Error::shape(
+                op.name(),
+                format!("{} outputs given, the op has 1", outputs.len()),
+            ));
+        };
+        if output.shape() != &shape || output.dtype() != DType::F32 {
+            return Err(Error::shape(
+                op.name(),
+                format!(
+                    "output is {} {}, expected f32 {shape}",
+                    output.dtype(),
+                    output.shape()
+                ),
+            ));
+        }
+        let out = output.as_f32_mut()?;
+        if out.is_empty() {
+            return Ok(());
+        }
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         match op {
             Op::MatMul { trans_a, trans_b } => {
                 let d = matmul_dims(*trans_a, *trans_b, &shapes)?;
                 let (a, b) = (inputs[0], inputs[1]);
-                let dtype = same_dtype("matmul", ["A", "B"], a, b)?;
-                let out_shape = Shape::new([d.m, d.n]);
-                let mut out = try_filled(out_shape.numel()?, 0.0f32)?;
-                if !out.is_empty() {
-                    let t = (*trans_a, *trans_b);
-                    match dtype {
-                        DType::F32 => self.matmul::<f32>(a, b, t, d, &mut out)?,
-                        DType::F16 => self.matmul::<f16>(a, b, t, d, &mut out)?,
-                        DType::BF16 => self.matmul::<bf16>(a, b, t, d, &mut out)?,
-                    }
+                let t = (*trans_a, *trans_b);
+                match same_dtype("matmul", ["A", "B"], a, b)? {
+                    DType::F32 => self.matmul::<f32>(a, b, t, d, out),
+                    DType::F16 => self.matmul::<f16>(a, b, t, d, out),
+                    DType::BF16 => self.matmul::<bf16>(a, b, t, d, out),
                 }
-                Ok(vec![Tensor::from_vec(out_shape, out)?])
             }
             Op::Conv2d(params) => {
                 let d = conv2d_dims(params, &shapes)?;
                 let (x, w) = (inputs[0], inputs[1]);
                 let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
                 let bias = d.has_bias.then(|| inputs[2].to_f32_vec());
-                let out_shape = Shape::new(d.output);
-                let mut out = try_filled(out_shape.numel()?, 0.0f32)?;
-                if !out.is_empty() {
-                    let bias = bias.as_deref();
-                    match dtype {
-                        DType::F32 => self.conv::<f32>(x, w, bias, params, &d, &mut out)?,
-                        DType::F16 => self.conv::<f16>(x, w, bias, params, &d, &mut out)?,
-                        DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, &mut out)?,
-                    }
+                let bias = bias.as_deref();
+                match dtype {
+                    DType::F32 => self.conv::<f32>(x, w, bias, params, &d, out),
+                    DType::F16 => self.conv::<f16>(x, w, bias, params, &d, out),
+                    DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, out),
                 }
-                Ok(vec![Tensor::from_vec(out_shape, out)?])
             }
         }
     }

@@ -27,6 +27,47 @@ pub trait Device: Send + Sync {
 
     /// Runs `op` on `inputs` and returns its outputs, or a typed error for bad inputs.
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+
+    /// Runs `op` into `outputs` allocated beforehand (shapes and dtypes as `execute` returns
+    /// them), so repeated runs reuse memory. The default runs `execute` and moves the results
+    /// in after checking them.
+    fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
+        let results = self.execute(op, inputs)?;
+        check_outputs(op, outputs, &results)?;
+        for (dst, src) in outputs.iter_mut().zip(results) {
+            *dst = src;
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless `outputs` match `expected` in count, shape and dtype, naming the first mismatch.
+pub fn check_outputs(op: &Op, outputs: &[Tensor], expected: &[Tensor]) -> Result<()> {
+    if outputs.len() != expected.len() {
+        return Err(Error::shape(
+            op.name(),
+            format!(
+                "{} outputs given, the op has {}",
+                outputs.len(),
+                expected.len()
+            ),
+        ));
+    }
+    for (i, (out, want)) in outputs.iter().zip(expected).enumerate() {
+        if out.shape() != want.shape() || out.dtype() != want.dtype() {
+            return Err(Error::shape(
+                op.name(),
+                format!(
+                    "output {i} is {} {}, expected {} {}",
+                    out.dtype(),
+                    out.shape(),
+                    want.dtype(),
+                    want.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The kind of device behind a node.

@@ -17,7 +17,7 @@ use super::pack::{AlignedBuf, PackA, PackB};
 use crate::Isa;
 
 /// Below this many multiply-adds a call stays on the calling thread.
-const PARALLEL_MIN_MACS: usize = 160 * 160 * 160;
+pub const PARALLEL_MIN_MACS: usize = 160 * 160 * 160;
 /// Tasks per thread over the C grid, for load balance between unevenly fast cores.
 const TASKS_PER_THREAD: usize = 2;
 /// Micro-panels of B packed per parallel packing task.

@@ -11,6 +11,7 @@ mod micro;
 mod pack;
 
 pub use blocking::{Blocking, CacheSizes};
+pub use driver::PARALLEL_MIN_MACS;
 pub use matrix::{MatMut, MatRef};
 pub use pack::{AlignedBuf, PackA, PackB};
 
