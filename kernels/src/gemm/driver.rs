@@ -122,10 +122,11 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         pack_a_all(&plan, packed_a);
         let packed_a = &*packed_a;
         if parallel {
-            let tasks = threads * TASKS_PER_THREAD;
-            let width = p.n.div_ceil(tasks).next_multiple_of(kernel.nr);
-            (0..p.n.div_ceil(width)).into_par_iter().for_each(|t| {
-                let cols = t * width..((t + 1) * width).min(p.n);
+            let panels = p.n.div_ceil(kernel.nr);
+            let tasks = panels.min(threads * TASKS_PER_THREAD);
+            (0..tasks).into_par_iter().for_each(|t| {
+                let share = even_share(panels, tasks, t);
+                let cols = share.start * kernel.nr..(share.end * kernel.nr).min(p.n);
                 run_column_task(&plan, packed_a, b, cols);
             });
         } else {
@@ -245,6 +246,14 @@ fn run_column_task(plan: &Plan<'_>, packed_a: &[f32], b: &dyn PackB, cols: std::
     A_BUFFER.set(Some(b_buf));
 }
 
+/// Share `index` of `total` items cut into `parts` contiguous shares whose sizes differ by at
+/// most one (so no thread is left with a long tail).
+fn even_share(total: usize, parts: usize, index: usize) -> std::ops::Range<usize> {
+    let (base, extra) = (total / parts, total % parts);
+    let start = index * base + index.min(extra);
+    start..start + base + usize::from(index < extra)
+}
+
 /// Splits the C rectangle of a super-block into tasks and runs them.
 fn compute(plan: &Plan<'_>, n0: usize, cols: usize, packed_b: &[f32], threads: usize) {
     let (mr, nr) = (plan.kernel.mr, plan.kernel.nr);
@@ -257,12 +266,10 @@ fn compute(plan: &Plan<'_>, n0: usize, cols: usize, packed_b: &[f32], threads: u
     };
     let row_tasks = row_panels.min(target);
     let col_tasks = col_panels.min(target.div_ceil(row_tasks));
-    let rows_per_task = row_panels.div_ceil(row_tasks);
-    let cols_per_task = col_panels.div_ceil(col_tasks);
     let task = |t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
-        let rows = rt * rows_per_task..((rt + 1) * rows_per_task).min(row_panels);
-        let panels = ct * cols_per_task..((ct + 1) * cols_per_task).min(col_panels);
+        let rows = even_share(row_panels, row_tasks, rt);
+        let panels = even_share(col_panels, col_tasks, ct);
         if !rows.is_empty() && !panels.is_empty() {
             run_task(plan, n0, cols, BSource::Packed(packed_b), rows, panels);
         }
@@ -429,5 +436,23 @@ fn scale_only(p: &Problem<'_>, c: SharedC) {
     }
     if !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, 0, 0, p.m, p.n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::even_share;
+
+    #[test]
+    fn even_shares_cover_and_balance() {
+        for (total, parts) in [(25, 4), (7, 3), (22, 6), (5, 5), (100, 1)] {
+            let shares: Vec<_> = (0..parts).map(|i| even_share(total, parts, i)).collect();
+            assert_eq!(shares[0].start, 0);
+            assert_eq!(shares[parts - 1].end, total);
+            for pair in shares.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].len().abs_diff(pair[1].len()) <= 1);
+            }
+        }
     }
 }
