@@ -116,6 +116,29 @@ impl Pool2dParams {
     }
 
     fn validate(&self) -> Result<()> {
+        // Window arithmetic runs in isize: keep every quantity well inside it.
+        const LIMIT: usize = (isize::MAX as usize) / 4;
+        if self.kernel.iter().any(|&k| k > MAX_WINDOW) {
+            return Err(KernelError::InvalidArgument {
+                name: "kernel",
+                value: format!("{:?}", self.kernel),
+                reason: "pooling windows are limited to 65536 taps per axis",
+            });
+        }
+        for (name, values) in [
+            ("kernel", self.kernel.to_vec()),
+            ("stride", self.stride.to_vec()),
+            ("dilation", self.dilation.to_vec()),
+            ("pads", self.pads.to_vec()),
+        ] {
+            if values.iter().any(|&v| v > LIMIT) {
+                return Err(KernelError::InvalidArgument {
+                    name,
+                    value: format!("{values:?}"),
+                    reason: "too large for a pooling window",
+                });
+            }
+        }
         for axis in 0..2 {
             for (name, v) in [
                 ("kernel", self.kernel[axis]),
@@ -154,6 +177,9 @@ impl Pool2dParams {
 
 const AXIS: [&str; 2] = ["height", "width"];
 
+/// Most taps of a pooling window along one axis (per-tap tables are built for each).
+pub const MAX_WINDOW: usize = 1 << 16;
+
 /// Output dimensions `[N, C, OH, OW]` of a 2-D pooling of an NCHW input of dimensions `dims`.
 pub fn pool2d_output_dims(dims: [usize; 4], p: &Pool2dParams) -> Result<[usize; 4]> {
     p.validate()?;
@@ -183,6 +209,18 @@ struct AxisPlan {
     padded: Vec<u32>,
 }
 
+/// How many taps `start + t·d` (t in 0..k) fall in `lo..hi`, in O(1) rather than O(k).
+fn taps_within(start: isize, k: usize, d: usize, lo: isize, hi: isize) -> u32 {
+    // Distances are non-negative here, so the divisions run on usize.
+    let first = ((lo - start).max(0) as usize).div_ceil(d); // i >= lo
+    let end = if hi <= start {
+        0
+    } else {
+        ((hi - start) as usize).div_ceil(d).min(k) // i < hi
+    };
+    u32::try_from(end.saturating_sub(first)).unwrap_or(u32::MAX)
+}
+
 impl AxisPlan {
     fn new(p: &Pool2dParams, axis: usize, len: usize, out: usize) -> Self {
         let (k, s, d) = (p.kernel[axis], p.stride[axis], p.dilation[axis]);
@@ -191,14 +229,8 @@ impl AxisPlan {
         let mut padded = Vec::with_capacity(out);
         for o in 0..out {
             let start = (o * s) as isize - pb;
-            let (mut v, mut q) = (0, 0);
-            for t in 0..k {
-                let i = start + (t * d) as isize;
-                v += u32::from(i >= 0 && i < len as isize);
-                q += u32::from(i >= -pb && i < len as isize + pe);
-            }
-            valid.push(v);
-            padded.push(q);
+            valid.push(taps_within(start, k, d, 0, len as isize));
+            padded.push(taps_within(start, k, d, -pb, len as isize + pe));
         }
         AxisPlan {
             len,
@@ -438,7 +470,11 @@ fn pool2d(
         mode,
         count_include_pad: p.count_include_pad,
     };
-    let work = x.len().max(y.len() * p.kernel[0] * p.kernel[1]);
+    let work = x.len().max(
+        y.len()
+            .saturating_mul(p.kernel[0])
+            .saturating_mul(p.kernel[1]),
+    );
     if go_parallel(work) {
         let planes_per_task = (PAR_CHUNK / (h * w).max(oh * ow)).clamp(1, planes);
         x.par_chunks(planes_per_task * h * w)

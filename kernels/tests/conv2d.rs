@@ -749,3 +749,40 @@ fn bad_inputs_are_typed_errors() {
         assert_eq!(err, KernelError::IsaUnavailable(missing.name()));
     }
 }
+
+#[test]
+fn zero_input_channels_give_the_bias_and_huge_kernels_no_panic() {
+    let p = Conv2dParams {
+        relu: true,
+        ..Conv2dParams::default()
+    };
+    let bias = [0.5f32, -2.0];
+    let mut out = vec![f32::NAN; 2 * 3 * 3];
+    conv2d(
+        Isa::Scalar,
+        &[] as &[f32],
+        [1, 0, 3, 3],
+        &[],
+        [2, 0, 1, 1],
+        Some(&bias),
+        &p,
+        &mut out,
+    )
+    .unwrap();
+    assert!(out[..9].iter().all(|v| *v == 0.5));
+    assert!(out[9..].iter().all(|v| *v == 0.0));
+    let err = conv2d(
+        Isa::Scalar,
+        &[] as &[f32],
+        [1, 0, 1 << 62, 5],
+        &[],
+        [1, 0, 1 << 62, 5],
+        None,
+        &Conv2dParams::default(),
+        &mut [0.0],
+    );
+    assert!(
+        matches!(err, Err(KernelError::SizeOverflow { .. })),
+        "{err:?}"
+    );
+}

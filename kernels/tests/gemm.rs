@@ -353,3 +353,43 @@ fn short_and_wide_products() {
         check_case::<f16>(isa, &mut rng, 65, 1500, 129, false, true, 0, 1.0, 0.0, 2e-5);
     }
 }
+
+#[test]
+fn b_with_row_stride_of_a_panel_width_is_read_in_place_safely() {
+    // A row stride equal to the AVX-512 panel width (32) once made the in-place path look
+    // packed; the slice ends right after the last live element.
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for isa in Isa::available() {
+        for (k, n) in [(4, 5), (8, 1), (3, 17)] {
+            let b = random_vec(&mut rng, (k - 1) * 32 + n);
+            let a = random_vec(&mut rng, k);
+            let mut c = vec![0.0f32; n];
+            let bv = MatRef::with_ld(&b, k, n, 32).unwrap();
+            gemm(
+                isa,
+                1.0,
+                MatRef::row_major(&a, 1, k).unwrap(),
+                bv,
+                0.0,
+                MatMut::row_major(&mut c, 1, n).unwrap(),
+                &Epilogue::NONE,
+            )
+            .unwrap();
+            for (j, v) in c.iter().enumerate() {
+                let exact: f64 = (0..k).map(|p| a[p] as f64 * b[p * 32 + j] as f64).sum();
+                assert!((*v as f64 - exact).abs() < 1e-5, "{isa} k={k} n={n} j={j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn stride_zero_views_that_overflow_the_packing_are_errors() {
+    let one = [1.0f32];
+    let mut out = [0.0f32];
+    let a = MatRef::new(&one, 1, 1 << 62, 0, 0).unwrap();
+    let b = MatRef::new(&one, 1 << 62, 1, 0, 0).unwrap();
+    let c = MatMut::row_major(&mut out, 1, 1).unwrap();
+    let err = gemm(Isa::Scalar, 1.0, a, b, 0.0, c, &Epilogue::NONE).unwrap_err();
+    assert!(matches!(err, KernelError::SizeOverflow { .. }), "{err:?}");
+}

@@ -407,3 +407,24 @@ fn bad_parameters_are_refused() {
     // Empty batch is fine.
     max_pool2d(&[], [0, 3, 5, 5], &Pool2dParams::new([2, 2]), &mut []).unwrap();
 }
+
+#[test]
+fn absurd_windows_are_refused_or_cheap() {
+    use accelmesh_kernels::pool::{Pool2dParams, max_pool2d, pool2d_output_dims};
+    // Pads beyond isize: refused.
+    let p = Pool2dParams::new([usize::MAX / 2, 1]).with_pads([usize::MAX / 2 - 1, 0, 0, 0]);
+    assert!(pool2d_output_dims([1, 1, 1, 1], &p).is_err());
+    // A huge window over one pixel: refused before anything is built for it.
+    let p = Pool2dParams::new([1 << 40, 1]).with_pads([(1 << 40) - 1, 0, 0, 0]);
+    assert!(matches!(
+        pool2d_output_dims([1, 1, 1, 1], &p),
+        Err(KernelError::InvalidArgument { name: "kernel", .. })
+    ));
+    // The largest window allowed, over one pixel with padding: one output, the pixel itself.
+    let k = accelmesh_kernels::pool::MAX_WINDOW;
+    let p = Pool2dParams::new([k, 1]).with_pads([k - 1, 0, 0, 0]);
+    assert_eq!(pool2d_output_dims([1, 1, 1, 1], &p).unwrap(), [1, 1, 1, 1]);
+    let mut y = [0.0f32];
+    max_pool2d(&[2.5], [1, 1, 1, 1], &p, &mut y).unwrap();
+    assert_eq!(y[0], 2.5);
+}

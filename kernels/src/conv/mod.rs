@@ -78,6 +78,15 @@ pub fn conv2d<T: Element>(
     if output.is_empty() {
         return Ok(());
     }
+    if g.depth() == 0 {
+        // No input channels: every output is its channel's bias (then ReLU).
+        let plane = g.out_plane();
+        for (index, out) in output.chunks_mut(plane).enumerate() {
+            let value = bias.map_or(0.0, |b| b[index % g.o]);
+            out.fill(if g.relu && value < 0.0 { 0.0 } else { value });
+        }
+        return Ok(());
+    }
     let weight = widened(weight);
     if g.cg == 1 && g.og <= DIRECT_MAX_MULTIPLIER {
         depthwise::run(isa, &g, input, &weight, bias, output);

@@ -170,6 +170,13 @@ impl Geometry {
         }
         product("conv2d input", input)?;
         product("conv2d weight", weight)?;
+        // With no input channels the weight product is 0 whatever the kernel: bound it alone.
+        if kh.checked_mul(kw).is_none() {
+            return Err(overflow(
+                "conv2d kernel",
+                format!("{kh}x{kw} taps exceed usize"),
+            ));
+        }
         let oh = output_extent(
             "height",
             h,

@@ -99,6 +99,10 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     if small
         && kernel.direct_b
         && let Some((data, row_stride)) = b.direct_rows()
+        && (p.k - 1)
+            .checked_mul(row_stride)
+            .and_then(|last_row| last_row.checked_add(p.n))
+            .is_some_and(|needed| needed <= data.len())
     {
         // Small, single-threaded and cache-resident: read B in place, pack only A.
         let source = BSource::Direct { data, row_stride };
@@ -229,7 +233,11 @@ fn run_column_task(plan: &Plan<'_>, packed_a: &[f32], b: &dyn PackB, cols: std::
                 let a_panel = &a_block[ip * mr * kc..][..mr * kc];
                 for jp in 0..panels {
                     let b_panel = &packed_b[jp * nr * kc..][..nr * kc];
-                    let b_step = (b_panel.as_ptr(), nr);
+                    let b_step = BPanel {
+                        ptr: b_panel.as_ptr(),
+                        stride: nr,
+                        packed: true,
+                    };
                     run_tile(
                         plan,
                         &step,
@@ -291,9 +299,19 @@ enum BSource<'a> {
     Direct { data: &'a [f32], row_stride: usize },
 }
 
+/// A B micro-panel as the microkernel reads it.
+#[derive(Clone, Copy)]
+struct BPanel {
+    /// Its first depth step.
+    ptr: *const f32,
+    /// Distance between its depth steps.
+    stride: usize,
+    /// Packed (full `nr` columns, zero-padded) or B read in place (only `nr_eff` columns).
+    packed: bool,
+}
+
 impl BSource<'_> {
-    /// Pointer to step `k0` of column panel `jp` (of `panels` in a super-block at `n0`), and the
-    /// distance between its depth steps.
+    /// Step `k0` of column panel `jp` (of `panels` in a super-block at `n0`).
     #[inline]
     fn panel(
         &self,
@@ -303,15 +321,18 @@ impl BSource<'_> {
         jp: usize,
         panels: usize,
         nr: usize,
-    ) -> (*const f32, usize) {
+    ) -> BPanel {
         match *self {
-            BSource::Packed(packed) => {
-                let panel = &packed[k0 * panels * nr + jp * nr * kc..][..nr * kc];
-                (panel.as_ptr(), nr)
-            }
-            BSource::Direct { data, row_stride } => {
-                (data[k0 * row_stride + n0 + jp * nr..].as_ptr(), row_stride)
-            }
+            BSource::Packed(packed) => BPanel {
+                ptr: packed[k0 * panels * nr + jp * nr * kc..][..nr * kc].as_ptr(),
+                stride: nr,
+                packed: true,
+            },
+            BSource::Direct { data, row_stride } => BPanel {
+                ptr: data[k0 * row_stride + n0 + jp * nr..].as_ptr(),
+                stride: row_stride,
+                packed: false,
+            },
         }
     }
 }
@@ -378,7 +399,7 @@ fn run_tile(
     plan: &Plan<'_>,
     step: &TileStep,
     a_panel: &[f32],
-    (b_panel, b_stride): (*const f32, usize),
+    b_panel: BPanel,
     row: usize,
     col: usize,
     col_end: usize,
@@ -387,8 +408,9 @@ fn run_tile(
     let args = TileArgs {
         kc: step.kc,
         a: a_panel.as_ptr(),
-        b: b_panel,
-        b_stride,
+        b: b_panel.ptr,
+        b_stride: b_panel.stride,
+        b_packed: b_panel.packed,
         // SAFETY: (row, col) is inside C: row < m and col < n by construction of the grid.
         c: unsafe { c.ptr.add(row * c.rs + col * c.cs) },
         rs_c: c.rs,
@@ -398,10 +420,11 @@ fn run_tile(
         alpha: p.alpha,
         beta: step.beta,
     };
-    // SAFETY: the A panel holds kc·mr floats; B holds kc steps of nr floats (packed, sliced by
-    // `BSource::panel`) or is the validated B matrix whose rows k0..k0+kc have nr_eff columns
-    // from `col` (read only by direct_b kernels, which mask the rest); the tile is inside C and
-    // only this task writes it; the kernel matches the selected, available ISA.
+    // SAFETY: the A panel holds kc·mr floats; B is a packed panel of kc·nr floats (sliced by
+    // `BSource::panel`), or B in place, whose rows k0..k0+kc hold nr_eff columns from `col`
+    // (`run` checked (k-1)·row_stride + n against its length) and which only direct_b kernels
+    // get, reading those columns alone (`b_packed` false); the tile is inside C and only this
+    // task writes it; the kernel matches the selected, available ISA.
     unsafe { (plan.kernel.run)(&args) };
     if step.last && !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, row, col, args.mr_eff, args.nr_eff);

@@ -10,10 +10,10 @@ mod matrix;
 mod micro;
 mod pack;
 
-pub use blocking::{Blocking, CacheSizes};
+pub use blocking::CacheSizes;
 pub use driver::PARALLEL_MIN_MACS;
 pub use matrix::{MatMut, MatRef};
-pub use pack::{AlignedBuf, PackA, PackB};
+pub(crate) use pack::{PackA, PackB};
 
 use crate::{Element, Isa, KernelError, Result};
 
@@ -62,7 +62,7 @@ impl Epilogue<'_> {
 
 /// Whether one gemm call may split its work across threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Threading {
+pub(crate) enum Threading {
     /// Split across rayon's current pool when the problem is large enough.
     #[default]
     CurrentPool,
@@ -124,7 +124,7 @@ pub fn gemm<TA: Element, TB: Element>(
 /// The gemm core over custom packers: `C[m×n] = epilogue(alpha·A·B + beta·C)` with depth `k`,
 /// where A and B are produced on the fly by `a` and `b` (e.g. im2col for a convolution).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_packed(
+pub(crate) fn gemm_packed(
     isa: Isa,
     threading: Threading,
     k: usize,
@@ -138,7 +138,12 @@ pub fn gemm_packed(
     let isa = isa.require()?;
     let (m, n) = (c.rows(), c.cols());
     epilogue.check(m, n)?;
-    if m.checked_mul(n).and_then(|mn| mn.checked_mul(k)).is_none() {
+    // Packed panels round m and n up to the register tile (at most 32): those sizes must fit too.
+    let fits = |x: usize| x.checked_add(32).and_then(|padded| padded.checked_mul(k));
+    if m.checked_mul(n).and_then(|mn| mn.checked_mul(k)).is_none()
+        || fits(m).is_none()
+        || fits(n).is_none()
+    {
         return Err(KernelError::SizeOverflow {
             what: "gemm",
             detail: format!("m·n·k = {m}·{n}·{k} exceeds usize"),

@@ -190,23 +190,13 @@ impl<T: Element> PackB for MatRef<'_, T> {
     }
 }
 
-/// A heap buffer of f32 whose start is aligned to a 64-byte cache line.
-pub struct AlignedBuf {
+/// A heap buffer of f32 handing out slices aligned to a 64-byte cache line.
+#[derive(Default)]
+pub(crate) struct AlignedBuf {
     storage: Vec<f32>,
-    offset: usize,
-    len: usize,
 }
 
 impl AlignedBuf {
-    /// An empty buffer.
-    pub fn new() -> Self {
-        Self {
-            storage: Vec::new(),
-            offset: 0,
-            len: 0,
-        }
-    }
-
     /// Returns a 64-byte aligned slice of `len` values, growing the allocation if needed.
     /// The contents are unspecified (left from earlier use).
     pub fn get(&mut self, len: usize) -> &mut [f32] {
@@ -215,20 +205,8 @@ impl AlignedBuf {
             self.storage = vec![0.0; len + ALIGN_FLOATS];
         }
         let misalign = (self.storage.as_ptr() as usize / 4) % ALIGN_FLOATS;
-        self.offset = (ALIGN_FLOATS - misalign) % ALIGN_FLOATS;
-        self.len = len;
-        &mut self.storage[self.offset..self.offset + len]
-    }
-
-    /// The slice handed out by the last `get`.
-    pub fn as_slice(&self) -> &[f32] {
-        &self.storage[self.offset..self.offset + self.len]
-    }
-}
-
-impl Default for AlignedBuf {
-    fn default() -> Self {
-        Self::new()
+        let offset = (ALIGN_FLOATS - misalign) % ALIGN_FLOATS;
+        &mut self.storage[offset..offset + len]
     }
 }
 
@@ -288,7 +266,7 @@ mod tests {
 
     #[test]
     fn aligned_buffer_is_aligned() {
-        let mut buf = AlignedBuf::new();
+        let mut buf = AlignedBuf::default();
         for len in [1, 17, 1000] {
             assert_eq!(buf.get(len).as_ptr() as usize % 64, 0);
         }

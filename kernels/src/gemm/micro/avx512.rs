@@ -81,7 +81,7 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
     }
     let cols = args.nr_eff.min(NR);
     let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))];
-    if args.b_stride != NR {
+    if !args.b_packed {
         // Unpacked B: each step is a row of B; masked loads never touch columns past nr_eff.
         for _ in 0..args.kc {
             // SAFETY: A stays inside its packed panel; the masked loads read only the nr_eff
@@ -90,7 +90,8 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 let bv = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.add(LANES * v)));
                 step::<R, V>(&mut acc, a, bv);
                 a = a.add(MR);
-                b = b.add(args.b_stride);
+                // Wrapping: after the last row this points past B and is never used.
+                b = b.wrapping_add(args.b_stride);
             }
         }
     } else {
@@ -99,12 +100,12 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
         // prefetches of addresses past the panel are hints and never fault.
         unsafe {
             while left >= 4 {
-                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR + LANES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR + LANES) as *const i8);
                 step::<R, V>(&mut acc, a, load_packed::<V>(b));
                 step::<R, V>(&mut acc, a.add(MR), load_packed::<V>(b.add(NR)));
-                _mm_prefetch::<_MM_HINT_T0>(b.add(10 * NR) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b.add(10 * NR + LANES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(10 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(10 * NR + LANES) as *const i8);
                 step::<R, V>(&mut acc, a.add(2 * MR), load_packed::<V>(b.add(2 * NR)));
                 step::<R, V>(&mut acc, a.add(3 * MR), load_packed::<V>(b.add(3 * NR)));
                 a = a.add(4 * MR);

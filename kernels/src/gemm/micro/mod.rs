@@ -18,12 +18,15 @@ pub(crate) struct TileArgs {
     pub kc: usize,
     /// Packed A micro-panel: `kc × mr` values.
     pub a: *const f32,
-    /// B micro-panel: `kc` steps of `nr` values, `b_stride` apart (`nr` when packed).
+    /// B micro-panel: `kc` steps of `nr` values, `b_stride` apart.
     pub b: *const f32,
     /// Distance between depth steps of B: `nr` for a packed panel, the row stride of an
     /// unpacked row-major B (only for kernels with `direct_b`, which mask the columns past
     /// `nr_eff`).
     pub b_stride: usize,
+    /// Whether B is a packed panel (`b_stride == nr`, zero-padded columns) rather than B read
+    /// in place, whose columns past `nr_eff` must not be touched.
+    pub b_packed: bool,
     /// Top-left element of the C tile.
     pub c: *mut f32,
     /// Distance between rows of C.

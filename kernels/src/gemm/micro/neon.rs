@@ -22,7 +22,10 @@ unsafe fn entry(args: &TileArgs) {
 
 #[target_feature(enable = "neon")]
 unsafe fn kernel(args: &TileArgs) {
-    debug_assert_eq!(args.b_stride, NR, "this kernel reads packed B only");
+    debug_assert!(
+        args.b_packed && args.b_stride == NR,
+        "this kernel reads packed B only"
+    );
     let mut acc = [[vdupq_n_f32(0.0); 2]; MR];
     let (mut a, mut b) = (args.a, args.b);
     for _ in 0..args.kc {

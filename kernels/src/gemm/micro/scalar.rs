@@ -14,7 +14,10 @@ pub(crate) const KERNEL: MicroKernel = MicroKernel {
 };
 
 unsafe fn kernel(args: &TileArgs) {
-    debug_assert_eq!(args.b_stride, NR, "this kernel reads packed B only");
+    debug_assert!(
+        args.b_packed && args.b_stride == NR,
+        "this kernel reads packed B only"
+    );
     let mut acc = [0.0f32; MR * NR];
     // SAFETY: the caller guarantees kc·MR floats at `a` and kc·NR floats at `b`.
     let (a, b) = unsafe {
