@@ -144,7 +144,7 @@ fn check_fits(nodes: &NodeSet, op: &Op, shapes: &[&Shape], dtype: DType) -> Resu
     Ok(())
 }
 
-/// One warm-up then `reps` timed runs; returns the times in ms and the last output. With one
+/// Warm-up runs, then `reps` timed runs; returns the times in ms and the last output. With one
 /// node the runs reuse the warm-up's output tensor; with several, each run splits and gathers.
 fn measure(
     nodes: &NodeSet,
@@ -155,7 +155,16 @@ fn measure(
     if reps == 0 {
         return Err(Error::parse("repetition count", "0", "must be at least 1"));
     }
+    // Warm up until caches, buffers and thread pools are settled: at least three runs and
+    // 100 ms, at most 50 runs.
+    let warm_up = Instant::now();
     let mut out = execute_split(nodes, op, inputs)?;
+    for run in 1..50 {
+        if run >= 3 && warm_up.elapsed().as_millis() >= 100 {
+            break;
+        }
+        out = execute_split(nodes, op, inputs)?;
+    }
     let mut times = Vec::with_capacity(reps);
     if let [device] = nodes.devices() {
         // One node: run into the output of the warm-up, as a runtime's arena would, so the
