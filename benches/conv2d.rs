@@ -9,6 +9,9 @@ use accelmesh_kernels::Isa;
 use accelmesh_kernels::conv::{Conv2dParams, conv2d, conv2d_output_dims};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+mod common;
+use common::filled;
+
 const RESNET: [[usize; 7]; 6] = [
     [1, 64, 56, 64, 3, 1, 1],
     [1, 128, 28, 128, 3, 1, 1],
@@ -17,17 +20,6 @@ const RESNET: [[usize; 7]; 6] = [
     [1, 3, 224, 64, 7, 2, 3],
     [1, 256, 56, 64, 1, 1, 0],
 ];
-
-/// Seeded, non-zero inputs: a small linear-congruential fill is enough for timing.
-fn filled(len: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 fn bench_conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d");

@@ -8,18 +8,10 @@ use std::hint::black_box;
 use accelmesh_kernels::gemm::{MatMut, MatRef, sgemm};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-const SIZES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
+mod common;
+use common::filled;
 
-/// Seeded, non-zero inputs: a small linear-congruential fill is enough for timing.
-fn filled(len: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
+const SIZES: [usize; 8] = [16, 32, 64, 128, 256, 512, 1024, 2048];
 
 fn bench_sgemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("sgemm");
