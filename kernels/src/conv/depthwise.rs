@@ -51,13 +51,7 @@ pub(crate) fn run<T: Element>(
     let pad_left = g.pads[1];
     let cols: Vec<Cols> = (0..g.kw)
         .map(|s| {
-            let col = s * g.dw;
-            let lo = pad_left.saturating_sub(col).div_ceil(g.sw);
-            let hi = (pad_left + g.w)
-                .saturating_sub(col)
-                .div_ceil(g.sw)
-                .min(g.ow);
-            let lo = lo.min(hi);
+            let (col, lo, hi) = g.tap_columns(s);
             // For lo < hi the input column lo·sw + col - pad_left is inside the image.
             let start = (lo * g.sw + col).saturating_sub(pad_left);
             Cols { lo, hi, start }

@@ -28,19 +28,7 @@ pub(crate) struct Taps {
 impl Taps {
     /// The taps of a convolution's geometry.
     pub fn new(g: &Geometry) -> Taps {
-        let pad_left = g.pads[1];
-        // Output columns ow with pad_left <= ow·sw + s·dw < pad_left + W.
-        let cols = (0..g.kw)
-            .map(|s| {
-                let col = s * g.dw;
-                let lo = pad_left.saturating_sub(col).div_ceil(g.sw);
-                let hi = (pad_left + g.w)
-                    .saturating_sub(col)
-                    .div_ceil(g.sw)
-                    .min(g.ow);
-                (col, lo.min(hi), hi)
-            })
-            .collect();
+        let cols = (0..g.kw).map(|s| g.tap_columns(s)).collect();
         let taps = g.kh * g.kw;
         let depth = (0..g.depth())
             .map(|k| (k / taps * g.h * g.w, k % taps))

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::im2col::{Im2col, Taps};
 use super::params::Geometry;
-use crate::gemm::{Epilogue, MatMut, MatRef, Threading, gemm_packed};
+use crate::gemm::{Epilogue, MatMut, MatRef, PackB, Threading, gemm_packed};
 use crate::{Isa, Result};
 
 /// Output channels of a channel piece are multiples of this.
@@ -121,36 +121,19 @@ impl Conv<'_> {
             col_bias: None,
             relu: g.relu,
         };
-        match &self.taps {
+        let (image, im2col);
+        let b: &dyn PackB = match &self.taps {
             None => {
-                let b = MatRef::new(&x[cols.start..], g.cg, cols.len(), plane, 1)?;
-                gemm_packed(
-                    self.isa,
-                    self.threading,
-                    depth,
-                    1.0,
-                    &a,
-                    &b,
-                    0.0,
-                    c,
-                    &epilogue,
-                )
+                image = MatRef::new(&x[cols.start..], g.cg, cols.len(), plane, 1)?;
+                &image
             }
             Some(taps) => {
-                let b = Im2col::new(x, taps, g, self.isa).starting_at(cols.start);
-                gemm_packed(
-                    self.isa,
-                    self.threading,
-                    depth,
-                    1.0,
-                    &a,
-                    &b,
-                    0.0,
-                    c,
-                    &epilogue,
-                )
+                im2col = Im2col::new(x, taps, g, self.isa).starting_at(cols.start);
+                &im2col
             }
-        }
+        };
+        let (isa, threading) = (self.isa, self.threading);
+        gemm_packed(isa, threading, depth, 1.0, &a, b, 0.0, c, &epilogue)
     }
 
     /// Output channels `rows` of job `job` into the output, which this piece alone writes.

@@ -216,6 +216,18 @@ impl Geometry {
         })
     }
 
+    /// For kernel column `s`: its offset `s·dw` in padded input columns and the output columns
+    /// `lo..hi` whose input column `ow·sw + s·dw - pad_left` lies inside the image.
+    pub fn tap_columns(&self, s: usize) -> (usize, usize, usize) {
+        let (pad_left, col) = (self.pads[1], s * self.dw);
+        let lo = pad_left.saturating_sub(col).div_ceil(self.sw);
+        let hi = (pad_left + self.w)
+            .saturating_sub(col)
+            .div_ceil(self.sw)
+            .min(self.ow);
+        (col, lo.min(hi), hi)
+    }
+
     /// Values of one input image (`C·H·W`).
     pub fn image_len(&self) -> usize {
         self.c * self.h * self.w
