@@ -76,7 +76,7 @@ struct BenchFlags {
     /// Which nodes to split the work over (see `devices --help`).
     #[arg(long, value_name = "SPEC")]
     nodes: Option<NodeSpec>,
-    /// Timed repetitions per case, after one warm-up.
+    /// Timed repetitions per case, after a warm-up (at least 3 runs and 100 ms).
     #[arg(long, default_value_t = 5, value_parser = parse_reps)]
     reps: usize,
     /// Compare against a float64 reference and report max_rel_err.
