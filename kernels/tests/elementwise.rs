@@ -10,18 +10,10 @@ use accelmesh_kernels::{Isa, KernelError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{pool, random_vec};
+
 const SIZES: [usize; 8] = [1, 7, 16, 17, 33, 129, 1000, 200_003];
-
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-}
-
-fn random_vec(rng: &mut ChaCha8Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(lo..hi)).collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // float64 references.

@@ -9,16 +9,8 @@ use accelmesh_kernels::{Isa, KernelError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-}
-
-fn random_vec(rng: &mut ChaCha8Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(lo..hi)).collect()
-}
+mod common;
+use common::{pool, random_vec};
 
 /// (outer, n, inner) of `axis`.
 fn geometry(dims: &[usize], axis: usize) -> (usize, usize, usize) {

@@ -9,12 +9,8 @@ use accelmesh_kernels::{Isa, KernelError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-}
+mod common;
+use common::pool;
 
 fn random_vec(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-5.0f32..5.0)).collect()
