@@ -90,6 +90,7 @@ impl CpuDevice {
                 threads: Some(threads),
                 memory_bytes,
                 dtypes: DType::ALL.to_vec(),
+                driver: None,
             },
             isa,
             pool,

@@ -2,6 +2,7 @@
 //! about itself, and the `--nodes` spec that says which nodes to bring up.
 
 mod cpu;
+pub mod gpu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -116,6 +117,9 @@ pub struct DeviceInfo {
     pub memory_bytes: u64,
     /// Element types the device accepts as inputs.
     pub dtypes: Vec<DType>,
+    /// Driver name and version, for devices that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
 }
 
 /// One entry of a node spec.

@@ -1,0 +1,135 @@
+// Tiled GEMM body: a BM×BN tile of C per workgroup, staged through BK-deep tiles of A and B in
+// workgroup memory, a TM×TN register tile per invocation (rows and columns strided by the
+// thread grid so neighbouring invocations read neighbouring words). Bounds are handled on
+// every edge. The addressing functions come from the variant (dense or conv) prepended to it.
+override BM: u32 = 64u;
+override BN: u32 = 64u;
+override BK: u32 = 16u;
+override TM: u32 = 4u;
+override TN: u32 = 4u;
+override WG: u32 = 256u;       // (BM / TM) * (BN / TN)
+override A_TILE: u32 = 1024u;  // BK * BM
+override B_TILE: u32 = 1024u;  // BK * BN
+
+const MAX_T: u32 = 8u;
+
+var<workgroup> a_tile: array<f32, A_TILE>;  // [BK][BM]
+var<workgroup> b_tile: array<f32, B_TILE>;  // [BK][BN]
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let group = wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
+    if (group >= p[P_TOTAL]) {
+        return;
+    }
+    let tiles_n = p[P_TILES_N];
+    let tiles_m = p[P_TILES_M];
+    let tn = group % tiles_n;
+    let rest = group / tiles_n;
+    let tm = rest % tiles_m;
+    let z = rest / tiles_m;
+    let m0 = tm * BM;
+    let n0 = tn * BN;
+    let rows = p[P_M];
+    let cols = p[P_N];
+    let flags = p[P_FLAGS];
+    let a_k_fast = (flags & F_A_K_FAST) != 0u;
+    let b_n_fast = (flags & F_B_N_FAST) != 0u;
+
+    let threads_n = BN / TN;
+    let threads_m = BM / TM;
+    let tx = lid % threads_n;
+    let ty = lid / threads_n;
+
+    var acc: array<f32, 64>;
+    for (var i = 0u; i < TM * TN; i++) {
+        acc[i] = 0.0;
+    }
+    var a_reg: array<f32, MAX_T>;
+    var b_reg: array<f32, MAX_T>;
+
+    let kb = k_begin(z);
+    let ke = k_end(z);
+    for (var k0 = kb; k0 < ke; k0 += BK) {
+        for (var i = lid; i < BM * BK; i += WG) {
+            var mm: u32;
+            var kk: u32;
+            if (a_k_fast) {
+                kk = i % BK;
+                mm = i / BK;
+            } else {
+                mm = i % BM;
+                kk = i / BM;
+            }
+            let m = m0 + mm;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (m < rows && k < ke) {
+                v = load_a(a_index(m, k, z));
+            }
+            a_tile[kk * BM + mm] = v;
+        }
+        for (var i = lid; i < BN * BK; i += WG) {
+            var nn: u32;
+            var kk: u32;
+            if (b_n_fast) {
+                nn = i % BN;
+                kk = i / BN;
+            } else {
+                kk = i % BK;
+                nn = i / BK;
+            }
+            let n = n0 + nn;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (n < cols && k < ke) {
+                v = load_b_at(k, n, z);
+            }
+            b_tile[kk * BN + nn] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            for (var i = 0u; i < TM; i++) {
+                a_reg[i] = a_tile[kk * BM + ty + i * threads_m];
+            }
+            for (var j = 0u; j < TN; j++) {
+                b_reg[j] = b_tile[kk * BN + tx + j * threads_n];
+            }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) {
+                    acc[i * TN + j] = fma(a_reg[i], b_reg[j], acc[i * TN + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let alpha = bitcast<f32>(p[P_ALPHA]);
+    let beta = bitcast<f32>(p[P_BETA]);
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + ty + i * threads_m;
+        if (m >= rows) {
+            continue;
+        }
+        for (var j = 0u; j < TN; j++) {
+            let n = n0 + tx + j * threads_n;
+            if (n >= cols) {
+                continue;
+            }
+            let ci = c_index(m, n, z);
+            var v = alpha * acc[i * TN + j];
+            if ((flags & F_READ_C) != 0u) {
+                v += beta * c_buf[ci];
+            }
+            v += bias_at(m, n, z);
+            if ((flags & F_RELU) != 0u) {
+                v = select(v, 0.0, v < 0.0);
+            }
+            c_buf[ci] = v;
+        }
+    }
+}

@@ -1,0 +1,6 @@
+// Operand NAME stored as bf16, two to a 32-bit word (low half first); widened to f32 by a shift.
+@group(0) @binding(BINDING) var<storage, read> NAME_buf: array<u32>;
+fn load_NAME(i: u32) -> f32 {
+    let w = NAME_buf[i >> 1u];
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));
+}

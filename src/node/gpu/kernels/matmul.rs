@@ -1,0 +1,630 @@
+//! Tiled matmul on the GPU: tile shapes, the split of an operand too large for one binding
+//! into sub-dispatches, split-K with a reduction for skinny products, and the encoding.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Recorder, Storage, Window, dim_u32, dummy_f32, f32_bits, window};
+use crate::node::gpu::GpuShared;
+use crate::node::gpu::tensor::GpuTensor;
+use crate::{Error, Result};
+
+/// One tiling of the GEMM kernel (WGSL override constants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TileConfig {
+    /// Rows of C per workgroup.
+    pub bm: u32,
+    /// Columns of C per workgroup.
+    pub bn: u32,
+    /// Depth of one staged tile.
+    pub bk: u32,
+    /// Rows per invocation.
+    pub tm: u32,
+    /// Columns per invocation.
+    pub tn: u32,
+}
+
+impl TileConfig {
+    /// The tiling used before (or without) tuning.
+    pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16, 4, 4);
+
+    /// The tilings the tuner tries.
+    pub const CANDIDATES: [TileConfig; 7] = [
+        TileConfig::new(64, 64, 16, 4, 4),
+        TileConfig::new(128, 128, 8, 8, 8),
+        TileConfig::new(128, 64, 16, 8, 4),
+        TileConfig::new(64, 128, 8, 4, 8),
+        TileConfig::new(64, 64, 8, 8, 8),
+        TileConfig::new(32, 32, 16, 4, 4),
+        TileConfig::new(16, 16, 16, 2, 2),
+    ];
+
+    /// A tiling of `bm × bn` outputs per workgroup, `bk` deep, `tm × tn` per invocation.
+    pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Self {
+        TileConfig { bm, bn, bk, tm, tn }
+    }
+
+    /// Invocations per workgroup.
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Workgroup memory the tiles take, in bytes.
+    pub fn workgroup_bytes(&self) -> u32 {
+        (self.bm + self.bn) * self.bk * 4
+    }
+
+    /// Whether the tiling is well formed and fits the device's limits.
+    pub fn fits(&self, shared: &GpuShared) -> bool {
+        let l = &shared.ctx.limits;
+        self.tm >= 1
+            && self.tn >= 1
+            && self.tm <= 8
+            && self.tn <= 8
+            && self.bm.is_multiple_of(self.tm)
+            && self.bn.is_multiple_of(self.tn)
+            && self.bk >= 1
+            && self.threads() <= l.max_invocations
+            && self.workgroup_bytes() <= l.max_workgroup_storage
+    }
+
+    /// The override constants of the GEMM shader.
+    pub fn constants(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("BM", f64::from(self.bm)),
+            ("BN", f64::from(self.bn)),
+            ("BK", f64::from(self.bk)),
+            ("TM", f64::from(self.tm)),
+            ("TN", f64::from(self.tn)),
+            ("WG", f64::from(self.threads())),
+            ("A_TILE", f64::from(self.bk * self.bm)),
+            ("B_TILE", f64::from(self.bk * self.bn)),
+        ]
+    }
+}
+
+/// How a bias is added in the epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasKind {
+    /// One value per row of C.
+    Row,
+    /// One value per column of C.
+    Col,
+}
+
+/// `C = alpha · op(A) · op(B) + beta · C (+ bias) (ReLU)` on device-resident operands.
+pub struct MatmulArgs<'a> {
+    /// A, stored `[M, K]` (or `[K, M]` with `trans_a`).
+    pub a: &'a GpuTensor,
+    /// B, stored `[K, N]` (or `[N, K]` with `trans_b`).
+    pub b: &'a GpuTensor,
+    /// C, f32 `[M, N]`.
+    pub c: &'a GpuTensor,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Reduced dimension.
+    pub k: usize,
+    /// A is stored transposed.
+    pub trans_a: bool,
+    /// B is stored transposed.
+    pub trans_b: bool,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the old C (0: C is not read).
+    pub beta: f32,
+    /// Optional f32 bias.
+    pub bias: Option<(&'a GpuTensor, BiasKind)>,
+    /// ReLU after the bias.
+    pub relu: bool,
+}
+
+/// Sub-problem counts along M, N and K so that every binding fits the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pieces {
+    /// Pieces along M.
+    pub m: usize,
+    /// Pieces along N.
+    pub n: usize,
+    /// Pieces along K.
+    pub k: usize,
+}
+
+/// Elements a row-major `[rows_total, cols_total]` block of `rows × cols` spans in memory.
+fn span(rows: usize, cols: usize, cols_total: usize) -> u64 {
+    if rows == 0 || cols == 0 {
+        return 0;
+    }
+    (rows as u64 - 1) * cols_total as u64 + cols as u64
+}
+
+/// Plans how many pieces along each dimension keep every operand window within
+/// `max_binding` bytes; `ea`, `eb` are A's and B's element sizes (C is f32).
+pub fn plan_pieces(
+    dims: (usize, usize, usize),
+    trans: (bool, bool),
+    elem: (u64, u64),
+    max_binding: u64,
+    slack: u64,
+) -> Pieces {
+    let (m, n, k) = dims;
+    let (ta, tb) = trans;
+    let (ea, eb) = elem;
+    let mut p = Pieces { m: 1, n: 1, k: 1 };
+    let fits = |bytes: u64| bytes + slack <= max_binding;
+    loop {
+        let bm = m.div_ceil(p.m);
+        let bn = n.div_ceil(p.n);
+        let bk = k.div_ceil(p.k);
+        let a = if ta { span(bk, bm, m) } else { span(bm, bk, k) } * ea;
+        let b = if tb { span(bn, bk, k) } else { span(bk, bn, n) } * eb;
+        let c = span(bm, bn, n) * 4;
+        let grow = |count: usize, size: usize| if size > 1 { count * 2 } else { count };
+        if !fits(c) {
+            if bm > 1 {
+                p.m = grow(p.m, bm);
+            } else {
+                p.n = grow(p.n, bn);
+            }
+        } else if !fits(a) {
+            match (ta, bm > 1, bk > 1) {
+                (false, true, _) | (true, true, false) => p.m = grow(p.m, bm),
+                _ => p.k = grow(p.k, bk),
+            }
+        } else if !fits(b) {
+            match (tb, bk > 1, bn > 1) {
+                (false, true, _) | (true, false, true) => p.k = grow(p.k, bk),
+                _ => p.n = grow(p.n, bn),
+            }
+        } else {
+            return p;
+        }
+        if bm <= 1 && bn <= 1 && bk <= 1 {
+            return p;
+        }
+    }
+}
+
+/// The number of K splits (with a reduction after) that keeps a skinny product busy: few
+/// output tiles and a deep K. 1 means no split.
+pub fn split_k_count(m: usize, n: usize, k: usize, tile: TileConfig) -> usize {
+    let tiles = m.div_ceil(tile.bm as usize) * n.div_ceil(tile.bn as usize);
+    if tiles >= 32 || k < 1024 || k < 4 * m.max(n) {
+        return 1;
+    }
+    let by_depth = k / 256;
+    let by_occupancy = 64usize.div_ceil(tiles.max(1));
+    by_depth.min(by_occupancy).clamp(1, 32)
+}
+
+/// The GEMM pipeline key and WGSL for operand storages `sa`, `sb` and a variant
+/// (`gemm_dense.wgsl` or `gemm_conv.wgsl`).
+pub fn gemm_source(sa: Storage, sb: Storage, variant: &str) -> String {
+    let mut s = String::new();
+    if sa == Storage::F16Native || sb == Storage::F16Native {
+        s.push_str("enable f16;\n");
+    }
+    s.push_str(include_str!("../../../../shaders/gemm_common.wgsl"));
+    s.push_str(&sa.loader("a", 1));
+    s.push_str(&sb.loader("b", 2));
+    s.push_str(variant);
+    s.push_str(include_str!("../../../../shaders/gemm_tiled.wgsl"));
+    s
+}
+
+/// Encodes `args` with tiling `tile`, split into sub-dispatches where an operand exceeds
+/// the binding limit, and into K splits plus a reduction for skinny shapes.
+pub fn encode_matmul(
+    shared: &GpuShared,
+    rec: &mut Recorder<'_>,
+    args: &MatmulArgs<'_>,
+    tile: TileConfig,
+) -> Result<()> {
+    let (m, n, k) = (args.m, args.n, args.k);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if !tile.fits(shared) {
+        return Err(Error::device(
+            &shared.ctx.id,
+            format!("tiling {tile:?} does not fit the device's workgroup limits"),
+        ));
+    }
+    let native = shared.ctx.has_f16();
+    let sa = Storage::of(args.a.dtype(), native);
+    let sb = Storage::of(args.b.dtype(), native);
+    let key = format!("gemm_dense|{}|{}", sa.key(), sb.key());
+    let pipeline = shared.kernels.get(
+        shared,
+        &key,
+        || gemm_source(sa, sb, include_str!("../../../../shaders/gemm_dense.wgsl")),
+        &tile.constants(),
+    )?;
+    let slack = shared.ctx.limits.storage_offset_alignment + 16;
+    let pieces = plan_pieces(
+        (m, n, k),
+        (args.trans_a, args.trans_b),
+        (sa.elem_bytes(), sb.elem_bytes()),
+        shared.ctx.limits.max_storage_binding,
+        slack,
+    );
+    let dummy = dummy_f32(shared);
+    let bm = m.div_ceil(pieces.m);
+    let bn = n.div_ceil(pieces.n);
+    let bk = k.div_ceil(pieces.k).max(1);
+    let single = pieces == Pieces { m: 1, n: 1, k: 1 };
+    let splits = if single {
+        split_k_count(m, n, k, tile)
+    } else {
+        1
+    };
+    for mi in 0..pieces.m {
+        let m0 = mi * bm;
+        let m1 = (m0 + bm).min(m);
+        if m0 >= m1 {
+            continue;
+        }
+        for ni in 0..pieces.n {
+            let n0 = ni * bn;
+            let n1 = (n0 + bn).min(n);
+            if n0 >= n1 {
+                continue;
+            }
+            for ki in 0..pieces.k.max(1) {
+                let k0 = (ki * bk).min(k);
+                let k1 = (k0 + bk).min(k);
+                if k0 >= k1 && !(k == 0 && ki == 0) {
+                    continue;
+                }
+                let first = ki == 0;
+                let piece = Piece {
+                    m0,
+                    m1,
+                    n0,
+                    n1,
+                    k0,
+                    k1,
+                    first,
+                    last: k1 >= k,
+                };
+                if splits > 1 {
+                    encode_split_k(
+                        shared, rec, args, tile, &pipeline, &piece, splits, sa, sb, &dummy,
+                    )?;
+                } else {
+                    encode_piece(shared, rec, args, tile, &pipeline, &piece, sa, sb, &dummy)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One sub-problem: rows `m0..m1`, columns `n0..n1`, depth `k0..k1` of the whole product.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    m0: usize,
+    m1: usize,
+    n0: usize,
+    n1: usize,
+    k0: usize,
+    k1: usize,
+    /// The first depth piece: applies the caller's beta; later ones accumulate.
+    first: bool,
+    /// The last depth piece: applies bias and ReLU.
+    last: bool,
+}
+
+/// Windows of A and B for `piece`, with their element offsets and strides.
+struct OperandWindows<'a> {
+    a: Window<'a>,
+    a_rs: u32,
+    a_cs: u32,
+    b: Window<'a>,
+    b_rs: u32,
+    b_cs: u32,
+}
+
+fn operand_windows<'a>(
+    shared: &GpuShared,
+    args: &MatmulArgs<'a>,
+    piece: &Piece,
+    sa: Storage,
+    sb: Storage,
+) -> Result<OperandWindows<'a>> {
+    let (m, n, k) = (args.m as u64, args.n as u64, args.k as u64);
+    let (m0, m1, n0, n1, k0, k1) = (
+        piece.m0 as u64,
+        piece.m1 as u64,
+        piece.n0 as u64,
+        piece.n1 as u64,
+        piece.k0 as u64,
+        piece.k1 as u64,
+    );
+    let kk = (k1 - k0).max(1);
+    let (a_first, a_count, a_rs, a_cs) = if args.trans_a {
+        (k0 * m + m0, (kk - 1) * m + (m1 - m0), 1, m)
+    } else {
+        (m0 * k + k0, (m1 - m0 - 1) * k + kk, k, 1)
+    };
+    let (b_first, b_count, b_rs, b_cs) = if args.trans_b {
+        (n0 * k + k0, (n1 - n0 - 1) * k + kk, 1, k)
+    } else {
+        (k0 * n + n0, (kk - 1) * n + (n1 - n0), n, 1)
+    };
+    Ok(OperandWindows {
+        a: window(shared, args.a, sa, a_first, a_count)?,
+        a_rs: dim_u32("A stride", a_rs)?,
+        a_cs: dim_u32("A stride", a_cs)?,
+        b: window(shared, args.b, sb, b_first, b_count)?,
+        b_rs: dim_u32("B stride", b_rs)?,
+        b_cs: dim_u32("B stride", b_cs)?,
+    })
+}
+
+/// Parameter words of one GEMM dispatch (layout of `gemm_common.wgsl`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_params(
+    rows: u32,
+    cols: u32,
+    depth: u32,
+    ops: &OperandWindows<'_>,
+    c_off: u32,
+    c_rs: u32,
+    tile: TileConfig,
+    z: u32,
+    alpha: f32,
+    beta: f32,
+    flags: u32,
+    bias_off: u32,
+    k_chunk: u32,
+    c_zs: u32,
+) -> (Vec<u32>, u64) {
+    let tiles_n = cols.div_ceil(tile.bn);
+    let tiles_m = rows.div_ceil(tile.bm);
+    let total = u64::from(tiles_n) * u64::from(tiles_m) * u64::from(z);
+    let mut p = vec![0u32; 35];
+    p[0] = rows;
+    p[1] = cols;
+    p[2] = depth;
+    p[3] = ops.a.elem_offset;
+    p[4] = ops.a_rs;
+    p[5] = ops.a_cs;
+    p[6] = ops.b.elem_offset;
+    p[7] = ops.b_rs;
+    p[8] = ops.b_cs;
+    p[9] = c_off;
+    p[10] = c_rs;
+    p[11] = tiles_n;
+    p[12] = tiles_m;
+    p[13] = total.min(u64::from(u32::MAX)) as u32;
+    p[14] = f32_bits(alpha);
+    p[15] = f32_bits(beta);
+    let mut f = flags;
+    if ops.a_cs == 1 {
+        f |= 16;
+    }
+    if ops.b_cs == 1 {
+        f |= 32;
+    }
+    p[16] = f;
+    p[17] = bias_off;
+    p[18] = k_chunk;
+    p[19] = c_zs;
+    (p, total)
+}
+
+/// Epilogue flags and bias window for `piece`.
+fn epilogue<'a>(
+    shared: &GpuShared,
+    args: &MatmulArgs<'a>,
+    piece: &Piece,
+    include_bias: bool,
+) -> Result<(u32, f32, Option<Window<'a>>, u32)> {
+    let mut flags = 0u32;
+    let beta = if piece.first { args.beta } else { 1.0 };
+    if beta != 0.0 {
+        flags |= 8;
+    }
+    let mut bias_window = None;
+    let mut bias_off = 0;
+    if piece.last && include_bias {
+        if args.relu {
+            flags |= 1;
+        }
+        if let Some((bias, kind)) = args.bias {
+            let (first, count) = match kind {
+                BiasKind::Row => (piece.m0, piece.m1 - piece.m0),
+                BiasKind::Col => (piece.n0, piece.n1 - piece.n0),
+            };
+            flags |= if kind == BiasKind::Row { 2 } else { 4 };
+            let w = window(shared, bias, Storage::F32, first as u64, count as u64)?;
+            bias_off = w.elem_offset;
+            bias_window = Some(w);
+        }
+    }
+    Ok((flags, beta, bias_window, bias_off))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_piece(
+    shared: &GpuShared,
+    rec: &mut Recorder<'_>,
+    args: &MatmulArgs<'_>,
+    tile: TileConfig,
+    pipeline: &wgpu::ComputePipeline,
+    piece: &Piece,
+    sa: Storage,
+    sb: Storage,
+    dummy: &wgpu::Buffer,
+) -> Result<()> {
+    let ops = operand_windows(shared, args, piece, sa, sb)?;
+    let rows = piece.m1 - piece.m0;
+    let cols = piece.n1 - piece.n0;
+    let n_total = args.n as u64;
+    let c_first = piece.m0 as u64 * n_total + piece.n0 as u64;
+    let c_count = (rows as u64 - 1) * n_total + cols as u64;
+    let c = window(shared, args.c, Storage::F32, c_first, c_count)?;
+    let (flags, beta, bias, bias_off) = epilogue(shared, args, piece, true)?;
+    let depth = dim_u32("K", (piece.k1 - piece.k0) as u64)?;
+    let (params, groups) = gemm_params(
+        dim_u32("M", rows as u64)?,
+        dim_u32("N", cols as u64)?,
+        depth,
+        &ops,
+        c.elem_offset,
+        dim_u32("N", n_total)?,
+        tile,
+        1,
+        args.alpha,
+        beta,
+        flags,
+        bias_off,
+        depth.max(1),
+        0,
+    );
+    let bias_res = match &bias {
+        Some(w) => w.resource(),
+        None => dummy.as_entire_binding(),
+    };
+    rec.dispatch(
+        pipeline,
+        &params,
+        &[
+            (1, ops.a.resource()),
+            (2, ops.b.resource()),
+            (3, c.resource()),
+            (4, bias_res),
+        ],
+        groups,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_split_k(
+    shared: &GpuShared,
+    rec: &mut Recorder<'_>,
+    args: &MatmulArgs<'_>,
+    tile: TileConfig,
+    pipeline: &wgpu::ComputePipeline,
+    piece: &Piece,
+    splits: usize,
+    sa: Storage,
+    sb: Storage,
+    dummy: &wgpu::Buffer,
+) -> Result<()> {
+    let (m, n, k) = (args.m, args.n, args.k);
+    let chunk = k.div_ceil(splits);
+    let splits = k.div_ceil(chunk);
+    let partial = GpuTensor::empty(
+        args.c.shared(),
+        crate::tensor::Shape::new([splits, m, n]),
+        crate::tensor::DType::F32,
+    )?;
+    let ops = operand_windows(shared, args, piece, sa, sb)?;
+    let pw = window(shared, &partial, Storage::F32, 0, (splits * m * n) as u64)?;
+    let (params, groups) = gemm_params(
+        dim_u32("M", m as u64)?,
+        dim_u32("N", n as u64)?,
+        dim_u32("K", k as u64)?,
+        &ops,
+        0,
+        dim_u32("N", n as u64)?,
+        tile,
+        splits as u32,
+        1.0,
+        0.0,
+        0,
+        0,
+        dim_u32("K", chunk as u64)?,
+        dim_u32("M·N", (m * n) as u64)?,
+    );
+    rec.dispatch(
+        pipeline,
+        &params,
+        &[
+            (1, ops.a.resource()),
+            (2, ops.b.resource()),
+            (3, pw.resource()),
+            (4, dummy.as_entire_binding()),
+        ],
+        groups,
+    )?;
+    let reduce = shared.kernels.get(
+        shared,
+        "splitk_reduce",
+        || include_str!("../../../../shaders/splitk_reduce.wgsl").to_string(),
+        &[("WG", 256.0)],
+    )?;
+    let c = window(shared, args.c, Storage::F32, 0, (m * n) as u64)?;
+    let (flags, beta, bias, bias_off) = epilogue(shared, args, piece, true)?;
+    let total = dim_u32("M·N", (m * n) as u64)?;
+    let params = vec![
+        m as u32,
+        n as u32,
+        splits as u32,
+        c.elem_offset,
+        n as u32,
+        f32_bits(args.alpha),
+        f32_bits(beta),
+        flags,
+        bias_off,
+        total,
+    ];
+    let bias_res = match &bias {
+        Some(w) => w.resource(),
+        None => dummy.as_entire_binding(),
+    };
+    rec.dispatch(
+        &reduce,
+        &params,
+        &[(1, pw.resource()), (2, bias_res), (3, c.resource())],
+        u64::from(total).div_ceil(256),
+    )?;
+    // The partial buffer returns to the pool only after the submission is recorded; the
+    // queue orders later reuse after this work.
+    rec.keep_alive(partial);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_fit_the_binding() {
+        let max = 1 << 16;
+        for &(m, n, k) in &[
+            (300usize, 200usize, 100usize),
+            (1, 5000, 3000),
+            (4000, 1, 50),
+            (129, 257, 33),
+        ] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    let p = plan_pieces((m, n, k), (ta, tb), (4, 2), max, 272);
+                    let (bm, bn, bk) = (m.div_ceil(p.m), n.div_ceil(p.n), k.div_ceil(p.k));
+                    let a = if ta { span(bk, bm, m) } else { span(bm, bk, k) } * 4;
+                    let b = if tb { span(bn, bk, k) } else { span(bk, bn, n) } * 2;
+                    let c = span(bm, bn, n) * 4;
+                    for bytes in [a, b, c] {
+                        assert!(bytes + 272 <= max, "{m} {n} {k} {ta} {tb} {p:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            plan_pieces((64, 64, 64), (false, false), (4, 4), 1 << 20, 272),
+            Pieces { m: 1, n: 1, k: 1 }
+        );
+    }
+
+    #[test]
+    fn split_k_only_for_skinny_deep_products() {
+        let t = TileConfig::DEFAULT;
+        assert_eq!(split_k_count(1024, 1024, 1024, t), 1);
+        assert_eq!(split_k_count(64, 64, 100, t), 1);
+        assert!(split_k_count(64, 64, 8192, t) > 1);
+        assert!(split_k_count(1, 10, 100_000, t) <= 32);
+    }
+}

@@ -1,0 +1,1 @@
+//! Elementwise, pooling, normalisation and softmax kernels (to come).
