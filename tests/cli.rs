@@ -187,7 +187,9 @@ fn bad_arguments_fail_cleanly() {
         &["bench", "matmul", "--sizes", "8", "--dtype", "f64"],
         "f64",
     );
-    assert_clean_failure(&["devices", "--nodes", "gpu"], "not available yet");
+    assert_clean_failure(&["devices", "--nodes", "sim"], "not available yet");
+    assert_clean_failure(&["devices", "--nodes", "gpu:x"], "gpu:x");
+    assert_clean_failure(&["devices", "--nodes", "gpu:99"], "gpu:99");
     assert_clean_failure(&["bench", "matmul", "--sizes", "0"], "matrix size");
     assert_clean_failure(
         &["bench", "conv2d", "--shapes", "1-8-17-16-3-1"],

@@ -1,9 +1,10 @@
 //! The benchmark harness behind `accelmesh bench`: times matmul and conv2d cases on a set of
 //! nodes (split evenly over them) and optionally checks the results against float64.
 //!
-//! Each case runs one untimed warm-up, then `reps` timed repetitions; a repetition's time is
+//! Each case runs untimed warm-ups, then `reps` timed repetitions; a repetition's time is
 //! the wall time of splitting the inputs, running the parts concurrently and assembling the
-//! output. Inputs are seeded random tensors in [-1, 1).
+//! output (for a GPU: uploads, kernels and downloads). On a single GPU node the kernels are
+//! also timed alone with the inputs resident. Inputs are seeded random tensors in [-1, 1).
 
 pub mod case;
 pub mod check;
@@ -53,6 +54,13 @@ pub struct CaseResult {
     pub flops: u64,
     /// `flops` per median repetition, in GFLOP/s.
     pub gflops: f64,
+    /// On a single GPU node: median kernel time with the inputs resident on the device
+    /// (timestamp queries where available), in milliseconds; `ms_median` includes transfers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_ms_median: Option<f64>,
+    /// `flops` per median kernel time, in GFLOP/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_gflops: Option<f64>,
     /// With `--check`: max |out − ref| / Σ|a·b| against a float64 reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rel_err: Option<f64>,
@@ -76,6 +84,7 @@ pub fn run_matmul(
     let b = Tensor::random([n, n], dtype, INPUT_SEED + 1)?;
     let inputs = [&a, &b];
     let (times, out) = measure(nodes, &op, &inputs, reps)?;
+    let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
         .then(|| check::matmul_max_rel_err(&a, &b, (false, false), &out, CHECK_SEED))
         .transpose()?;
@@ -86,6 +95,7 @@ pub fn run_matmul(
         format!("{n}x{n}x{n}"),
         dtype,
         &times,
+        kernel_times.as_deref(),
         max_rel_err,
     )
 }
@@ -109,6 +119,7 @@ pub fn run_conv2d(
     let w = Tensor::random(w_shape, dtype, INPUT_SEED + 1)?;
     let inputs = [&x, &w];
     let (times, out) = measure(nodes, &op, &inputs, reps)?;
+    let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
         .then(|| check::conv2d_max_rel_err(&x, &w, None, &params, &out, CHECK_SEED))
         .transpose()?;
@@ -119,6 +130,7 @@ pub fn run_conv2d(
         case.to_string(),
         dtype,
         &times,
+        kernel_times.as_deref(),
         max_rel_err,
     )
 }
@@ -186,6 +198,23 @@ fn measure(
     Ok((times, out))
 }
 
+/// Kernel-only times in ms on a single node that keeps inputs resident (a GPU); `None` for
+/// host nodes and for several nodes.
+fn measure_resident(
+    nodes: &NodeSet,
+    op: &Op,
+    inputs: &[&Tensor],
+    reps: usize,
+) -> Result<Option<Vec<f64>>> {
+    let [device] = nodes.devices() else {
+        return Ok(None);
+    };
+    match device.time_resident(op, inputs, reps) {
+        None => Ok(None),
+        Some(times) => Ok(Some(times?.into_iter().map(|s| s * 1e3).collect())),
+    }
+}
+
 /// The median of a non-empty list (mean of the middle two for even lengths).
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -206,12 +235,21 @@ fn summarize(
     shape: String,
     dtype: DType,
     times: &[f64],
+    kernel_times: Option<&[f64]>,
     max_rel_err: Option<f64>,
 ) -> Result<CaseResult> {
     let shapes: Vec<_> = inputs.iter().map(|t| t.shape()).collect();
     let flops = op.flops(&shapes)?;
     let ms_median = median(times);
     let ms_min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let rate = |ms: f64| {
+        if ms > 0.0 {
+            flops as f64 / (ms * 1e6)
+        } else {
+            0.0
+        }
+    };
+    let kernel_ms_median = kernel_times.map(median);
     Ok(CaseResult {
         op: op.name().to_string(),
         shape,
@@ -224,11 +262,9 @@ fn summarize(
         ms_median,
         ms_min,
         flops,
-        gflops: if ms_median > 0.0 {
-            flops as f64 / (ms_median * 1e6)
-        } else {
-            0.0
-        },
+        gflops: rate(ms_median),
+        kernel_ms_median,
+        kernel_gflops: kernel_ms_median.map(rate),
         max_rel_err,
     })
 }

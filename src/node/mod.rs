@@ -40,6 +40,14 @@ pub trait Device: Send + Sync {
         }
         Ok(())
     }
+
+    /// Kernel-only times in seconds of `reps` runs of `op` with the inputs already resident
+    /// on the device (after one warm-up run), for devices where that differs from `execute`'s
+    /// time (GPUs). `None` for host devices, whose `execute` is already kernel time.
+    fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
+        let _ = (op, inputs, reps);
+        None
+    }
 }
 
 /// Fails unless `outputs` match `expected` in count, shape and dtype, naming the first mismatch.
@@ -133,10 +141,18 @@ pub enum SpecEntry {
         /// Threads per node.
         threads: Option<usize>,
     },
+    /// GPU adapter `index` of discovery order (`None`: every adapter).
+    Gpu {
+        /// The adapter's index (`gpu:N`).
+        index: Option<usize>,
+    },
+    /// Every hardware GPU (software adapters such as llvmpipe left out); the default spec's
+    /// second entry.
+    LocalGpus,
 }
 
 /// Which nodes to bring up: `cpu` (one node, all cores), `cpu:NxT` (N nodes of T threads),
-/// or a comma-separated list of these.
+/// `gpu` (every GPU adapter), `gpu:N` (adapter N), or a comma-separated list of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     text: String,
@@ -162,7 +178,10 @@ impl NodeSpec {
                 ));
             }
             let entry = parse_entry(word)?;
-            let SpecEntry::Cpu { nodes, .. } = entry;
+            let nodes = match entry {
+                SpecEntry::Cpu { nodes, .. } => nodes,
+                SpecEntry::Gpu { .. } | SpecEntry::LocalGpus => 1,
+            };
             total_nodes = total_nodes.saturating_add(nodes);
             if total_nodes > MAX_NODES {
                 return Err(Error::spec(
@@ -179,14 +198,17 @@ impl NodeSpec {
         })
     }
 
-    /// Every local device: today one CPU node with all cores.
+    /// Every local device: one CPU node with all cores, and one node per hardware GPU.
     pub fn local() -> NodeSpec {
         NodeSpec {
             text: "cpu".to_string(),
-            entries: vec![SpecEntry::Cpu {
-                nodes: 1,
-                threads: None,
-            }],
+            entries: vec![
+                SpecEntry::Cpu {
+                    nodes: 1,
+                    threads: None,
+                },
+                SpecEntry::LocalGpus,
+            ],
         }
     }
 
@@ -207,22 +229,89 @@ impl NodeSpec {
             .iter()
             .map(|e| match e {
                 SpecEntry::Cpu { nodes, .. } => *nodes,
+                SpecEntry::Gpu { .. } | SpecEntry::LocalGpus => 0,
             })
             .sum();
         let memory = cpu::node_memory_bytes(cpu_nodes);
         let mut devices: Vec<Arc<dyn Device>> = Vec::new();
+        let mut label = self.text.clone();
+        let mut gpu_adapters: Option<Vec<gpu::AdapterEntry>> = None;
+        let mut opened_gpus: Vec<usize> = Vec::new();
+        let mut cpu_index = 0;
         for entry in &self.entries {
             match *entry {
                 SpecEntry::Cpu { nodes, threads } => {
                     let threads = threads.unwrap_or_else(host_threads);
                     for _ in 0..nodes {
-                        let index = devices.len();
-                        devices.push(Arc::new(CpuDevice::new(index, threads, memory)?));
+                        devices.push(Arc::new(CpuDevice::new(cpu_index, threads, memory)?));
+                        cpu_index += 1;
+                    }
+                }
+                SpecEntry::Gpu { index } => {
+                    let adapters = gpu_adapters.get_or_insert_with(gpu::discover);
+                    let wanted: Vec<usize> = match index {
+                        Some(i) if i < adapters.len() => vec![i],
+                        Some(i) => {
+                            return Err(Error::spec(
+                                format!("gpu:{i}"),
+                                format!(
+                                    "no GPU adapter number {i}: found {} ({})",
+                                    adapters.len(),
+                                    gpu_hint(adapters)
+                                ),
+                            ));
+                        }
+                        None if adapters.is_empty() => {
+                            return Err(Error::spec("gpu", gpu_hint(adapters)));
+                        }
+                        None => (0..adapters.len()).collect(),
+                    };
+                    for i in wanted {
+                        if opened_gpus.contains(&i) {
+                            return Err(Error::spec(
+                                self.text.clone(),
+                                format!("GPU adapter {i} is named twice"),
+                            ));
+                        }
+                        let dev = gpu::GpuDevice::open(i, i, gpu::LimitOverrides::default())?;
+                        devices.push(Arc::new(dev));
+                        opened_gpus.push(i);
+                    }
+                }
+                SpecEntry::LocalGpus => {
+                    let adapters = gpu_adapters.get_or_insert_with(gpu::discover);
+                    for a in adapters.iter() {
+                        let hardware = a.info.device_type != wgpu::DeviceType::Cpu;
+                        if !hardware || opened_gpus.contains(&a.index) {
+                            continue;
+                        }
+                        // A GPU that fails to open is left out of the default set.
+                        if let Ok(dev) = gpu::GpuDevice::open(a.index, a.index, Default::default())
+                        {
+                            devices.push(Arc::new(dev));
+                            opened_gpus.push(a.index);
+                            label.push_str(&format!(",gpu:{}", a.index));
+                        }
                     }
                 }
             }
         }
-        NodeSet::new(self.text.clone(), devices)
+        NodeSet::new(label, devices)
+    }
+}
+
+/// What to say when no GPU adapter was found or the one named does not exist.
+fn gpu_hint(adapters: &[gpu::AdapterEntry]) -> String {
+    if adapters.is_empty() {
+        "no GPU adapter found; on Debian, `apt-get install mesa-vulkan-drivers libvulkan1` \
+         provides a software Vulkan adapter"
+            .to_string()
+    } else {
+        adapters
+            .iter()
+            .map(|a| format!("gpu:{} = {} ({:?})", a.index, a.info.name, a.info.backend))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -273,13 +362,24 @@ fn parse_entry(word: &str) -> Result<SpecEntry> {
                 threads: Some(threads),
             })
         }
-        "gpu" | "sim" => Err(Error::Unavailable {
+        "gpu" => match arg {
+            None => Ok(SpecEntry::Gpu { index: None }),
+            Some(n) => Ok(SpecEntry::Gpu {
+                index: Some(n.parse().map_err(|_| {
+                    Error::spec(
+                        word,
+                        format!("adapter `{n}` is not a number (expected gpu:N)"),
+                    )
+                })?),
+            }),
+        },
+        "sim" => Err(Error::Unavailable {
             kind: kind.to_string(),
             spec: word.to_string(),
         }),
         other => Err(Error::spec(
             word,
-            format!("unknown node kind `{other}`: expected cpu or cpu:NxT"),
+            format!("unknown node kind `{other}`: expected cpu, cpu:NxT, gpu or gpu:N"),
         )),
     }
 }
@@ -432,8 +532,8 @@ mod tests {
     }
 
     #[test]
-    fn gpu_and_sim_are_not_available_yet() {
-        for spec in ["gpu", "cpu,gpu:0", "sim:4x4"] {
+    fn sim_is_not_available_yet() {
+        for spec in ["sim", "cpu,sim:4x4"] {
             let err = NodeSpec::parse(spec).unwrap_err();
             assert!(matches!(err, Error::Unavailable { .. }), "{spec}: {err}");
             assert!(err.to_string().contains("not available yet"));

@@ -15,9 +15,13 @@ pub fn device(out: &mut impl Write, info: &DeviceInfo, json: bool) -> Result<()>
     let threads = info
         .threads
         .map_or_else(String::new, |t| format!("  threads={t}"));
+    let driver = info
+        .driver
+        .as_ref()
+        .map_or_else(String::new, |d| format!("  driver={d}"));
     writeln!(
         out,
-        "{:<6} {:<4} {}  backend={}{threads}  memory={:.1} GiB  dtypes={}",
+        "{:<6} {:<4} {}  backend={}{threads}{driver}  memory={:.1} GiB  dtypes={}",
         info.id,
         info.kind,
         info.name,
@@ -100,6 +104,9 @@ impl Table {
             );
             if let Some(err) = r.max_rel_err {
                 line.push_str(&format!("  {err:>11.2e}"));
+            }
+            if let (Some(ms), Some(rate)) = (r.kernel_ms_median, r.kernel_gflops) {
+                line.push_str(&format!("  kernel {ms:.3} ms = {rate:.1} GFLOP/s"));
             }
             writeln!(out, "{line}")?;
         }

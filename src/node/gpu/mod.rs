@@ -51,9 +51,15 @@ pub struct AdapterEntry {
     pub info: wgpu::AdapterInfo,
 }
 
-/// Adapters of every backend wgpu supports here. GL adapters are only tried when no other
-/// backend found one (they are usually the same device seen through a second driver).
+/// Adapters of every backend wgpu supports here, enumerated once per process. GL adapters
+/// are only tried when no other backend found one (they are usually the same device seen
+/// through a second driver).
 fn adapters() -> Vec<wgpu::Adapter> {
+    static ADAPTERS: std::sync::OnceLock<Vec<wgpu::Adapter>> = std::sync::OnceLock::new();
+    ADAPTERS.get_or_init(enumerate_adapters).clone()
+}
+
+fn enumerate_adapters() -> Vec<wgpu::Adapter> {
     let primary = instance(wgpu::Backends::PRIMARY);
     let found = pollster::block_on(primary.enumerate_adapters(wgpu::Backends::PRIMARY));
     if !found.is_empty() {
@@ -363,5 +369,20 @@ impl Device for GpuDevice {
         let refs: Vec<&GpuTensor> = resident.iter().collect();
         let outs = self.run(op, &refs)?;
         outs.iter().map(GpuTensor::download).collect()
+    }
+
+    fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
+        let run = || -> Result<Vec<f64>> {
+            let resident = inputs
+                .iter()
+                .map(|t| self.upload(t))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&GpuTensor> = resident.iter().collect();
+            self.run_and_time(op, &refs)?;
+            (0..reps)
+                .map(|_| Ok(self.run_and_time(op, &refs)?.1.kernel_seconds))
+                .collect()
+        };
+        Some(run())
     }
 }
