@@ -37,11 +37,11 @@ struct PoolInner {
 }
 
 /// The size class a request of `bytes` is served from: at least 256 bytes, rounded up to an
-/// eighth of the next power of two (at most 12.5% waste above 2 KiB).
+/// sixteenth of the next power of two (at most 12.5% waste above 4 KiB).
 pub fn size_class(bytes: u64) -> u64 {
     let bytes = bytes.max(256);
     let pow = bytes.next_power_of_two();
-    let step = (pow / 8).max(256);
+    let step = (pow / 16).max(256);
     bytes.div_ceil(step).saturating_mul(step)
 }
 
@@ -121,7 +121,7 @@ mod tests {
             let c = size_class(bytes);
             assert!(c >= bytes);
             assert_eq!(size_class(c), c, "{bytes}");
-            if bytes > 2048 {
+            if bytes > 4096 {
                 assert!(c as f64 <= bytes as f64 * 1.125 + 256.0, "{bytes} -> {c}");
             }
         }
