@@ -26,6 +26,11 @@ fn load_b_at(k: u32, n: u32, z: u32) -> f32 {
     return load_b(p[P_B_OFF] + (channel * p[P_X_H] + u32(ih)) * p[P_X_W] + u32(iw));
 }
 
+// Never called: the gathered B has no contiguous rows (VEC_B stays false for conv).
+fn b_index(k: u32, n: u32, z: u32) -> u32 {
+    return 0u;
+}
+
 fn c_index(m: u32, n: u32, z: u32) -> u32 {
     let pixels = p[P_OH] * p[P_OW];
     let b = n / pixels;

@@ -7,6 +7,10 @@ fn load_b_at(k: u32, n: u32, z: u32) -> f32 {
     return load_b(p[P_B_OFF] + k * p[P_B_RS] + n * p[P_B_CS]);
 }
 
+fn b_index(k: u32, n: u32, z: u32) -> u32 {
+    return p[P_B_OFF] + k * p[P_B_RS] + n * p[P_B_CS];
+}
+
 fn c_index(m: u32, n: u32, z: u32) -> u32 {
     return p[P_C_OFF] + z * p[P_C_ZS] + m * p[P_C_RS] + n;
 }

@@ -10,6 +10,10 @@ override TN: u32 = 4u;
 override WG: u32 = 256u;       // (BM / TM) * (BN / TN)
 override A_TILE: u32 = 1024u;  // BK * BM
 override B_TILE: u32 = 1024u;  // BK * BN
+// Vector tile loads: A rows (k fast) / B rows (n fast) read four elements at a time. The host
+// sets them only when the operand's rows and offset are multiples of four.
+override VEC_A: bool = false;
+override VEC_B: bool = false;
 
 const MAX_T: u32 = 8u;
 
@@ -55,41 +59,94 @@ fn main(
     let kb = k_begin(z);
     let ke = k_end(z);
     for (var k0 = kb; k0 < ke; k0 += BK) {
-        for (var i = lid; i < BM * BK; i += WG) {
-            var mm: u32;
-            var kk: u32;
-            if (a_k_fast) {
-                kk = i % BK;
-                mm = i / BK;
-            } else {
-                mm = i % BM;
-                kk = i / BM;
+        if (VEC_A) {
+            let quads = BK / 4u;
+            for (var i = lid; i < BM * quads; i += WG) {
+                let kk = (i % quads) * 4u;
+                let mm = i / quads;
+                let m = m0 + mm;
+                let k = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (m < rows) {
+                    if (k + 3u < ke) {
+                        v = load_a4(a_index(m, k, z));
+                    } else {
+                        for (var e = 0u; e < 4u; e++) {
+                            if (k + e < ke) {
+                                v[e] = load_a(a_index(m, k + e, z));
+                            }
+                        }
+                    }
+                }
+                a_tile[kk * BM + mm] = v.x;
+                a_tile[(kk + 1u) * BM + mm] = v.y;
+                a_tile[(kk + 2u) * BM + mm] = v.z;
+                a_tile[(kk + 3u) * BM + mm] = v.w;
             }
-            let m = m0 + mm;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (m < rows && k < ke) {
-                v = load_a(a_index(m, k, z));
+        } else {
+            for (var i = lid; i < BM * BK; i += WG) {
+                var mm: u32;
+                var kk: u32;
+                if (a_k_fast) {
+                    kk = i % BK;
+                    mm = i / BK;
+                } else {
+                    mm = i % BM;
+                    kk = i / BM;
+                }
+                let m = m0 + mm;
+                let k = k0 + kk;
+                var v = 0.0;
+                if (m < rows && k < ke) {
+                    v = load_a(a_index(m, k, z));
+                }
+                a_tile[kk * BM + mm] = v;
             }
-            a_tile[kk * BM + mm] = v;
         }
-        for (var i = lid; i < BN * BK; i += WG) {
-            var nn: u32;
-            var kk: u32;
-            if (b_n_fast) {
-                nn = i % BN;
-                kk = i / BN;
-            } else {
-                kk = i % BK;
-                nn = i / BK;
+        if (VEC_B) {
+            let quads = BN / 4u;
+            for (var i = lid; i < quads * BK; i += WG) {
+                let nn = (i % quads) * 4u;
+                let kk = i / quads;
+                let n = n0 + nn;
+                let k = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (k < ke) {
+                    if (n + 3u < cols) {
+                        v = load_b4(b_index(k, n, z));
+                    } else {
+                        for (var e = 0u; e < 4u; e++) {
+                            if (n + e < cols) {
+                                v[e] = load_b_at(k, n + e, z);
+                            }
+                        }
+                    }
+                }
+                let base = kk * BN + nn;
+                b_tile[base] = v.x;
+                b_tile[base + 1u] = v.y;
+                b_tile[base + 2u] = v.z;
+                b_tile[base + 3u] = v.w;
             }
-            let n = n0 + nn;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (n < cols && k < ke) {
-                v = load_b_at(k, n, z);
+        } else {
+            for (var i = lid; i < BN * BK; i += WG) {
+                var nn: u32;
+                var kk: u32;
+                if (b_n_fast) {
+                    nn = i % BN;
+                    kk = i / BN;
+                } else {
+                    kk = i % BK;
+                    nn = i / BK;
+                }
+                let n = n0 + nn;
+                let k = k0 + kk;
+                var v = 0.0;
+                if (n < cols && k < ke) {
+                    v = load_b_at(k, n, z);
+                }
+                b_tile[kk * BN + nn] = v;
             }
-            b_tile[kk * BN + nn] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

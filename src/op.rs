@@ -1,6 +1,16 @@
 //! Op descriptors: what to compute, the output shape it has, and its flop and byte counts.
 
+use accelmesh_kernels::KernelError;
 use accelmesh_kernels::conv::{Conv2dParams, conv2d_output_dims};
+use accelmesh_kernels::elementwise::broadcast_shape;
+use accelmesh_kernels::pool::pool2d_output_dims;
+
+/// The operator of [`Op::Binary`], re-exported from the kernels.
+pub use accelmesh_kernels::elementwise::BinaryOp;
+/// The activation of [`Op::Unary`], re-exported from the kernels.
+pub use accelmesh_kernels::elementwise::Unary;
+/// The window geometry of [`Op::MaxPool`] and [`Op::AvgPool`], re-exported from the kernels.
+pub use accelmesh_kernels::pool::Pool2dParams;
 
 use crate::tensor::{DType, Shape};
 use crate::{Error, Result};
@@ -8,8 +18,12 @@ use crate::{Error, Result};
 /// One operation a device can execute on tensors.
 ///
 /// Outputs are f32 whatever the input dtype: the kernels accumulate in f32 and keep it.
-/// New variants (elementwise, pooling, …) are added here with one arm in each method.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The elementwise, pooling and normalisation ops widen f16 / bf16 inputs to f32 (each input
+/// may have its own dtype). New variants are added here with one arm in each method.
+///
+/// Equality compares float parameters bit for bit, so that `Op` is `Eq` (a NaN parameter
+/// equals itself; `0.0` and `-0.0` differ).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Op {
     /// `C[M×N] = op(A)·op(B)` with inputs `[A, B]`; `op(A)` is `A` (`[M, K]`) or, with
@@ -22,7 +36,120 @@ pub enum Op {
     },
     /// 2-D convolution with inputs `[x (NCHW), w (OIHW)]` or `[x, w, bias ([O])]`.
     Conv2d(Conv2dParams),
+    /// Elementwise activation `y = f(x)` of one input `[x]` of any shape.
+    Unary(Unary),
+    /// Elementwise `y = a ∘ b` of inputs `[a, b]` with numpy / ONNX broadcasting.
+    Binary(BinaryOp),
+    /// Softmax (log-softmax with `log`) of one input `[x]` along `axis`.
+    Softmax {
+        /// The axis normalised over (less than the rank).
+        axis: usize,
+        /// Return `log(softmax(x))`, computed as `x - max - log Σ e^(x - max)`.
+        log: bool,
+    },
+    /// 2-D max pooling of one input `[x (NCHW)]` (ONNX MaxPool, NaN propagates).
+    MaxPool(Pool2dParams),
+    /// 2-D average pooling of one input `[x (NCHW)]` (ONNX AveragePool).
+    AvgPool(Pool2dParams),
+    /// Mean over the spatial axes of one input `[x (N, C, D1, …)]`, giving `[N, C, 1, …]`.
+    GlobalAvgPool,
+    /// Batch normalisation in inference form with inputs `[x (N, C, …), scale, bias, mean,
+    /// var]` (each `[C]`): `y = (x - mean) / sqrt(var + epsilon) · scale + bias`.
+    BatchNorm {
+        /// Added to the variance (finite, ≥ 0).
+        epsilon: f32,
+    },
 }
+
+impl PartialEq for Op {
+    fn eq(&self, other: &Op) -> bool {
+        match (self, other) {
+            (
+                Op::MatMul { trans_a, trans_b },
+                Op::MatMul {
+                    trans_a: a2,
+                    trans_b: b2,
+                },
+            ) => trans_a == a2 && trans_b == b2,
+            (Op::Conv2d(a), Op::Conv2d(b)) => a == b,
+            (Op::Unary(a), Op::Unary(b)) => unary_bits(*a) == unary_bits(*b),
+            (Op::Binary(a), Op::Binary(b)) => a == b,
+            (Op::Softmax { axis, log }, Op::Softmax { axis: a2, log: l2 }) => {
+                axis == a2 && log == l2
+            }
+            (Op::MaxPool(a), Op::MaxPool(b)) | (Op::AvgPool(a), Op::AvgPool(b)) => a == b,
+            (Op::GlobalAvgPool, Op::GlobalAvgPool) => true,
+            (Op::BatchNorm { epsilon: a }, Op::BatchNorm { epsilon: b }) => {
+                a.to_bits() == b.to_bits()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Op {}
+
+/// A unary op as (variant number, float parameters as bits), for bitwise equality.
+fn unary_bits(u: Unary) -> (u8, [u32; 2]) {
+    let b = f32::to_bits;
+    match u {
+        Unary::Relu => (0, [0; 2]),
+        Unary::Clip { min, max } => (1, [b(min), b(max)]),
+        Unary::LeakyRelu { alpha } => (2, [b(alpha), 0]),
+        Unary::Elu { alpha } => (3, [b(alpha), 0]),
+        Unary::Sigmoid => (4, [0; 2]),
+        Unary::Tanh => (5, [0; 2]),
+        Unary::Gelu => (6, [0; 2]),
+        Unary::GeluTanh => (7, [0; 2]),
+        Unary::Silu => (8, [0; 2]),
+        Unary::HardSigmoid { alpha, beta } => (9, [b(alpha), b(beta)]),
+        Unary::HardSwish => (10, [0; 2]),
+        Unary::Exp => (11, [0; 2]),
+        Unary::Expm1 => (12, [0; 2]),
+        Unary::Erf => (13, [0; 2]),
+        Unary::Erfc => (14, [0; 2]),
+    }
+}
+
+/// The lower-case name of a unary op (`relu`, `gelu_tanh`, …).
+pub fn unary_name(u: Unary) -> &'static str {
+    match u {
+        Unary::Relu => "relu",
+        Unary::Clip { .. } => "clip",
+        Unary::LeakyRelu { .. } => "leaky_relu",
+        Unary::Elu { .. } => "elu",
+        Unary::Sigmoid => "sigmoid",
+        Unary::Tanh => "tanh",
+        Unary::Gelu => "gelu",
+        Unary::GeluTanh => "gelu_tanh",
+        Unary::Silu => "silu",
+        Unary::HardSigmoid { .. } => "hard_sigmoid",
+        Unary::HardSwish => "hard_swish",
+        Unary::Exp => "exp",
+        Unary::Expm1 => "expm1",
+        Unary::Erf => "erf",
+        Unary::Erfc => "erfc",
+    }
+}
+
+/// Nominal flops per element of a unary op: 1 per compare, add or multiply, with the
+/// polynomial evaluations of the transcendental functions counted at their length.
+fn unary_flops(u: Unary) -> usize {
+    match u {
+        Unary::Relu => 1,
+        Unary::Clip { .. } | Unary::LeakyRelu { .. } => 2,
+        Unary::HardSigmoid { .. } => 4,
+        Unary::HardSwish => 5,
+        Unary::Exp | Unary::Expm1 => 15,
+        Unary::Elu { .. } | Unary::Sigmoid | Unary::Silu => 20,
+        Unary::Tanh => 20,
+        Unary::Erf | Unary::Erfc => 30,
+        Unary::Gelu | Unary::GeluTanh => 35,
+    }
+}
+
+/// Nominal flops per element of a softmax: max, subtract, exponential, sum and scale.
+const SOFTMAX_FLOPS: usize = 20;
 
 /// The problem size of a matrix multiply: `C[m×n] = A[m×k]·B[k×n]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +184,19 @@ impl Op {
         }
     }
 
-    /// The lower-case name used in reports and errors (`matmul`, `conv2d`).
+    /// The lower-case name used in reports and errors (`matmul`, `conv2d`, `relu`, `add`, …).
     pub fn name(&self) -> &'static str {
         match self {
             Op::MatMul { .. } => "matmul",
             Op::Conv2d(_) => "conv2d",
+            Op::Unary(u) => unary_name(*u),
+            Op::Binary(b) => b.name(),
+            Op::Softmax { log: false, .. } => "softmax",
+            Op::Softmax { log: true, .. } => "log_softmax",
+            Op::MaxPool(_) => "max_pool",
+            Op::AvgPool(_) => "avg_pool",
+            Op::GlobalAvgPool => "global_avg_pool",
+            Op::BatchNorm { .. } => "batch_norm",
         }
     }
 
@@ -73,6 +208,29 @@ impl Op {
                 Ok(Shape::new([d.m, d.n]))
             }
             Op::Conv2d(params) => Ok(Shape::new(conv2d_dims(params, inputs)?.output)),
+            Op::Unary(u) => {
+                check_arity(self.name(), inputs.len(), 1, 1, "1")?;
+                check_unary(*u)?;
+                Ok(inputs[0].clone())
+            }
+            Op::Binary(b) => Ok(Shape::new(binary_shape(*b, inputs)?)),
+            Op::Softmax { axis, .. } => {
+                softmax_dims(self.name(), *axis, inputs)?;
+                Ok(inputs[0].clone())
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                Ok(Shape::new(pool2d_dims(self.name(), p, inputs)?.1))
+            }
+            Op::GlobalAvgPool => {
+                let d = global_pool_dims(inputs)?;
+                let mut out = vec![d[0], d[1]];
+                out.resize(inputs[0].rank(), 1);
+                Ok(Shape::new(out))
+            }
+            Op::BatchNorm { epsilon } => {
+                batch_norm_dims(*epsilon, inputs)?;
+                Ok(inputs[0].clone())
+            }
         }
     }
 
@@ -88,6 +246,33 @@ impl Op {
                 let [n, o, oh, ow] = d.output;
                 let [_, cg, kh, kw] = d.weight;
                 product(self.name(), &[2, n, o, oh, ow, cg, kh, kw])
+            }
+            Op::Unary(u) => {
+                let out = self.output_shape(inputs)?.numel()?;
+                product(self.name(), &[out, unary_flops(*u)])
+            }
+            Op::Binary(_) => product(self.name(), &[self.output_shape(inputs)?.numel()?]),
+            Op::Softmax { .. } => {
+                let out = self.output_shape(inputs)?.numel()?;
+                product(self.name(), &[out, SOFTMAX_FLOPS])
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let (_, out) = pool2d_dims(self.name(), p, inputs)?;
+                let taps = p.kernel[0].saturating_mul(p.kernel[1]);
+                // Average pooling adds one division per output.
+                let per = taps.saturating_add(usize::from(matches!(self, Op::AvgPool(_))));
+                product(self.name(), &[out[0], out[1], out[2], out[3], per])
+            }
+            Op::GlobalAvgPool => {
+                let d = global_pool_dims(inputs)?;
+                let sums = product(self.name(), &[d[0], d[1], d[2]])?;
+                let divs = product(self.name(), &[d[0], d[1]])?;
+                Ok(sums.saturating_add(divs))
+            }
+            Op::BatchNorm { epsilon } => {
+                batch_norm_dims(*epsilon, inputs)?;
+                // A subtraction and a multiply-add per element.
+                product(self.name(), &[inputs[0].numel()?, 3])
             }
         }
     }
@@ -136,6 +321,142 @@ fn check_arity(
         });
     }
     Ok(())
+}
+
+/// Checks the parameters of a unary op as the kernels do (clip bounds ordered and not NaN,
+/// slopes and offsets finite), so that every node refuses the same ops.
+pub fn check_unary(u: Unary) -> Result<()> {
+    let invalid = |name: &'static str, value: String, reason: &'static str| {
+        Err(Error::Kernel(KernelError::InvalidArgument {
+            name,
+            value,
+            reason,
+        }))
+    };
+    let finite = |name: &'static str, v: f32| {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            invalid(name, v.to_string(), "must be finite")
+        }
+    };
+    match u {
+        Unary::Clip { min, max } if min.is_nan() || max.is_nan() || min > max => invalid(
+            "clip bounds",
+            format!("[{min}, {max}]"),
+            "need min <= max, neither NaN",
+        ),
+        Unary::LeakyRelu { alpha } => finite("leaky_relu alpha", alpha),
+        Unary::Elu { alpha } => finite("elu alpha", alpha),
+        Unary::HardSigmoid { alpha, beta } => {
+            finite("hard_sigmoid alpha", alpha)?;
+            finite("hard_sigmoid beta", beta)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Validates the inputs `[a, b]` of a binary op and returns their broadcast shape.
+pub fn binary_shape(op: BinaryOp, inputs: &[&Shape]) -> Result<Vec<usize>> {
+    check_arity(op.name(), inputs.len(), 2, 2, "2")?;
+    broadcast_shape(inputs[0].dims(), inputs[1].dims()).map_err(|e| match e {
+        KernelError::ShapeMismatch { detail, .. } => Error::shape(op.name(), detail),
+        other => Error::Kernel(other),
+    })
+}
+
+/// Validates the input `[x]` of a softmax along `axis`; returns `(outer, n, inner)`: the
+/// product of the axes before `axis`, its length, and the product of the axes after it.
+pub fn softmax_dims(
+    name: &'static str,
+    axis: usize,
+    inputs: &[&Shape],
+) -> Result<(usize, usize, usize)> {
+    check_arity(name, inputs.len(), 1, 1, "1")?;
+    let x = inputs[0];
+    if axis >= x.rank() {
+        return Err(Error::shape(
+            name,
+            format!(
+                "axis {axis} is out of range for input of shape {x} (rank {})",
+                x.rank()
+            ),
+        ));
+    }
+    let d = x.dims();
+    let outer = Shape::new(&d[..axis]).numel()?;
+    let inner = Shape::new(&d[axis + 1..]).numel()?;
+    Ok((outer, d[axis], inner))
+}
+
+/// Validates the input `[x (NCHW)]` of a 2-D pooling; returns the input and output dims.
+pub fn pool2d_dims(
+    name: &'static str,
+    p: &Pool2dParams,
+    inputs: &[&Shape],
+) -> Result<([usize; 4], [usize; 4])> {
+    check_arity(name, inputs.len(), 1, 1, "1")?;
+    let x = inputs[0];
+    let dims = <[usize; 4]>::try_from(x.dims())
+        .map_err(|_| Error::shape(name, format!("input must be NCHW (rank 4), got shape {x}")))?;
+    Ok((dims, pool2d_output_dims(dims, p)?))
+}
+
+/// Validates the input `[x (N, C, D1, …)]` of a global pooling; returns `[N, C, D1·D2·…]`.
+pub fn global_pool_dims(inputs: &[&Shape]) -> Result<[usize; 3]> {
+    let name = "global_avg_pool";
+    check_arity(name, inputs.len(), 1, 1, "1")?;
+    let x = inputs[0];
+    if x.rank() < 3 {
+        return Err(Error::shape(
+            name,
+            format!("input must be N, C and at least one spatial axis (rank ≥ 3), got shape {x}"),
+        ));
+    }
+    let d = x.dims();
+    let spatial = Shape::new(&d[2..]).numel()?;
+    if spatial == 0 {
+        return Err(Error::shape(
+            name,
+            format!("input {x} has an empty spatial extent, whose mean is undefined"),
+        ));
+    }
+    x.numel()?;
+    Ok([d[0], d[1], spatial])
+}
+
+/// Validates the inputs `[x (N, C, …), scale, bias, mean, var]` of a batch normalisation and
+/// its epsilon; returns `[N, C, plane]` where `plane` is the product of the axes after C.
+pub fn batch_norm_dims(epsilon: f32, inputs: &[&Shape]) -> Result<[usize; 3]> {
+    let name = "batch_norm";
+    check_arity(name, inputs.len(), 5, 5, "5 (x, scale, bias, mean, var)")?;
+    let x = inputs[0];
+    if x.rank() < 2 {
+        return Err(Error::shape(
+            name,
+            format!("x must be [N, C, …] (rank ≥ 2), got shape {x}"),
+        ));
+    }
+    let d = x.dims();
+    let c = d[1];
+    for (what, s) in ["scale", "bias", "mean", "var"].iter().zip(&inputs[1..]) {
+        if s.dims() != [c] {
+            return Err(Error::shape(
+                name,
+                format!("{what} has shape {s}, expected [{c}] (one value per channel of x {x})"),
+            ));
+        }
+    }
+    if !(epsilon.is_finite() && epsilon >= 0.0) {
+        return Err(Error::Kernel(KernelError::InvalidArgument {
+            name: "epsilon",
+            value: epsilon.to_string(),
+            reason: "must be finite and non-negative",
+        }));
+    }
+    x.numel()?;
+    let plane = Shape::new(&d[2..]).numel()?;
+    Ok([d[0], c, plane])
 }
 
 /// Validates the shapes of a matrix multiply's inputs `[A, B]` and returns its sizes.
@@ -235,5 +556,42 @@ mod tests {
             op.output_shape(&[&x]),
             Err(Error::Arity { got: 1, .. })
         ));
+    }
+
+    #[test]
+    fn layer_op_shapes_and_errors() {
+        let x = Shape::new([2, 3, 9, 9]);
+        let c = Shape::new([3]);
+        let add = Op::Binary(BinaryOp::Add);
+        let row = Shape::new([9]);
+        assert_eq!(add.output_shape(&[&x, &row]).unwrap(), x);
+        let err = add.output_shape(&[&x, &Shape::new([4])]).unwrap_err();
+        assert!(err.to_string().contains("[4]"), "{err}");
+        let sm = Op::Softmax {
+            axis: 4,
+            log: false,
+        };
+        let err = sm.output_shape(&[&x]).unwrap_err();
+        assert!(err.to_string().contains("axis 4"), "{err}");
+        let pool = Op::AvgPool(Pool2dParams::new([3, 3]).with_stride([2, 2]));
+        assert_eq!(pool.output_shape(&[&x]).unwrap(), Shape::new([2, 3, 4, 4]));
+        let bn = Op::BatchNorm { epsilon: 1e-5 };
+        assert_eq!(bn.output_shape(&[&x, &c, &c, &c, &c]).unwrap(), x);
+        let err = bn.output_shape(&[&x, &c, &c, &row, &c]).unwrap_err();
+        assert!(err.to_string().contains("mean has shape [9]"), "{err}");
+        assert_eq!(
+            Op::GlobalAvgPool
+                .output_shape(&[&Shape::new([2, 3, 5])])
+                .unwrap(),
+            Shape::new([2, 3, 1])
+        );
+        assert_eq!(
+            Op::Unary(Unary::Clip { min: 0.0, max: 6.0 }),
+            Op::Unary(Unary::Clip { min: 0.0, max: 6.0 })
+        );
+        assert_ne!(
+            Op::BatchNorm { epsilon: 0.0 },
+            Op::BatchNorm { epsilon: -0.0 }
+        );
     }
 }

@@ -83,6 +83,9 @@ fn matmul_matches_f64_on_odd_sizes_and_transposes() {
         }
     }
     matmul_case(&dev, 257, 100, 300, false, false, DType::F32, 99);
+    // Rows of A and B in multiples of four, with partial tiles: the vec4 load paths.
+    matmul_case(&dev, 33, 68, 36, false, false, DType::F32, 98);
+    matmul_case(&dev, 7, 132, 20, false, false, DType::F32, 97);
 }
 
 #[test]
@@ -102,6 +105,7 @@ fn matmul_skinny_deep_uses_split_k() {
     let Some(dev) = gpu() else { return };
     matmul_case(&dev, 3, 5, 4099, false, false, DType::F32, 11);
     matmul_case(&dev, 17, 1, 2048, true, false, DType::F32, 12);
+    matmul_case(&dev, 5, 8, 4100, false, false, DType::F32, 13);
 }
 
 #[test]
@@ -119,6 +123,7 @@ fn oversize_operands_split_into_sub_dispatches() {
     let Some(dev) = gpu_with(LimitOverrides {
         max_storage_binding: Some(4096),
         max_workgroups_per_dim: Some(3),
+        ..LimitOverrides::default()
     }) else {
         return;
     };
@@ -264,4 +269,77 @@ fn resident_chain_counts_transfers_and_reuses_buffers() {
         created,
         "the output buffer came from the pool"
     );
+}
+
+#[test]
+fn operands_beyond_the_largest_buffer_are_tiled_on_the_host() {
+    // A 16 KiB buffer limit: a 100×90·90×70 product needs 36 KB for A.
+    let Some(dev) = gpu_with(LimitOverrides {
+        max_buffer: Some(16 << 10),
+        ..LimitOverrides::default()
+    }) else {
+        return;
+    };
+    for (m, n, k, ta, tb) in [(100, 70, 90, false, false), (65, 129, 40, true, true)] {
+        matmul_case(&dev, m, n, k, ta, tb, DType::F32, 31);
+    }
+    let a = Tensor::random([2, 8192], DType::F32, 1).unwrap();
+    let b = Tensor::random([8192, 2], DType::F32, 2).unwrap();
+    let err = dev.execute(&Op::matmul(), &[&a, &b]).unwrap_err();
+    assert!(err.to_string().contains("8192"), "{err}");
+}
+
+#[test]
+fn a_lost_device_fails_every_later_call_with_a_typed_error() {
+    let Some(dev) = gpu() else { return };
+    let a = Tensor::random([9, 5], DType::F32, 1).unwrap();
+    let b = Tensor::random([5, 3], DType::F32, 2).unwrap();
+    let resident = dev.upload(&a).unwrap();
+    dev.inject_device_loss();
+    assert!(dev.is_failed());
+    for err in [
+        dev.execute(&Op::matmul(), &[&a, &b]).unwrap_err(),
+        dev.upload(&b).unwrap_err(),
+        resident.download().unwrap_err(),
+        dev.run(&Op::matmul(), &[&resident, &resident]).unwrap_err(),
+    ] {
+        assert!(matches!(err, accelmesh::Error::Device { .. }), "{err}");
+        assert!(
+            err.to_string().contains("gpu0") && err.to_string().contains("lost"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn gpu_and_cpu_nodes_agree() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = accelmesh::CpuDevice::with_threads(2).unwrap();
+    let x = Tensor::random([2, 8, 15, 13], DType::F32, 3).unwrap();
+    let w = Tensor::random([12, 4, 3, 3], DType::F32, 4).unwrap();
+    let bias = Tensor::random([12], DType::F32, 5).unwrap();
+    let op = Op::Conv2d(Conv2dParams {
+        stride: [2, 1],
+        pads: [1, 0, 2, 1],
+        groups: 2,
+        relu: true,
+        ..Conv2dParams::default()
+    });
+    let g = gpu
+        .execute(&op, &[&x, &w, &bias])
+        .unwrap()
+        .remove(0)
+        .to_f32_vec();
+    let c = cpu
+        .execute(&op, &[&x, &w, &bias])
+        .unwrap()
+        .remove(0)
+        .to_f32_vec();
+    assert_eq!(g.len(), c.len());
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "element {i}: gpu {a}, cpu {b}"
+        );
+    }
 }

@@ -94,8 +94,7 @@ pub fn run_matmul(
         &inputs,
         format!("{n}x{n}x{n}"),
         dtype,
-        &times,
-        kernel_times.as_deref(),
+        (&times, kernel_times.as_deref()),
         max_rel_err,
     )
 }
@@ -129,8 +128,7 @@ pub fn run_conv2d(
         &inputs,
         case.to_string(),
         dtype,
-        &times,
-        kernel_times.as_deref(),
+        (&times, kernel_times.as_deref()),
         max_rel_err,
     )
 }
@@ -227,15 +225,14 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Builds the result record of one case.
+/// Builds the result record of one case from its wall times (and kernel-only times).
 fn summarize(
     nodes: &NodeSet,
     op: &Op,
     inputs: &[&Tensor],
     shape: String,
     dtype: DType,
-    times: &[f64],
-    kernel_times: Option<&[f64]>,
+    (times, kernel_times): (&[f64], Option<&[f64]>),
     max_rel_err: Option<f64>,
 ) -> Result<CaseResult> {
     let shapes: Vec<_> = inputs.iter().map(|t| t.shape()).collect();

@@ -1,6 +1,7 @@
 //! Even static splitting of one op over several nodes, until the DRAC's scheduler lands:
 //! matmul by output rows; conv2d by batch when N ≥ nodes, else by output channels (whole
-//! groups when grouped). Parts run concurrently, one thread per node.
+//! groups when grouped). Parts run concurrently, one thread per node. The elementwise,
+//! pooling and normalisation ops are not split: they run whole on the first node.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -130,6 +131,12 @@ pub fn execute_split(nodes: &NodeSet, op: &Op, inputs: &[&Tensor]) -> Result<Ten
                     .collect::<Result<Vec<_>>>()?;
                 (parts, 1)
             }
+        }
+        // Elementwise, pooling and normalisation ops are cheap next to their transfers:
+        // splitting them is left to the DRAC; they run whole on the first node.
+        _ => {
+            let dev = devices[0].as_ref();
+            return first_output(dev, dev.execute(op, inputs)?);
         }
     };
     let outputs = run_parts(devices, &parts)?;

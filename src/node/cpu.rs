@@ -2,14 +2,22 @@
 
 use std::sync::OnceLock;
 
+use std::borrow::Cow;
+
 use accelmesh_kernels::conv::{Conv2dParams, conv2d};
+use accelmesh_kernels::elementwise::{binary_with_isa, unary_into_with_isa};
 use accelmesh_kernels::gemm::PARALLEL_MIN_MACS;
+use accelmesh_kernels::norm::{self, BatchNorm};
+use accelmesh_kernels::pool::{avg_pool2d_with_isa, global_average_pool, max_pool2d_with_isa};
 use accelmesh_kernels::{Epilogue, Isa, MatMut, MatRef, gemm};
 use half::{bf16, f16};
 
 use super::{Device, DeviceInfo, DeviceKind};
-use crate::op::{Conv2dDims, MatMulDims, Op, conv2d_dims, matmul_dims};
-use crate::tensor::{DType, Shape, Tensor, TensorElement, try_filled};
+use crate::op::{
+    Conv2dDims, MatMulDims, Op, batch_norm_dims, conv2d_dims, global_pool_dims, matmul_dims,
+    pool2d_dims, softmax_dims,
+};
+use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled};
 use crate::{Error, Result};
 
 /// Memory assumed when /proc/meminfo cannot be read: 4 GiB.
@@ -61,7 +69,8 @@ pub(crate) fn node_memory_bytes(nodes: usize) -> u64 {
 ///
 /// Matrix multiplies and convolutions accept f32, f16 or bf16 inputs (all of one dtype) and
 /// always return f32 outputs: the kernels widen half-precision operands and accumulate in f32.
-/// A convolution bias may have any dtype; it is widened to f32.
+/// A convolution bias may have any dtype; it is widened to f32. The elementwise, pooling and
+/// normalisation ops widen every f16 / bf16 input to f32 first (inputs may differ in dtype).
 pub struct CpuDevice {
     info: DeviceInfo,
     isa: Isa,
@@ -155,6 +164,14 @@ impl CpuDevice {
     }
 }
 
+/// The elements of `t` as f32: borrowed when it is f32, widened otherwise.
+fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
+    match t.data() {
+        TensorData::F32(v) => Cow::Borrowed(v),
+        _ => Cow::Owned(t.to_f32_vec()),
+    }
+}
+
 /// Fails unless `a` and `b` have the same dtype, naming both.
 fn same_dtype(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<DType> {
     if a.dtype() != b.dtype() {
@@ -182,6 +199,7 @@ impl CpuDevice {
                 Shape::new([d.m, d.n])
             }
             Op::Conv2d(params) => Shape::new(conv2d_dims(params, &shapes)?.output),
+            _ => op.output_shape(&shapes)?,
         })
     }
 }
@@ -245,7 +263,83 @@ impl Device for CpuDevice {
                     DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, out),
                 }
             }
+            _ => self.execute_f32(op, inputs, &shapes, out),
         }
+    }
+}
+
+impl CpuDevice {
+    /// Runs one of the elementwise, pooling or normalisation ops (inputs widened to f32) into
+    /// `out`, whose shape the caller has checked.
+    fn execute_f32(
+        &self,
+        op: &Op,
+        inputs: &[&Tensor],
+        shapes: &[&Shape],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let isa = self.isa;
+        match op {
+            Op::Unary(u) => {
+                let x = f32_data(inputs[0]);
+                self.pool
+                    .install(|| unary_into_with_isa(*u, &x, out, isa))?;
+            }
+            Op::Binary(b) => {
+                let (a, bv) = (f32_data(inputs[0]), f32_data(inputs[1]));
+                let (sa, sb) = (shapes[0].dims(), shapes[1].dims());
+                self.pool
+                    .install(|| binary_with_isa(*b, &a, sa, &bv, sb, out, isa))?;
+            }
+            Op::Softmax { axis, log } => {
+                softmax_dims(op.name(), *axis, shapes)?;
+                let x = f32_data(inputs[0]);
+                out.copy_from_slice(&x);
+                let dims = shapes[0].dims();
+                self.pool
+                    .install(|| norm::softmax_inplace_with_isa(out, dims, *axis, *log, isa))?;
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let (dims, _) = pool2d_dims(op.name(), p, shapes)?;
+                let x = f32_data(inputs[0]);
+                let max = matches!(op, Op::MaxPool(_));
+                self.pool.install(|| {
+                    if max {
+                        max_pool2d_with_isa(&x, dims, p, out, isa)
+                    } else {
+                        avg_pool2d_with_isa(&x, dims, p, out, isa)
+                    }
+                })?;
+            }
+            Op::GlobalAvgPool => {
+                let [n, c, plane] = global_pool_dims(shapes)?;
+                let x = f32_data(inputs[0]);
+                self.pool
+                    .install(|| global_average_pool(&x, [n, c, plane, 1], out))?;
+            }
+            Op::BatchNorm { epsilon } => {
+                batch_norm_dims(*epsilon, shapes)?;
+                let x = f32_data(inputs[0]);
+                let [scale, bias, mean, var] = [1, 2, 3, 4].map(|i| f32_data(inputs[i]));
+                let p = BatchNorm {
+                    scale: &scale,
+                    bias: &bias,
+                    mean: &mean,
+                    var: &var,
+                    epsilon: *epsilon,
+                };
+                let dims = shapes[0].dims();
+                self.pool
+                    .install(|| norm::batch_norm_with_isa(&x, dims, &p, out, isa))?;
+            }
+            Op::MatMul { .. } | Op::Conv2d(_) => {
+                return Err(Error::shape(
+                    op.name(),
+                    "not an elementwise, pooling or normalisation op",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

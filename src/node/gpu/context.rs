@@ -23,6 +23,10 @@ pub struct LimitOverrides {
     pub max_storage_binding: Option<u64>,
     /// Largest workgroup count per dispatch dimension (clamped to the adapter's own limit).
     pub max_workgroups_per_dim: Option<u32>,
+    /// Largest buffer in bytes (clamped to the adapter's own limit).
+    pub max_buffer: Option<u64>,
+    /// Longest one wait on the GPU may take (default: `ACCELMESH_GPU_TIMEOUT_S` or 120 s).
+    pub wait_timeout: Option<Duration>,
 }
 
 /// The limits the kernels plan against: the adapter's, possibly lowered by overrides.
@@ -40,6 +44,16 @@ pub struct GpuLimits {
     pub max_invocations: u32,
     /// Workgroups per dispatch dimension.
     pub max_workgroups_per_dim: u32,
+}
+
+/// The wait timeout from `ACCELMESH_GPU_TIMEOUT_S`, or [`DEFAULT_WAIT_TIMEOUT`].
+fn default_wait_timeout() -> Duration {
+    std::env::var("ACCELMESH_GPU_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_WAIT_TIMEOUT)
 }
 
 /// An opened GPU shared by its node, its tensors and its kernels.
@@ -103,6 +117,10 @@ impl GpuContext {
             let b = b.max(planned.storage_offset_alignment.max(16));
             planned.max_storage_binding = planned.max_storage_binding.min(b);
         }
+        if let Some(b) = overrides.max_buffer {
+            planned.max_buffer = planned.max_buffer.min(b.max(256));
+            planned.max_storage_binding = planned.max_storage_binding.min(planned.max_buffer);
+        }
         if let Some(w) = overrides.max_workgroups_per_dim {
             planned.max_workgroups_per_dim = planned.max_workgroups_per_dim.min(w.max(1));
         }
@@ -128,12 +146,7 @@ impl GpuContext {
                 }
             }));
         }
-        let wait_timeout = std::env::var("ACCELMESH_GPU_TIMEOUT_S")
-            .ok()
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
-            .unwrap_or(DEFAULT_WAIT_TIMEOUT);
+        let wait_timeout = overrides.wait_timeout.unwrap_or_else(default_wait_timeout);
         Ok(GpuContext {
             id,
             adapter_info,

@@ -187,6 +187,13 @@ impl GpuDevice {
         self.shared.ctx.is_failed()
     }
 
+    /// Fault injection: destroys the device as if it were lost. The node is marked failed and
+    /// every later call on it or its tensors returns a typed error.
+    pub fn inject_device_loss(&self) {
+        self.shared.ctx.device.destroy();
+        let _ = self.shared.ctx.fail("device lost (injected fault)");
+    }
+
     /// Bytes and seconds moved between host and this GPU so far.
     pub fn transfer_stats(&self) -> TransferStats {
         self.shared.transfers.lock().map(|s| *s).unwrap_or_default()
@@ -315,11 +322,53 @@ impl GpuDevice {
                     };
                     encode_conv2d(shared, &mut rec, &args, tile)?;
                 }
+                Op::Unary(_)
+                | Op::Binary(_)
+                | Op::Softmax { .. }
+                | Op::MaxPool(_)
+                | Op::AvgPool(_)
+                | Op::GlobalAvgPool
+                | Op::BatchNorm { .. } => {
+                    kernels::ops::encode_op(shared, &mut rec, op, inputs, &out)?;
+                }
             }
             rec.submit();
             Ok(())
         })?;
         Ok(vec![out])
+    }
+
+    /// Runs a matmul whose operands exceed the largest buffer as `tiles` = (row blocks,
+    /// column blocks) separate products on host slices, gathered on the host.
+    fn execute_host_tiled(
+        &self,
+        op: &Op,
+        inputs: &[&Tensor],
+        dims: crate::op::MatMulDims,
+        tiles: (usize, usize),
+    ) -> Result<Vec<Tensor>> {
+        let Op::MatMul { trans_a, trans_b } = op else {
+            return Err(Error::shape(op.name(), "host tiling is only for matmul"));
+        };
+        let (a, b) = (inputs[0], inputs[1]);
+        let rows = crate::bench::even_ranges(dims.m, tiles.0);
+        let cols = crate::bench::even_ranges(dims.n, tiles.1);
+        let b_parts = cols
+            .iter()
+            .map(|c| b.narrow(usize::from(!*trans_b), c.start, c.len()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut row_blocks = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let a_part = a.narrow(usize::from(*trans_a), r.start, r.len())?;
+            let mut blocks = Vec::with_capacity(cols.len());
+            for b_part in &b_parts {
+                blocks.push(self.execute(op, &[&a_part, b_part])?.remove(0));
+            }
+            let refs: Vec<&Tensor> = blocks.iter().collect();
+            row_blocks.push(Tensor::concat(&refs, 1)?);
+        }
+        let refs: Vec<&Tensor> = row_blocks.iter().collect();
+        Ok(vec![Tensor::concat(&refs, 0)?])
     }
 
     /// Waits for all submitted work, bounded by the node's timeout.
@@ -328,9 +377,53 @@ impl GpuDevice {
     }
 }
 
+/// Row and column blocks that keep A, B and C of a matmul within `max_buffer` bytes each
+/// ((1, 1) when they fit); an error when even one row of A or column of B is too large.
+fn host_tiles(
+    max_buffer: u64,
+    dims: crate::op::MatMulDims,
+    dtype: DType,
+    id: &str,
+) -> Result<(usize, usize)> {
+    let es = dtype.size_bytes() as u64;
+    let (m, n, k) = (dims.m as u64, dims.n as u64, dims.k as u64);
+    let fits = |bytes: u64| bytes.div_ceil(16) * 16 <= max_buffer;
+    if !fits(k * es) {
+        return Err(Error::device(
+            id,
+            format!(
+                "one row of a matmul with K = {k} needs {} bytes, more than the largest buffer \
+                 ({max_buffer} bytes)",
+                k * es
+            ),
+        ));
+    }
+    let (mut pm, mut pn) = (1u64, 1u64);
+    loop {
+        let (bm, bn) = (m.div_ceil(pm), n.div_ceil(pn));
+        if !fits(bn * k * es) && bn > 1 {
+            pn *= 2;
+        } else if !fits(bm * k * es) && bm > 1 {
+            pm *= 2;
+        } else if !fits(bm * bn * 4) {
+            if bm >= bn && bm > 1 {
+                pm *= 2;
+            } else {
+                pn *= 2;
+            }
+        } else {
+            return Ok((pm.min(m.max(1)) as usize, pn.min(n.max(1)) as usize));
+        }
+    }
+}
+
 /// Checks the input dtypes an op accepts on the GPU: matmul and conv take f32, f16 or bf16
-/// operands of one dtype; a conv bias is f32.
+/// operands of one dtype; a conv bias is f32. The elementwise, pooling and normalisation ops
+/// widen each input from its own dtype.
 fn check_dtypes(op: &Op, inputs: &[&GpuTensor]) -> Result<()> {
+    if !matches!(op, Op::MatMul { .. } | Op::Conv2d(_)) {
+        return Ok(());
+    }
     let Some(first) = inputs.first() else {
         return Ok(());
     };
@@ -362,6 +455,18 @@ impl Device for GpuDevice {
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         op.output_shape(&shapes)?;
+        if let Op::MatMul { trans_a, trans_b } = op {
+            let dims = matmul_dims(*trans_a, *trans_b, &shapes)?;
+            let tiles = host_tiles(
+                self.limits().max_buffer,
+                dims,
+                inputs[0].dtype(),
+                &self.info.id,
+            )?;
+            if tiles != (1, 1) {
+                return self.execute_host_tiled(op, inputs, dims, tiles);
+            }
+        }
         let resident = inputs
             .iter()
             .map(|t| self.upload(t))

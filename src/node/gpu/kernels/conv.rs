@@ -3,7 +3,7 @@
 
 use accelmesh_kernels::conv::Conv2dParams;
 
-use super::matmul::{TileConfig, gemm_source};
+use super::matmul::{TileConfig, gemm_source, vec4_ok};
 use super::{Recorder, Storage, dim_u32, dummy_f32, f32_bits, window};
 use crate::node::gpu::GpuShared;
 use crate::node::gpu::tensor::GpuTensor;
@@ -142,17 +142,22 @@ fn encode_gemm(
     let prm = &args.params;
     let groups = prm.groups;
     let og = o / groups;
-    let key = format!("gemm_conv|{}|{}", sw.key(), sx.key());
-    // A = weights (operand `a`), B = gathered input (operand `b`).
-    let pipeline = shared.kernels.get(
-        shared,
-        &key,
-        || gemm_source(sw, sx, include_str!("../../../../shaders/gemm_conv.wgsl")),
-        &tile.constants(),
-    )?;
     let (res, offs) = windows(shared, args, b0, b1, sx, sw, dummy)?;
     let [x_res, w_res, bias_res, y_res] = res;
     let [x_off, w_off, bias_off, y_off] = offs;
+    // A = weights (operand `a`, rows of K contiguous), B = gathered input (operand `b`).
+    let depth_all = (cg * kh * kw) as u32;
+    let vec_a = vec4_ok(sw, w_off, depth_all, 1);
+    let la = if vec_a { Storage::F32Vec4 } else { sw };
+    let key = format!("gemm_conv|{}|{}", la.key(), sx.key());
+    let mut constants = tile.constants();
+    constants.push(("VEC_A", f64::from(u8::from(vec_a))));
+    let pipeline = shared.kernels.get(
+        shared,
+        &key,
+        || gemm_source(la, sx, include_str!("../../../../shaders/gemm_conv.wgsl")),
+        &constants,
+    )?;
     let rows = dim_u32("output channels per group", og as u64)?;
     let cols = dim_u32("batch × output pixels", ((b1 - b0) * oh * ow) as u64)?;
     let depth = dim_u32("channels × taps", (cg * kh * kw) as u64)?;

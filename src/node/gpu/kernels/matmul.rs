@@ -62,7 +62,9 @@ impl TileConfig {
             && self.tn <= 8
             && self.bm.is_multiple_of(self.tm)
             && self.bn.is_multiple_of(self.tn)
-            && self.bk >= 1
+            && self.bk >= 4
+            && self.bk.is_multiple_of(4)
+            && self.bn.is_multiple_of(4)
             && self.threads() <= l.max_invocations
             && self.workgroup_bytes() <= l.max_workgroup_storage
     }
@@ -233,13 +235,6 @@ pub fn encode_matmul(
     let native = shared.ctx.has_f16();
     let sa = Storage::of(args.a.dtype(), native);
     let sb = Storage::of(args.b.dtype(), native);
-    let key = format!("gemm_dense|{}|{}", sa.key(), sb.key());
-    let pipeline = shared.kernels.get(
-        shared,
-        &key,
-        || gemm_source(sa, sb, include_str!("../../../../shaders/gemm_dense.wgsl")),
-        &tile.constants(),
-    )?;
     let slack = shared.ctx.limits.storage_offset_alignment + 16;
     let pieces = plan_pieces(
         (m, n, k),
@@ -288,16 +283,45 @@ pub fn encode_matmul(
                     last: k1 >= k,
                 };
                 if splits > 1 {
-                    encode_split_k(
-                        shared, rec, args, tile, &pipeline, &piece, splits, sa, sb, &dummy,
-                    )?;
+                    encode_split_k(shared, rec, args, tile, &piece, splits, sa, sb, &dummy)?;
                 } else {
-                    encode_piece(shared, rec, args, tile, &pipeline, &piece, sa, sb, &dummy)?;
+                    encode_piece(shared, rec, args, tile, &piece, sa, sb, &dummy)?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Whether an f32 operand window can be read as vec4 words: its fast dimension is
+/// contiguous, and its offset and row stride are multiples of four elements.
+pub fn vec4_ok(storage: Storage, elem_offset: u32, row_stride: u32, col_stride: u32) -> bool {
+    storage == Storage::F32
+        && col_stride == 1
+        && elem_offset.is_multiple_of(4)
+        && row_stride.is_multiple_of(4)
+}
+
+/// The dense GEMM pipeline for these storages, vector loads and tiling.
+fn dense_pipeline(
+    shared: &GpuShared,
+    sa: Storage,
+    sb: Storage,
+    vec: (bool, bool),
+    tile: TileConfig,
+) -> Result<std::sync::Arc<wgpu::ComputePipeline>> {
+    let la = if vec.0 { Storage::F32Vec4 } else { sa };
+    let lb = if vec.1 { Storage::F32Vec4 } else { sb };
+    let key = format!("gemm_dense|{}|{}", la.key(), lb.key());
+    let mut constants = tile.constants();
+    constants.push(("VEC_A", f64::from(u8::from(vec.0))));
+    constants.push(("VEC_B", f64::from(u8::from(vec.1))));
+    shared.kernels.get(
+        shared,
+        &key,
+        || gemm_source(la, lb, include_str!("../../../../shaders/gemm_dense.wgsl")),
+        &constants,
+    )
 }
 
 /// One sub-problem: rows `m0..m1`, columns `n0..n1`, depth `k0..k1` of the whole product.
@@ -452,13 +476,17 @@ fn encode_piece(
     rec: &mut Recorder<'_>,
     args: &MatmulArgs<'_>,
     tile: TileConfig,
-    pipeline: &wgpu::ComputePipeline,
     piece: &Piece,
     sa: Storage,
     sb: Storage,
     dummy: &wgpu::Buffer,
 ) -> Result<()> {
     let ops = operand_windows(shared, args, piece, sa, sb)?;
+    let vec = (
+        vec4_ok(sa, ops.a.elem_offset, ops.a_rs, ops.a_cs),
+        vec4_ok(sb, ops.b.elem_offset, ops.b_rs, ops.b_cs),
+    );
+    let pipeline = dense_pipeline(shared, sa, sb, vec, tile)?;
     let rows = piece.m1 - piece.m0;
     let cols = piece.n1 - piece.n0;
     let n_total = args.n as u64;
@@ -488,7 +516,7 @@ fn encode_piece(
         None => dummy.as_entire_binding(),
     };
     rec.dispatch(
-        pipeline,
+        &pipeline,
         &params,
         &[
             (1, ops.a.resource()),
@@ -506,7 +534,6 @@ fn encode_split_k(
     rec: &mut Recorder<'_>,
     args: &MatmulArgs<'_>,
     tile: TileConfig,
-    pipeline: &wgpu::ComputePipeline,
     piece: &Piece,
     splits: usize,
     sa: Storage,
@@ -514,7 +541,8 @@ fn encode_split_k(
     dummy: &wgpu::Buffer,
 ) -> Result<()> {
     let (m, n, k) = (args.m, args.n, args.k);
-    let chunk = k.div_ceil(splits);
+    // Whole tiles per split, so every split starts at a multiple of four (vector loads).
+    let chunk = k.div_ceil(splits).next_multiple_of(tile.bk as usize);
     let splits = k.div_ceil(chunk);
     let partial = GpuTensor::empty(
         args.c.shared(),
@@ -522,6 +550,11 @@ fn encode_split_k(
         crate::tensor::DType::F32,
     )?;
     let ops = operand_windows(shared, args, piece, sa, sb)?;
+    let vec = (
+        vec4_ok(sa, ops.a.elem_offset, ops.a_rs, ops.a_cs),
+        vec4_ok(sb, ops.b.elem_offset, ops.b_rs, ops.b_cs),
+    );
+    let pipeline = dense_pipeline(shared, sa, sb, vec, tile)?;
     let pw = window(shared, &partial, Storage::F32, 0, (splits * m * n) as u64)?;
     let (params, groups) = gemm_params(
         dim_u32("M", m as u64)?,
@@ -540,7 +573,7 @@ fn encode_split_k(
         dim_u32("M·N", (m * n) as u64)?,
     );
     rec.dispatch(
-        pipeline,
+        &pipeline,
         &params,
         &[
             (1, ops.a.resource()),

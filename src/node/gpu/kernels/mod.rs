@@ -28,6 +28,9 @@ pub enum Storage {
     F16Packed,
     /// bf16 two to a u32 word, widened by a shift.
     BF16,
+    /// f32 bound as vec4 words (16-byte tile loads); for operands whose rows and offset are
+    /// multiples of four elements.
+    F32Vec4,
 }
 
 impl Storage {
@@ -44,18 +47,19 @@ impl Storage {
     /// Bytes per element.
     pub fn elem_bytes(self) -> u64 {
         match self {
-            Storage::F32 => 4,
+            Storage::F32 | Storage::F32Vec4 => 4,
             _ => 2,
         }
     }
 
     /// Short name used in pipeline keys.
-    fn key(self) -> &'static str {
+    pub fn key(self) -> &'static str {
         match self {
             Storage::F32 => "f32",
             Storage::F16Native => "f16",
             Storage::F16Packed => "f16p",
             Storage::BF16 => "bf16",
+            Storage::F32Vec4 => "f32x4",
         }
     }
 
@@ -66,6 +70,7 @@ impl Storage {
             Storage::F16Native => include_str!("../../../../shaders/load_f16.wgsl"),
             Storage::F16Packed => include_str!("../../../../shaders/load_f16_packed.wgsl"),
             Storage::BF16 => include_str!("../../../../shaders/load_bf16.wgsl"),
+            Storage::F32Vec4 => include_str!("../../../../shaders/load_f32x4.wgsl"),
         };
         template
             .replace("NAME", name)
@@ -178,8 +183,9 @@ pub fn window<'a>(
     let start = first * eb;
     let aligned = start / limits.storage_offset_alignment * limits.storage_offset_alignment;
     let buffer = t.buffer();
-    let end = ((first + count.max(1)) * eb).div_ceil(4) * 4;
-    let size = end.min(buffer.size()).saturating_sub(aligned).max(4);
+    // Whole 16-byte units, so the window can also be bound as vec4 words.
+    let end = ((first + count.max(1)) * eb).div_ceil(16) * 16;
+    let size = end.min(buffer.size()).saturating_sub(aligned).max(16);
     if size > limits.max_storage_binding {
         return Err(Error::device(
             &shared.ctx.id,
