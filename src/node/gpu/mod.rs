@@ -275,15 +275,14 @@ impl GpuDevice {
         let out_shape = op.output_shape(&shapes)?;
         check_dtypes(op, inputs)?;
         let out = GpuTensor::empty(&self.shared, out_shape, DType::F32)?;
+        let dtype = inputs.first().map_or(DType::F32, |t| t.dtype());
+        let tile = self.tile_for(op, &shapes, dtype)?;
         let shared = &*self.shared;
         shared.ctx.scoped(op.name(), || {
             let mut rec = Recorder::new(shared, timer);
             match op {
                 Op::MatMul { trans_a, trans_b } => {
                     let dims = matmul_dims(*trans_a, *trans_b, &shapes)?;
-                    let tile = shared
-                        .tuner
-                        .tile(shared, dims.m, dims.n, dims.k, inputs[0].dtype());
                     let args = MatmulArgs {
                         a: inputs[0],
                         b: inputs[1],
@@ -302,16 +301,6 @@ impl GpuDevice {
                 }
                 Op::Conv2d(params) => {
                     let dims = conv2d_dims(params, &shapes)?;
-                    let [_, o, oh, ow] = dims.output;
-                    let [n, _, _, _] = dims.input;
-                    let cg = dims.weight[1] * dims.weight[2] * dims.weight[3];
-                    let tile = shared.tuner.tile(
-                        shared,
-                        o / params.groups.max(1),
-                        n * oh * ow,
-                        cg,
-                        inputs[0].dtype(),
-                    );
                     let args = ConvArgs {
                         x: inputs[0],
                         w: inputs[1],
@@ -336,6 +325,27 @@ impl GpuDevice {
             Ok(())
         })?;
         Ok(vec![out])
+    }
+
+    /// The GEMM tiling for `op` (tuned on first use of its shape class); the default for ops
+    /// that do not run the tiled GEMM.
+    fn tile_for(&self, op: &Op, shapes: &[&Shape], dtype: DType) -> Result<TileConfig> {
+        let (m, n, k) = match op {
+            Op::MatMul { trans_a, trans_b } => {
+                let d = matmul_dims(*trans_a, *trans_b, shapes)?;
+                (d.m, d.n, d.k)
+            }
+            Op::Conv2d(params)
+                if !(params.groups > 1 && conv2d_dims(params, shapes)?.weight[1] == 1) =>
+            {
+                let d = conv2d_dims(params, shapes)?;
+                let [_, o, oh, ow] = d.output;
+                let taps = d.weight[1] * d.weight[2] * d.weight[3];
+                (o / params.groups.max(1), d.input[0] * oh * ow, taps)
+            }
+            _ => return Ok(TileConfig::DEFAULT),
+        };
+        Ok(self.shared.tuner.tile_on_node(&self.shared, m, n, k, dtype))
     }
 
     /// Runs a matmul whose operands exceed the largest buffer as `tiles` = (row blocks,
