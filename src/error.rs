@@ -75,6 +75,13 @@ pub enum Error {
         spec: String,
     },
 
+    /// The controller refused a job it can never run as asked.
+    #[error("job refused: {reason}")]
+    Refused {
+        /// Why (names the values at fault).
+        reason: String,
+    },
+
     /// A value (benchmark shape, size, count) that does not parse or is out of range.
     #[error("invalid {what} `{value}`: {reason}")]
     Parse {
@@ -138,6 +145,13 @@ impl Error {
         Error::Parse {
             what,
             value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`Error::Refused`] error.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Error::Refused {
             reason: reason.into(),
         }
     }

@@ -8,7 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod drac;
 pub mod error;
+pub mod mesh;
 pub mod node;
 pub mod op;
 pub mod tensor;

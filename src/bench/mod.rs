@@ -10,6 +10,7 @@ pub mod case;
 pub mod check;
 pub mod split;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -17,6 +18,7 @@ use serde::Serialize;
 pub use case::{ConvCase, RESNET};
 pub use split::{even_ranges, execute_split};
 
+use crate::drac::{Drac, Report, WorkloadRequest};
 use crate::node::NodeSet;
 use crate::op::Op;
 use crate::tensor::{DType, Shape, Tensor};
@@ -46,6 +48,12 @@ pub struct CaseResult {
     pub isa: String,
     /// Timed repetitions (after one warm-up).
     pub reps: usize,
+    /// Nodes the DRAC's plan used (of `node_count`).
+    pub nodes_used: usize,
+    /// How the DRAC split the work.
+    pub strategy: String,
+    /// Modelled joules of one repetition.
+    pub energy_j: f64,
     /// Median wall time of a repetition, in milliseconds.
     pub ms_median: f64,
     /// Fastest repetition, in milliseconds.
@@ -69,6 +77,7 @@ pub struct CaseResult {
 /// Times `reps` square `n×n×n` matrix multiplies of `dtype` inputs on `nodes`.
 pub fn run_matmul(
     nodes: &NodeSet,
+    drac: &Drac,
     n: usize,
     dtype: DType,
     reps: usize,
@@ -82,11 +91,13 @@ pub fn run_matmul(
     check_fits(nodes, &op, &[&square, &square], dtype)?;
     let a = Tensor::random([n, n], dtype, INPUT_SEED)?;
     let b = Tensor::random([n, n], dtype, INPUT_SEED + 1)?;
-    let inputs = [&a, &b];
-    let (times, out) = measure(nodes, &op, &inputs, reps)?;
+    let shared = Arc::new(vec![a, b]);
+    let (a, b) = (&shared[0], &shared[1]);
+    let inputs = [a, b];
+    let (times, out, report) = measure(drac, &op, &shared, reps)?;
     let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
-        .then(|| check::matmul_max_rel_err(&a, &b, (false, false), &out, CHECK_SEED))
+        .then(|| check::matmul_max_rel_err(a, b, (false, false), &out, CHECK_SEED))
         .transpose()?;
     summarize(
         nodes,
@@ -94,14 +105,19 @@ pub fn run_matmul(
         &inputs,
         format!("{n}x{n}x{n}"),
         dtype,
-        (&times, kernel_times.as_deref()),
-        max_rel_err,
+        Outcome {
+            times: &times,
+            kernel_times: kernel_times.as_deref(),
+            report: &report,
+            max_rel_err,
+        },
     )
 }
 
 /// Times `reps` convolutions of `case` with `dtype` inputs on `nodes`.
 pub fn run_conv2d(
     nodes: &NodeSet,
+    drac: &Drac,
     case: &ConvCase,
     dtype: DType,
     reps: usize,
@@ -116,11 +132,13 @@ pub fn run_conv2d(
     check_fits(nodes, &op, &[&x_shape, &w_shape], dtype)?;
     let x = Tensor::random(x_shape, dtype, INPUT_SEED)?;
     let w = Tensor::random(w_shape, dtype, INPUT_SEED + 1)?;
-    let inputs = [&x, &w];
-    let (times, out) = measure(nodes, &op, &inputs, reps)?;
+    let shared = Arc::new(vec![x, w]);
+    let (x, w) = (&shared[0], &shared[1]);
+    let inputs = [x, w];
+    let (times, out, report) = measure(drac, &op, &shared, reps)?;
     let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
-        .then(|| check::conv2d_max_rel_err(&x, &w, None, &params, &out, CHECK_SEED))
+        .then(|| check::conv2d_max_rel_err(x, w, None, &params, &out, CHECK_SEED))
         .transpose()?;
     summarize(
         nodes,
@@ -128,8 +146,12 @@ pub fn run_conv2d(
         &inputs,
         case.to_string(),
         dtype,
-        (&times, kernel_times.as_deref()),
-        max_rel_err,
+        Outcome {
+            times: &times,
+            kernel_times: kernel_times.as_deref(),
+            report: &report,
+            max_rel_err,
+        },
     )
 }
 
@@ -154,46 +176,35 @@ fn check_fits(nodes: &NodeSet, op: &Op, shapes: &[&Shape], dtype: DType) -> Resu
     Ok(())
 }
 
-/// Warm-up runs, then `reps` timed runs; returns the times in ms and the last output. With one
-/// node the runs reuse the warm-up's output tensor; with several, each run splits and gathers.
+/// Warm-up runs, then `reps` timed runs through the DRAC; returns the times in ms, the last
+/// output and the last report.
 fn measure(
-    nodes: &NodeSet,
+    drac: &Drac,
     op: &Op,
-    inputs: &[&Tensor],
+    inputs: &Arc<Vec<Tensor>>,
     reps: usize,
-) -> Result<(Vec<f64>, Tensor)> {
+) -> Result<(Vec<f64>, Tensor, Report)> {
     if reps == 0 {
         return Err(Error::parse("repetition count", "0", "must be at least 1"));
     }
-    // Warm up until caches, buffers and thread pools are settled: at least three runs and
-    // 100 ms, at most 50 runs.
+    let run = || drac.run(WorkloadRequest::shared(op.clone(), Arc::clone(inputs)));
+    // Warm up until caches, buffers, thread pools and the perf model's online corrections are
+    // settled: at least three runs and 100 ms, at most 50 runs.
     let warm_up = Instant::now();
-    let mut out = execute_split(nodes, op, inputs)?;
-    for run in 1..50 {
-        if run >= 3 && warm_up.elapsed().as_millis() >= 100 {
+    let mut last = run()?;
+    for n in 1..50 {
+        if n >= 3 && warm_up.elapsed().as_millis() >= 100 {
             break;
         }
-        out = execute_split(nodes, op, inputs)?;
+        last = run()?;
     }
     let mut times = Vec::with_capacity(reps);
-    if let [device] = nodes.devices() {
-        // One node: run into the output of the warm-up, as a runtime's arena would, so the
-        // time is the op's and not the allocator's.
-        let mut outputs = [out];
-        for _ in 0..reps {
-            let start = Instant::now();
-            device.execute_into(op, inputs, &mut outputs)?;
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        let [out] = outputs;
-        return Ok((times, out));
-    }
     for _ in 0..reps {
         let start = Instant::now();
-        out = execute_split(nodes, op, inputs)?;
+        last = run()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    Ok((times, out))
+    Ok((times, last.output, last.report))
 }
 
 /// Kernel-only times in ms on a single node that keeps inputs resident (a GPU); `None` for
@@ -225,6 +236,18 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// What one case measured.
+struct Outcome<'a> {
+    /// Wall times of the repetitions, in ms.
+    times: &'a [f64],
+    /// Kernel-only times on a single GPU node, in ms.
+    kernel_times: Option<&'a [f64]>,
+    /// The DRAC's report of the last repetition.
+    report: &'a Report,
+    /// With `--check`, the error against float64.
+    max_rel_err: Option<f64>,
+}
+
 /// Builds the result record of one case from its wall times (and kernel-only times).
 fn summarize(
     nodes: &NodeSet,
@@ -232,9 +255,14 @@ fn summarize(
     inputs: &[&Tensor],
     shape: String,
     dtype: DType,
-    (times, kernel_times): (&[f64], Option<&[f64]>),
-    max_rel_err: Option<f64>,
+    outcome: Outcome<'_>,
 ) -> Result<CaseResult> {
+    let Outcome {
+        times,
+        kernel_times,
+        report,
+        max_rel_err,
+    } = outcome;
     let shapes: Vec<_> = inputs.iter().map(|t| t.shape()).collect();
     let flops = op.flops(&shapes)?;
     let ms_median = median(times);
@@ -255,6 +283,9 @@ fn summarize(
         node_count: nodes.len(),
         threads: nodes.threads(),
         isa: nodes.backends(),
+        nodes_used: report.nodes_used.len(),
+        strategy: report.strategy.clone(),
+        energy_j: report.energy_j,
         reps: times.len(),
         ms_median,
         ms_min,

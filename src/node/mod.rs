@@ -3,6 +3,7 @@
 
 mod cpu;
 pub mod gpu;
+pub mod sim;
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,6 +49,10 @@ pub trait Device: Send + Sync {
         let _ = (op, inputs, reps);
         None
     }
+
+    /// Fault injection: makes the device fail as if lost (GPUs destroy their device; host
+    /// devices have nothing to lose and ignore it).
+    fn inject_device_loss(&self) {}
 }
 
 /// Fails unless `outputs` match `expected` in count, shape and dtype, naming the first mismatch.

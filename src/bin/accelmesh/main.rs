@@ -8,6 +8,8 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use accelmesh::bench::{self, ConvCase};
+use accelmesh::drac::perf_model::PerfModel;
+use accelmesh::drac::{Drac, DracConfig};
 use accelmesh::{DType, Error, NodeSet, NodeSpec, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -30,12 +32,21 @@ enum Command {
         /// Print one JSON object per node instead of one line of text.
         #[arg(long)]
         json: bool,
-        /// Which nodes: `cpu` (one node, all cores), `cpu:NxT` (N nodes of T threads), or a
-        /// comma-separated list of these.
+        /// Which nodes: `cpu` (one node, all cores), `cpu:NxT` (N nodes of T threads), `gpu`
+        /// (every GPU adapter), `gpu:N`, or a comma-separated list of these.
         #[arg(long, value_name = "SPEC")]
         nodes: Option<NodeSpec>,
     },
-    /// Time kernels on the nodes, split evenly over them.
+    /// Measure the nodes' speed per op and dtype (the DRAC's perf model) and cache it.
+    Calibrate {
+        /// Which nodes (see `devices --help`).
+        #[arg(long, value_name = "SPEC")]
+        nodes: Option<NodeSpec>,
+        /// Print one JSON object per rate instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time kernels on the nodes, planned and split by the DRAC.
     Bench {
         #[command(subcommand)]
         kind: BenchCommand,
@@ -142,15 +153,30 @@ fn run(cli: Cli) -> Result<()> {
                 print::device(&mut out, dev.info(), json)?;
             }
         }
+        Some(Command::Calibrate { nodes, json }) => {
+            let nodes = nodes.unwrap_or_default().build()?;
+            let path = PerfModel::default_path();
+            let model = PerfModel::load_or_calibrate(nodes.devices(), &path, true)?;
+            let keys: Vec<String> = nodes
+                .devices()
+                .iter()
+                .map(|d| PerfModel::node_key(d.info()))
+                .collect();
+            print::calibration(&mut out, &model, &keys, json)?;
+            if !json {
+                writeln!(out, "saved to {}", path.display())?;
+            }
+        }
         Some(Command::Bench { kind }) => match kind {
             BenchCommand::Matmul { sizes, flags } => {
                 let nodes = build(&flags)?;
+                let drac = Drac::calibrated(&nodes, DracConfig::default())?;
                 let labels: Vec<String> = sizes.iter().map(|n| format!("{n}x{n}x{n}")).collect();
                 let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
                 table.header(&mut out)?;
                 for n in sizes {
                     let result =
-                        bench::run_matmul(&nodes, n, flags.dtype, flags.reps, flags.check)?;
+                        bench::run_matmul(&nodes, &drac, n, flags.dtype, flags.reps, flags.check)?;
                     table.row(&mut out, &result)?;
                 }
             }
@@ -166,12 +192,19 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 cases.extend(shapes);
                 let nodes = build(&flags)?;
+                let drac = Drac::calibrated(&nodes, DracConfig::default())?;
                 let labels: Vec<String> = cases.iter().map(ToString::to_string).collect();
                 let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
                 table.header(&mut out)?;
                 for case in &cases {
-                    let result =
-                        bench::run_conv2d(&nodes, case, flags.dtype, flags.reps, flags.check)?;
+                    let result = bench::run_conv2d(
+                        &nodes,
+                        &drac,
+                        case,
+                        flags.dtype,
+                        flags.reps,
+                        flags.check,
+                    )?;
                     table.row(&mut out, &result)?;
                 }
             }

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use accelmesh::bench::CaseResult;
+use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::{DeviceInfo, Error, Result};
 
 /// Writes one node: a line of text, or one JSON object.
@@ -29,6 +30,49 @@ pub fn device(out: &mut impl Write, info: &DeviceInfo, json: bool) -> Result<()>
         info.memory_bytes as f64 / (1u64 << 30) as f64,
         dtypes.join(",")
     )?;
+    Ok(())
+}
+
+/// Writes the calibrated rates of the nodes with `keys`: a table, or one JSON object per rate.
+pub fn calibration(
+    out: &mut impl Write,
+    model: &PerfModel,
+    keys: &[String],
+    json: bool,
+) -> Result<()> {
+    if !json {
+        writeln!(
+            out,
+            "{:<48}  {:<7}  {:<5}  {:>10}  {:>11}",
+            "node", "op", "dtype", "GFLOP/s", "overhead_us"
+        )?;
+    }
+    for (key, class, dtype, rate, correction) in model.entries() {
+        if !keys.contains(&key) {
+            continue;
+        }
+        if json {
+            let line = serde_json::json!({
+                "node": key,
+                "op": class.name(),
+                "dtype": dtype,
+                "gflops": rate.gflops,
+                "overhead_s": rate.overhead_s,
+                "correction": correction,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{:<48}  {:<7}  {:<5}  {:>10.1}  {:>11.1}",
+                key,
+                class.name(),
+                dtype,
+                rate.gflops,
+                rate.overhead_s * 1e6
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -486,6 +486,10 @@ impl Device for GpuDevice {
         outs.iter().map(GpuTensor::download).collect()
     }
 
+    fn inject_device_loss(&self) {
+        GpuDevice::inject_device_loss(self);
+    }
+
     fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
         let run = || -> Result<Vec<f64>> {
             let resident = inputs

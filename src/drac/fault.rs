@@ -1,0 +1,145 @@
+//! Fault injection: a wrapper around a node's device that crashes it, slows it down or hangs
+//! it at a chosen moment (after a number of executions), for failover tests and experiments.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::node::{Device, DeviceInfo};
+use crate::op::Op;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// What goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultKind {
+    /// Every execution from then on fails (a GPU also loses its device).
+    Crash,
+    /// Executions take `factor` times as long.
+    Slow(f64),
+    /// Executions never return (until the controller shuts down).
+    Hang,
+}
+
+/// A fault and when it strikes: before the node's `after_calls + 1`-th execution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    /// The kind of fault.
+    pub kind: FaultKind,
+    /// Executions that still succeed before it strikes.
+    pub after_calls: usize,
+}
+
+impl Fault {
+    /// A crash before the next execution.
+    pub fn crash() -> Fault {
+        Fault {
+            kind: FaultKind::Crash,
+            after_calls: 0,
+        }
+    }
+
+    /// A hang before the next execution.
+    pub fn hang() -> Fault {
+        Fault {
+            kind: FaultKind::Hang,
+            after_calls: 0,
+        }
+    }
+
+    /// A slow-down by `factor` from the next execution on.
+    pub fn slow(factor: f64) -> Fault {
+        Fault {
+            kind: FaultKind::Slow(factor),
+            after_calls: 0,
+        }
+    }
+
+    /// The same fault, striking after `calls` more successful executions.
+    pub fn after(mut self, calls: usize) -> Fault {
+        self.after_calls = calls;
+        self
+    }
+}
+
+/// A device with an optional scheduled fault.
+pub struct FaultyDevice {
+    inner: Arc<dyn Device>,
+    fault: Mutex<Option<(Fault, usize)>>,
+    calls: AtomicUsize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl FaultyDevice {
+    /// Wraps `inner`; hung executions give up when `cancel` is set.
+    pub fn new(inner: Arc<dyn Device>, cancel: Arc<AtomicBool>) -> FaultyDevice {
+        FaultyDevice {
+            inner,
+            fault: Mutex::new(None),
+            calls: AtomicUsize::new(0),
+            cancel,
+        }
+    }
+
+    /// Schedules `fault`, counted from now.
+    pub fn inject(&self, fault: Fault) {
+        let now = self.calls.load(Ordering::SeqCst);
+        if let Ok(mut f) = self.fault.lock() {
+            *f = Some((fault, now + fault.after_calls));
+        }
+    }
+
+    /// The fault in force for the execution about to start, if any.
+    fn active(&self) -> Option<FaultKind> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let f = self.fault.lock().ok()?;
+        let (fault, from) = (*f)?;
+        (call >= from).then_some(fault.kind)
+    }
+
+    fn run(&self, work: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        let id = self.inner.info().id.clone();
+        match self.active() {
+            None => work(),
+            Some(FaultKind::Crash) => {
+                self.inner.inject_device_loss();
+                Err(Error::device(id, "crashed (injected fault)"))
+            }
+            Some(FaultKind::Hang) => {
+                while !self.cancel.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(Error::device(
+                    id,
+                    "hung (injected fault), released at shutdown",
+                ))
+            }
+            Some(FaultKind::Slow(factor)) => {
+                let start = Instant::now();
+                let out = work();
+                let extra = start.elapsed().mul_f64((factor - 1.0).clamp(0.0, 1e3));
+                std::thread::sleep(extra);
+                out
+            }
+        }
+    }
+}
+
+impl Device for FaultyDevice {
+    fn info(&self) -> &DeviceInfo {
+        self.inner.info()
+    }
+
+    fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        self.run(|| self.inner.execute(op, inputs))
+    }
+
+    fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
+        self.inner.time_resident(op, inputs, reps)
+    }
+
+    fn inject_device_loss(&self) {
+        self.inner.inject_device_loss();
+    }
+}

@@ -1,0 +1,17 @@
+//! The DRAC (dynamic resource allocation controller): turns workload requests into plans —
+//! how many nodes, which ones, how the tensors are split, how data moves — and runs them.
+
+pub mod controller;
+pub mod fault;
+pub mod partition;
+pub mod perf_model;
+pub mod placement;
+pub mod power;
+pub mod report;
+pub mod request;
+pub mod sim;
+
+pub use controller::{Drac, DracConfig, JobHandle, JobResult};
+pub use fault::{Fault, FaultKind};
+pub use report::{MovedPart, NodeUse, Report};
+pub use request::{Payload, Target, WorkloadRequest};
