@@ -64,17 +64,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A node kind that exists in the spec grammar but is not implemented yet.
-    #[error(
-        "node kind `{kind}` (in spec `{spec}`) is not available yet: only cpu nodes exist so far"
-    )]
-    Unavailable {
-        /// The kind asked for (`gpu`, `sim`).
-        kind: String,
-        /// The spec entry as written.
-        spec: String,
-    },
-
     /// The controller refused a job it can never run as asked.
     #[error("job refused: {reason}")]
     Refused {

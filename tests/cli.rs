@@ -187,7 +187,11 @@ fn bad_arguments_fail_cleanly() {
         &["bench", "matmul", "--sizes", "8", "--dtype", "f64"],
         "f64",
     );
-    assert_clean_failure(&["devices", "--nodes", "sim"], "not available yet");
+    assert_clean_failure(
+        &["bench", "matmul", "--sizes", "8", "--nodes", "sim:2"],
+        "accelmesh simulate",
+    );
+    assert_clean_failure(&["devices", "--nodes", "sim:2:warp"], "warp");
     assert_clean_failure(&["devices", "--nodes", "gpu:x"], "gpu:x");
     assert_clean_failure(&["devices", "--nodes", "gpu:99"], "gpu:99");
     assert_clean_failure(&["bench", "matmul", "--sizes", "0"], "matrix size");
@@ -205,4 +209,42 @@ fn no_subcommand_prints_help() {
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("Usage") && stdout.contains("bench") && stdout.contains("devices"));
+}
+
+#[test]
+fn simulate_prints_one_summary_per_policy() {
+    let lines = json_lines(&[
+        "simulate", "--mesh", "4x4", "--jobs", "300", "--seed", "7", "--json",
+    ]);
+    let policies: Vec<&str> = lines
+        .iter()
+        .map(|l| l["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, ["drac", "eft", "always-on", "round-robin"]);
+    for l in &lines {
+        for key in [
+            "makespan_s",
+            "energy_j",
+            "deadline_hit_rate",
+            "mean_utilisation",
+            "replanned_parts",
+            "decisions_per_s",
+        ] {
+            assert!(l.contains_key(key), "missing {key}: {l:?}");
+        }
+        assert_eq!(l["completed"], 300);
+    }
+    assert_clean_failure(&["simulate", "--mesh", "8x0"], "8x0");
+    assert_clean_failure(&["simulate", "--policy", "greedy"], "greedy");
+}
+
+#[test]
+fn bench_json_reports_the_drac_plan() {
+    let lines = json_lines(&[
+        "bench", "matmul", "--sizes", "96", "--reps", "1", "--json", "--nodes", "cpu:2x1",
+    ]);
+    let l = &lines[0];
+    assert!(l["nodes_used"].as_u64().unwrap() >= 1);
+    assert!(l["energy_j"].as_f64().unwrap() > 0.0);
+    assert!(l["strategy"].is_string());
 }

@@ -1,9 +1,8 @@
 //! The CPU node against float64 references on seeded random inputs.
 
-use accelmesh::bench::execute_split;
 mod common;
 
-use accelmesh::{Conv2dParams, CpuDevice, DType, Device, Error, NodeSpec, Op, Tensor};
+use accelmesh::{Conv2dParams, CpuDevice, DType, Device, Error, Op, Tensor};
 use common::{assert_close, conv_ref, matmul_ref};
 
 fn device(threads: usize) -> CpuDevice {
@@ -190,72 +189,4 @@ fn mismatched_inputs_give_typed_errors() {
     assert!(dev.execute(&conv, &[&x, &too_big]).is_err());
     let err = dev.execute(&conv, &[&x, &w, &v, &v]).unwrap_err();
     assert!(matches!(err, Error::Arity { got: 4, .. }), "{err}");
-}
-
-/// Max |x − y| / max(|y|, 1) over two equally shaped f32 tensors.
-fn max_diff(x: &Tensor, y: &Tensor) -> f32 {
-    assert_eq!(x.shape(), y.shape());
-    x.as_f32()
-        .unwrap()
-        .iter()
-        .zip(y.as_f32().unwrap())
-        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-        .fold(0.0, f32::max)
-}
-
-#[test]
-fn two_one_thread_nodes_agree_with_one_two_thread_node() {
-    let pair = NodeSpec::parse("cpu:2x1").unwrap().build().unwrap();
-    assert_eq!(pair.len(), 2);
-    let single = NodeSpec::parse("cpu:1x2").unwrap().build().unwrap();
-    let dev = device(2);
-
-    for (m, n, k, ta, tb) in [
-        (33, 17, 129, false, false),
-        (130, 64, 70, true, true),
-        (1, 9, 5, false, true),
-    ] {
-        let a = Tensor::random(if ta { [k, m] } else { [m, k] }, DType::F32, 21).unwrap();
-        let b = Tensor::random(if tb { [n, k] } else { [k, n] }, DType::F32, 22).unwrap();
-        let op = Op::MatMul {
-            trans_a: ta,
-            trans_b: tb,
-        };
-        let split = execute_split(&pair, &op, &[&a, &b]).unwrap();
-        let whole = run(&dev, &op, &[&a, &b]);
-        assert!(max_diff(&split, &whole) <= 1e-6, "matmul {m}x{n}x{k}");
-        assert_eq!(execute_split(&single, &op, &[&a, &b]).unwrap(), whole);
-        assert_close("split matmul", &split, &matmul_ref(&a, &b, ta, tb));
-    }
-
-    // Batch split (N = 3 ≥ 2 nodes), output-channel split (N = 1), group split (N = 1).
-    let grouped = Conv2dParams {
-        groups: 4,
-        pads: [1, 1, 1, 1],
-        ..Conv2dParams::default()
-    };
-    let strided = Conv2dParams {
-        stride: [2, 2],
-        pads: [1, 0, 1, 0],
-        relu: true,
-        ..Conv2dParams::default()
-    };
-    for (xd, wd, params) in [
-        ([3, 5, 17, 17], [7, 5, 3, 3], strided.clone()),
-        ([1, 5, 17, 17], [7, 5, 3, 3], strided),
-        ([1, 8, 9, 9], [12, 2, 3, 3], grouped),
-    ] {
-        let x = Tensor::random(xd, DType::BF16, 31).unwrap();
-        let w = Tensor::random(wd, DType::BF16, 32).unwrap();
-        let bias = Tensor::random([wd[0]], DType::F32, 33).unwrap();
-        let op = Op::Conv2d(params.clone());
-        let split = execute_split(&pair, &op, &[&x, &w, &bias]).unwrap();
-        let whole = run(&dev, &op, &[&x, &w, &bias]);
-        assert!(max_diff(&split, &whole) <= 1e-6, "conv {xd:?} {wd:?}");
-        assert_close(
-            "split conv",
-            &split,
-            &conv_ref(&x, &w, Some(&bias), &params),
-        );
-    }
 }

@@ -8,7 +8,6 @@
 
 pub mod case;
 pub mod check;
-pub mod split;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +15,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use case::{ConvCase, RESNET};
-pub use split::{even_ranges, execute_split};
 
 use crate::drac::{Drac, Report, WorkloadRequest};
 use crate::node::NodeSet;

@@ -749,6 +749,12 @@ fn make_slot(
     cancel: &Arc<AtomicBool>,
 ) -> Result<Slot> {
     let info = dev.info();
+    if info.kind == DeviceKind::Sim {
+        return Err(Error::spec(
+            &info.id,
+            "simulated nodes model time and compute nothing: run them with `accelmesh simulate`",
+        ));
+    }
     let key = instance_key(info, perf)?;
     Ok(Slot {
         id: info.id.clone(),

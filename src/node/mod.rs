@@ -92,7 +92,7 @@ pub enum DeviceKind {
     Cpu,
     /// A GPU (not available yet).
     Gpu,
-    /// A modelled device of the simulator (not available yet).
+    /// A modelled device of the simulator.
     Sim,
 }
 
@@ -136,7 +136,7 @@ pub struct DeviceInfo {
 }
 
 /// One entry of a node spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum SpecEntry {
     /// `nodes` CPU nodes of `threads` threads each (`None`: every core of the host).
@@ -154,11 +154,14 @@ pub enum SpecEntry {
     /// Every hardware GPU (software adapters such as llvmpipe left out); the default spec's
     /// second entry.
     LocalGpus,
+    /// Simulated nodes (`sim:N`, `sim:N:PROFILE`, …): they model time and compute nothing.
+    Sim(sim::SimSpec),
 }
 
 /// Which nodes to bring up: `cpu` (one node, all cores), `cpu:NxT` (N nodes of T threads),
-/// `gpu` (every GPU adapter), `gpu:N` (adapter N), or a comma-separated list of these.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `gpu` (every GPU adapter), `gpu:N` (adapter N), `sim:N[:PROFILE]` (simulated nodes), or a
+/// comma-separated list of these.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeSpec {
     text: String,
     entries: Vec<SpecEntry>,
@@ -183,8 +186,9 @@ impl NodeSpec {
                 ));
             }
             let entry = parse_entry(word)?;
-            let nodes = match entry {
-                SpecEntry::Cpu { nodes, .. } => nodes,
+            let nodes = match &entry {
+                SpecEntry::Cpu { nodes, .. } => *nodes,
+                SpecEntry::Sim(spec) => spec.count,
                 SpecEntry::Gpu { .. } | SpecEntry::LocalGpus => 1,
             };
             total_nodes = total_nodes.saturating_add(nodes);
@@ -234,7 +238,7 @@ impl NodeSpec {
             .iter()
             .map(|e| match e {
                 SpecEntry::Cpu { nodes, .. } => *nodes,
-                SpecEntry::Gpu { .. } | SpecEntry::LocalGpus => 0,
+                SpecEntry::Gpu { .. } | SpecEntry::LocalGpus | SpecEntry::Sim(_) => 0,
             })
             .sum();
         let memory = cpu::node_memory_bytes(cpu_nodes);
@@ -243,8 +247,15 @@ impl NodeSpec {
         let mut gpu_adapters: Option<Vec<gpu::AdapterEntry>> = None;
         let mut opened_gpus: Vec<usize> = Vec::new();
         let mut cpu_index = 0;
+        let mut sim_index = 0;
         for entry in &self.entries {
             match *entry {
+                SpecEntry::Sim(ref spec) => {
+                    for dev in spec.devices(sim_index) {
+                        devices.push(Arc::new(dev));
+                    }
+                    sim_index += spec.count;
+                }
                 SpecEntry::Cpu { nodes, threads } => {
                     let threads = threads.unwrap_or_else(host_threads);
                     for _ in 0..nodes {
@@ -378,13 +389,10 @@ fn parse_entry(word: &str) -> Result<SpecEntry> {
                 })?),
             }),
         },
-        "sim" => Err(Error::Unavailable {
-            kind: kind.to_string(),
-            spec: word.to_string(),
-        }),
+        "sim" => Ok(SpecEntry::Sim(sim::SimSpec::parse(word)?)),
         other => Err(Error::spec(
             word,
-            format!("unknown node kind `{other}`: expected cpu, cpu:NxT, gpu or gpu:N"),
+            format!("unknown node kind `{other}`: expected cpu, cpu:NxT, gpu, gpu:N or sim:N"),
         )),
     }
 }
@@ -537,12 +545,17 @@ mod tests {
     }
 
     #[test]
-    fn sim_is_not_available_yet() {
-        for spec in ["sim", "cpu,sim:4x4"] {
-            let err = NodeSpec::parse(spec).unwrap_err();
-            assert!(matches!(err, Error::Unavailable { .. }), "{spec}: {err}");
-            assert!(err.to_string().contains("not available yet"));
-        }
+    fn sim_specs_bring_up_simulated_nodes() {
+        let set = NodeSpec::parse("sim:3:lite,sim").unwrap().build().unwrap();
+        let ids: Vec<&str> = set.devices().iter().map(|d| d.info().id.as_str()).collect();
+        assert_eq!(ids, ["sim0", "sim1", "sim2", "sim3"]);
+        assert!(
+            set.devices()
+                .iter()
+                .all(|d| d.info().kind == DeviceKind::Sim)
+        );
+        let err = NodeSpec::parse("sim:2:warp").unwrap_err();
+        assert!(err.to_string().contains("warp"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use accelmesh::bench::{self, ConvCase};
 use accelmesh::drac::perf_model::PerfModel;
+use accelmesh::drac::sim::{Policy, SimConfig, parse_mix, run_simulation};
 use accelmesh::drac::{Drac, DracConfig};
+use accelmesh::mesh::MeshSpec;
 use accelmesh::{DType, Error, NodeSet, NodeSpec, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -43,6 +45,36 @@ enum Command {
         #[arg(long, value_name = "SPEC")]
         nodes: Option<NodeSpec>,
         /// Print one JSON object per rate instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a seeded stream of jobs through the planner on a simulated mesh, per policy.
+    Simulate {
+        /// Mesh dimensions, e.g. `8x8` or `4x4x2`.
+        #[arg(long, default_value = "8x8")]
+        mesh: String,
+        /// Wrap every dimension around (a torus).
+        #[arg(long)]
+        torus: bool,
+        /// Jobs in the stream.
+        #[arg(long, default_value_t = 10_000, value_parser = parse_jobs)]
+        jobs: usize,
+        /// Policies, comma-separated: drac, eft, always-on, round-robin, or `all`.
+        #[arg(long, default_value = "all")]
+        policy: String,
+        /// Seed of the job stream, the failures and the noise.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Offered load, a fraction of what the mesh could absorb at top speed.
+        #[arg(long)]
+        load: Option<f64>,
+        /// Node profiles interleaved over the mesh, e.g. `sim:1:accel,sim:1:lite`.
+        #[arg(long, value_name = "SIM,...")]
+        mix: Option<String>,
+        /// Node crashes over the run.
+        #[arg(long)]
+        failures: Option<usize>,
+        /// Print one JSON object per policy instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +144,11 @@ fn parse_size(text: &str) -> Result<usize> {
     parse_positive("matrix size", text)
 }
 
+/// Parses `--jobs`.
+fn parse_jobs(text: &str) -> Result<usize> {
+    parse_positive("job count", text)
+}
+
 /// Parses `--reps`.
 fn parse_reps(text: &str) -> Result<usize> {
     parse_positive("repetition count", text)
@@ -165,6 +202,41 @@ fn run(cli: Cli) -> Result<()> {
             print::calibration(&mut out, &model, &keys, json)?;
             if !json {
                 writeln!(out, "saved to {}", path.display())?;
+            }
+        }
+        Some(Command::Simulate {
+            mesh,
+            torus,
+            jobs,
+            policy,
+            seed,
+            load,
+            mix,
+            failures,
+            json,
+        }) => {
+            let policies: Vec<Policy> = if policy.trim().eq_ignore_ascii_case("all") {
+                Policy::ALL.to_vec()
+            } else {
+                policy
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<Policy>>>()?
+            };
+            let mut cfg = SimConfig::new(MeshSpec::parse(&mesh, torus)?, jobs, Policy::Drac, seed);
+            if let Some(load) = load {
+                cfg.load = load;
+            }
+            if let Some(mix) = mix {
+                cfg.mix = parse_mix(&mix)?;
+            }
+            if let Some(f) = failures {
+                cfg.failures = f;
+            }
+            print::simulation_header(&mut out, json)?;
+            for p in policies {
+                let summary = run_simulation(&cfg.with_policy(p))?;
+                print::simulation(&mut out, &summary, json)?;
             }
         }
         Some(Command::Bench { kind }) => match kind {

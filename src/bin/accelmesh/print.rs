@@ -4,6 +4,7 @@ use std::io::Write;
 
 use accelmesh::bench::CaseResult;
 use accelmesh::drac::perf_model::PerfModel;
+use accelmesh::drac::sim::SimSummary;
 use accelmesh::{DeviceInfo, Error, Result};
 
 /// Writes one node: a line of text, or one JSON object.
@@ -73,6 +74,52 @@ pub fn calibration(
             )?;
         }
     }
+    Ok(())
+}
+
+/// Writes the header of the simulation table (nothing in JSON mode).
+pub fn simulation_header(out: &mut impl Write, json: bool) -> Result<()> {
+    if !json {
+        writeln!(
+            out,
+            "{:<11}  {:>10}  {:>10}  {:>9}  {:>11}  {:>8}  {:>9}  {:>11}",
+            "policy",
+            "makespan_s",
+            "energy_j",
+            "deadlines",
+            "utilisation",
+            "replans",
+            "nodes/job",
+            "decisions/s"
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes one policy's simulation summary: a table row, or one JSON object (per-node
+/// accounts left out).
+pub fn simulation(out: &mut impl Write, s: &SimSummary, json: bool) -> Result<()> {
+    if json {
+        let mut value = serde_json::to_value(s).map_err(|e| Error::Io(e.into()))?;
+        if let Some(map) = value.as_object_mut() {
+            map.remove("node_stats");
+        }
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(
+            out,
+            "{:<11}  {:>10.3}  {:>10.1}  {:>8.1}%  {:>10.1}%  {:>8}  {:>9.2}  {:>11.0}",
+            s.policy.to_string(),
+            s.makespan_s,
+            s.energy_j,
+            s.deadline_hit_rate * 100.0,
+            s.mean_utilisation * 100.0,
+            s.replanned_parts,
+            s.mean_nodes_per_job,
+            s.decisions_per_s
+        )?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -23,6 +23,7 @@ use self::pool::{BufferPool, DEFAULT_RETAIN_BYTES};
 use self::timing::KernelTimer;
 use self::tune::Tuner;
 use super::{Device, DeviceInfo, DeviceKind};
+use crate::drac::partition::weighted_ranges;
 use crate::op::{Op, conv2d_dims, matmul_dims};
 use crate::tensor::{DType, Shape, Tensor};
 use crate::{Error, Result};
@@ -361,8 +362,8 @@ impl GpuDevice {
             return Err(Error::shape(op.name(), "host tiling is only for matmul"));
         };
         let (a, b) = (inputs[0], inputs[1]);
-        let rows = crate::bench::even_ranges(dims.m, tiles.0);
-        let cols = crate::bench::even_ranges(dims.n, tiles.1);
+        let rows = weighted_ranges(dims.m, &vec![1.0; tiles.0]);
+        let cols = weighted_ranges(dims.n, &vec![1.0; tiles.1]);
         let b_parts = cols
             .iter()
             .map(|c| b.narrow(usize::from(!*trans_b), c.start, c.len()))
