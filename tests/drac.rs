@@ -311,3 +311,21 @@ fn concurrent_jobs_by_priority_all_finish() {
         assert_eq!(r.output.to_f32_vec(), want);
     }
 }
+
+#[test]
+fn a_job_on_one_node_that_crashes_moves_to_another_free_node() {
+    // Fast modelled rates: a small product stays on one node (cpu0, first of equals).
+    let d = drac(cpu_nodes(2), &[1000.0, 1000.0], quick_timeouts());
+    d.inject_fault("cpu0", Fault::crash()).unwrap();
+    let a = Tensor::random([17, 33], DType::F32, 30).unwrap();
+    let b = Tensor::random([33, 7], DType::F32, 31).unwrap();
+    let want = single(&Op::matmul(), &[&a, &b]);
+    let r = d.run(WorkloadRequest::matmul(a, b)).unwrap();
+    assert_eq!(r.output.to_f32_vec(), want);
+    let moved = &r.report.moved_parts;
+    assert_eq!(moved.len(), 1, "{:?}", r.report);
+    assert_eq!(
+        (moved[0].from.as_str(), moved[0].to.as_str()),
+        ("cpu0", "cpu1")
+    );
+}

@@ -344,7 +344,8 @@ impl Drac {
         let (plan, slots_of, started) = self.plan_when_free(job, req, &shapes)?;
         let class = OpClass::of(&req.op);
         // Per chosen slot: its id, device and key.
-        let nodes = {
+        let mut slots_of = slots_of;
+        let mut nodes = {
             let st = self.lock();
             let nodes: Vec<(String, Arc<FaultyDevice>, String)> = slots_of
                 .iter()
@@ -375,42 +376,19 @@ impl Drac {
         let mut parts_run = vec![0usize; nodes.len()];
         let mut flops_run = vec![0u64; nodes.len()];
         let predicted: Vec<f64> = plan.estimates.iter().map(|e| e.compute_s).collect();
-        let launch = |part: &PartSpec, slot: usize, tx: &mpsc::Sender<_>| -> Result<()> {
-            let device = Arc::clone(&nodes[slot].1);
-            let op = part.op.clone();
-            let index = part.index;
-            let part_inputs: Option<Vec<Tensor>> = if whole {
-                None
-            } else {
-                Some(partition::extract(
-                    part,
-                    &inputs.iter().collect::<Vec<_>>(),
-                )?)
-            };
+        let launch = |part: &PartSpec,
+                      slot: usize,
+                      device: Arc<FaultyDevice>,
+                      tx: &mpsc::Sender<_>|
+         -> Result<()> {
+            let part = part.clone();
             let all = Arc::clone(&inputs);
             let tx = tx.clone();
             std::thread::Builder::new()
-                .name(format!("drac-part-{index}"))
+                .name(format!("drac-part-{}", part.index))
                 .spawn(move || {
-                    let start = Instant::now();
-                    let refs: Vec<&Tensor> = match &part_inputs {
-                        Some(v) => v.iter().collect(),
-                        None => all.iter().collect(),
-                    };
-                    let out = device
-                        .execute(&op, &refs)
-                        .and_then(|mut v| {
-                            if v.is_empty() {
-                                Err(Error::device(
-                                    device.info().id.clone(),
-                                    "returned no output",
-                                ))
-                            } else {
-                                Ok(v.swap_remove(0))
-                            }
-                        })
-                        .map(|t| (t, start.elapsed().as_secs_f64()));
-                    let _ = tx.send((index, slot, out));
+                    let out = run_part(&device, &part, &all, whole);
+                    let _ = tx.send((part.index, slot, out));
                 })
                 .map_err(|e| Error::device("drac", format!("cannot start a part thread: {e}")))?;
             Ok(())
@@ -421,10 +399,21 @@ impl Drac {
                 (p * self.core.config.timeout_factor).max(self.core.config.min_timeout_s),
             )
         };
-        for (i, part) in plan.parts.iter().enumerate() {
+        if let ([part], true) = (plan.parts.as_slice(), whole)
+            && !nodes[part.share_index].1.is_armed()
+        {
+            // One whole part on a node with no fault scheduled: run it on this thread (a
+            // part thread costs more than a small product); an error still fails over below.
             let slot = part.share_index;
-            launch(part, slot, &tx)?;
-            pending[i] = Some((slot, Instant::now(), timeout_for(i)));
+            pending[0] = Some((slot, Instant::now(), timeout_for(0)));
+            let out = run_part(&nodes[slot].1, part, &inputs, whole);
+            let _ = tx.send((0, slot, out));
+        } else {
+            for (i, part) in plan.parts.iter().enumerate() {
+                let slot = part.share_index;
+                launch(part, slot, Arc::clone(&nodes[slot].1), &tx)?;
+                pending[i] = Some((slot, Instant::now(), timeout_for(i)));
+            }
         }
         let mut remaining = plan.parts.len();
         let mut failure: Option<Error> = None;
@@ -497,13 +486,31 @@ impl Drac {
                         pa.unwrap_or(f64::INFINITY)
                             .total_cmp(&pb.unwrap_or(f64::INFINITY))
                     });
-                let Some(to) = survivor else {
-                    failure = Some(Error::device(
-                        nodes[slot].0.clone(),
-                        format!("every node of the plan failed; last: {reason}"),
-                    ));
-                    pending[part] = None;
-                    break;
+                let to = match survivor {
+                    Some(to) => to,
+                    None => match self.borrow_free_node(&slots_of) {
+                        // Every node of the plan failed: take a free node of the mesh.
+                        Some((i, id, device, key)) => {
+                            slots_of.push(i);
+                            nodes.push((id, device, key));
+                            failed_slots.push(None);
+                            compute.push(0.0);
+                            parts_run.push(0);
+                            flops_run.push(0);
+                            nodes.len() - 1
+                        }
+                        None => {
+                            failure = Some(Error::device(
+                                nodes[slot].0.clone(),
+                                format!(
+                                    "every node of the plan failed and no other node is free; \
+                                     last: {reason}"
+                                ),
+                            ));
+                            pending[part] = None;
+                            break;
+                        }
+                    },
                 };
                 moved.push(MovedPart {
                     part,
@@ -511,7 +518,7 @@ impl Drac {
                     to: nodes[to].0.clone(),
                     reason,
                 });
-                launch(&plan.parts[part], to, &tx)?;
+                launch(&plan.parts[part], to, Arc::clone(&nodes[to].1), &tx)?;
                 pending[part] = Some((to, Instant::now(), timeout_for(part)));
             }
             if failure.is_some() {
@@ -670,6 +677,30 @@ impl Drac {
         }
     }
 
+    /// Takes a free working node outside `exclude` for a job whose plan lost all its nodes:
+    /// marks it busy and returns its slot, id, device and key.
+    fn borrow_free_node(
+        &self,
+        exclude: &[usize],
+    ) -> Option<(usize, String, Arc<FaultyDevice>, String)> {
+        let now = self.now();
+        let mut st = self.lock();
+        let i = (0..st.slots.len()).find(|&i| {
+            let s = &st.slots[i];
+            !exclude.contains(&i) && !s.busy && !s.removed && s.failed.is_none()
+        })?;
+        let slot = &mut st.slots[i];
+        slot.busy = true;
+        let top = slot.power.spec.top_level();
+        slot.power.set(PowerState::Active { level: top }, now);
+        Some((
+            i,
+            slot.id.clone(),
+            Arc::clone(&slot.device),
+            slot.key.clone(),
+        ))
+    }
+
     /// Frees the job's nodes, marks the failed ones, and wakes the queue.
     fn release(&self, slots_of: &[usize], failed: &[Option<String>], now: f64) {
         let mut st = self.lock();
@@ -684,6 +715,36 @@ impl Drac {
         }
         self.core.changed.notify_all();
     }
+}
+
+/// Runs one part on `device`: cuts its input slices (inputs it needs whole are not copied)
+/// and executes it; returns the output and the seconds it took.
+fn run_part(
+    device: &FaultyDevice,
+    part: &PartSpec,
+    inputs: &[Tensor],
+    whole: bool,
+) -> Result<(Tensor, f64)> {
+    let start = Instant::now();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let slices = if whole {
+        vec![None; refs.len()]
+    } else {
+        partition::extract_slices(part, &refs)?
+    };
+    let part_inputs: Vec<&Tensor> = slices
+        .iter()
+        .zip(&refs)
+        .map(|(s, t)| s.as_ref().unwrap_or(t))
+        .collect();
+    let mut v = device.execute(&part.op, &part_inputs)?;
+    if v.is_empty() {
+        return Err(Error::device(
+            device.info().id.clone(),
+            "returned no output",
+        ));
+    }
+    Ok((v.swap_remove(0), start.elapsed().as_secs_f64()))
 }
 
 /// The planner options on real nodes: their clocks cannot be set, so no DVFS.

@@ -90,6 +90,11 @@ impl FaultyDevice {
         }
     }
 
+    /// Whether a fault is scheduled (struck or still to strike).
+    pub fn is_armed(&self) -> bool {
+        self.fault.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+
     /// The fault in force for the execution about to start, if any.
     fn active(&self) -> Option<FaultKind> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);

@@ -40,6 +40,8 @@ use std::ops::Range;
 
 use serde::Serialize;
 
+use rayon::prelude::*;
+
 use crate::op::{Op, conv2d_dims, matmul_dims};
 use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled};
 use crate::{Conv2dParams, Error, Result};
@@ -1068,6 +1070,52 @@ fn next_index(idx: &mut [usize], lo: &[usize], hi: &[usize]) -> bool {
 
 /// Calls `f(offset, run)` for each contiguous run of the box `start..start + len` (per axis)
 /// of a row-major array of `dims`, in row-major order; nothing for an empty box.
+/// Gathers placed parts whose outputs are each one contiguous run of the output (row splits
+/// of a matmul, batch splits of a conv) with one parallel copy per part; `None` when some
+/// part's output is not contiguous. The parts must already be known to cover the output.
+fn assemble_contiguous(
+    dims: &[usize],
+    parts: &[(PartSpec, Tensor)],
+    numel: usize,
+) -> Result<Option<Vec<f32>>> {
+    let rank = dims.len();
+    let mut runs: Vec<(usize, usize, &[f32])> = Vec::with_capacity(parts.len());
+    for (spec, t) in parts {
+        let (mut first, mut count) = (None, 0);
+        for_each_run(
+            dims,
+            &spec.out.start[..rank],
+            &spec.out.len[..rank],
+            |offset, run| {
+                first.get_or_insert(offset);
+                count += 1;
+                let _ = run;
+            },
+        );
+        match (first, count) {
+            (Some(offset), 1) => runs.push((offset, t.numel(), t.as_f32()?)),
+            (None, 0) => {}
+            _ => return Ok(None),
+        }
+    }
+    runs.sort_by_key(|r| r.0);
+    let mut data = try_filled(numel, 0.0f32)?;
+    let mut rest: &mut [f32] = &mut data;
+    let mut at = 0;
+    let mut pieces: Vec<(&mut [f32], &[f32])> = Vec::with_capacity(runs.len());
+    for (offset, len, src) in runs {
+        let (_, tail) = rest.split_at_mut(offset - at);
+        let (dst, tail) = tail.split_at_mut(len);
+        pieces.push((dst, src));
+        rest = tail;
+        at = offset + len;
+    }
+    pieces
+        .into_par_iter()
+        .for_each(|(dst, src)| dst.copy_from_slice(src));
+    Ok(Some(data))
+}
+
 fn for_each_run(dims: &[usize], start: &[usize], len: &[usize], mut f: impl FnMut(usize, usize)) {
     let rank = dims.len();
     if rank == 0 {
@@ -1129,6 +1177,16 @@ fn cut<T: TensorElement>(t: &Tensor, w: &Window) -> Result<Tensor> {
 /// the part was planned for): row, column, K, batch and channel slices, and conv halo rows
 /// (the part's op carries the matching padding).
 pub fn extract(part: &PartSpec, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    Ok(extract_slices(part, inputs)?
+        .into_iter()
+        .zip(inputs)
+        .map(|(slice, t)| slice.unwrap_or_else(|| (*t).clone()))
+        .collect())
+}
+
+/// Like [`extract`], without copying inputs the part needs whole: those come back as `None`
+/// (use the caller's tensor as it is).
+pub fn extract_slices(part: &PartSpec, inputs: &[&Tensor]) -> Result<Vec<Option<Tensor>>> {
     let count = part.whole.input_count();
     if inputs.len() != count {
         return Err(Error::Arity {
@@ -1151,14 +1209,14 @@ pub fn extract(part: &PartSpec, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             ));
         }
         if w.is_whole(t.dims()) {
-            out.push((*t).clone());
+            out.push(None);
             continue;
         }
-        out.push(match t.data() {
+        out.push(Some(match t.data() {
             TensorData::F32(_) => cut::<f32>(t, w)?,
             TensorData::F16(_) => cut::<half::f16>(t, w)?,
             TensorData::BF16(_) => cut::<half::bf16>(t, w)?,
-        });
+        }));
     }
     Ok(out)
 }
@@ -1324,6 +1382,9 @@ pub fn assemble(op: &Op, shapes: &[&Shape], parts: Vec<(PartSpec, Tensor)>) -> R
         ));
     }
     check_cover(&extent, &boxes)?;
+    if !partial && let Some(data) = assemble_contiguous(dims, &parts, numel)? {
+        return Tensor::from_vec(out_shape, data);
+    }
     let mut data = try_filled(numel, 0.0f32)?;
     let mut order: Vec<usize> = (0..parts.len()).collect();
     if partial {
