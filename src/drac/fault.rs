@@ -140,6 +140,14 @@ impl Device for FaultyDevice {
         self.run(|| self.inner.execute(op, inputs))
     }
 
+    fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
+        self.run(|| {
+            self.inner.execute_into(op, inputs, outputs)?;
+            Ok(Vec::new())
+        })
+        .map(|_| ())
+    }
+
     fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
         self.inner.time_resident(op, inputs, reps)
     }
