@@ -12,10 +12,15 @@ const TWO_POW_M24: f32 = 5.9604644775390625e-8;
 const FRAC_2_SQRT_PI: f32 = 1.1283791670955126;
 const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
 
+// Whether x is NaN, read from its bits: some drivers fold float comparisons with NaN away.
+fn is_nan_bits(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // Clamps x into [lo, hi], letting NaN through.
 fn clamp_nan(x: f32, lo: f32, hi: f32) -> f32 {
     let y = select(x, lo, x < lo);
-    return select(y, hi, y > hi);
+    return select(select(y, hi, y > hi), x, is_nan_bits(x));
 }
 
 // |v| with the sign of s.

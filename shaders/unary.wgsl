@@ -10,7 +10,7 @@ override OP: u32 = 0u;
 
 fn activation(x: f32, a: f32, b: f32) -> f32 {
     if (OP == 0u) { // relu; NaN propagates
-        return select(x, 0.0, x < 0.0);
+        return select(select(x, 0.0, x < 0.0), x, is_nan_bits(x));
     }
     if (OP == 1u) { // clip to [a, b]
         return clamp_nan(x, a, b);

@@ -91,6 +91,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A model uses an operator, or an operator feature, that accelmesh does not implement.
+    #[error("node `{node}`: operator {op} (opset {opset}) is not supported: {detail}")]
+    Unsupported {
+        /// The node's name (or a stand-in naming its operator and first output).
+        node: String,
+        /// The operator (`Conv`, `com.microsoft.Gelu`).
+        op: String,
+        /// The operator-set version of the operator's domain.
+        opset: i64,
+        /// What exactly is not supported (an attribute, its value, an input type).
+        detail: String,
+    },
+
     /// Reading or writing a stream failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -142,6 +155,21 @@ impl Error {
     pub fn refused(reason: impl Into<String>) -> Self {
         Error::Refused {
             reason: reason.into(),
+        }
+    }
+
+    /// A [`Error::Unsupported`] error.
+    pub fn unsupported(
+        node: impl Into<String>,
+        op: impl Into<String>,
+        opset: i64,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Unsupported {
+            node: node.into(),
+            op: op.into(),
+            opset,
+            detail: detail.into(),
         }
     }
 

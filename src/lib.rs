@@ -12,6 +12,7 @@ pub mod drac;
 pub mod error;
 pub mod mesh;
 pub mod node;
+pub mod onnx;
 pub mod op;
 pub mod tensor;
 

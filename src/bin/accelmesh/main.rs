@@ -5,6 +5,7 @@
 mod print;
 
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use accelmesh::bench::{self, ConvCase};
@@ -12,6 +13,8 @@ use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::{Policy, SimConfig, parse_mix, run_simulation};
 use accelmesh::drac::{Drac, DracConfig};
 use accelmesh::mesh::MeshSpec;
+use accelmesh::onnx::exec::Session;
+use accelmesh::onnx::{Model, infer, read_tensor_pb};
 use accelmesh::{DType, Error, NodeSet, NodeSpec, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -45,6 +48,29 @@ enum Command {
         #[arg(long, value_name = "SPEC")]
         nodes: Option<NodeSpec>,
         /// Print one JSON object per rate instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an ONNX model: inputs from TensorProto files or seeded random, outputs to files.
+    Infer {
+        /// The `.onnx` model.
+        model: PathBuf,
+        /// An input as NAME=FILE.pb (repeatable); inputs not given are seeded random.
+        #[arg(long = "input", value_name = "NAME=FILE.pb")]
+        inputs: Vec<String>,
+        /// Write every output to DIR/<output name>.pb.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Batch size of generated inputs (the first unknown or unit dimension).
+        #[arg(long, default_value_t = 1, value_parser = parse_batch)]
+        batch: usize,
+        /// Which nodes (see `devices --help`).
+        #[arg(long, value_name = "SPEC")]
+        nodes: Option<NodeSpec>,
+        /// Timed runs after one warm-up.
+        #[arg(long, default_value_t = 5, value_parser = parse_reps)]
+        reps: usize,
+        /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -144,6 +170,11 @@ fn parse_size(text: &str) -> Result<usize> {
     parse_positive("matrix size", text)
 }
 
+/// Parses `--batch`.
+fn parse_batch(text: &str) -> Result<usize> {
+    parse_positive("batch size", text)
+}
+
 /// Parses `--jobs`.
 fn parse_jobs(text: &str) -> Result<usize> {
     parse_positive("job count", text)
@@ -203,6 +234,43 @@ fn run(cli: Cli) -> Result<()> {
             if !json {
                 writeln!(out, "saved to {}", path.display())?;
             }
+        }
+        Some(Command::Infer {
+            model,
+            inputs,
+            output_dir,
+            batch,
+            nodes,
+            reps,
+            json,
+        }) => {
+            let session = Session::new(Model::load(&model)?)?;
+            let mut values = infer::random_inputs(&session, batch)?;
+            for spec in &inputs {
+                let (name, file) = spec
+                    .split_once('=')
+                    .ok_or_else(|| Error::parse("input", spec.as_str(), "expected NAME=FILE.pb"))?;
+                if !session.input_names().iter().any(|n| n == name) {
+                    return Err(Error::parse(
+                        "input",
+                        spec.as_str(),
+                        format!(
+                            "the model has no input `{name}` (it has {:?})",
+                            session.input_names()
+                        ),
+                    ));
+                }
+                let (_, value) = read_tensor_pb(Path::new(file))?;
+                values.insert(name.to_string(), value);
+            }
+            let nodes = nodes.unwrap_or_default().build()?;
+            let perf =
+                PerfModel::load_or_calibrate(nodes.devices(), &PerfModel::default_path(), false)?;
+            let (outputs, report) = infer::infer(&session, &nodes, &perf, &values, batch, reps)?;
+            if let Some(dir) = &output_dir {
+                infer::write_outputs(dir, &session, &outputs)?;
+            }
+            print::inference(&mut out, &report, json)?;
         }
         Some(Command::Simulate {
             mesh,

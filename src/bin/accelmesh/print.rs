@@ -5,6 +5,7 @@ use std::io::Write;
 use accelmesh::bench::CaseResult;
 use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::SimSummary;
+use accelmesh::onnx::infer::InferReport;
 use accelmesh::{DeviceInfo, Error, Result};
 
 /// Writes one node: a line of text, or one JSON object.
@@ -73,6 +74,25 @@ pub fn calibration(
                 rate.overhead_s * 1e6
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Writes an inference report: one line of text, or one JSON object.
+pub fn inference(out: &mut impl Write, r: &InferReport, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", to_json(r)?)?;
+    } else {
+        writeln!(
+            out,
+            "latency {:.3} ms (median of {})  throughput {:.1}/s (batch {})  nodes {}  energy {:.3} J",
+            r.latency_ms,
+            r.reps,
+            r.throughput_per_s,
+            r.batch,
+            r.nodes.join(","),
+            r.energy_j
+        )?;
     }
     Ok(())
 }

@@ -94,8 +94,25 @@ impl GpuTensor {
 
     /// Copies a host tensor to the GPU (counted as an upload).
     pub(crate) fn upload(shared: &Arc<GpuShared>, host: &Tensor) -> Result<Self> {
-        let t = GpuTensor::empty(shared, host.shape().clone(), host.dtype())?;
         let start = Instant::now();
+        let (t, bytes) = GpuTensor::write(shared, host)?;
+        if let Ok(mut s) = shared.transfers.lock() {
+            s.uploads += 1;
+            s.upload_bytes += bytes as u64;
+            s.upload_seconds += start.elapsed().as_secs_f64();
+        }
+        Ok(t)
+    }
+
+    /// Copies a host tensor to the GPU without counting it: the node's own housekeeping
+    /// (the autotuner's operands), which is not traffic of the user's work.
+    pub(crate) fn upload_uncounted(shared: &Arc<GpuShared>, host: &Tensor) -> Result<Self> {
+        Ok(GpuTensor::write(shared, host)?.0)
+    }
+
+    /// Copies a host tensor to a new GPU tensor; returns it with the bytes written.
+    fn write(shared: &Arc<GpuShared>, host: &Tensor) -> Result<(Self, usize)> {
+        let t = GpuTensor::empty(shared, host.shape().clone(), host.dtype())?;
         let bytes = host_bytes(host);
         shared.ctx.scoped("upload", || {
             shared.ctx.queue.write_buffer(t.buffer(), 0, &bytes);
@@ -103,12 +120,7 @@ impl GpuTensor {
         })?;
         let submission = shared.ctx.queue.submit([]);
         shared.ctx.wait(Some(submission))?;
-        if let Ok(mut s) = shared.transfers.lock() {
-            s.uploads += 1;
-            s.upload_bytes += bytes.len() as u64;
-            s.upload_seconds += start.elapsed().as_secs_f64();
-        }
-        Ok(t)
+        Ok((t, bytes.len()))
     }
 
     /// Copies the tensor back to host memory (counted as a download); waits for pending work

@@ -560,8 +560,8 @@ struct Operands {
 impl Operands {
     /// Uploads seeded random `m × k` and `k × n` operands of `dtype` to `bench`.
     fn new(bench: &Arc<GpuShared>, (m, n, k): (usize, usize, usize), dtype: DType) -> Result<Self> {
-        let a = GpuTensor::upload(bench, &Tensor::random([m, k], dtype, 0x7u64)?)?;
-        let b = GpuTensor::upload(bench, &Tensor::random([k, n], dtype, 0x8u64)?)?;
+        let a = GpuTensor::upload_uncounted(bench, &Tensor::random([m, k], dtype, 0x7u64)?)?;
+        let b = GpuTensor::upload_uncounted(bench, &Tensor::random([k, n], dtype, 0x8u64)?)?;
         let c = GpuTensor::empty(bench, Shape::new([m, n]), DType::F32)?;
         Ok(Operands { a, b, c, m, n, k })
     }

@@ -1,0 +1,760 @@
+//! Executes an ONNX [`Model`] on a [`Device`].
+//!
+//! [`Session::new`] does everything that does not depend on the inputs, once:
+//! 1. parses every node ([`ops`]): an operator, attribute, attribute value or opset the
+//!    executor does not implement is an [`Error::Unsupported`] naming the node, the operator
+//!    and the opset — at load, not halfway through a run;
+//! 2. orders the nodes topologically (an input nobody produces, a value produced twice, or a
+//!    cycle is an [`Error::Parse`] naming it);
+//! 3. folds every node whose inputs are all constants (initializers, `Constant`s, earlier
+//!    folds) into a constant — the `Shape → Gather → Unsqueeze → Concat → Reshape` chains of
+//!    exported models and the `ConstantOfShape` weights of the ONNX "light" models;
+//! 4. infers shapes from the declared input dims, so that a model whose layers do not fit
+//!    together fails at load;
+//! 5. folds an inference BatchNormalization into the convolution before it (constant
+//!    weights, the BN its only consumer), then fuses a convolution followed by its only
+//!    consumer, a Relu, into one device op (the conv's ReLU epilogue);
+//! 6. records each value's last use, so a run drops intermediates as soon as they are dead
+//!    (and moves a value into the op that reads it last: reshapes do not copy).
+//!
+//! [`Session::run`] checks the inputs against the declared types and dims, then runs the
+//! nodes in order: float compute on the device (`crate::op::Op`), shape and index ops on the
+//! host.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::node::{CpuDevice, Device};
+use crate::onnx::model::{Dim, Model, Node, ValueInfo};
+use crate::onnx::ops::{self, Args, Cx, Kind, Meta, Ty};
+use crate::onnx::value::Value;
+use crate::tensor::{Shape, Tensor};
+use crate::{Error, Result};
+
+/// Whether the executor runs operator `op_type` of `domain` (`""` / `ai.onnx`) at `opset`.
+pub fn supported(op_type: &str, domain: &str, opset: i64) -> bool {
+    ops::is_supported(op_type, domain, opset)
+}
+
+/// The operators the executor implements (default domain), in alphabetical order.
+pub fn supported_operators() -> Vec<&'static str> {
+    ops::operator_names().collect()
+}
+
+/// One node to run: its operator, and its inputs and outputs as value ids.
+#[derive(Debug)]
+struct Step {
+    node: Node,
+    kind: Kind,
+    inputs: Vec<Option<usize>>,
+    outputs: Vec<Option<usize>>,
+}
+
+/// A model prepared to run: nodes parsed, ordered, folded and shape-checked.
+#[derive(Debug)]
+pub struct Session {
+    opset: i64,
+    inputs: Vec<ValueInfo>,
+    outputs: Vec<ValueInfo>,
+    input_ids: Vec<usize>,
+    output_ids: Vec<usize>,
+    names: Vec<String>,
+    ids: HashMap<String, usize>,
+    consts: Vec<Option<Value>>,
+    metas: Vec<Meta>,
+    steps: Vec<Step>,
+    frees: Vec<Vec<usize>>,
+    last_use: Vec<Option<usize>>,
+    folded: usize,
+    fused: usize,
+}
+
+/// An [`Error::Parse`] about the graph.
+fn graph_error(graph: &str, detail: impl Into<String>) -> Error {
+    let name = if graph.is_empty() {
+        "<unnamed graph>"
+    } else {
+        graph
+    };
+    Error::parse("ONNX graph", name, detail)
+}
+
+/// Puts the node into the context of a shape or dtype error that does not name it yet.
+fn in_node(e: Error, node: &Node) -> Error {
+    let ctx = ops::node_ctx(node);
+    match e {
+        Error::Shape { context, detail } if !context.contains(&ctx) => Error::Shape {
+            context: format!("{ctx}: {context}"),
+            detail,
+        },
+        Error::DType { context, detail } if !context.contains(&ctx) => Error::DType {
+            context: format!("{ctx}: {context}"),
+            detail,
+        },
+        other => other,
+    }
+}
+
+impl Session {
+    /// Prepares `model` to run (see the module documentation for what is checked and done).
+    pub fn new(model: Model) -> Result<Session> {
+        let opset = model.opset();
+        let graph = model.graph;
+        let gname = graph.name.clone();
+        let mut names: Vec<String> = Vec::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut consts: Vec<Option<Value>> = Vec::new();
+        let mut producer: Vec<Option<usize>> = Vec::new();
+        let mut define = |name: &str, value: Option<Value>, by: Option<usize>| -> Result<usize> {
+            if ids.contains_key(name) {
+                return Err(graph_error(
+                    &gname,
+                    format!("value `{name}` is defined twice (initializer, input or node output)"),
+                ));
+            }
+            let id = names.len();
+            ids.insert(name.to_string(), id);
+            names.push(name.to_string());
+            consts.push(value);
+            producer.push(by);
+            Ok(id)
+        };
+        let mut inits: Vec<(String, Value)> = graph.initializers.into_iter().collect();
+        inits.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, v) in inits {
+            define(&name, Some(v), None)?;
+        }
+        let mut input_ids = Vec::new();
+        for info in &graph.inputs {
+            input_ids.push(define(&info.name, None, None)?);
+        }
+        // Parse every node first: unsupported operators are reported before graph errors.
+        let mut kinds = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            kinds.push(ops::parse(node, opset)?);
+        }
+        for (i, node) in graph.nodes.iter().enumerate() {
+            for out in node.outputs.iter().filter(|o| !o.is_empty()) {
+                define(out, None, Some(i))?;
+            }
+        }
+        let resolve = |name: &String| -> Result<Option<usize>> {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            ids.get(name).copied().map(Some).ok_or_else(|| {
+                graph_error(&gname, format!("value `{name}` is used but never defined"))
+            })
+        };
+        let mut pending: Vec<Option<Step>> = Vec::with_capacity(graph.nodes.len());
+        for (node, kind) in graph.nodes.into_iter().zip(kinds) {
+            let inputs = node
+                .inputs
+                .iter()
+                .map(resolve)
+                .collect::<Result<Vec<_>>>()?;
+            let outputs = node
+                .outputs
+                .iter()
+                .map(resolve)
+                .collect::<Result<Vec<_>>>()?;
+            pending.push(Some(Step {
+                node,
+                kind,
+                inputs,
+                outputs,
+            }));
+        }
+        let output_ids = graph
+            .outputs
+            .iter()
+            .map(|o| {
+                ids.get(&o.name).copied().ok_or_else(|| {
+                    graph_error(
+                        &gname,
+                        format!("graph output `{}` is never defined", o.name),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        // Kahn's algorithm over node indices, keeping the file order among ready nodes.
+        let n_nodes = pending.len();
+        let mut waiting = vec![0usize; n_nodes];
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+        for (i, s) in pending.iter().enumerate() {
+            let s = s.as_ref().expect("all pending");
+            for &id in s.inputs.iter().flatten() {
+                if producer[id].is_some() {
+                    waiting[i] += 1;
+                    consumers[id].push(i);
+                }
+            }
+        }
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n_nodes).filter(|&i| waiting[i] == 0).collect();
+        let mut order = Vec::with_capacity(n_nodes);
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            let s = pending[i].as_ref().expect("not yet ordered");
+            for &id in s.outputs.iter().flatten() {
+                for &c in &consumers[id] {
+                    waiting[c] -= 1;
+                    if waiting[c] == 0 {
+                        ready.insert(c);
+                    }
+                }
+            }
+        }
+        if order.len() != n_nodes {
+            let stuck: Vec<String> = (0..n_nodes)
+                .filter(|&i| waiting[i] > 0)
+                .take(5)
+                .map(|i| pending[i].as_ref().expect("pending").node.display_name())
+                .collect();
+            return Err(graph_error(
+                &gname,
+                format!("the nodes form a cycle (involving {})", stuck.join(", ")),
+            ));
+        }
+
+        let mut session = Session {
+            opset,
+            inputs: graph.inputs,
+            outputs: graph.outputs,
+            input_ids,
+            output_ids,
+            names,
+            ids,
+            consts,
+            metas: Vec::new(),
+            steps: Vec::with_capacity(n_nodes),
+            frees: Vec::new(),
+            last_use: Vec::new(),
+            folded: 0,
+            fused: 0,
+        };
+        let ordered: Vec<Step> = order
+            .into_iter()
+            .map(|i| pending[i].take().expect("each node once"))
+            .collect();
+        session.fold(ordered)?;
+        session.infer()?;
+        session.fold_batch_norms()?;
+        session.fuse();
+        session.plan();
+        Ok(session)
+    }
+
+    /// Evaluates the nodes whose inputs are all constants; keeps the others as steps.
+    fn fold(&mut self, ordered: Vec<Step>) -> Result<()> {
+        let mut dev: Option<CpuDevice> = None;
+        for step in ordered {
+            let constant = step.kind.foldable()
+                && step
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .all(|&id| self.consts[id].is_some());
+            if !constant {
+                self.steps.push(step);
+                continue;
+            }
+            if dev.is_none() {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+                dev = Some(CpuDevice::with_threads(threads)?);
+            }
+            let device = dev.as_ref().expect("just made");
+            let vals = step
+                .inputs
+                .iter()
+                .map(|i| i.map(|id| Cow::Borrowed(self.consts[id].as_ref().expect("constant"))))
+                .collect();
+            let cx = Cx {
+                dev: device,
+                node: &step.node,
+                opset: self.opset,
+            };
+            let outs = ops::eval(&step.kind, &cx, Args::new(&step.node, vals))
+                .map_err(|e| in_node(e, &step.node))?;
+            for (id, v) in step.outputs.iter().zip(outs) {
+                if let (Some(id), Some(v)) = (id, v) {
+                    self.consts[*id] = Some(v);
+                }
+            }
+            self.folded += 1;
+        }
+        Ok(())
+    }
+
+    /// Shape inference from the declared input dims and the constants.
+    fn infer(&mut self) -> Result<()> {
+        let mut metas = vec![Meta::default(); self.names.len()];
+        for (id, c) in self.consts.iter().enumerate() {
+            if let Some(v) = c {
+                metas[id] = Meta::of_value(v);
+            }
+        }
+        for (info, &id) in self.inputs.iter().zip(&self.input_ids) {
+            metas[id] = Meta {
+                ty: Ty::of_elem(info.elem_type),
+                dims: info.known_shape().map(|s| s.dims().to_vec()),
+            };
+        }
+        for step in &self.steps {
+            let ins: Vec<Option<Meta>> = step
+                .inputs
+                .iter()
+                .map(|i| i.map(|id| metas[id].clone()))
+                .collect();
+            let consts: Vec<Option<&Value>> = step
+                .inputs
+                .iter()
+                .map(|i| i.and_then(|id| self.consts[id].as_ref()))
+                .collect();
+            let out = ops::infer(&step.kind, &step.node, self.opset, &ins, &consts)
+                .map_err(|e| in_node(e, &step.node))?;
+            for (id, m) in step.outputs.iter().zip(out) {
+                if let Some(id) = id {
+                    metas[*id] = m;
+                }
+            }
+        }
+        self.metas = metas;
+        Ok(())
+    }
+
+    /// How many steps read each value (graph outputs count as a use).
+    fn use_counts(&self) -> Vec<usize> {
+        let mut uses = vec![0usize; self.names.len()];
+        for step in &self.steps {
+            for &id in step.inputs.iter().flatten() {
+                uses[id] += 1;
+            }
+        }
+        for &id in &self.output_ids {
+            uses[id] += 1;
+        }
+        uses
+    }
+
+    /// Adds a constant value under a fresh name derived from `base`; returns its id.
+    fn add_constant(&mut self, base: &str, v: Value) -> usize {
+        let mut name = format!("{base}::folded");
+        while self.ids.contains_key(&name) {
+            name.push('_');
+        }
+        let id = self.names.len();
+        self.ids.insert(name.clone(), id);
+        self.names.push(name);
+        self.metas.push(Meta::of_value(&v));
+        self.consts.push(Some(v));
+        id
+    }
+
+    /// Folds each inference BatchNormalization that follows a convolution with constant
+    /// weights (and is its only consumer) into the convolution's weights and bias.
+    fn fold_batch_norms(&mut self) -> Result<()> {
+        let uses = self.use_counts();
+        let mut producer: Vec<Option<usize>> = vec![None; self.names.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for &id in step.outputs.iter().flatten() {
+                producer[id] = Some(i);
+            }
+        }
+        let mut remove = vec![false; self.steps.len()];
+        for i in 0..self.steps.len() {
+            let Kind::BatchNorm(bn) = &self.steps[i].kind else {
+                continue;
+            };
+            let epsilon = f64::from(bn.epsilon);
+            let step = &self.steps[i];
+            let extra_outputs = step
+                .outputs
+                .iter()
+                .skip(1)
+                .flatten()
+                .any(|&id| uses[id] > 0);
+            let Some(Some(x)) = step.inputs.first().copied() else {
+                continue;
+            };
+            let params: Option<Vec<&Value>> = step.inputs[1..]
+                .iter()
+                .map(|id| id.and_then(|id| self.consts[id].as_ref()))
+                .collect();
+            let (Some(params), Some(p), false) = (params, producer[x], extra_outputs) else {
+                continue;
+            };
+            if uses[x] != 1 || remove[p] {
+                continue;
+            }
+            let conv = &self.steps[p];
+            let Kind::Conv(attrs) = &conv.kind else {
+                continue;
+            };
+            if attrs.relu {
+                continue;
+            }
+            let w = conv.inputs.get(1).copied().flatten();
+            let b = conv.inputs.get(2).copied().flatten();
+            let Some(Value::Float(wt)) = w.and_then(|id| self.consts[id].as_ref()) else {
+                continue;
+            };
+            let bias = match b {
+                None => None,
+                Some(id) => match &self.consts[id] {
+                    Some(Value::Float(t)) => Some(t.to_f64_vec()),
+                    _ => continue,
+                },
+            };
+            let o = wt.dims().first().copied().unwrap_or(0);
+            let [scale, shift, mean, var] = [0, 1, 2, 3].map(|k| match params[k] {
+                Value::Float(t) => t.to_f64_vec(),
+                _ => Vec::new(),
+            });
+            if [&scale, &shift, &mean, &var].iter().any(|v| v.len() != o)
+                || bias.as_ref().is_some_and(|b| b.len() != o)
+                || o == 0
+            {
+                continue;
+            }
+            let factor: Vec<f64> = (0..o)
+                .map(|c| scale[c] / (var[c] + epsilon).sqrt())
+                .collect();
+            let per = wt.numel() / o;
+            let mut new_w = wt.to_f32_vec();
+            for (chunk, &f) in new_w.chunks_mut(per.max(1)).zip(&factor) {
+                chunk
+                    .iter_mut()
+                    .for_each(|v| *v = (f64::from(*v) * f) as f32);
+            }
+            let new_b: Vec<f32> = (0..o)
+                .map(|c| {
+                    let b0 = bias.as_ref().map_or(0.0, |b| b[c]);
+                    ((b0 - mean[c]) * factor[c] + shift[c]) as f32
+                })
+                .collect();
+            let w_value = Value::Float(Tensor::from_f32(wt.shape().clone(), wt.dtype(), &new_w)?);
+            let b_value = Value::Float(Tensor::from_vec([o], new_b)?);
+            let (w_name, conv_name) = (
+                self.names[w.expect("const weight")].clone(),
+                conv.node.display_name(),
+            );
+            let bn_out = step.outputs[0];
+            let bn_out_name = step.node.outputs[0].clone();
+            let w_id = self.add_constant(&w_name, w_value);
+            let b_id = self.add_constant(&format!("{conv_name}::bias"), b_value);
+            let conv = &mut self.steps[p];
+            conv.inputs.resize(3, None);
+            conv.inputs[1] = Some(w_id);
+            conv.inputs[2] = Some(b_id);
+            conv.node.inputs.resize(3, String::new());
+            conv.node.inputs[1] = self.names[w_id].clone();
+            conv.node.inputs[2] = self.names[b_id].clone();
+            conv.outputs = vec![bn_out];
+            conv.node.outputs = vec![bn_out_name];
+            remove[i] = true;
+            self.folded += 1;
+        }
+        let mut k = 0;
+        self.steps.retain(|_| {
+            k += 1;
+            !remove[k - 1]
+        });
+        // Drop constants nothing reads any more (the weights before folding).
+        let uses = self.use_counts();
+        for (id, c) in self.consts.iter_mut().enumerate() {
+            if c.is_some() && uses[id] == 0 && !self.input_ids.contains(&id) {
+                *c = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fuses each Conv whose only consumer is a Relu into the convolution (`relu` epilogue).
+    fn fuse(&mut self) {
+        let uses = self.use_counts();
+        let mut producer: Vec<Option<usize>> = vec![None; self.names.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for &id in step.outputs.iter().flatten() {
+                producer[id] = Some(i);
+            }
+        }
+        let mut remove = vec![false; self.steps.len()];
+        for (i, removed) in remove.iter_mut().enumerate() {
+            let is_relu = matches!(self.steps[i].kind, Kind::Unary(crate::op::Unary::Relu));
+            let Some(Some(src)) = self.steps[i].inputs.first().copied() else {
+                continue;
+            };
+            if !is_relu || uses[src] != 1 || self.metas[src].ty != Some(Ty::Float) {
+                continue;
+            }
+            let Some(p) = producer[src] else {
+                continue;
+            };
+            if let Kind::Conv(a) = &self.steps[p].kind
+                && !a.relu
+            {
+                let out = self.steps[i].outputs.clone();
+                let relu_name = self.steps[i].node.outputs.clone();
+                if let Kind::Conv(a) = &mut self.steps[p].kind {
+                    a.relu = true;
+                }
+                let conv = &mut self.steps[p];
+                conv.outputs = out;
+                conv.node.outputs = relu_name;
+                *removed = true;
+                self.fused += 1;
+            }
+        }
+        let mut k = 0;
+        self.steps.retain(|_| {
+            k += 1;
+            !remove[k - 1]
+        });
+    }
+
+    /// Records the last step that reads each value, and what each step frees.
+    fn plan(&mut self) {
+        let mut last = vec![None; self.names.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for &id in step.inputs.iter().flatten() {
+                last[id] = Some(i);
+            }
+        }
+        for &id in &self.output_ids {
+            last[id] = None;
+        }
+        let mut frees = vec![Vec::new(); self.steps.len()];
+        for (id, l) in last.iter().enumerate() {
+            if let Some(i) = l {
+                frees[*i].push(id);
+            }
+        }
+        // A step's output that nobody reads is dropped right away.
+        for (i, step) in self.steps.iter().enumerate() {
+            for &id in step.outputs.iter().flatten() {
+                if last[id].is_none() && !self.output_ids.contains(&id) {
+                    frees[i].push(id);
+                }
+            }
+        }
+        self.last_use = last;
+        self.frees = frees;
+    }
+
+    /// The names of the inputs the caller feeds, in declaration order.
+    pub fn input_names(&self) -> Vec<String> {
+        self.inputs.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// The names of the graph outputs, in declaration order.
+    pub fn output_names(&self) -> Vec<String> {
+        self.outputs.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// The graph inputs the caller feeds (initializers excluded), with declared types and dims.
+    pub fn inputs(&self) -> &[ValueInfo] {
+        &self.inputs
+    }
+
+    /// The declared graph outputs.
+    pub fn outputs(&self) -> &[ValueInfo] {
+        &self.outputs
+    }
+
+    /// The default-domain opset of the model.
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+
+    /// Number of nodes left to run after folding and fusion.
+    pub fn node_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Number of nodes folded into constants at load.
+    pub fn folded_count(&self) -> usize {
+        self.folded
+    }
+
+    /// Number of Conv + Relu pairs fused at load.
+    pub fn fused_count(&self) -> usize {
+        self.fused
+    }
+
+    /// The operators of the nodes left to run, in run order.
+    pub fn op_types(&self) -> Vec<&str> {
+        self.steps.iter().map(|s| s.node.op_type.as_str()).collect()
+    }
+
+    /// The value of `name` when it is a constant (an initializer or a folded node output).
+    pub fn constant(&self, name: &str) -> Option<&Value> {
+        self.consts[*self.ids.get(name)?].as_ref()
+    }
+
+    /// The shape inferred at load for value `name`, when every dim is known.
+    pub fn inferred_shape(&self, name: &str) -> Option<Shape> {
+        let m = &self.metas[*self.ids.get(name)?];
+        m.dims.as_ref().map(|d| Shape::new(d.clone()))
+    }
+
+    /// Checks the caller's inputs against the declared inputs.
+    fn check_inputs(&self, inputs: &HashMap<String, Value>) -> Result<()> {
+        let context = |name: &str| format!("ONNX model input `{name}`");
+        let expected = || self.input_names().join(", ");
+        if let Some(name) = inputs
+            .keys()
+            .find(|n| !self.inputs.iter().any(|i| &&i.name == n))
+        {
+            return Err(Error::parse(
+                "ONNX model input",
+                name.clone(),
+                format!("the model has no such input (its inputs: {})", expected()),
+            ));
+        }
+        let mut symbols: HashMap<&str, (usize, &str)> = HashMap::new();
+        for info in &self.inputs {
+            let Some(v) = inputs.get(&info.name) else {
+                return Err(Error::parse(
+                    "ONNX model input",
+                    info.name.clone(),
+                    format!("not given (the model's inputs: {})", expected()),
+                ));
+            };
+            if let Some(ty) = Ty::of_elem(info.elem_type)
+                && ty != Ty::of(v)
+            {
+                return Err(Error::dtype(
+                    context(&info.name),
+                    format!("declared {}, given {}", info.elem_type, v.elem_type_name()),
+                ));
+            }
+            let Some(dims) = &info.dims else {
+                continue;
+            };
+            let got = v.dims();
+            let declared = dims
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mismatch = || {
+                Error::shape(
+                    context(&info.name),
+                    format!("declared [{declared}], given {}", v.shape()),
+                )
+            };
+            if got.len() != dims.len() {
+                return Err(mismatch());
+            }
+            for (d, &g) in dims.iter().zip(got) {
+                match d {
+                    Dim::Known(n) if *n != g => return Err(mismatch()),
+                    Dim::Symbolic(s) => match symbols.get(s.as_str()) {
+                        Some(&(n, other)) if n != g => {
+                            return Err(Error::shape(
+                                context(&info.name),
+                                format!(
+                                    "dim `{s}` is {g} here but {n} in input `{other}` \
+                                     (declared [{declared}], given {})",
+                                    v.shape()
+                                ),
+                            ));
+                        }
+                        _ => {
+                            symbols.insert(s, (g, &info.name));
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `device`: `inputs` by name, every declared input given; returns the
+    /// graph outputs by name.
+    pub fn run(
+        &self,
+        device: &dyn Device,
+        inputs: &HashMap<String, Value>,
+    ) -> Result<HashMap<String, Value>> {
+        self.check_inputs(inputs)?;
+        let mut env: Vec<Option<Cow<'_, Value>>> = self
+            .consts
+            .iter()
+            .map(|c| c.as_ref().map(Cow::Borrowed))
+            .collect();
+        for (info, &id) in self.inputs.iter().zip(&self.input_ids) {
+            env[id] = inputs.get(&info.name).map(Cow::Borrowed);
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            // Inputs read for the last time, once, and owned here are moved into the op.
+            let mut moved: Vec<Option<Value>> = step
+                .inputs
+                .iter()
+                .map(|&id| {
+                    let id = id?;
+                    let once = step.inputs.iter().filter(|&&x| x == Some(id)).count() == 1;
+                    if self.last_use[id] == Some(i)
+                        && once
+                        && matches!(env[id], Some(Cow::Owned(_)))
+                    {
+                        env[id].take().map(Cow::into_owned)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let mut vals = Vec::with_capacity(step.inputs.len());
+            for (k, id) in step.inputs.iter().enumerate() {
+                vals.push(match (moved[k].take(), id) {
+                    (Some(v), _) => Some(Cow::Owned(v)),
+                    (None, Some(id)) => {
+                        let v = env[*id].as_deref().ok_or_else(|| {
+                            Error::shape(
+                                ops::node_ctx(&step.node),
+                                format!("input `{}` has no value", self.names[*id]),
+                            )
+                        })?;
+                        Some(Cow::Borrowed(v))
+                    }
+                    (None, None) => None,
+                });
+            }
+            let cx = Cx {
+                dev: device,
+                node: &step.node,
+                opset: self.opset,
+            };
+            let outs = ops::eval(&step.kind, &cx, Args::new(&step.node, vals))
+                .map_err(|e| in_node(e, &step.node))?;
+            for (id, v) in step.outputs.iter().zip(outs) {
+                if let Some(id) = id {
+                    env[*id] = v.map(Cow::Owned);
+                }
+            }
+            for &id in &self.frees[i] {
+                if self.consts[id].is_none() {
+                    env[id] = None;
+                }
+            }
+        }
+        let mut out = HashMap::with_capacity(self.outputs.len());
+        for (info, &id) in self.outputs.iter().zip(&self.output_ids) {
+            let v = match (env[id].take(), &self.consts[id]) {
+                (Some(v), _) => v.into_owned(),
+                (None, Some(c)) => c.clone(),
+                (None, None) => {
+                    return Err(Error::shape(
+                        format!("ONNX graph output `{}`", info.name),
+                        "no node produced it (an optional output left out)",
+                    ));
+                }
+            };
+            out.insert(info.name.clone(), v);
+        }
+        Ok(out)
+    }
+}
