@@ -104,6 +104,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A job file (`accelmesh run`) that does not parse or does not validate.
+    #[error("{path}:{line}: {field}: {detail}")]
+    Job {
+        /// The job file as given.
+        path: String,
+        /// The line at fault (1-based).
+        line: usize,
+        /// The field at fault, with its workload (``workload 2 (resnet), field `dtype` ``).
+        field: String,
+        /// What is wrong, with the value.
+        detail: String,
+    },
+
     /// Reading or writing a stream failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

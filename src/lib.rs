@@ -10,13 +10,16 @@
 pub mod bench;
 pub mod drac;
 pub mod error;
+pub mod job;
 pub mod mesh;
+pub mod model;
 pub mod node;
 pub mod onnx;
 pub mod op;
 pub mod tensor;
 
 pub use error::{Error, Result};
+pub use model::{Model, ModelReport, ModelRun, RunOptions};
 pub use node::{CpuDevice, Device, DeviceInfo, DeviceKind, NodeSet, NodeSpec};
 pub use op::Op;
 pub use tensor::{DType, Shape, Tensor, TensorData, TensorElement};

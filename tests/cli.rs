@@ -204,11 +204,96 @@ fn bad_arguments_fail_cleanly() {
 }
 
 #[test]
-fn no_subcommand_prints_help() {
+fn no_subcommand_runs_the_main_job_across_the_mesh() {
     let out = accelmesh(&[]);
-    assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("Usage") && stdout.contains("bench") && stdout.contains("devices"));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "main job",
+        "placement",
+        "per node",
+        "best single",
+        "speed-up",
+        "cpu0",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+    // The mesh and the single node computed the same probabilities.
+    let agree = stdout
+        .lines()
+        .find(|l| l.contains("outputs agree to"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the agreement line");
+    assert!(agree <= 1e-5, "{stdout}");
+}
+
+/// A light model of the onnx package's test data, when the package is installed.
+fn light_model(name: &str) -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import onnx, os; print(os.path.dirname(onnx.__file__))",
+        ])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let path = std::path::Path::new(dir.trim())
+        .join("backend/test/data/light")
+        .join(name);
+    path.exists().then_some(path)
+}
+
+#[test]
+fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
+    let Some(model) = light_model("light_squeezenet.onnx") else {
+        assert!(
+            std::env::var("ACCELMESH_REQUIRE_ONNX_DATA").map_or(true, |v| v != "1"),
+            "ACCELMESH_REQUIRE_ONNX_DATA=1 but the onnx package is not in .venv"
+        );
+        eprintln!("skipping: no .venv with the onnx package (what .ci/run makes)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("accelmesh-cli-infer-{}", std::process::id()));
+    let model = model.to_string_lossy().into_owned();
+    let lines = json_lines(&[
+        "infer",
+        &model,
+        "--batch",
+        "4",
+        "--nodes",
+        "cpu:2x1",
+        "--reps",
+        "1",
+        "--json",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(lines.len(), 1);
+    let r = &lines[0];
+    for key in ["latency_ms", "throughput_per_s", "nodes_used", "energy_j"] {
+        assert!(r.contains_key(key), "{key} missing: {r:?}");
+    }
+    assert_eq!(r["nodes_used"], 2, "{r:?}");
+    assert_eq!(r["strategy"], "data-parallel", "{r:?}");
+    assert_eq!(r["batch"], 4);
+    let written: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written, ["softmaxout_1.pb"]);
+    let (_, value) = accelmesh::onnx::read_tensor_pb(&dir.join("softmaxout_1.pb")).unwrap();
+    assert_eq!(value.dims()[0], 4);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1826,3 +1826,113 @@ fn bad_inputs_are_typed_errors_naming_the_input() {
         .unwrap_err();
     assert!(err.to_string().contains("Add_y"), "{err}");
 }
+
+#[test]
+fn residual_add_and_relu_are_fused_into_the_conv() {
+    // y = relu(conv(x, w1) + conv(x, w2)): the shortcut conv comes after the Add's other
+    // operand in file order, so the fused conv must run at the Add's place.
+    let x = rand(&[1, 5, 6, 7], 21);
+    let w1 = rand(&[8, 5, 3, 3], 22);
+    let w2 = rand(&[8, 5, 1, 1], 23);
+    let b2 = rand(&[8], 24);
+    for add in ["Add", "Sum"] {
+        let nodes = vec![
+            node(
+                "Conv",
+                &["x", "w1"],
+                &["main"],
+                vec![("pads", ints(&[1, 1, 1, 1]))],
+            ),
+            node("Conv", &["x", "w2", "b2"], &["short"], vec![]),
+            node(add, &["main", "short"], &["s"], vec![]),
+            node("Relu", &["s"], &["y"], vec![]),
+        ];
+        let xv = Value::Float(x.clone());
+        let m = model(
+            11,
+            nodes,
+            vec![
+                ("w1", Value::Float(w1.clone())),
+                ("w2", Value::Float(w2.clone())),
+                ("b2", Value::Float(b2.clone())),
+            ],
+            vec![info("x", &xv)],
+            &["y"],
+        );
+        let session = Session::new(m).unwrap();
+        assert_eq!(session.fused_count(), 2, "{add}");
+        assert_eq!(session.op_types(), ["Conv", "Conv"], "{add}");
+        let feed = HashMap::from([("x".to_string(), xv)]);
+        let got = session.run(&dev(), &feed).unwrap().remove("y").unwrap();
+        let (_, profile) = session.run_profiled(&dev(), &feed).unwrap();
+        let ops: Vec<&str> = profile.steps.iter().map(|s| s.op.as_str()).collect();
+        assert_eq!(ops, ["Conv", "Conv+Add+Relu"], "{add}");
+        let xs = x.to_f64_vec();
+        let (main, yd) = conv_ref(
+            &xs,
+            [1, 5, 6, 7],
+            &w1.to_f64_vec(),
+            [8, 5, 3, 3],
+            None,
+            [1, 1],
+            [1, 1, 1, 1],
+            [1, 1],
+            1,
+        );
+        let (short, _) = conv_ref(
+            &xs,
+            [1, 5, 6, 7],
+            &w2.to_f64_vec(),
+            [8, 5, 1, 1],
+            Some(&b2.to_f64_vec()),
+            [1, 1],
+            [0; 4],
+            [1, 1],
+            1,
+        );
+        let y: Vec<f64> = main
+            .iter()
+            .zip(&short)
+            .map(|(a, b)| (a + b).max(0.0))
+            .collect();
+        assert_close(&got, &yd, &y, 1e-5);
+    }
+}
+
+#[test]
+fn residual_is_not_fused_when_the_conv_output_is_read_twice_or_broadcast() {
+    let x = rand(&[1, 4, 5, 5], 31);
+    let w = rand(&[4, 4, 1, 1], 32);
+    let xv = Value::Float(x.clone());
+    // The conv output also feeds a second consumer: no fusion of the Add.
+    let nodes = vec![
+        node("Conv", &["x", "w"], &["c"], vec![]),
+        node("Add", &["c", "x"], &["s"], vec![]),
+        node("Mul", &["c", "s"], &["y"], vec![]),
+    ];
+    let m = model(
+        11,
+        nodes,
+        vec![("w", Value::Float(w.clone()))],
+        vec![info("x", &xv)],
+        &["y"],
+    );
+    let session = Session::new(m).unwrap();
+    assert_eq!(session.fused_count(), 0);
+    // A broadcast operand ([1, 4, 1, 1]) is not a residual.
+    let bias = rand(&[1, 4, 1, 1], 33);
+    let nodes = vec![
+        node("Conv", &["x", "w"], &["c"], vec![]),
+        node("Add", &["c", "bb"], &["y"], vec![]),
+    ];
+    let m = model(
+        11,
+        nodes,
+        vec![("w", Value::Float(w.clone())), ("bb", Value::Float(bias))],
+        vec![info("x", &xv)],
+        &["y"],
+    );
+    let session = Session::new(m).unwrap();
+    assert_eq!(session.fused_count(), 0);
+    assert_eq!(session.op_types(), ["Conv", "Add"]);
+}

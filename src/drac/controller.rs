@@ -71,39 +71,39 @@ impl JobHandle {
 }
 
 /// One node as the controller tracks it.
-struct Slot {
-    id: String,
-    device: Arc<FaultyDevice>,
-    key: String,
-    memory: u64,
-    power: NodePower,
-    busy: bool,
-    failed: Option<String>,
-    removed: bool,
+pub(super) struct Slot {
+    pub(super) id: String,
+    pub(super) device: Arc<FaultyDevice>,
+    pub(super) key: String,
+    pub(super) memory: u64,
+    pub(super) power: NodePower,
+    pub(super) busy: bool,
+    pub(super) failed: Option<String>,
+    pub(super) removed: bool,
 }
 
 /// Everything behind the controller's lock.
-struct State {
-    slots: Vec<Slot>,
-    topo: Topology,
-    perf: PerfModel,
-    queue: Vec<(u8, u64)>,
-    next_job: u64,
+pub(super) struct State {
+    pub(super) slots: Vec<Slot>,
+    pub(super) topo: Topology,
+    pub(super) perf: PerfModel,
+    pub(super) queue: Vec<(u8, u64)>,
+    pub(super) next_job: u64,
 }
 
 /// The shared core of a [`Drac`].
-struct Core {
-    state: Mutex<State>,
-    changed: Condvar,
-    start: Instant,
-    config: DracConfig,
-    cancel: Arc<AtomicBool>,
+pub(super) struct Core {
+    pub(super) state: Mutex<State>,
+    pub(super) changed: Condvar,
+    pub(super) start: Instant,
+    pub(super) config: DracConfig,
+    pub(super) cancel: Arc<AtomicBool>,
 }
 
 /// The dynamic resource allocation controller over a set of real nodes.
 #[derive(Clone)]
 pub struct Drac {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
 }
 
 impl Drop for Core {
@@ -155,11 +155,11 @@ impl Drac {
         Drac::new(nodes, perf, config)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.core.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn now(&self) -> f64 {
+    pub(super) fn now(&self) -> f64 {
         self.core.start.elapsed().as_secs_f64()
     }
 
@@ -779,7 +779,7 @@ fn real_options() -> PlacementOptions {
 }
 
 /// Applies the hold-off: a node idle for longer than `hold_off` has been off since then.
-fn settle(power: &mut NodePower, now: f64, hold_off: f64, busy: bool) {
+pub(super) fn settle(power: &mut NodePower, now: f64, hold_off: f64, busy: bool) {
     if !busy && power.state() == PowerState::Idle && now - power.since() >= hold_off {
         let off_at = power.since() + hold_off;
         power.set(PowerState::Off, off_at);

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod fault;
+pub mod lease;
 pub mod partition;
 pub mod perf_model;
 pub mod placement;
@@ -13,5 +14,6 @@ pub mod sim;
 
 pub use controller::{Drac, DracConfig, JobHandle, JobResult};
 pub use fault::{Fault, FaultKind};
+pub use lease::{Lease, LeasedNode, NodeOffer};
 pub use report::{MovedPart, NodeUse, Report};
 pub use request::{Payload, Target, WorkloadRequest};

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use std::borrow::Cow;
 
-use accelmesh_kernels::conv::{Conv2dParams, conv2d};
+use accelmesh_kernels::conv::{Conv2dParams, conv2d, conv2d_accumulate};
 use accelmesh_kernels::elementwise::{binary_with_isa, unary_into_with_isa};
 use accelmesh_kernels::gemm::PARALLEL_MIN_MACS;
 use accelmesh_kernels::norm::{self, BatchNorm};
@@ -71,6 +71,10 @@ pub(crate) fn node_memory_bytes(nodes: usize) -> u64 {
 /// always return f32 outputs: the kernels widen half-precision operands and accumulate in f32.
 /// A convolution bias may have any dtype; it is widened to f32. The elementwise, pooling and
 /// normalisation ops widen every f16 / bf16 input to f32 first (inputs may differ in dtype).
+///
+/// A convolution may also be given a fourth input, a residual of the output's shape (any
+/// dtype): the node then returns `relu?(conv + bias + residual)`, the residual added inside
+/// the gemm (the ONNX executor fuses `Conv → Add → Relu` so).
 pub struct CpuDevice {
     info: DeviceInfo,
     isa: Isa,
@@ -162,6 +166,23 @@ impl CpuDevice {
             .install(|| conv2d(self.isa, x, d.input, w, d.weight, bias, params, out))?;
         Ok(())
     }
+
+    /// A convolution whose output starts as the residual (already copied into `out`) and
+    /// gets the product added.
+    fn conv_accumulate<T: TensorElement>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&[f32]>,
+        params: &Conv2dParams,
+        d: &Conv2dDims,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (x, w) = (x.as_slice::<T>()?, w.as_slice::<T>()?);
+        self.pool
+            .install(|| conv2d_accumulate(self.isa, x, d.input, w, d.weight, bias, params, out))?;
+        Ok(())
+    }
 }
 
 /// The elements of `t` as f32: borrowed when it is f32, widened otherwise.
@@ -170,6 +191,22 @@ fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
         TensorData::F32(v) => Cow::Borrowed(v),
         _ => Cow::Owned(t.to_f32_vec()),
     }
+}
+
+/// The convolution's own input shapes and, for the CPU node's fused residual form
+/// (`[x, w, bias, residual]` with a residual of the output's shape), the residual's shape.
+/// Any other input list is returned whole, for `conv2d_dims` to judge.
+fn split_residual<'a, 'b>(
+    params: &Conv2dParams,
+    shapes: &'a [&'b Shape],
+) -> (&'a [&'b Shape], Option<&'b Shape>) {
+    if let [conv @ .., residual] = shapes
+        && shapes.len() == 4
+        && conv2d_dims(params, conv).is_ok_and(|d| residual.dims() == d.output)
+    {
+        return (conv, Some(*residual));
+    }
+    (shapes, None)
 }
 
 /// Fails unless `a` and `b` have the same dtype, naming both.
@@ -198,7 +235,10 @@ impl CpuDevice {
                 let d = matmul_dims(*trans_a, *trans_b, &shapes)?;
                 Shape::new([d.m, d.n])
             }
-            Op::Conv2d(params) => Shape::new(conv2d_dims(params, &shapes)?.output),
+            Op::Conv2d(params) => {
+                let (shapes, _) = split_residual(params, &shapes);
+                Shape::new(conv2d_dims(params, shapes)?.output)
+            }
             _ => op.output_shape(&shapes)?,
         })
     }
@@ -252,11 +292,37 @@ impl Device for CpuDevice {
                 }
             }
             Op::Conv2d(params) => {
-                let d = conv2d_dims(params, &shapes)?;
+                let (conv_shapes, residual) = split_residual(params, &shapes);
+                let d = conv2d_dims(params, conv_shapes)?;
                 let (x, w) = (inputs[0], inputs[1]);
                 let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
-                let bias = d.has_bias.then(|| inputs[2].to_f32_vec());
+                let bias = match &inputs[2..] {
+                    [b, ..] if d.has_bias => Some(f32_data(b)),
+                    _ => None,
+                };
                 let bias = bias.as_deref();
+                if residual.is_some() {
+                    let r = inputs[3];
+                    if r.dims() != d.output {
+                        return Err(Error::shape(
+                            "conv2d",
+                            format!(
+                                "residual must have the output's shape {:?}, got {}",
+                                d.output,
+                                r.shape()
+                            ),
+                        ));
+                    }
+                    match r.data() {
+                        TensorData::F32(v) => out.copy_from_slice(v),
+                        _ => out.copy_from_slice(&r.to_f32_vec()),
+                    }
+                    return match dtype {
+                        DType::F32 => self.conv_accumulate::<f32>(x, w, bias, params, &d, out),
+                        DType::F16 => self.conv_accumulate::<f16>(x, w, bias, params, &d, out),
+                        DType::BF16 => self.conv_accumulate::<bf16>(x, w, bias, params, &d, out),
+                    };
+                }
                 match dtype {
                     DType::F32 => self.conv::<f32>(x, w, bias, params, &d, out),
                     DType::F16 => self.conv::<f16>(x, w, bias, params, &d, out),

@@ -221,6 +221,24 @@ impl NodeSpec {
         }
     }
 
+    /// The default main job's mesh: the CPU cut into two nodes of half the cores each (one
+    /// node on a single-core host), and one node per hardware GPU.
+    pub fn main_job() -> NodeSpec {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let nodes = if cores >= 2 { 2 } else { 1 };
+        let threads = (cores / nodes).max(1);
+        NodeSpec {
+            text: format!("cpu:{nodes}x{threads}"),
+            entries: vec![
+                SpecEntry::Cpu {
+                    nodes,
+                    threads: Some(threads),
+                },
+                SpecEntry::LocalGpus,
+            ],
+        }
+    }
+
     /// The spec as text, normalised (lower case, no blanks).
     pub fn as_str(&self) -> &str {
         &self.text

@@ -12,17 +12,25 @@
 //! 4. infers shapes from the declared input dims, so that a model whose layers do not fit
 //!    together fails at load;
 //! 5. folds an inference BatchNormalization into the convolution before it (constant
-//!    weights, the BN its only consumer), then fuses a convolution followed by its only
-//!    consumer, a Relu, into one device op (the conv's ReLU epilogue);
+//!    weights, the BN its only consumer); fuses a two-input Add or Sum of a convolution's
+//!    output (its only consumer) and a value of the same dims into the convolution as a
+//!    residual input; then fuses a convolution followed by its only consumer, a Relu, into
+//!    one device op (the conv's ReLU epilogue) — a ResNet block's `Conv → Add → Relu` is one
+//!    op;
 //! 6. records each value's last use, so a run drops intermediates as soon as they are dead
-//!    (and moves a value into the op that reads it last: reshapes do not copy).
+//!    (and moves a value into the op that reads it last: reshapes do not copy);
+//! 7. pins the constant convolution weights (`accelmesh_kernels::conv::WeightPin`), so the
+//!    CPU kernels pack them into gemm panels once per instruction set and reuse them.
 //!
 //! [`Session::run`] checks the inputs against the declared types and dims, then runs the
 //! nodes in order: float compute on the device (`crate::op::Op`), shape and index ops on the
-//! host.
+//! host. [`Session::run_profiled`] does the same and returns the time of each step.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::time::Instant;
+
+use accelmesh_kernels::conv::WeightPin;
 
 use crate::node::{CpuDevice, Device};
 use crate::onnx::model::{Dim, Model, Node, ValueInfo};
@@ -41,6 +49,63 @@ pub fn supported_operators() -> Vec<&'static str> {
     ops::operator_names().collect()
 }
 
+/// The time of one step of a [`Session::run_profiled`] run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProfile {
+    /// The node's name (or its first output's, when it has none).
+    pub node: String,
+    /// The operator as run, with what was fused into it at load (`Conv+Relu`, `Conv+Add+Relu`).
+    pub op: String,
+    /// The dims of each input (empty for an absent optional input).
+    pub input_shapes: Vec<Vec<usize>>,
+    /// The dims of each output (empty for an output left out).
+    pub output_shapes: Vec<Vec<usize>>,
+    /// Wall-clock seconds of the step, from its inputs' hand-over to its outputs' return.
+    pub seconds: f64,
+}
+
+/// Per-step times of one run ([`Session::run_profiled`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    /// Every step in run order.
+    pub steps: Vec<StepProfile>,
+    /// Wall-clock seconds of the whole run, input checks and executor overhead included.
+    pub total_seconds: f64,
+}
+
+impl Profile {
+    /// Seconds spent in the steps (the rest of `total_seconds` is the executor's own work).
+    pub fn step_seconds(&self) -> f64 {
+        self.steps.iter().map(|s| s.seconds).sum()
+    }
+
+    /// Total seconds and step count per operator label, slowest first.
+    pub fn by_op(&self) -> Vec<(String, f64, usize)> {
+        self.group(|s| s.op.clone())
+    }
+
+    /// Total seconds and step count per operator label and input shapes (e.g. each
+    /// convolution geometry), slowest first.
+    pub fn by_op_and_shape(&self) -> Vec<(String, f64, usize)> {
+        self.group(|s| {
+            let shapes: Vec<String> = s.input_shapes.iter().map(|d| format!("{d:?}")).collect();
+            format!("{} {}", s.op, shapes.join(" "))
+        })
+    }
+
+    fn group(&self, key: impl Fn(&StepProfile) -> String) -> Vec<(String, f64, usize)> {
+        let mut groups: HashMap<String, (f64, usize)> = HashMap::new();
+        for s in &self.steps {
+            let g = groups.entry(key(s)).or_default();
+            g.0 += s.seconds;
+            g.1 += 1;
+        }
+        let mut out: Vec<_> = groups.into_iter().map(|(k, (t, n))| (k, t, n)).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+}
+
 /// One node to run: its operator, and its inputs and outputs as value ids.
 #[derive(Debug)]
 struct Step {
@@ -53,6 +118,9 @@ struct Step {
 /// A model prepared to run: nodes parsed, ordered, folded and shape-checked.
 #[derive(Debug)]
 pub struct Session {
+    /// The convolution weights declared constant to the kernels, which then pack them once
+    /// (declared first: dropped before the constants they point into).
+    pins: Vec<WeightPin>,
     opset: i64,
     inputs: Vec<ValueInfo>,
     outputs: Vec<ValueInfo>,
@@ -219,6 +287,7 @@ impl Session {
         }
 
         let mut session = Session {
+            pins: Vec::new(),
             opset,
             inputs: graph.inputs,
             outputs: graph.outputs,
@@ -241,8 +310,10 @@ impl Session {
         session.fold(ordered)?;
         session.infer()?;
         session.fold_batch_norms()?;
+        session.fuse_residuals();
         session.fuse();
         session.plan();
+        session.pin_weights();
         Ok(session)
     }
 
@@ -514,6 +585,135 @@ impl Session {
         });
     }
 
+    /// Fuses each two-input Add or Sum fed by a convolution (its only consumer, Float, no
+    /// fused ReLU yet) into that convolution as a residual: the convolution gets the other
+    /// operand as a fourth input (a zero bias is added when it has none) and moves to the
+    /// Add's place, where that operand is ready. Only when both operands have the same known
+    /// dims (no broadcasting).
+    fn fuse_residuals(&mut self) {
+        let uses = self.use_counts();
+        let mut producer: Vec<Option<usize>> = vec![None; self.names.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for &id in step.outputs.iter().flatten() {
+                producer[id] = Some(i);
+            }
+        }
+        let mut remove = vec![false; self.steps.len()];
+        for i in 0..self.steps.len() {
+            let is_add = match &self.steps[i].kind {
+                Kind::Binary(b) => b.op == ops::elementwise::BinOp::Add && b.legacy_axis.is_none(),
+                Kind::Variadic(v) => v.op == ops::elementwise::BinOp::Add && !v.mean,
+                _ => false,
+            };
+            let inputs = &self.steps[i].inputs;
+            if !is_add || inputs.len() != 2 || self.steps[i].outputs.len() != 1 {
+                continue;
+            }
+            let (Some(a), Some(b)) = (inputs[0], inputs[1]) else {
+                continue;
+            };
+            let dims = |id: usize| {
+                let m = &self.metas[id];
+                (m.ty == Some(Ty::Float))
+                    .then_some(m.dims.as_ref())
+                    .flatten()
+            };
+            let (Some(da), Some(db)) = (dims(a), dims(b)) else {
+                continue;
+            };
+            if da != db || da.len() != 4 || a == b {
+                continue;
+            }
+            // The operand made by a plain convolution read only here; the other is the residual.
+            let conv_of = |id: usize| {
+                let p = producer[id]?;
+                let step = &self.steps[p];
+                match &step.kind {
+                    Kind::Conv(c)
+                        if !c.relu
+                            && !c.residual
+                            && uses[id] == 1
+                            && !remove[p]
+                            && step.outputs.len() == 1
+                            && step.inputs.len() >= 2
+                            && step.inputs.len() <= 3
+                            && self.consts[id].is_none() =>
+                    {
+                        Some(p)
+                    }
+                    _ => None,
+                }
+            };
+            let Some((p, residual)) = conv_of(a)
+                .map(|p| (p, b))
+                .or_else(|| conv_of(b).map(|p| (p, a)))
+            else {
+                continue;
+            };
+            let out_channels = da[1];
+            let bias = self.steps[p].inputs.get(2).copied().flatten();
+            let bias = match bias {
+                Some(id) => id,
+                None => {
+                    let Ok(zeros) = Tensor::from_vec([out_channels], vec![0.0f32; out_channels])
+                    else {
+                        continue;
+                    };
+                    let name = format!("{}::bias", self.steps[p].node.display_name());
+                    self.add_constant(&name, Value::Float(zeros))
+                }
+            };
+            let placeholder = self.steps[i].node.clone();
+            let mut conv = std::mem::replace(
+                &mut self.steps[p],
+                Step {
+                    node: placeholder,
+                    kind: Kind::Unary(crate::op::Unary::Relu),
+                    inputs: Vec::new(),
+                    outputs: Vec::new(),
+                },
+            );
+            let add = &self.steps[i];
+            if let Kind::Conv(c) = &mut conv.kind {
+                c.residual = true;
+            }
+            conv.inputs.resize(2, None);
+            conv.inputs.push(Some(bias));
+            conv.inputs.push(Some(residual));
+            conv.node.inputs.resize(2, String::new());
+            conv.node.inputs.push(self.names[bias].clone());
+            conv.node.inputs.push(self.names[residual].clone());
+            conv.outputs = add.outputs.clone();
+            conv.node.outputs = add.node.outputs.clone();
+            self.steps[i] = conv;
+            remove[p] = true;
+            self.fused += 1;
+        }
+        let mut k = 0;
+        self.steps.retain(|_| {
+            k += 1;
+            !remove[k - 1]
+        });
+    }
+
+    /// Pins the constant f32 weights of every convolution (see [`WeightPin`]): they are never
+    /// changed or freed while the session lives, so the kernels may pack them once.
+    fn pin_weights(&mut self) {
+        for step in &self.steps {
+            if !matches!(step.kind, Kind::Conv(_)) {
+                continue;
+            }
+            let Some(Some(id)) = step.inputs.get(1) else {
+                continue;
+            };
+            if let Some(Value::Float(t)) = &self.consts[*id]
+                && let Ok(w) = t.as_slice::<f32>()
+            {
+                self.pins.push(WeightPin::new(w));
+            }
+        }
+    }
+
     /// Records the last step that reads each value, and what each step frees.
     fn plan(&mut self) {
         let mut last = vec![None; self.names.len()];
@@ -578,7 +778,8 @@ impl Session {
         self.folded
     }
 
-    /// Number of Conv + Relu pairs fused at load.
+    /// Number of fusions made at load: Conv + Relu pairs, and residual Adds (or Sums) fused
+    /// into the convolution before them.
     pub fn fused_count(&self) -> usize {
         self.fused
     }
@@ -680,6 +881,34 @@ impl Session {
         device: &dyn Device,
         inputs: &HashMap<String, Value>,
     ) -> Result<HashMap<String, Value>> {
+        self.run_with(device, inputs, None)
+    }
+
+    /// [`Session::run`], timing every step: returns the outputs and a [`Profile`] with the
+    /// wall-clock seconds of each node in run order (fused nodes count as one step). The
+    /// timing costs two clock reads per step; the run is otherwise the same.
+    pub fn run_profiled(
+        &self,
+        device: &dyn Device,
+        inputs: &HashMap<String, Value>,
+    ) -> Result<(HashMap<String, Value>, Profile)> {
+        let start = Instant::now();
+        let mut steps = Vec::with_capacity(self.steps.len());
+        let outputs = self.run_with(device, inputs, Some(&mut steps))?;
+        let profile = Profile {
+            steps,
+            total_seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok((outputs, profile))
+    }
+
+    /// The body of [`Session::run`]; records each step's time into `profile` when given.
+    fn run_with(
+        &self,
+        device: &dyn Device,
+        inputs: &HashMap<String, Value>,
+        mut profile: Option<&mut Vec<StepProfile>>,
+    ) -> Result<HashMap<String, Value>> {
         self.check_inputs(inputs)?;
         let mut env: Vec<Option<Cow<'_, Value>>> = self
             .consts
@@ -728,8 +957,26 @@ impl Session {
                 node: &step.node,
                 opset: self.opset,
             };
+            let shapes_in = profile.as_ref().map(|_| {
+                vals.iter()
+                    .map(|v| v.as_ref().map_or_else(Vec::new, |v| v.dims().to_vec()))
+                    .collect::<Vec<_>>()
+            });
+            let started = Instant::now();
             let outs = ops::eval(&step.kind, &cx, Args::new(&step.node, vals))
                 .map_err(|e| in_node(e, &step.node))?;
+            if let Some(profile) = profile.as_mut() {
+                profile.push(StepProfile {
+                    node: step.node.display_name(),
+                    op: step.kind.label(&step.node.op_type),
+                    input_shapes: shapes_in.unwrap_or_default(),
+                    output_shapes: outs
+                        .iter()
+                        .map(|v| v.as_ref().map_or_else(Vec::new, |v| v.dims().to_vec()))
+                        .collect(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
             for (id, v) in step.outputs.iter().zip(outs) {
                 if let Some(id) = id {
                     env[*id] = v.map(Cow::Owned);

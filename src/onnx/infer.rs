@@ -1,11 +1,9 @@
-//! Running a model on the mesh: the DRAC's perf model picks the node (today the whole model
-//! runs on the node predicted fastest for its convolutions and matrix products), inputs come
-//! from `.pb` files or are seeded random tensors of the declared shapes, and the run reports
-//! latency, throughput, the node used and the modelled energy.
+//! The `infer` command's library side: inputs from `.pb` files or seeded random tensors of the
+//! declared shapes, timed runs of a [`Model`] on the DRAC's nodes, and outputs written as
+//! TensorProto files; the run reports latency, throughput, the nodes used and the energy.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -13,9 +11,8 @@ use serde::Serialize;
 use super::exec::Session;
 use super::model::{Dim, ElemType, ValueInfo};
 use super::value::Value;
-use crate::drac::perf_model::{OpClass, PerfModel};
-use crate::drac::power::PowerSpec;
-use crate::node::{Device, DeviceKind, NodeSet};
+use crate::drac::Drac;
+use crate::model::{Model, RunOptions};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -33,6 +30,8 @@ pub struct InferReport {
     pub nodes_used: usize,
     /// Their ids.
     pub nodes: Vec<String>,
+    /// How the DRAC placed the runs (`whole` or `data-parallel`).
+    pub strategy: String,
     /// Modelled joules of one run.
     pub energy_j: f64,
     /// Timed runs.
@@ -99,62 +98,29 @@ pub fn random_inputs(session: &Session, batch: usize) -> Result<HashMap<String, 
     Ok(inputs)
 }
 
-/// The node predicted fastest for the model's heavy ops (GPUs need a calibrated rate; nodes
-/// the model does not know rank last).
-pub fn best_node(nodes: &NodeSet, perf: &PerfModel) -> Result<Arc<dyn Device>> {
-    let flops = 1u64 << 30;
-    nodes
-        .devices()
-        .iter()
-        .filter(|d| d.info().kind != DeviceKind::Sim)
-        .min_by(|a, b| {
-            let t = |d: &Arc<dyn Device>| {
-                perf.predict_flops(
-                    &PerfModel::node_key(d.info()),
-                    OpClass::Conv2d,
-                    DType::F32,
-                    flops,
-                )
-                .unwrap_or(f64::INFINITY)
-            };
-            t(a).total_cmp(&t(b))
-        })
-        .cloned()
-        .ok_or_else(|| {
-            Error::spec(
-                nodes.label(),
-                "no node can run a model (simulated nodes only)",
-            )
-        })
-}
-
-/// Runs `session` `reps` times on the best node of `nodes` (after one warm-up run) and
-/// returns the last outputs with the report.
+/// Runs `model` on `drac`'s nodes `reps` times (after one warm-up run) and returns the last
+/// outputs with the report; the DRAC places each run (whole on the fastest node, or the batch
+/// split across nodes).
 pub fn infer(
-    session: &Session,
-    nodes: &NodeSet,
-    perf: &PerfModel,
+    model: &Model,
+    drac: &Drac,
     inputs: &HashMap<String, Value>,
-    batch: usize,
     reps: usize,
 ) -> Result<(HashMap<String, Value>, InferReport)> {
     if reps == 0 {
         return Err(Error::parse("repetition count", "0", "must be at least 1"));
     }
-    let device = best_node(nodes, perf)?;
-    let mut outputs = session.run(device.as_ref(), inputs)?;
-    let mut times = Vec::with_capacity(reps);
+    let options = RunOptions::default();
+    model.run_values(drac, inputs, &options)?;
+    let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
-        outputs = session.run(device.as_ref(), inputs)?;
-        times.push(start.elapsed().as_secs_f64());
+        let run = model.run_values(drac, inputs, &options)?;
+        runs.push((start.elapsed().as_secs_f64(), run));
     }
-    let latency = crate::bench::median(&times);
-    let info = device.info();
-    let power = match info.kind {
-        DeviceKind::Gpu => PowerSpec::gpu(),
-        _ => PowerSpec::cpu(info.threads.unwrap_or(1)),
-    };
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (latency, median) = runs.swap_remove(runs.len() / 2);
+    let batch = median.report.samples;
     let report = InferReport {
         latency_ms: latency * 1e3,
         throughput_per_s: if latency > 0.0 {
@@ -162,13 +128,14 @@ pub fn infer(
         } else {
             0.0
         },
-        nodes_used: 1,
-        nodes: vec![info.id.clone()],
-        energy_j: power.active_w(power.top_level()) * latency,
+        nodes_used: median.report.nodes_used.len(),
+        nodes: median.report.nodes_used.clone(),
+        strategy: median.report.strategy.to_string(),
+        energy_j: median.report.energy_j,
         reps,
         batch,
     };
-    Ok((outputs, report))
+    Ok((median.outputs, report))
 }
 
 /// A file name for an output: the output's name with every character other than letters,

@@ -12,11 +12,12 @@ use rayon::prelude::*;
 
 use super::im2col::{Im2col, Taps};
 use super::params::Geometry;
-use crate::gemm::{Epilogue, MatMut, MatRef, PackB, Threading, gemm_packed};
+use super::prepack::PackedWeights;
+use crate::gemm::{
+    Epilogue, MatMut, MatRef, PackA, PackB, PrepackedA, Threading, gemm_packed, micro_kernel,
+};
 use crate::{Isa, Result};
 
-/// Output channels of a channel piece are multiples of this.
-const ROW_ALIGN: usize = 4;
 /// Fewest output channels of a channel piece: each piece packs the im2col matrix again.
 const MIN_PIECE_ROWS: usize = 32;
 /// Multiply-adds of a job below which it is not cut for load balance across threads.
@@ -83,6 +84,22 @@ fn ranges(len: usize, pieces: usize, align: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// The weight rows of one gemm: packed by the gemm, or read from panels packed beforehand.
+struct Weights<'a> {
+    rows: MatRef<'a, f32>,
+    pre: Option<PrepackedA<'a>>,
+}
+
+impl PackA for Weights<'_> {
+    fn pack_a(&self, m0: usize, mc: usize, k0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        self.rows.pack_a(m0, mc, k0, kc, mr, dst);
+    }
+
+    fn prepacked(&self) -> Option<PrepackedA<'_>> {
+        self.pre
+    }
+}
+
 /// Everything the pieces of one convolution share.
 struct Conv<'a> {
     isa: Isa,
@@ -90,11 +107,15 @@ struct Conv<'a> {
     /// The whole input, widened to f32.
     input: &'a [f32],
     weight: &'a [f32],
+    /// The weights packed beforehand (pinned weights), if they are.
+    packed: Option<&'a PackedWeights>,
     bias: Option<&'a [f32]>,
     /// The im2col taps, or `None` for a pointwise convolution (the image is B as is).
     taps: Option<Taps>,
     /// Whether each gemm may split itself (not when jobs or pieces already run in parallel).
     threading: Threading,
+    /// Scale of the output's old values added to the product (0: overwritten).
+    beta: f32,
 }
 
 impl Conv<'_> {
@@ -111,11 +132,14 @@ impl Conv<'_> {
         let (plane, depth, len) = (g.out_plane(), g.depth(), g.group_input_len());
         let x = &self.input[n * g.image_len() + group * len..][..len];
         let first = group * g.og + rows.start;
-        let a = MatRef::row_major(
-            &self.weight[first * depth..][..rows.len() * depth],
-            rows.len(),
-            depth,
-        )?;
+        let a = Weights {
+            rows: MatRef::row_major(
+                &self.weight[first * depth..][..rows.len() * depth],
+                rows.len(),
+                depth,
+            )?,
+            pre: self.packed.and_then(|p| p.view(group, rows.start)),
+        };
         let epilogue = Epilogue {
             row_bias: self.bias.map(|b| &b[first..first + rows.len()]),
             col_bias: None,
@@ -133,7 +157,7 @@ impl Conv<'_> {
             }
         };
         let (isa, threading) = (self.isa, self.threading);
-        gemm_packed(isa, threading, depth, 1.0, &a, b, 0.0, c, &epilogue)
+        gemm_packed(isa, threading, depth, 1.0, &a, b, self.beta, c, &epilogue)
     }
 
     /// Output channels `rows` of job `job` into the output, which this piece alone writes.
@@ -149,14 +173,18 @@ impl Conv<'_> {
     }
 }
 
-/// The implicit-gemm convolution of the f32 `input` into `output`, all shapes validated.
+/// The implicit-gemm convolution of the f32 `input` into `output`, all shapes validated:
+/// `output = epilogue(conv + beta·output)`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     isa: Isa,
     g: &Geometry,
     input: &[f32],
     weight: &[f32],
+    packed: Option<&PackedWeights>,
     bias: Option<&[f32]>,
     output: &mut [f32],
+    beta: f32,
 ) -> Result<()> {
     let jobs = g.n * g.groups;
     let threads = rayon::current_num_threads();
@@ -165,13 +193,17 @@ pub(super) fn run(
         g,
         input,
         weight,
+        packed,
         bias,
         taps: (!g.is_pointwise()).then(|| Taps::new(g)),
         threading: Threading::Single,
+        beta,
     };
     let pieces = channel_pieces(g.og, g.out_plane(), g.depth(), jobs, threads);
     if pieces > 1 {
-        let rows = ranges(g.og, pieces, ROW_ALIGN);
+        // Pieces start on a register-tile row, so that packed weights serve them too.
+        let align = packed.map_or_else(|| micro_kernel(isa).mr, PackedWeights::mr);
+        let rows = ranges(g.og, pieces, align);
         let out = SharedOut::new(output);
         return (0..jobs * rows.len())
             .into_par_iter()

@@ -7,7 +7,9 @@
 //!   W_g[O/g × C/g·KH·KW] · im2col(x)`, where the im2col matrix is produced panel by panel
 //!   by the gemm's B packer and never stored whole.
 //!
-//! Bias and ReLU are fused (gemm epilogue, or the direct kernel's last pass). Work is split
+//! Bias and ReLU are fused (gemm epilogue, or the direct kernel's last pass);
+//! [`conv2d_accumulate`] also adds what the output holds (a residual) in the gemm. Weights
+//! pinned with [`WeightPin`] are packed into the gemm's panels once and reused (`prepack`). Work is split
 //! with rayon on the current pool: the implicit gemms into pieces of output columns (or of
 //! output channels) sized for the L2 cache and for load balance, computed in parallel each on
 //! its own thread's packed data (see `implicit`); the direct kernel by output planes.
@@ -20,12 +22,14 @@ mod implicit;
 #[cfg(target_arch = "x86_64")]
 mod pack_x86;
 mod params;
+mod prepack;
 
 use std::borrow::Cow;
 
 use rayon::prelude::*;
 
 pub use params::{Conv2dParams, conv2d_output_dims};
+pub use prepack::{WeightPin, is_pinned};
 
 use crate::{Element, Isa, KernelError, Result};
 use params::{Geometry, product};
@@ -45,6 +49,59 @@ pub fn conv2d<T: Element>(
     bias: Option<&[f32]>,
     params: &Conv2dParams,
     output: &mut [f32],
+) -> Result<()> {
+    run(
+        isa,
+        input,
+        input_dims,
+        weight,
+        weight_dims,
+        bias,
+        params,
+        output,
+        false,
+    )
+}
+
+/// [`conv2d`] adding to what `output` holds: `output = relu?(conv(input, weight) + bias +
+/// output)` — a residual connection fused into the convolution (the sum is formed in the
+/// gemm, before the bias and the ReLU).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_accumulate<T: Element>(
+    isa: Isa,
+    input: &[T],
+    input_dims: [usize; 4],
+    weight: &[T],
+    weight_dims: [usize; 4],
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+    output: &mut [f32],
+) -> Result<()> {
+    run(
+        isa,
+        input,
+        input_dims,
+        weight,
+        weight_dims,
+        bias,
+        params,
+        output,
+        true,
+    )
+}
+
+/// [`conv2d`], or [`conv2d_accumulate`] with `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn run<T: Element>(
+    isa: Isa,
+    input: &[T],
+    input_dims: [usize; 4],
+    weight: &[T],
+    weight_dims: [usize; 4],
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+    output: &mut [f32],
+    accumulate: bool,
 ) -> Result<()> {
     let isa = isa.require()?;
     let g = Geometry::new(input_dims, weight_dims, params)?;
@@ -83,16 +140,44 @@ pub fn conv2d<T: Element>(
         let plane = g.out_plane();
         for (index, out) in output.chunks_mut(plane).enumerate() {
             let value = bias.map_or(0.0, |b| b[index % g.o]);
-            out.fill(if g.relu && value < 0.0 { 0.0 } else { value });
+            for v in out.iter_mut() {
+                let sum = if accumulate { *v + value } else { value };
+                *v = if g.relu && sum < 0.0 { 0.0 } else { sum };
+            }
         }
         return Ok(());
     }
     let weight = widened(weight);
     if g.cg == 1 && g.og <= DIRECT_MAX_MULTIPLIER {
-        depthwise::run(isa, &g, input, &weight, bias, output);
+        if !accumulate {
+            depthwise::run(isa, &g, input, &weight, bias, output);
+            return Ok(());
+        }
+        // The direct kernel overwrites: convolve apart, then add (then the ReLU).
+        let plain = Geometry { relu: false, ..g };
+        let mut conv = vec![0.0f32; output.len()];
+        depthwise::run(isa, &plain, input, &weight, bias, &mut conv);
+        for (out, v) in output.iter_mut().zip(conv) {
+            let sum = *out + v;
+            *out = if g.relu && sum < 0.0 { 0.0 } else { sum };
+        }
         return Ok(());
     }
-    implicit::run(isa, &g, &widened_par(input), &weight, bias, output)
+    // Pinned f32 weights: their gemm panels are packed once and reused.
+    let packed = match &weight {
+        Cow::Borrowed(w) => prepack::packed(isa, &g, w),
+        Cow::Owned(_) => None,
+    };
+    implicit::run(
+        isa,
+        &g,
+        &widened_par(input),
+        &weight,
+        packed.as_deref(),
+        bias,
+        output,
+        if accumulate { 1.0 } else { 0.0 },
+    )
 }
 
 /// A length check: shorter is [`KernelError::BufferTooSmall`], longer a shape mismatch.

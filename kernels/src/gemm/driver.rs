@@ -4,6 +4,9 @@
 //! share of B (all depth blocks), then every task owns a rectangle of C, packs its own rows of A
 //! once per depth block and sweeps the shared packed B in L2-sized column blocks. Two phases
 //! (not one per block) keep the cost of waking threads off small and mid-sized problems.
+//! An A packed ahead of time (`PackA::prepacked`, pinned convolution weights) is read in
+//! place on every path; products of at most four rows with B stored column by column (dense
+//! layers) stream B without packing it (`gemv`).
 
 use std::cell::Cell;
 
@@ -13,7 +16,7 @@ use super::Epilogue;
 use super::blocking::{Blocking, CacheSizes};
 use super::matrix::MatMut;
 use super::micro::{self, MicroKernel, TileArgs};
-use super::pack::{AlignedBuf, PackA, PackB};
+use super::pack::{AlignedBuf, PackA, PackB, PrepackedA};
 use crate::Isa;
 
 /// Below this many multiply-adds a call stays on the calling thread.
@@ -65,6 +68,8 @@ pub(crate) struct Problem<'e> {
 struct Plan<'a> {
     p: &'a Problem<'a>,
     a: &'a dyn PackA,
+    /// A packed ahead of time in this plan's layout, if it is.
+    pre: Option<PrepackedA<'a>>,
     kernel: MicroKernel,
     blocking: Blocking,
     c: SharedC,
@@ -85,15 +90,37 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         return;
     }
     let kernel = micro::for_isa(isa);
+    let blocking = Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()).for_depth(p.k);
+    let pre = a.prepacked().filter(|pre| {
+        let row_panels = p.m.div_ceil(kernel.mr);
+        pre.mr == kernel.mr
+            && pre.kc == blocking.kc
+            && pre.first_panel + row_panels <= pre.panels
+            && pre.panels * pre.mr * p.k <= pre.data.len()
+    });
     let plan = Plan {
         p,
         a,
+        pre,
         kernel,
-        blocking: Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()).for_depth(p.k),
+        blocking,
         c: shared,
     };
     let threads = p.threads;
     let parallel = threads > 1 && p.m.saturating_mul(p.n).saturating_mul(p.k) >= PARALLEL_MIN_MACS;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2
+        && p.m <= super::gemv::MAX_ROWS
+        && let Some((data, cs)) = b.direct_columns()
+        && (p.n - 1)
+            .checked_mul(cs)
+            .and_then(|last| last.checked_add(p.k))
+            .is_some_and(|needed| needed <= data.len())
+    {
+        // Few rows, B column by column (a dense layer): stream B in place, never packed.
+        run_gemv(&plan, data, cs, if parallel { threads } else { 1 });
+        return;
+    }
     let caches = CacheSizes::detect();
     let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
     if small
@@ -122,9 +149,21 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         // A is small and B wide (a convolution, a short-and-wide product): pack A once and
         // let each task own a range of columns whose B it packs, block by block, in its L2.
         let mut a_buf = B_BUFFER.take().unwrap_or_default();
-        let packed_a = a_buf.get(a_floats);
-        pack_a_all(&plan, packed_a);
-        let packed_a = &*packed_a;
+        let packed_a = match plan.pre {
+            Some(pre) => pre,
+            None => {
+                let packed_a = a_buf.get(a_floats);
+                pack_a_all(&plan, packed_a);
+                PrepackedA {
+                    data: packed_a,
+                    mr: kernel.mr,
+                    kc: plan.blocking.kc,
+                    panels: p.m.div_ceil(kernel.mr),
+                    first_panel: 0,
+                }
+            }
+        };
+        let packed_a = &packed_a;
         if parallel {
             let panels = p.n.div_ceil(kernel.nr);
             let tasks = panels.min(threads * TASKS_PER_THREAD);
@@ -156,6 +195,74 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         );
     }
     B_BUFFER.set(Some(b_buf));
+}
+
+/// `C = alpha·A·B + beta·C` (+ epilogue) for at most [`super::gemv::MAX_ROWS`] rows with B
+/// read in place column by column (`data[j·cs + k]`), split over `threads` by columns.
+#[cfg(target_arch = "x86_64")]
+fn run_gemv(plan: &Plan<'_>, data: &[f32], cs: usize, threads: usize) {
+    let p = plan.p;
+    let (mr, kc_max) = (plan.kernel.mr, plan.blocking.kc);
+    // A's rows, depth block by depth block: block `k0` at `k0·m`, row `i` of it at `i·kc`.
+    let mut rows = vec![0.0f32; p.m * p.k];
+    let mut panel = vec![0.0f32; mr * kc_max];
+    for k0 in (0..p.k).step_by(kc_max) {
+        let kc = kc_max.min(p.k - k0);
+        plan.a.pack_a(0, p.m, k0, kc, mr, &mut panel[..mr * kc]);
+        for i in 0..p.m {
+            for k in 0..kc {
+                rows[k0 * p.m + i * kc + k] = panel[k * mr + i];
+            }
+        }
+    }
+    let rows = &rows;
+    let groups = p.n.div_ceil(8);
+    let tasks = groups.min(threads * TASKS_PER_THREAD).max(1);
+    let c = plan.c;
+    let task = |t: usize| {
+        let share = even_share(groups, tasks, t);
+        let cols = share.start * 8..(share.end * 8).min(p.n);
+        if cols.is_empty() {
+            return;
+        }
+        for k0 in (0..p.k).step_by(kc_max) {
+            let kc = kc_max.min(p.k - k0);
+            let block = super::gemv::Block {
+                a: &rows[k0 * p.m..][..p.m * kc],
+                m: p.m,
+                kc,
+                b: &data[k0..],
+                cs,
+                alpha: p.alpha,
+                beta: if k0 == 0 { p.beta } else { 1.0 },
+            };
+            // As the microkernels store a tile that is not full: `alpha·sum + beta·C`.
+            let mut store = |i: usize, j: usize, sum: f32| {
+                // SAFETY: (i, j) is inside C (i < m, j < n) and in this task's columns.
+                unsafe {
+                    let dst = c.ptr.add(i * c.rs + j * c.cs);
+                    let product = block.alpha * sum;
+                    *dst = if block.beta == 0.0 {
+                        product
+                    } else {
+                        product + block.beta * *dst
+                    };
+                }
+            };
+            // SAFETY: the ISA is AVX2 (checked by the caller, and `isa` is available); `run`
+            // checked that B holds (n-1)·cs + k values, so every column of `cols` holds this
+            // block's kc steps from k0.
+            unsafe { super::gemv::columns(&block, cols.clone(), &mut store) };
+        }
+        if !p.epilogue.is_identity() {
+            apply_epilogue(p.epilogue, c, 0, cols.start, p.m, cols.len());
+        }
+    };
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
 }
 
 /// Packs columns `n0..n0+cols` of B for every depth block: block `k0` starts at `k0·panels·nr`.
@@ -209,7 +316,12 @@ fn pack_a_all(plan: &Plan<'_>, dst: &mut [f32]) {
 
 /// One column task: every row of C for columns `cols`, with A packed already (`pack_a_all`)
 /// and B packed here, one L2-sized block at a time.
-fn run_column_task(plan: &Plan<'_>, packed_a: &[f32], b: &dyn PackB, cols: std::ops::Range<usize>) {
+fn run_column_task(
+    plan: &Plan<'_>,
+    packed_a: &PrepackedA<'_>,
+    b: &dyn PackB,
+    cols: std::ops::Range<usize>,
+) {
     let p = plan.p;
     let (mr, nr) = (plan.kernel.mr, plan.kernel.nr);
     let (kc_max, nc) = (plan.blocking.kc, plan.blocking.nc);
@@ -223,14 +335,13 @@ fn run_column_task(plan: &Plan<'_>, packed_a: &[f32], b: &dyn PackB, cols: std::
             let packed_b = b_buf.get(panels * nr * kc);
             b.pack_b(k0, kc, n0, width, nr, packed_b);
             let packed_b = &*packed_b;
-            let a_block = &packed_a[k0 * row_panels * mr..][..kc * row_panels * mr];
             let step = TileStep {
                 kc,
                 beta: if k0 == 0 { p.beta } else { 1.0 },
                 last: k0 + kc == p.k,
             };
             for ip in 0..row_panels {
-                let a_panel = &a_block[ip * mr * kc..][..mr * kc];
+                let a_panel = packed_a.panel(k0, kc, ip);
                 for jp in 0..panels {
                     let b_panel = &packed_b[jp * nr * kc..][..nr * kc];
                     let b_step = BPanel {
@@ -356,9 +467,13 @@ fn run_task(
     let mut a_buf = A_BUFFER.take().unwrap_or_default();
     for k0 in (0..p.k).step_by(kc_max) {
         let kc = kc_max.min(p.k - k0);
-        let packed_a = a_buf.get(rows.len() * mr * kc);
-        plan.a.pack_a(first_row, row_count, k0, kc, mr, packed_a);
-        let packed_a = &*packed_a;
+        let packed_a: &[f32] = if plan.pre.is_some() {
+            &[]
+        } else {
+            let packed_a = a_buf.get(rows.len() * mr * kc);
+            plan.a.pack_a(first_row, row_count, k0, kc, mr, packed_a);
+            packed_a
+        };
         let tile = TileStep {
             kc,
             beta: if k0 == 0 { p.beta } else { 1.0 },
@@ -367,7 +482,10 @@ fn run_task(
         for jc in panels.clone().step_by(nc_panels) {
             let jc_end = (jc + nc_panels).min(panels.end);
             for (ia, ip) in rows.clone().enumerate() {
-                let a_panel = &packed_a[ia * mr * kc..][..mr * kc];
+                let a_panel = match &plan.pre {
+                    Some(pre) => pre.panel(k0, kc, ip),
+                    None => &packed_a[ia * mr * kc..][..mr * kc],
+                };
                 for jp in jc..jc_end {
                     let b_panel = b_source.panel(k0, kc, n0, jp, col_panels, nr);
                     run_tile(

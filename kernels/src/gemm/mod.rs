@@ -6,14 +6,17 @@
 
 mod blocking;
 mod driver;
+mod gemv;
 mod matrix;
 mod micro;
 mod pack;
 
+pub(crate) use blocking::Blocking;
 pub use blocking::CacheSizes;
 pub use driver::PARALLEL_MIN_MACS;
 pub use matrix::{MatMut, MatRef};
-pub(crate) use pack::{PackA, PackB};
+pub(crate) use micro::for_isa as micro_kernel;
+pub(crate) use pack::{PackA, PackB, PrepackedA};
 
 use crate::{Element, Isa, KernelError, Result};
 

@@ -12,6 +12,39 @@ use crate::Element;
 pub trait PackA: Sync {
     /// Packs rows `m0..m0+mc` and depth `k0..k0+kc` into `dst` (`ceil(mc/mr)·mr·kc` values).
     fn pack_a(&self, m0: usize, mc: usize, k0: usize, kc: usize, mr: usize, dst: &mut [f32]);
+
+    /// The whole operand packed ahead of time, if it is (constant weights): the driver then
+    /// reads its panels instead of calling `pack_a`, when the register tile and depth blocking
+    /// match.
+    fn prepacked(&self) -> Option<PrepackedA<'_>> {
+        None
+    }
+}
+
+/// A left operand packed in the driver's layout: depth blocks of `kc` (the last one shorter),
+/// block `k0` at `k0·panels·mr`, and in it row panel `p` at `p·mr·depth` (`depth` of that
+/// block), each panel `depth` steps of `mr` values, rows past the edge zero.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrepackedA<'a> {
+    /// The packed values of all `panels` panels.
+    pub data: &'a [f32],
+    /// Rows per panel (the microkernel's `mr`).
+    pub mr: usize,
+    /// Depth of a full block.
+    pub kc: usize,
+    /// Row panels in `data` (the stride between depth blocks is `panels·mr` per step).
+    pub panels: usize,
+    /// The panel holding row 0 of the operand this view stands for.
+    pub first_panel: usize,
+}
+
+impl<'a> PrepackedA<'a> {
+    /// Panel `ip` (counted from `first_panel`) of the depth block starting at `k0`, `kc` deep.
+    #[inline]
+    pub fn panel(&self, k0: usize, kc: usize, ip: usize) -> &'a [f32] {
+        let start = k0 * self.panels * self.mr + (self.first_panel + ip) * self.mr * kc;
+        &self.data[start..start + self.mr * kc]
+    }
 }
 
 /// A source of the right operand (`k × n`), packed into `nr`-column panels.
@@ -22,6 +55,13 @@ pub trait PackB: Sync {
     /// B as f32 rows with unit column stride, if it is stored so: small problems then skip
     /// packing B. Returns the data (element (k, j) at `k·row_stride + j`) and the row stride.
     fn direct_rows(&self) -> Option<(&[f32], usize)> {
+        None
+    }
+
+    /// B as f32 columns with unit row stride (a transposed row-major matrix), if it is stored
+    /// so: products with few rows then stream B in place. Returns the data (element (k, j) at
+    /// `j·col_stride + k`) and the column stride.
+    fn direct_columns(&self) -> Option<(&[f32], usize)> {
         None
     }
 }
@@ -187,6 +227,11 @@ impl<T: Element> PackB for MatRef<'_, T> {
     fn direct_rows(&self) -> Option<(&[f32], usize)> {
         let rows = T::as_f32(self.data())?;
         (self.col_stride() == 1 || self.cols() <= 1).then_some((rows, self.row_stride()))
+    }
+
+    fn direct_columns(&self) -> Option<(&[f32], usize)> {
+        let data = T::as_f32(self.data())?;
+        (self.row_stride() == 1 || self.rows() <= 1).then_some((data, self.col_stride()))
     }
 }
 

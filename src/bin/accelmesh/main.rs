@@ -13,10 +13,10 @@ use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::{Policy, SimConfig, parse_mix, run_simulation};
 use accelmesh::drac::{Drac, DracConfig};
 use accelmesh::mesh::MeshSpec;
-use accelmesh::onnx::exec::Session;
-use accelmesh::onnx::{Model, infer, read_tensor_pb};
+use accelmesh::model::demo;
+use accelmesh::onnx::{infer, read_tensor_pb};
 use accelmesh::{DType, Error, NodeSet, NodeSpec, Result};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Exit status of every failed run (bad arguments or a failed command).
 const EXIT_FAILURE: u8 = 2;
@@ -73,6 +73,17 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a job file: ONNX models and matmul/conv2d benchmarks on the nodes, one JSON report.
+    Run {
+        /// The job file (TOML; paths in it are relative to its directory).
+        job: PathBuf,
+        /// Write the JSON report to FILE instead of the job's `report` (`-`: standard output).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Validate the job, bring up its nodes and load its models, then stop.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run a seeded stream of jobs through the planner on a simulated mesh, per policy.
     Simulate {
@@ -212,8 +223,14 @@ fn run(cli: Cli) -> Result<()> {
     let mut out = io::stdout().lock();
     match cli.command {
         None => {
-            Cli::command().write_help(&mut out)?;
-            writeln!(out)?;
+            let nodes = NodeSpec::main_job().build()?;
+            let drac = Drac::calibrated(&nodes, DracConfig::default())?;
+            let report = demo::run_demo(&drac, demo::BATCH, 5)?;
+            print::demo(&mut out, &nodes, &report, &drac.node_energy())?;
+            writeln!(
+                out,
+                "\nMore: `accelmesh --help` (devices, bench, infer, run, simulate, calibrate)."
+            )?;
         }
         Some(Command::Devices { json, nodes }) => {
             let nodes = nodes.unwrap_or_default().build()?;
@@ -244,8 +261,9 @@ fn run(cli: Cli) -> Result<()> {
             reps,
             json,
         }) => {
-            let session = Session::new(Model::load(&model)?)?;
-            let mut values = infer::random_inputs(&session, batch)?;
+            let model = accelmesh::Model::load(&model)?;
+            let session = model.session();
+            let mut values = infer::random_inputs(session, batch)?;
             for spec in &inputs {
                 let (name, file) = spec
                     .split_once('=')
@@ -264,13 +282,37 @@ fn run(cli: Cli) -> Result<()> {
                 values.insert(name.to_string(), value);
             }
             let nodes = nodes.unwrap_or_default().build()?;
-            let perf =
-                PerfModel::load_or_calibrate(nodes.devices(), &PerfModel::default_path(), false)?;
-            let (outputs, report) = infer::infer(&session, &nodes, &perf, &values, batch, reps)?;
+            let drac = Drac::calibrated(&nodes, DracConfig::default())?;
+            let (outputs, report) = infer::infer(&model, &drac, &values, reps)?;
             if let Some(dir) = &output_dir {
-                infer::write_outputs(dir, &session, &outputs)?;
+                infer::write_outputs(dir, session, &outputs)?;
             }
             print::inference(&mut out, &report, json)?;
+        }
+        Some(Command::Run {
+            job,
+            report,
+            dry_run,
+        }) => {
+            let job = accelmesh::job::Job::load(&job)?;
+            if dry_run {
+                accelmesh::job::check(&job)?;
+                writeln!(
+                    out,
+                    "{}: {} workloads, valid",
+                    job.path.display(),
+                    job.workloads.len()
+                )?;
+            } else {
+                let result = accelmesh::job::run(&job, &accelmesh::job::Progress::stderr())?;
+                match report.or(job.report).filter(|p| p.as_os_str() != "-") {
+                    Some(path) => {
+                        result.write(&path)?;
+                        writeln!(out, "report written to {}", path.display())?;
+                    }
+                    None => writeln!(out, "{}", result.to_json()?)?,
+                }
+            }
         }
         Some(Command::Simulate {
             mesh,

@@ -5,8 +5,9 @@ use std::io::Write;
 use accelmesh::bench::CaseResult;
 use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::SimSummary;
+use accelmesh::model::demo::DemoReport;
 use accelmesh::onnx::infer::InferReport;
-use accelmesh::{DeviceInfo, Error, Result};
+use accelmesh::{DeviceInfo, Error, NodeSet, Result};
 
 /// Writes one node: a line of text, or one JSON object.
 pub fn device(out: &mut impl Write, info: &DeviceInfo, json: bool) -> Result<()> {
@@ -224,4 +225,97 @@ impl Table {
         out.flush()?;
         Ok(())
     }
+}
+
+/// Writes the default main job's report: the mesh, the placement of the median run, per-node
+/// time and energy, and the comparison with the best single node.
+pub fn demo(
+    out: &mut impl Write,
+    nodes: &NodeSet,
+    r: &DemoReport,
+    ledger: &[(String, f64)],
+) -> Result<()> {
+    writeln!(
+        out,
+        "accelmesh main job: a ResNet-style network (seeded weights, {:.1} MFLOP per image), batch {}, median of {} runs\n",
+        r.flops_per_sample as f64 / 1e6,
+        r.batch,
+        r.reps
+    )?;
+    writeln!(out, "nodes ({}):", nodes.label())?;
+    for dev in nodes.devices() {
+        let info = dev.info();
+        let what = match (info.threads, &info.backend) {
+            (Some(t), _) => format!("{t} thread(s)"),
+            (None, b) => b.clone(),
+        };
+        writeln!(
+            out,
+            "  {:<6} {:<4} {:<40} {what}",
+            info.id,
+            info.kind.name(),
+            info.name
+        )?;
+    }
+    writeln!(
+        out,
+        "\nplacement ({}, predicted {:.2} ms):",
+        r.mesh.strategy,
+        r.mesh.predicted_s * 1e3
+    )?;
+    writeln!(
+        out,
+        "  {:<6} {:>8} {:>14} {:>12}",
+        "node", "images", "predicted ms", "measured ms"
+    )?;
+    for p in &r.mesh.parts {
+        writeln!(
+            out,
+            "  {:<6} {:>3}..{:<4} {:>14.2} {:>12.2}",
+            p.node,
+            p.first_sample,
+            p.first_sample + p.samples,
+            p.predicted_s * 1e3,
+            p.elapsed_s * 1e3
+        )?;
+    }
+    writeln!(out, "\nper node (median mesh run):")?;
+    writeln!(out, "  {:<6} {:>10} {:>10}", "node", "busy ms", "energy J")?;
+    for n in &r.mesh.nodes {
+        writeln!(
+            out,
+            "  {:<6} {:>10.2} {:>10.4}",
+            n.id,
+            n.compute_s * 1e3,
+            n.energy_j
+        )?;
+    }
+    writeln!(
+        out,
+        "\nmesh:        {:>8.2} ms  {:>7.1} images/s  {:.4} J  on {}",
+        r.mesh_s * 1e3,
+        r.batch as f64 / r.mesh_s,
+        r.mesh.energy_j,
+        r.mesh.nodes_used.join(",")
+    )?;
+    writeln!(
+        out,
+        "best single: {:>8.2} ms  {:>7.1} images/s  {:.4} J  on {}",
+        r.single_s * 1e3,
+        r.batch as f64 / r.single_s,
+        r.single.energy_j,
+        r.single.nodes_used.join(",")
+    )?;
+    writeln!(
+        out,
+        "speed-up {:.2}x over the best single node; outputs agree to {:.1e}",
+        r.speedup(),
+        r.max_abs_diff
+    )?;
+    let total: f64 = ledger.iter().map(|(_, j)| j).sum();
+    writeln!(
+        out,
+        "energy ledger of the whole job: {total:.3} J (modelled)"
+    )?;
+    Ok(())
 }

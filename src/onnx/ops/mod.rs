@@ -202,6 +202,23 @@ impl Kind {
     pub(crate) fn foldable(&self) -> bool {
         true
     }
+
+    /// The operator `op_type` as run, with what was fused into it at load (`Conv+Relu`).
+    pub(crate) fn label(&self, op_type: &str) -> String {
+        match self {
+            Kind::Conv(a) => {
+                let mut label = op_type.to_string();
+                if a.residual {
+                    label.push_str("+Add");
+                }
+                if a.relu {
+                    label.push_str("+Relu");
+                }
+                label
+            }
+            _ => op_type.to_string(),
+        }
+    }
 }
 
 /// The supported operators of the default domain and the first opset each is available in.

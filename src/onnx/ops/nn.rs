@@ -187,6 +187,9 @@ pub(crate) struct ConvAttrs {
     pub group: usize,
     /// A ReLU fused in at load (the node's output feeds only a Relu).
     pub relu: bool,
+    /// A residual Add fused in at load: the node has a fourth input, added to the biased
+    /// output before the ReLU.
+    pub residual: bool,
 }
 
 /// Transposed-convolution attributes.
@@ -268,6 +271,7 @@ pub(crate) fn parse(node: &Node, opset: i64) -> Result<Option<Kind>> {
                 window: Window::parse(node, opset)?,
                 group: positive(node, "group")?,
                 relu: false,
+                residual: false,
             })
         }
         "ConvTranspose" => {
@@ -604,6 +608,9 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
         )));
     }
     let (params, r) = conv_setup(a, &ctx, &xd, &wd)?;
+    if a.residual {
+        return conv_residual(params, cx, args);
+    }
     let op = Op::Conv2d(params);
     let bias = args.get(2).map(|_| args.tensor(2)).transpose()?;
     if r == 2 {
@@ -620,6 +627,30 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
     let y = cx.run(&op, &ins)?;
     let d = y.dims().to_vec();
     y.reshape([d[0], d[1], d[3]])
+}
+
+/// A 2-D convolution with a residual fused in at load (inputs `[x, w, bias, residual]`):
+/// `relu?(conv(x, w) + bias + residual)`. The CPU node takes the residual as a fourth input
+/// and adds it in the gemm; other devices run the convolution, the Add and the ReLU apart.
+fn conv_residual(params: Conv2dParams, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
+    let x = args.tensor(0)?;
+    let w = as_dtype(args.tensor(1)?, x.dtype());
+    let (bias, residual) = (args.tensor(2)?, args.tensor(3)?);
+    if cx.dev.info().kind == crate::node::DeviceKind::Cpu {
+        return cx.run(&Op::Conv2d(params), &[x, w.as_ref(), bias, residual]);
+    }
+    let relu = params.relu;
+    let plain = Op::Conv2d(Conv2dParams {
+        relu: false,
+        ..params
+    });
+    let y = cx.run(&plain, &[x, w.as_ref(), bias])?;
+    let y = cx.run(&Op::Binary(BinaryOp::Add), &[&y, residual])?;
+    if relu {
+        cx.run(&Op::Unary(crate::op::Unary::Relu), &[&y])
+    } else {
+        Ok(y)
+    }
 }
 
 /// The output spatial dims and the 2-D geometry of a transposed convolution.

@@ -1,0 +1,455 @@
+"""ONNX inference side by side: accelmesh vs onnxruntime (CPU provider) vs tract, in one run.
+
+Run through benches/onnx_compare.sh, which prepares the venv, the accelmesh release binary and
+the tract runner (benches/tract-runner). The models are the "light" models shipped in the onnx
+package's test data (`onnx/backend/test/data/light/light_<name>.onnx`: the real architectures
+with constant-filled weights), all with a 1x3x224x224 input.
+
+Every measurement runs in its own child process (accelmesh's `infer` command, a child python
+that loads onnxruntime, the tract runner), one after the other, so the engines never share the
+cores, and the child's peak RSS is read from wait4() on that child alone. Each child does one
+warm-up run and then `--reps` timed runs and reports the median. Ratios are peer time /
+accelmesh time: above 1.0 means accelmesh is faster.
+
+Batch 8: accelmesh's `--batch 8` scales the declared batch of 1. The light models fix the batch
+at 1 (input, output, and the shape constant of the Reshape before the classifier), so
+onnxruntime and tract get a copy of the model whose batch dimension is symbolic and whose
+Reshape shape constants copy the batch from their input (a leading 1 becomes 0).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+LIGHT_MODELS = [
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
+]
+QUICK_MODELS = ["resnet50", "squeezenet", "shufflenet"]
+# Batch-1 latency targets against onnxruntime (accelmesh at least as fast).
+LATENCY_TARGETS = ["resnet50", "vgg19", "inception_v1"]
+MEMORY_TARGET = 1.5  # accelmesh peak RSS / onnxruntime's on ResNet-50, batch 1
+MIB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Child process: onnxruntime worker.
+
+
+def ort_worker(args):
+    """Loads onnxruntime, runs the model and prints one JSON line (the `--ort-worker` mode)."""
+    out = {"engine": "onnxruntime", "model": args.ort_worker, "batch": args.batch}
+    try:
+        import numpy as np
+        import onnxruntime as ort
+
+        out["version"] = ort.__version__
+        if args.baseline:
+            out["baseline"] = True
+            print(json.dumps(out), flush=True)
+            return
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # graph_optimization_level left at its default (ORT_ENABLE_ALL).
+        t0 = time.perf_counter()
+        session = ort.InferenceSession(args.ort_worker, options,
+                                       providers=["CPUExecutionProvider"])
+        out["load_ms"] = (time.perf_counter() - t0) * 1e3
+        inp = session.get_inputs()[0]
+        shape = [args.batch if i == 0 else d for i, d in enumerate(inp.shape)]
+        if not all(isinstance(d, int) for d in shape):
+            raise ValueError(f"input {inp.name} has an unknown dimension: {inp.shape}")
+        x = np.random.default_rng(7).uniform(0, 1, shape).astype(np.float32)
+        feeds = {inp.name: x}
+        session.run(None, feeds)
+        times = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            session.run(None, feeds)
+            times.append((time.perf_counter() - t) * 1e3)
+        ms = statistics.median(times)
+        out.update(shape=shape, threads=args.threads, reps=args.reps, latency_ms=ms,
+                   min_ms=min(times), throughput_per_s=args.batch * 1e3 / ms)
+    except Exception as e:  # noqa: BLE001 - any failure becomes the error cell
+        out["error"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: running children.
+
+
+# A forked child's ru_maxrss starts at its parent's resident size (Linux keeps the high-water mark
+# of the image it replaces at exec), and this script's own process holds onnx and onnxruntime.
+# So each child is started by a small launcher (python without site-packages, a few MiB), which
+# posix_spawns the command, waits on it and writes that child's ru_maxrss (KiB) to a file.
+LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status) & 255)\n"
+)
+
+
+def run_child(cmd, timeout):
+    """Runs `cmd` through the launcher and returns (returncode, stdout, stderr, peak RSS of
+    the command alone in bytes). stderr goes to a file, so a full pipe cannot stall the child."""
+    with tempfile.TemporaryFile(mode="w+") as err, \
+            tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss_file:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, rss_file.name, *cmd],
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            stdout, _ = proc.communicate()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read()
+        rss = rss_file.read().strip()
+    return proc.returncode, stdout, stderr, int(rss) * 1024 if rss.isdigit() else 0
+
+
+def last_json(stdout):
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                pass
+    return None
+
+
+def stderr_reason(stderr):
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ln.strip() and "XDG_RUNTIME_DIR" not in ln]
+    return lines[-1] if lines else ""
+
+
+def measure(engine, cmd, timeout):
+    """Runs one measurement child; returns its JSON result with `rss` (bytes) and, when the
+    child failed, `error`."""
+    start = time.perf_counter()
+    code, stdout, stderr, rss = run_child(cmd, timeout)
+    wall = time.perf_counter() - start
+    res = last_json(stdout) or {}
+    res["rss"] = rss
+    res["wall_s"] = wall
+    if code != 0 or "latency_ms" not in res:
+        if "error" not in res:
+            if code != 0 and wall >= timeout:
+                res["error"] = f"timed out after {timeout:.0f} s"
+            else:
+                reason = stderr_reason(stderr) or f"exit status {code}"
+                res["error"] = reason
+        if "stage" in res:
+            res["error"] = f"{res['stage']}: {res['error']}"
+    res["engine"] = engine
+    time.sleep(0.5)  # let the child's cores go quiet before the next one starts
+    return res
+
+
+def accelmesh_cmd(args, model, batch, reps):
+    return [args.bin, "infer", model, "--nodes", args.nodes, "--reps", str(reps),
+            "--batch", str(batch), "--json"]
+
+
+def ort_cmd(args, model, batch, reps):
+    return [sys.executable, os.path.abspath(__file__), "--ort-worker", model, "--batch",
+            str(batch), "--reps", str(reps), "--threads", str(args.threads)]
+
+
+def tract_cmd(args, model, batch, reps):
+    return [args.tract_bin, model, "--batch", str(batch), "--reps", str(reps), "--threads",
+            str(args.tract_threads)]
+
+
+# --------------------------------------------------------------------------------------------
+# Models.
+
+
+def light_dir():
+    import onnx
+
+    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+def batched_copy(path, out_dir):
+    """Writes a copy of `path` whose first input's batch dimension and outputs' first dimension
+    are symbolic and whose Reshape shape constants copy the batch (a leading 1 becomes 0)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    first = next(i for i in graph.input if i.name not in inits)
+    first.type.tensor_type.shape.dim[0].dim_param = "N"
+    for out in graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "N"
+    del graph.value_info[:]
+    for node in graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            init = inits[node.input[1]]
+            shape = numpy_helper.to_array(init).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = 0
+                init.CopyFrom(numpy_helper.from_array(shape, init.name))
+    dest = os.path.join(out_dir, "batchN_" + os.path.basename(path))
+    onnx.save(model, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Report.
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        name = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+        flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+        isa = []
+        if flags:
+            fl = set(flags.group(1).split())
+            isa = [x for x in ("avx512f", "avx2", "fma", "f16c") if x in fl]
+        return (name.group(1) if name else platform.processor()), isa
+    except OSError:
+        return platform.processor() or platform.machine(), []
+
+
+def tract_version(lock):
+    try:
+        with open(lock) as f:
+            m = re.search(r'name = "tract-onnx"\nversion = "([^"]+)"', f.read())
+        return m.group(1) if m else "?"
+    except OSError:
+        return "?"
+
+
+def short_error(msg, width=60):
+    msg = " ".join(str(msg).split())
+    return "failed: " + (msg if len(msg) <= width else msg[: width - 3] + "...")
+
+
+def ms_cell(res):
+    return f"{res['latency_ms']:.2f}" if "latency_ms" in res else short_error(res["error"])
+
+
+def ratio_cell(peer, ours):
+    if "latency_ms" in peer and "latency_ms" in ours:
+        return f"{peer['latency_ms'] / ours['latency_ms']:.2f}"
+    return "-"
+
+
+def tput_cell(res):
+    return f"{res['throughput_per_s']:.2f}" if "latency_ms" in res else short_error(res["error"])
+
+
+def tput_ratio(ours, peer):
+    if "latency_ms" in peer and "latency_ms" in ours:
+        return f"{ours['throughput_per_s'] / peer['throughput_per_s']:.2f}"
+    return "-"
+
+
+def row(cells, widths):
+    return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+
+
+def table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(row(header, widths))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(row(r, widths))
+
+
+def mib(res):
+    return res["rss"] / MIB
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin", default="target/release/accelmesh")
+    parser.add_argument("--tract-bin", default="benches/tract-runner/target/release/tract-runner")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer reps; only " + ", ".join(QUICK_MODELS))
+    parser.add_argument("--reps", type=int, help="timed runs per measurement (5; --quick: 3)")
+    parser.add_argument("--models", help="comma-separated light model names")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--tract-threads", type=int, default=2)
+    parser.add_argument("--nodes", default="cpu", help="accelmesh --nodes")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per measurement")
+    parser.add_argument("--no-batch8", action="store_true", help="skip the ResNet-50 batch 8 row")
+    # Child mode.
+    parser.add_argument("--ort-worker", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.ort_worker:
+        args.reps = args.reps or 5
+        ort_worker(args)
+        return
+
+    reps = args.reps or (3 if args.quick else 5)
+    if args.models:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    else:
+        models = QUICK_MODELS if args.quick else LIGHT_MODELS
+    unknown = [m for m in models if m not in LIGHT_MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(LIGHT_MODELS)}")
+    data = light_dir()
+
+    import onnxruntime
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    tv = tract_version(os.path.join(here, "tract-runner", "Cargo.lock"))
+    cpu, isa = cpu_model()
+    print(f"machine: {cpu} ({', '.join(isa)}), {os.cpu_count()} cores, {platform.system()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"onnxruntime {onnxruntime.__version__} (CPU provider, {args.threads} intra-op threads, "
+          f"1 inter-op, sequential, default graph optimisations); tract-onnx {tv} "
+          f"({args.tract_threads} threads: multi-threaded matmuls, the rest on one thread); "
+          f"accelmesh --nodes {args.nodes}")
+    print(f"models: {data}/light_<name>.onnx, input 1x3x224x224 f32; "
+          f"median of {reps} runs after 1 warm-up", flush=True)
+
+    results = {}
+    errors = []
+    for name in models:
+        path = os.path.join(data, f"light_{name}.onnx")
+        res = {
+            "accelmesh": measure("accelmesh", accelmesh_cmd(args, path, 1, reps), args.timeout),
+            "onnxruntime": measure("onnxruntime", ort_cmd(args, path, 1, reps), args.timeout),
+            "tract": measure("tract", tract_cmd(args, path, 1, reps), args.timeout),
+        }
+        results[name] = res
+        status = ", ".join(f"{e} {r['latency_ms']:.1f} ms" if "latency_ms" in r else f"{e} failed"
+                           for e, r in res.items())
+        print(f"  {name}: {status}", file=sys.stderr, flush=True)
+        for engine, r in res.items():
+            if "error" in r:
+                errors.append(f"{name}, {engine}: {r['error']}")
+
+    batch8 = None
+    if "resnet50" in models and not args.no_batch8:
+        path = os.path.join(data, "light_resnet50.onnx")
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                copy = batched_copy(path, tmp)
+            except Exception as e:  # noqa: BLE001
+                copy = None
+                copy_error = f"could not make the batch-N copy: {e}"
+            b8_reps = max(2, reps // 2) if args.quick else reps
+            batch8 = {"accelmesh": measure("accelmesh", accelmesh_cmd(args, path, 8, b8_reps),
+                                           args.timeout)}
+            for engine, cmd in (("onnxruntime", ort_cmd), ("tract", tract_cmd)):
+                if copy:
+                    batch8[engine] = measure(engine, cmd(args, copy, 8, b8_reps), args.timeout)
+                else:
+                    batch8[engine] = {"engine": engine, "error": copy_error}
+        for engine, r in batch8.items():
+            if "error" in r:
+                errors.append(f"resnet50 batch 8, {engine}: {r['error']}")
+
+    baseline = measure("onnxruntime", ort_cmd(args, "-", 1, 1) + ["--baseline"], 120)
+    floor = measure("true", ["true"], 60)
+
+    # ---- tables
+    print()
+    header = ["model", "accelmesh ms", "onnxruntime ms", "ort/accelmesh", "tract ms",
+              "tract/accelmesh"]
+    rows = []
+    for name, res in results.items():
+        a, o, t = res["accelmesh"], res["onnxruntime"], res["tract"]
+        rows.append([name, ms_cell(a), ms_cell(o), ratio_cell(o, a), ms_cell(t),
+                     ratio_cell(t, a)])
+    if batch8:
+        a, o, t = batch8["accelmesh"], batch8["onnxruntime"], batch8["tract"]
+        rows.append(["resnet50 batch 8, samples/s", tput_cell(a), tput_cell(o), tput_ratio(a, o),
+                     tput_cell(t), tput_ratio(a, t)])
+    table(header, rows)
+    print("\n(batch 1: ms per inference, median; ratios = peer ms / accelmesh ms. Batch 8 row: "
+          "samples/s; ratios = accelmesh samples/s / peer samples/s. Above 1 = accelmesh faster.)")
+
+    print("\nPeak RSS of each measurement's process (MiB):\n")
+    rows = [[name, f"{mib(r['accelmesh']):.0f}", f"{mib(r['onnxruntime']):.0f}",
+             f"{mib(r['tract']):.0f}"] for name, r in results.items()]
+    table(["model", "accelmesh", "onnxruntime", "tract"], rows)
+    print(f"\n(onnxruntime's process is python + numpy + onnxruntime: "
+          f"{mib(baseline):.0f} MiB before any model is loaded. Each figure is the process's own "
+          f"peak, read with wait4 by a launcher whose {mib(floor):.0f} MiB is a floor for all.)")
+
+    if "resnet50" in results:
+        r = results["resnet50"]
+        am, om, tm = mib(r["accelmesh"]), mib(r["onnxruntime"]), mib(r["tract"])
+        print(f"\npeak memory, ResNet-50 batch 1: accelmesh {am:.0f} MiB, onnxruntime {om:.0f} MiB, "
+              f"tract {tm:.0f} MiB; accelmesh/onnxruntime = {am / om:.2f}")
+
+    # ---- targets
+    print("\nTargets:")
+    for name in LATENCY_TARGETS:
+        if name in results:
+            a, o = results[name]["accelmesh"], results[name]["onnxruntime"]
+            if "latency_ms" in a and "latency_ms" in o:
+                ratio = o["latency_ms"] / a["latency_ms"]
+                verdict = "met" if ratio >= 1.0 else "NOT met"
+                print(f"- {name} batch-1 latency >= 1.0x onnxruntime: {ratio:.2f}x, {verdict}")
+            else:
+                print(f"- {name} batch-1 latency >= 1.0x onnxruntime: not measured (failure)")
+    both = [(n, r) for n, r in results.items()
+            if "latency_ms" in r["accelmesh"] and "latency_ms" in r["tract"]]
+    behind = [n for n, r in both if r["tract"]["latency_ms"] < r["accelmesh"]["latency_ms"]]
+    if not both:
+        verdict = "not measured (no model ran on both)"
+    elif behind:
+        verdict = f"NOT met (behind on {', '.join(behind)})"
+    else:
+        verdict = "met"
+    print(f"- ahead of tract on every model both run ({len(both)}): {verdict}")
+    if batch8:
+        a, o = batch8["accelmesh"], batch8["onnxruntime"]
+        if "latency_ms" in a and "latency_ms" in o:
+            ratio = a["throughput_per_s"] / o["throughput_per_s"]
+            verdict = "met" if ratio >= 1.0 else "NOT met"
+            print(f"- resnet50 batch-8 throughput >= 1.0x onnxruntime: {ratio:.2f}x, {verdict}")
+    if "resnet50" in results:
+        r = results["resnet50"]
+        ratio = r["accelmesh"]["rss"] / r["onnxruntime"]["rss"]
+        verdict = "met" if ratio <= MEMORY_TARGET else "NOT met"
+        print(f"- resnet50 peak memory <= {MEMORY_TARGET}x onnxruntime: {ratio:.2f}x, {verdict}")
+
+    if errors:
+        print("\nFailures:")
+        for e in errors:
+            print(f"- {e}")
+
+
+if __name__ == "__main__":
+    main()

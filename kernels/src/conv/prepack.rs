@@ -1,0 +1,162 @@
+//! Convolution weights packed once into the gemm's A panels, and reused by every call.
+//!
+//! A caller that keeps constant weights alive and unchanged (an ONNX session's initializers)
+//! pins them with [`WeightPin::new`]. While a pin lives, [`super::conv2d`] looks the weights
+//! up by address and, on the first call for an instruction set, packs them per group into the
+//! panels its gemm would pack on every call; later calls only read those panels. The panels
+//! hold the same values in the same order, so results are bit-identical with or without a pin.
+//! Unpinned weights are packed per call as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::params::Geometry;
+use crate::Isa;
+use crate::gemm::{Blocking, CacheSizes, MatRef, PackA, PrepackedA, micro_kernel};
+
+/// Weights of one convolution packed for one instruction set.
+#[derive(Debug)]
+pub(crate) struct PackedWeights {
+    isa: Isa,
+    weight_dims: [usize; 4],
+    groups: usize,
+    mr: usize,
+    kc: usize,
+    /// Row panels per group.
+    panels: usize,
+    /// Packed values of each group, one after the other (`panels·mr·depth` each).
+    data: Vec<f32>,
+}
+
+impl PackedWeights {
+    /// Packs the `O × (C/g·KH·KW)` weight matrix of each group of `g` as the gemm would.
+    pub fn pack(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<PackedWeights> {
+        let kernel = micro_kernel(isa);
+        let depth = g.depth();
+        let blocking =
+            Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()).for_depth(depth);
+        let (mr, kc) = (kernel.mr, blocking.kc);
+        let panels = g.og.div_ceil(mr);
+        let group_len = panels.checked_mul(mr)?.checked_mul(depth)?;
+        let mut data = vec![0.0f32; group_len.checked_mul(g.groups)?];
+        for (group, dst) in data
+            .chunks_exact_mut(group_len.max(1))
+            .enumerate()
+            .take(g.groups)
+        {
+            let rows = &weight[group * g.og * depth..][..g.og * depth];
+            let a = MatRef::row_major(rows, g.og, depth).ok()?;
+            for (block, dst) in dst.chunks_mut(kc * panels * mr).enumerate() {
+                let k0 = block * kc;
+                a.pack_a(0, g.og, k0, kc.min(depth - k0), mr, dst);
+            }
+        }
+        Some(PackedWeights {
+            isa,
+            weight_dims: [g.o, g.cg, g.kh, g.kw],
+            groups: g.groups,
+            mr,
+            kc,
+            panels,
+            data,
+        })
+    }
+
+    /// Whether these panels are the ones the gemm of `g` on `isa` would pack.
+    fn fits(&self, isa: Isa, g: &Geometry) -> bool {
+        self.isa == isa && self.weight_dims == [g.o, g.cg, g.kh, g.kw] && self.groups == g.groups
+    }
+
+    /// The panels of group `group` from output channel `first_row` of it, if that channel
+    /// starts a panel.
+    pub fn view(&self, group: usize, first_row: usize) -> Option<PrepackedA<'_>> {
+        if !first_row.is_multiple_of(self.mr) || group >= self.groups {
+            return None;
+        }
+        let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
+        let group_len = self.panels * self.mr * depth;
+        Some(PrepackedA {
+            data: &self.data[group * group_len..][..group_len],
+            mr: self.mr,
+            kc: self.kc,
+            panels: self.panels,
+            first_panel: first_row / self.mr,
+        })
+    }
+
+    /// Rows per panel.
+    pub fn mr(&self) -> usize {
+        self.mr
+    }
+}
+
+/// The pinned weights: address and length → pin count and the packs made so far.
+type Registry = HashMap<(usize, usize), (usize, Arc<Mutex<Vec<Arc<PackedWeights>>>>)>;
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Declares a weight buffer constant while the pin lives, so that convolutions with it pack
+/// it once per instruction set and reuse the packed panels (see the module documentation).
+///
+/// The holder promises that the buffer is neither changed nor freed before the pin is
+/// dropped; otherwise later convolutions with a buffer at the same address would use stale
+/// panels. Pins of one buffer may be taken more than once; the panels go with the last one.
+#[derive(Debug)]
+pub struct WeightPin {
+    key: Option<(usize, usize)>,
+}
+
+impl WeightPin {
+    /// Pins `weight` (f32 values in OIHW order). An empty buffer is not pinned.
+    pub fn new(weight: &[f32]) -> WeightPin {
+        if weight.is_empty() {
+            return WeightPin { key: None };
+        }
+        let key = (weight.as_ptr() as usize, weight.len());
+        let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_insert_with(|| (0, Arc::default())).0 += 1;
+        WeightPin { key: Some(key) }
+    }
+}
+
+impl Drop for WeightPin {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(&key) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// The packed panels of `weight` for convolution `g` on `isa`, packing them now if the buffer
+/// is pinned and they are not packed yet; `None` for a buffer that is not pinned.
+pub(crate) fn packed(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<Arc<PackedWeights>> {
+    let key = (weight.as_ptr() as usize, weight.len());
+    let slot = {
+        let map = registry().lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&map.get(&key)?.1)
+    };
+    let mut packs = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = packs.iter().find(|p| p.fits(isa, g)) {
+        return Some(Arc::clone(found));
+    }
+    let pack = Arc::new(PackedWeights::pack(isa, g, weight)?);
+    packs.push(Arc::clone(&pack));
+    Some(pack)
+}
+
+/// Whether `weight` is pinned (for tests).
+pub fn is_pinned(weight: &[f32]) -> bool {
+    let key = (weight.as_ptr() as usize, weight.len());
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&key)
+}

@@ -1,0 +1,343 @@
+//! Running a placed request: each part on its leased node in a thread of its own (inputs cut
+//! along the batch axis, fixed-batch models run chunk by chunk), bounded by a time-out; a part
+//! whose node errors or hangs moves to another node; the outputs are joined in sample order.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::batch::{self, BatchLayout};
+use super::plan::{self, PlanInput, PlannedPart};
+use super::report::{ModelReport, PartReport};
+use super::{Model, ModelRun, RunOptions};
+use crate::drac::power::PowerState;
+use crate::drac::{Drac, Lease, MovedPart, NodeUse};
+use crate::node::Device;
+use crate::onnx::Value;
+use crate::onnx::exec::Session;
+use crate::{Error, Result};
+
+/// Runs `inputs` on `device`: as given, or chunk by chunk for a fixed-batch model.
+pub(super) fn run_on_device(
+    session: &Session,
+    device: &dyn Device,
+    inputs: &HashMap<String, Value>,
+    layout: Option<BatchLayout>,
+) -> Result<HashMap<String, Value>> {
+    match layout {
+        Some(l) if !l.is_single_run() => {
+            let mut pieces = Vec::with_capacity(l.units());
+            for start in (0..l.samples).step_by(l.unit()) {
+                let chunk = batch::slice_inputs(inputs, start..start + l.unit())?;
+                pieces.push(session.run(device, &chunk)?);
+            }
+            batch::join_outputs(pieces)
+        }
+        _ => session.run(device, inputs),
+    }
+}
+
+/// What a part thread sends back: part index, leased node index, outputs and seconds.
+type PartDone = (usize, usize, Result<(HashMap<String, Value>, f64)>);
+
+/// Places `inputs` on the DRAC's free nodes, runs them and reports.
+pub(super) fn run(
+    model: &Model,
+    drac: &Drac,
+    inputs: &HashMap<String, Value>,
+    options: &RunOptions,
+) -> Result<ModelRun> {
+    let layout = model.layout(inputs);
+    let samples = layout.map_or(1, |l| l.samples);
+    let input_bytes: u64 = inputs.values().map(value_bytes).sum();
+    let corrections = model.corrections();
+    let plan_input = PlanInput {
+        flops_per_sample: model.flops_per_sample,
+        bytes_per_sample: input_bytes / samples.max(1) as u64,
+        layout,
+        samples,
+        max_nodes: options.max_nodes,
+        corrections: &corrections,
+    };
+    let asked = Instant::now();
+    let mut planned = None;
+    let mut lease = drac.lease(options.priority, |offers, perf| {
+        let p = plan::plan(&plan_input, offers, perf)?;
+        let chosen = p.parts.iter().map(|part| part.node).collect();
+        planned = Some(p);
+        Ok(chosen)
+    })?;
+    let plan = planned.ok_or_else(|| Error::refused("the model was not placed"))?;
+    let queued_s = asked.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let config = drac.config().clone();
+    let timeout_for = |predicted: f64| {
+        let t = if predicted.is_finite() {
+            predicted * config.timeout_factor
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64(t.max(config.min_timeout_s))
+    };
+
+    let parts: Vec<PlannedPart> = plan.parts.clone();
+    let whole = parts.len() == 1;
+    let (tx, rx) = mpsc::channel::<PartDone>();
+    let launch = |part: usize, node: usize, lease: &Lease| -> Result<()> {
+        let range = parts[part].samples.clone();
+        let part_inputs = if whole {
+            inputs.clone()
+        } else {
+            batch::slice_inputs(inputs, range.clone())?
+        };
+        let part_layout = layout.map(|l| BatchLayout {
+            samples: range.len(),
+            ..l
+        });
+        let session = Arc::clone(&model.session);
+        let device = Arc::clone(&lease.nodes()[node].device);
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("model-part-{part}"))
+            .spawn(move || {
+                let t = Instant::now();
+                let out = run_on_device(&session, device.as_ref(), &part_inputs, part_layout)
+                    .map(|o| (o, t.elapsed().as_secs_f64()));
+                let _ = tx.send((part, node, out));
+            })
+            .map_err(|e| Error::device("model", format!("cannot start a part thread: {e}")))?;
+        Ok(())
+    };
+
+    let mut done: Vec<Option<HashMap<String, Value>>> = vec![None; parts.len()];
+    let mut ran_on: Vec<usize> = (0..parts.len()).collect();
+    let mut elapsed: Vec<f64> = vec![0.0; parts.len()];
+    let mut busy_s: Vec<f64> = vec![0.0; lease.nodes().len()];
+    let mut moved = Vec::new();
+    let mut waiting: Vec<(usize, usize, Instant)> = Vec::new();
+    for (p, _) in parts.iter().enumerate() {
+        launch(p, p, &lease)?;
+        waiting.push((p, p, Instant::now()));
+    }
+    while !waiting.is_empty() {
+        let next_deadline = waiting
+            .iter()
+            .map(|&(p, _, t)| t + timeout_for(parts[p].predicted_s))
+            .min()
+            .unwrap_or_else(Instant::now);
+        let wait = next_deadline.saturating_duration_since(Instant::now());
+        let mut lost: Vec<(usize, usize, String)> = Vec::new();
+        match rx.recv_timeout(wait) {
+            Ok((p, node, out)) => {
+                let Some(at) = waiting.iter().position(|&(q, n, _)| q == p && n == node) else {
+                    continue; // a late answer from a node already given up on
+                };
+                waiting.swap_remove(at);
+                match out {
+                    Ok((o, secs)) => {
+                        busy_s[node] += secs;
+                        elapsed[p] = secs;
+                        ran_on[p] = node;
+                        done[p] = Some(o);
+                        idle_if_done(&lease, &waiting, node);
+                    }
+                    Err(e @ Error::Device { .. }) => lost.push((p, node, e.to_string())),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                waiting.retain(|&(p, node, t)| {
+                    let limit = timeout_for(parts[p].predicted_s);
+                    if now.duration_since(t) >= limit {
+                        lost.push((
+                            p,
+                            node,
+                            format!("no answer within {:.3} s", limit.as_secs_f64()),
+                        ));
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::device(
+                    "model",
+                    "every part thread ended without an answer",
+                ));
+            }
+        }
+        for (p, node, reason) in lost {
+            lease.mark_failed(node, reason.clone());
+            busy_s[node] += elapsed_since(start);
+            let to = replacement(&mut lease, &waiting, &busy_s).ok_or_else(|| {
+                Error::refused(format!(
+                    "part {p} of the model failed on {} ({reason}) and no working node is left",
+                    lease.nodes()[node].id
+                ))
+            })?;
+            if busy_s.len() < lease.nodes().len() {
+                busy_s.resize(lease.nodes().len(), 0.0);
+            }
+            moved.push(MovedPart {
+                part: p,
+                from: lease.nodes()[node].id.clone(),
+                to: lease.nodes()[to].id.clone(),
+                reason,
+            });
+            launch(p, to, &lease)?;
+            waiting.push((p, to, Instant::now()));
+        }
+    }
+    let pieces: Vec<HashMap<String, Value>> = done
+        .into_iter()
+        .map(|d| d.ok_or_else(|| Error::device("model", "a part produced no output")))
+        .collect::<Result<_>>()?;
+    let outputs = batch::join_outputs(pieces)?;
+    let elapsed_s = start.elapsed().as_secs_f64();
+
+    for (p, part) in parts.iter().enumerate() {
+        // Parts moved to another node were predicted for the first one: not a fair sample.
+        if ran_on[p] == p {
+            let samples = part.samples.len().max(1) as f64;
+            model.learn(
+                &lease.nodes()[p].key,
+                elapsed[p] / samples,
+                part.base_per_sample_s,
+            );
+        }
+    }
+    let report = report(
+        model, &lease, &plan, &parts, &ran_on, &elapsed, &busy_s, moved, queued_s, elapsed_s,
+        samples,
+    );
+    lease.release();
+    Ok(ModelRun { outputs, report })
+}
+
+/// Seconds since `start`.
+fn elapsed_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+/// Puts leased node `node` to Idle when no part waits on it any more.
+fn idle_if_done(lease: &Lease, waiting: &[(usize, usize, Instant)], node: usize) {
+    if !waiting.iter().any(|&(_, n, _)| n == node) {
+        lease.set_state(node, PowerState::Idle);
+    }
+}
+
+/// A node to move a failed part to: a free node borrowed from the mesh, else the leased
+/// working node with the least work so far that no part is waiting on, else any working one.
+fn replacement(
+    lease: &mut Lease,
+    waiting: &[(usize, usize, Instant)],
+    busy_s: &[f64],
+) -> Option<usize> {
+    if let Some(k) = lease.borrow_more() {
+        return Some(k);
+    }
+    let working: Vec<usize> = (0..lease.nodes().len())
+        .filter(|&k| !lease.is_failed(k))
+        .collect();
+    let least = |ks: &mut dyn Iterator<Item = usize>| {
+        ks.min_by(|&a, &b| {
+            let ba = busy_s.get(a).copied().unwrap_or(0.0);
+            let bb = busy_s.get(b).copied().unwrap_or(0.0);
+            ba.total_cmp(&bb)
+        })
+    };
+    least(
+        &mut working
+            .iter()
+            .copied()
+            .filter(|&k| !waiting.iter().any(|&(_, n, _)| n == k)),
+    )
+    .or_else(|| least(&mut working.iter().copied()))
+}
+
+/// Bytes of a value's elements.
+fn value_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Float(t) => t.size_bytes() as u64,
+        Value::Int64 { data, .. } => 8 * data.len() as u64,
+        Value::Bool { data, .. } => data.len() as u64,
+    }
+}
+
+/// The run's report: parts, per-node time and energy (active while computing, idle while
+/// leased and waiting).
+#[allow(clippy::too_many_arguments)]
+fn report(
+    model: &Model,
+    lease: &Lease,
+    plan: &super::ModelPlan,
+    parts: &[PlannedPart],
+    ran_on: &[usize],
+    elapsed: &[f64],
+    busy_s: &[f64],
+    moved_parts: Vec<MovedPart>,
+    queued_s: f64,
+    elapsed_s: f64,
+    samples: usize,
+) -> ModelReport {
+    let per_sample_flops = model.flops_per_sample;
+    let mut nodes = Vec::new();
+    let mut energy_j = 0.0;
+    for (k, node) in lease.nodes().iter().enumerate() {
+        let mine: Vec<usize> = (0..parts.len()).filter(|&p| ran_on[p] == k).collect();
+        let compute_s = busy_s.get(k).copied().unwrap_or(0.0).min(elapsed_s);
+        let top = node.power.top_level();
+        let joules = node.power.active_w(top) * compute_s
+            + node.power.watts(PowerState::Idle) * (elapsed_s - compute_s).max(0.0);
+        energy_j += joules;
+        nodes.push(NodeUse {
+            id: node.id.clone(),
+            parts: mine.len(),
+            flops: mine
+                .iter()
+                .map(|&p| per_sample_flops * parts[p].samples.len() as u64)
+                .sum(),
+            compute_s,
+            predicted_s: mine.iter().map(|&p| parts[p].predicted_s).sum(),
+            energy_j: joules,
+        });
+    }
+    let part_reports: Vec<PartReport> = parts
+        .iter()
+        .enumerate()
+        .map(|(p, part)| PartReport {
+            node: lease.nodes()[ran_on[p]].id.clone(),
+            first_sample: part.samples.start,
+            samples: range_len(&part.samples),
+            predicted_s: part.predicted_s,
+            elapsed_s: elapsed[p],
+        })
+        .collect();
+    let mut nodes_used: Vec<String> = part_reports.iter().map(|p| p.node.clone()).collect();
+    nodes_used.dedup();
+    ModelReport {
+        job: lease.job(),
+        model: model.name.clone(),
+        strategy: plan.strategy,
+        samples,
+        nodes_used,
+        parts: part_reports,
+        nodes: nodes
+            .into_iter()
+            .filter(|n| n.parts > 0 || n.compute_s > 0.0)
+            .collect(),
+        queued_s,
+        predicted_s: plan.predicted_s,
+        elapsed_s,
+        energy_j,
+        moved_parts,
+    }
+}
+
+fn range_len(r: &Range<usize>) -> usize {
+    r.end.saturating_sub(r.start)
+}
