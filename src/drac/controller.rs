@@ -91,6 +91,36 @@ pub(super) struct State {
     pub(super) next_job: u64,
 }
 
+impl Slot {
+    /// Marks the slot busy and Active at its top level from `now`.
+    pub(super) fn take(&mut self, now: f64) {
+        self.busy = true;
+        let top = self.power.spec.top_level();
+        self.power.set(PowerState::Active { level: top }, now);
+    }
+}
+
+impl State {
+    /// The job first in line: highest priority, then the earliest.
+    pub(super) fn queue_head(&self) -> Option<u64> {
+        self.queue
+            .iter()
+            .copied()
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, j)| j)
+    }
+
+    /// The slots that are free, present and working.
+    pub(super) fn free_slots(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                !s.busy && !s.removed && s.failed.is_none()
+            })
+            .collect()
+    }
+}
+
 /// The shared core of a [`Drac`].
 pub(super) struct Core {
     pub(super) state: Mutex<State>,
@@ -624,18 +654,8 @@ impl Drac {
     ) -> Result<(super::placement::Placement, Vec<usize>, f64)> {
         let mut st = self.lock();
         loop {
-            let head = st
-                .queue
-                .iter()
-                .copied()
-                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-                .map(|(_, j)| j);
-            let free: Vec<usize> = (0..st.slots.len())
-                .filter(|&i| {
-                    let s = &st.slots[i];
-                    !s.busy && !s.removed && s.failed.is_none()
-                })
-                .collect();
+            let head = st.queue_head();
+            let free = st.free_slots();
             let alive = st.slots.iter().any(|s| !s.removed && s.failed.is_none());
             if !alive {
                 st.queue.retain(|&(_, j)| j != job);
@@ -674,10 +694,7 @@ impl Drac {
                 };
                 let slots_of: Vec<usize> = plan.chosen.iter().map(|&c| free[c]).collect();
                 for &i in &slots_of {
-                    let slot = &mut st.slots[i];
-                    slot.busy = true;
-                    let top = slot.power.spec.top_level();
-                    slot.power.set(PowerState::Active { level: top }, now);
+                    st.slots[i].take(now);
                 }
                 self.core.changed.notify_all();
                 return Ok((plan, slots_of, now));
@@ -703,9 +720,7 @@ impl Drac {
             !exclude.contains(&i) && !s.busy && !s.removed && s.failed.is_none()
         })?;
         let slot = &mut st.slots[i];
-        slot.busy = true;
-        let top = slot.power.spec.top_level();
-        slot.power.set(PowerState::Active { level: top }, now);
+        slot.take(now);
         Some((
             i,
             slot.id.clone(),

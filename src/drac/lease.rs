@@ -72,12 +72,7 @@ impl Drac {
         st.next_job += 1;
         st.queue.push((priority, job));
         loop {
-            let head = st
-                .queue
-                .iter()
-                .copied()
-                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-                .map(|(_, j)| j);
+            let head = st.queue_head();
             let alive = st.slots.iter().any(|s| !s.removed && s.failed.is_none());
             if !alive {
                 st.queue.retain(|&(_, j)| j != job);
@@ -86,12 +81,7 @@ impl Drac {
                     "every node of the mesh has failed or been removed (or the mesh is empty)",
                 ));
             }
-            let free: Vec<usize> = (0..st.slots.len())
-                .filter(|&i| {
-                    let s = &st.slots[i];
-                    !s.busy && !s.removed && s.failed.is_none()
-                })
-                .collect();
+            let free = st.free_slots();
             if head == Some(job) && !free.is_empty() {
                 let now = self.now();
                 let hold_off = self.core.config.hold_off_s;
@@ -135,9 +125,7 @@ impl Drac {
                         continue;
                     }
                     let slot = &mut st.slots[i];
-                    slot.busy = true;
-                    let top = slot.power.spec.top_level();
-                    slot.power.set(PowerState::Active { level: top }, now);
+                    slot.take(now);
                     slots.push(i);
                     nodes.push(LeasedNode {
                         id: slot.id.clone(),
@@ -210,9 +198,7 @@ impl Lease {
             !self.slots.contains(&i) && !s.busy && !s.removed && s.failed.is_none()
         })?;
         let slot = &mut st.slots[i];
-        slot.busy = true;
-        let top = slot.power.spec.top_level();
-        slot.power.set(PowerState::Active { level: top }, now);
+        slot.take(now);
         self.slots.push(i);
         self.nodes.push(LeasedNode {
             id: slot.id.clone(),
