@@ -294,6 +294,18 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
     let (_, value) = accelmesh::onnx::read_tensor_pb(&dir.join("softmaxout_1.pb")).unwrap();
     assert_eq!(value.dims()[0], 4);
     std::fs::remove_dir_all(&dir).unwrap();
+
+    // --profile adds the time per operator of one run.
+    let lines = json_lines(&["infer", &model, "--reps", "1", "--profile", "--json"]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let by_op = lines[1]["by_op"].as_array().expect("by_op");
+    assert!(
+        by_op
+            .iter()
+            .any(|r| r["op"].as_str().unwrap().starts_with("Conv"))
+    );
+    let step_ms: f64 = by_op.iter().map(|r| r["ms"].as_f64().unwrap()).sum();
+    assert!(step_ms > 0.0 && step_ms <= lines[1]["total_ms"].as_f64().unwrap() * 1.0001);
 }
 
 #[test]

@@ -73,6 +73,10 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// After the timed runs, profile one run on the node the median run used first and
+        /// print the time per operator and per operator and shape.
+        #[arg(long)]
+        profile: bool,
     },
     /// Run a job file: ONNX models and matmul/conv2d benchmarks on the nodes, one JSON report.
     Run {
@@ -260,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             nodes,
             reps,
             json,
+            profile,
         }) => {
             let model = accelmesh::Model::load(&model)?;
             let session = model.session();
@@ -288,6 +293,15 @@ fn run(cli: Cli) -> Result<()> {
                 infer::write_outputs(dir, session, &outputs)?;
             }
             print::inference(&mut out, &report, json)?;
+            if profile {
+                let device = report
+                    .nodes
+                    .first()
+                    .and_then(|id| nodes.devices().iter().find(|d| &d.info().id == id))
+                    .ok_or_else(|| Error::spec(nodes.label(), "no node ran the model"))?;
+                let (_, steps) = model.session().run_profiled(device.as_ref(), &values)?;
+                print::profile(&mut out, &device.info().id, &steps, json)?;
+            }
         }
         Some(Command::Run {
             job,

@@ -6,6 +6,7 @@ use accelmesh::bench::CaseResult;
 use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::SimSummary;
 use accelmesh::model::demo::DemoReport;
+use accelmesh::onnx::exec::Profile;
 use accelmesh::onnx::infer::InferReport;
 use accelmesh::{DeviceInfo, Error, NodeSet, Result};
 
@@ -317,5 +318,48 @@ pub fn demo(
         out,
         "energy ledger of the whole job: {total:.3} J (modelled)"
     )?;
+    Ok(())
+}
+
+/// Writes a per-step profile: time per operator, then the ten slowest operator and shape
+/// groups (JSON: one object with both lists).
+pub fn profile(out: &mut impl Write, node: &str, p: &Profile, json: bool) -> Result<()> {
+    let rows = |groups: Vec<(String, f64, usize)>| -> Vec<serde_json::Value> {
+        groups
+            .into_iter()
+            .map(|(label, s, n)| serde_json::json!({"op": label, "ms": s * 1e3, "steps": n}))
+            .collect()
+    };
+    if json {
+        let v = serde_json::json!({
+            "profile_node": node,
+            "total_ms": p.total_seconds * 1e3,
+            "by_op": rows(p.by_op()),
+            "by_op_and_shape": rows(p.by_op_and_shape().into_iter().take(10).collect()),
+        });
+        writeln!(out, "{}", to_json(&v)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "profile on {node}: {:.3} ms, {:.3} ms in {} steps",
+        p.total_seconds * 1e3,
+        p.step_seconds() * 1e3,
+        p.steps.len()
+    )?;
+    writeln!(out, "  {:<24} {:>10} {:>6} {:>6}", "op", "ms", "steps", "%")?;
+    let total = p.step_seconds().max(f64::MIN_POSITIVE);
+    for (label, s, n) in p.by_op() {
+        writeln!(
+            out,
+            "  {label:<24} {:>10.3} {n:>6} {:>5.1}%",
+            s * 1e3,
+            100.0 * s / total
+        )?;
+    }
+    writeln!(out, "  slowest op and input shapes:")?;
+    for (label, s, n) in p.by_op_and_shape().into_iter().take(10) {
+        writeln!(out, "  {:>10.3} ms {n:>4}x  {label}", s * 1e3)?;
+    }
     Ok(())
 }
