@@ -218,11 +218,33 @@ impl DemoReport {
     }
 }
 
+/// Seed of the demo network's weights.
+const WEIGHT_SEED: u64 = 0xDE40;
+/// Seed of its input images.
+const IMAGE_SEED: u64 = 0x1A6E;
+
+/// Median seconds of `reps` runs (after a warm-up) of the demo network, whole on the fastest
+/// node of `drac` (for comparing with another node set, such as the CPU as one node).
+pub fn time_whole(drac: &Drac, batch: usize, reps: usize) -> Result<f64> {
+    let model = Model::from_onnx(network(WEIGHT_SEED))?;
+    let inputs = images(batch, IMAGE_SEED)?;
+    let opts = RunOptions {
+        max_nodes: 1,
+        ..RunOptions::default()
+    };
+    model.run_values(drac, &inputs, &opts)?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        times.push(model.run_values(drac, &inputs, &opts)?.report.elapsed_s);
+    }
+    Ok(crate::bench::median(&times))
+}
+
 /// Runs the demo network on `drac`'s nodes, `reps` times across the mesh and `reps` times on
 /// the best single node (after a warm-up of each), and compares them.
 pub fn run_demo(drac: &Drac, batch: usize, reps: usize) -> Result<DemoReport> {
-    let model = Model::from_onnx(network(0xDE40))?;
-    let inputs = images(batch, 0x1A6E)?;
+    let model = Model::from_onnx(network(WEIGHT_SEED))?;
+    let inputs = images(batch, IMAGE_SEED)?;
     let mesh_opts = RunOptions::default();
     let single_opts = RunOptions {
         max_nodes: 1,

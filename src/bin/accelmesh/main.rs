@@ -231,6 +231,13 @@ fn run(cli: Cli) -> Result<()> {
             let drac = Drac::calibrated(&nodes, DracConfig::default())?;
             let report = demo::run_demo(&drac, demo::BATCH, 5)?;
             print::demo(&mut out, &nodes, &report, &drac.node_energy())?;
+            // The same cores as one node, for context: the mesh's CPU nodes share them.
+            if nodes.len() > 1 {
+                let whole = NodeSpec::parse("cpu")?.build()?;
+                let whole_drac = Drac::calibrated(&whole, DracConfig::default())?;
+                let s = demo::time_whole(&whole_drac, demo::BATCH, 5)?;
+                print::demo_whole_cpu(&mut out, &report, s)?;
+            }
             writeln!(
                 out,
                 "\nMore: `accelmesh --help` (devices, bench, infer, run, simulate, calibrate)."

@@ -363,3 +363,15 @@ pub fn profile(out: &mut impl Write, node: &str, p: &Profile, json: bool) -> Res
     }
     Ok(())
 }
+
+/// Writes the comparison with the whole CPU as one node (the mesh's CPU nodes share its cores).
+pub fn demo_whole_cpu(out: &mut impl Write, r: &DemoReport, whole_s: f64) -> Result<()> {
+    writeln!(
+        out,
+        "for context, all CPU cores as one node: {:.2} ms ({:.1} images/s); the mesh runs at {:.2}x of it",
+        whole_s * 1e3,
+        r.batch as f64 / whole_s,
+        whole_s / r.mesh_s
+    )?;
+    Ok(())
+}
