@@ -715,10 +715,7 @@ impl Drac {
     ) -> Option<(usize, String, Arc<FaultyDevice>, String)> {
         let now = self.now();
         let mut st = self.lock();
-        let i = (0..st.slots.len()).find(|&i| {
-            let s = &st.slots[i];
-            !exclude.contains(&i) && !s.busy && !s.removed && s.failed.is_none()
-        })?;
+        let i = st.free_slots().into_iter().find(|i| !exclude.contains(i))?;
         let slot = &mut st.slots[i];
         slot.take(now);
         Some((

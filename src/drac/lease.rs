@@ -193,10 +193,10 @@ impl Lease {
     pub fn borrow_more(&mut self) -> Option<usize> {
         let now = self.drac.now();
         let mut st = self.drac.lock();
-        let i = (0..st.slots.len()).find(|&i| {
-            let s = &st.slots[i];
-            !self.slots.contains(&i) && !s.busy && !s.removed && s.failed.is_none()
-        })?;
+        let i = st
+            .free_slots()
+            .into_iter()
+            .find(|i| !self.slots.contains(i))?;
         let slot = &mut st.slots[i];
         slot.take(now);
         self.slots.push(i);

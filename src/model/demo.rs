@@ -223,6 +223,23 @@ const WEIGHT_SEED: u64 = 0xDE40;
 /// Seed of its input images.
 const IMAGE_SEED: u64 = 0x1A6E;
 
+/// The run of median time among `reps` runs of `model` on `inputs` (after a warm-up).
+fn median_run(
+    model: &Model,
+    drac: &Drac,
+    inputs: &HashMap<String, Value>,
+    opts: &RunOptions,
+    reps: usize,
+) -> Result<ModelRun> {
+    model.run_values(drac, inputs, opts)?;
+    let mut runs = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        runs.push(model.run_values(drac, inputs, opts)?);
+    }
+    runs.sort_by(|a, b| a.report.elapsed_s.total_cmp(&b.report.elapsed_s));
+    Ok(runs.swap_remove(runs.len() / 2))
+}
+
 /// Median seconds of `reps` runs (after a warm-up) of the demo network, whole on the fastest
 /// node of `drac` (for comparing with another node set, such as the CPU as one node).
 pub fn time_whole(drac: &Drac, batch: usize, reps: usize) -> Result<f64> {
@@ -232,12 +249,9 @@ pub fn time_whole(drac: &Drac, batch: usize, reps: usize) -> Result<f64> {
         max_nodes: 1,
         ..RunOptions::default()
     };
-    model.run_values(drac, &inputs, &opts)?;
-    let mut times = Vec::with_capacity(reps.max(1));
-    for _ in 0..reps.max(1) {
-        times.push(model.run_values(drac, &inputs, &opts)?.report.elapsed_s);
-    }
-    Ok(crate::bench::median(&times))
+    Ok(median_run(&model, drac, &inputs, &opts, reps)?
+        .report
+        .elapsed_s)
 }
 
 /// Runs the demo network on `drac`'s nodes, `reps` times across the mesh and `reps` times on
@@ -250,19 +264,9 @@ pub fn run_demo(drac: &Drac, batch: usize, reps: usize) -> Result<DemoReport> {
         max_nodes: 1,
         ..RunOptions::default()
     };
-    let measure = |opts: &RunOptions| -> Result<(ModelRun, f64)> {
-        model.run_values(drac, &inputs, opts)?;
-        let mut runs = Vec::with_capacity(reps.max(1));
-        for _ in 0..reps.max(1) {
-            runs.push(model.run_values(drac, &inputs, opts)?);
-        }
-        runs.sort_by(|a, b| a.report.elapsed_s.total_cmp(&b.report.elapsed_s));
-        let median = runs.swap_remove(runs.len() / 2);
-        let s = median.report.elapsed_s;
-        Ok((median, s))
-    };
-    let (single, single_s) = measure(&single_opts)?;
-    let (mesh, mesh_s) = measure(&mesh_opts)?;
+    let single = median_run(&model, drac, &inputs, &single_opts, reps)?;
+    let mesh = median_run(&model, drac, &inputs, &mesh_opts, reps)?;
+    let (single_s, mesh_s) = (single.report.elapsed_s, mesh.report.elapsed_s);
     let a = mesh.output(OUTPUT)?.to_f64_vec();
     let b = single.output(OUTPUT)?.to_f64_vec();
     let max_abs_diff = a

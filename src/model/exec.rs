@@ -3,7 +3,6 @@
 //! whose node errors or hangs moves to another node; the outputs are joined in sample order.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -172,7 +171,7 @@ pub(super) fn run(
         }
         for (p, node, reason) in lost {
             lease.mark_failed(node, reason.clone());
-            busy_s[node] += elapsed_since(start);
+            busy_s[node] += start.elapsed().as_secs_f64();
             let to = replacement(&mut lease, &waiting, &busy_s).ok_or_else(|| {
                 Error::refused(format!(
                     "part {p} of the model failed on {} ({reason}) and no working node is left",
@@ -216,11 +215,6 @@ pub(super) fn run(
     );
     lease.release();
     Ok(ModelRun { outputs, report })
-}
-
-/// Seconds since `start`.
-fn elapsed_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
 }
 
 /// Puts leased node `node` to Idle when no part waits on it any more.
@@ -312,7 +306,7 @@ fn report(
         .map(|(p, part)| PartReport {
             node: lease.nodes()[ran_on[p]].id.clone(),
             first_sample: part.samples.start,
-            samples: range_len(&part.samples),
+            samples: part.samples.len(),
             predicted_s: part.predicted_s,
             elapsed_s: elapsed[p],
         })
@@ -336,8 +330,4 @@ fn report(
         energy_j,
         moved_parts,
     }
-}
-
-fn range_len(r: &Range<usize>) -> usize {
-    r.end.saturating_sub(r.start)
 }

@@ -151,7 +151,9 @@ impl CpuDevice {
         Ok(())
     }
 
-    /// Runs a validated convolution of inputs stored as `T`.
+    /// Runs a validated convolution of inputs stored as `T`; with `accumulate`, the output
+    /// starts as the residual (already copied into `out`) and gets the product added.
+    #[allow(clippy::too_many_arguments)]
     fn conv<T: TensorElement>(
         &self,
         x: &Tensor,
@@ -160,27 +162,16 @@ impl CpuDevice {
         params: &Conv2dParams,
         d: &Conv2dDims,
         out: &mut [f32],
+        accumulate: bool,
     ) -> Result<()> {
         let (x, w) = (x.as_slice::<T>()?, w.as_slice::<T>()?);
+        let kernel = if accumulate {
+            conv2d_accumulate::<T>
+        } else {
+            conv2d::<T>
+        };
         self.pool
-            .install(|| conv2d(self.isa, x, d.input, w, d.weight, bias, params, out))?;
-        Ok(())
-    }
-
-    /// A convolution whose output starts as the residual (already copied into `out`) and
-    /// gets the product added.
-    fn conv_accumulate<T: TensorElement>(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&[f32]>,
-        params: &Conv2dParams,
-        d: &Conv2dDims,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let (x, w) = (x.as_slice::<T>()?, w.as_slice::<T>()?);
-        self.pool
-            .install(|| conv2d_accumulate(self.isa, x, d.input, w, d.weight, bias, params, out))?;
+            .install(|| kernel(self.isa, x, d.input, w, d.weight, bias, params, out))?;
         Ok(())
     }
 }
@@ -317,16 +308,12 @@ impl Device for CpuDevice {
                         TensorData::F32(v) => out.copy_from_slice(v),
                         _ => out.copy_from_slice(&r.to_f32_vec()),
                     }
-                    return match dtype {
-                        DType::F32 => self.conv_accumulate::<f32>(x, w, bias, params, &d, out),
-                        DType::F16 => self.conv_accumulate::<f16>(x, w, bias, params, &d, out),
-                        DType::BF16 => self.conv_accumulate::<bf16>(x, w, bias, params, &d, out),
-                    };
                 }
+                let accumulate = residual.is_some();
                 match dtype {
-                    DType::F32 => self.conv::<f32>(x, w, bias, params, &d, out),
-                    DType::F16 => self.conv::<f16>(x, w, bias, params, &d, out),
-                    DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, out),
+                    DType::F32 => self.conv::<f32>(x, w, bias, params, &d, out, accumulate),
+                    DType::F16 => self.conv::<f16>(x, w, bias, params, &d, out, accumulate),
+                    DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, out, accumulate),
                 }
             }
             _ => self.execute_f32(op, inputs, &shapes, out),

@@ -423,16 +423,31 @@ impl Session {
         id
     }
 
-    /// Folds each inference BatchNormalization that follows a convolution with constant
-    /// weights (and is its only consumer) into the convolution's weights and bias.
-    fn fold_batch_norms(&mut self) -> Result<()> {
-        let uses = self.use_counts();
-        let mut producer: Vec<Option<usize>> = vec![None; self.names.len()];
+    /// The step that writes each value, by value id (`None`: an input or a constant).
+    fn producers(&self) -> Vec<Option<usize>> {
+        let mut producer = vec![None; self.names.len()];
         for (i, step) in self.steps.iter().enumerate() {
             for &id in step.outputs.iter().flatten() {
                 producer[id] = Some(i);
             }
         }
+        producer
+    }
+
+    /// Removes the steps whose flag in `remove` is set, keeping the others in order.
+    fn drop_steps(&mut self, remove: &[bool]) {
+        let mut k = 0;
+        self.steps.retain(|_| {
+            k += 1;
+            !remove[k - 1]
+        });
+    }
+
+    /// Folds each inference BatchNormalization that follows a convolution with constant
+    /// weights (and is its only consumer) into the convolution's weights and bias.
+    fn fold_batch_norms(&mut self) -> Result<()> {
+        let uses = self.use_counts();
+        let producer = self.producers();
         let mut remove = vec![false; self.steps.len()];
         for i in 0..self.steps.len() {
             let Kind::BatchNorm(bn) = &self.steps[i].kind else {
@@ -527,11 +542,7 @@ impl Session {
             remove[i] = true;
             self.folded += 1;
         }
-        let mut k = 0;
-        self.steps.retain(|_| {
-            k += 1;
-            !remove[k - 1]
-        });
+        self.drop_steps(&remove);
         // Drop constants nothing reads any more (the weights before folding).
         let uses = self.use_counts();
         for (id, c) in self.consts.iter_mut().enumerate() {
@@ -545,12 +556,7 @@ impl Session {
     /// Fuses each Conv whose only consumer is a Relu into the convolution (`relu` epilogue).
     fn fuse(&mut self) {
         let uses = self.use_counts();
-        let mut producer: Vec<Option<usize>> = vec![None; self.names.len()];
-        for (i, step) in self.steps.iter().enumerate() {
-            for &id in step.outputs.iter().flatten() {
-                producer[id] = Some(i);
-            }
-        }
+        let producer = self.producers();
         let mut remove = vec![false; self.steps.len()];
         for (i, removed) in remove.iter_mut().enumerate() {
             let is_relu = matches!(self.steps[i].kind, Kind::Unary(crate::op::Unary::Relu));
@@ -578,11 +584,7 @@ impl Session {
                 self.fused += 1;
             }
         }
-        let mut k = 0;
-        self.steps.retain(|_| {
-            k += 1;
-            !remove[k - 1]
-        });
+        self.drop_steps(&remove);
     }
 
     /// Fuses each two-input Add or Sum fed by a convolution (its only consumer, Float, no
@@ -592,12 +594,7 @@ impl Session {
     /// dims (no broadcasting).
     fn fuse_residuals(&mut self) {
         let uses = self.use_counts();
-        let mut producer: Vec<Option<usize>> = vec![None; self.names.len()];
-        for (i, step) in self.steps.iter().enumerate() {
-            for &id in step.outputs.iter().flatten() {
-                producer[id] = Some(i);
-            }
-        }
+        let producer = self.producers();
         let mut remove = vec![false; self.steps.len()];
         for i in 0..self.steps.len() {
             let is_add = match &self.steps[i].kind {
@@ -689,11 +686,7 @@ impl Session {
             remove[p] = true;
             self.fused += 1;
         }
-        let mut k = 0;
-        self.steps.retain(|_| {
-            k += 1;
-            !remove[k - 1]
-        });
+        self.drop_steps(&remove);
     }
 
     /// Pins the constant f32 weights of every convolution (see [`WeightPin`]): they are never
