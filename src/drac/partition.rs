@@ -721,7 +721,13 @@ fn build_part(
             } else {
                 0..c
             };
-            let (in_rows, top, bottom) = halo(params, h, kh, rows)?;
+            // A part with every output row reads the input as the whole op does, so that a
+            // one-part plan is the op itself (rows a stride skips at the end included).
+            let (in_rows, top, bottom) = if *rows == (0..output[2]) {
+                (0..h, params.pads[0], params.pads[2])
+            } else {
+                halo(params, h, kh, rows)?
+            };
             part.pads[0] = top;
             part.pads[2] = bottom;
             windows[0] = Window::new(
@@ -1382,6 +1388,14 @@ pub fn assemble(op: &Op, shapes: &[&Shape], parts: Vec<(PartSpec, Tensor)>) -> R
         ));
     }
     check_cover(&extent, &boxes)?;
+    let mut parts = parts;
+    if !partial
+        && parts.len() == 1
+        && let Some((_, tensor)) = parts.pop()
+    {
+        // One part that covers the whole output (checked above) is the output: no copy.
+        return Ok(tensor);
+    }
     if !partial && let Some(data) = assemble_contiguous(dims, &parts, numel)? {
         return Tensor::from_vec(out_shape, data);
     }

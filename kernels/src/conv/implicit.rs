@@ -5,7 +5,6 @@
 //! column split). Many jobs run in parallel with each other instead; a job with fewer output
 //! columns than channels is cut into channel pieces, one per thread, each packing all of its B.
 
-use std::marker::PhantomData;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -13,6 +12,7 @@ use rayon::prelude::*;
 use super::im2col::{Im2col, Taps};
 use super::params::Geometry;
 use super::prepack::PackedWeights;
+use super::shared::SharedOut;
 use crate::gemm::{
     Epilogue, MatMut, MatRef, PackA, PackB, PrepackedA, Threading, gemm_packed, micro_kernel,
 };
@@ -22,42 +22,6 @@ use crate::{Isa, Result};
 const MIN_PIECE_ROWS: usize = 32;
 /// Multiply-adds of a job below which it is not cut for load balance across threads.
 const MIN_SPLIT_MACS: usize = 1 << 22;
-
-/// The output, written by pieces that own pairwise disjoint elements of it.
-#[derive(Clone, Copy)]
-struct SharedOut<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _borrow: PhantomData<&'a mut [f32]>,
-}
-
-impl<'a> SharedOut<'a> {
-    /// Shares `output` between pieces.
-    fn new(output: &'a mut [f32]) -> Self {
-        Self {
-            ptr: output.as_mut_ptr(),
-            len: output.len(),
-            _borrow: PhantomData,
-        }
-    }
-
-    /// The elements `start..start + len` as a slice.
-    ///
-    /// # Safety
-    /// The range must be inside the output and no other live slice or write may touch it.
-    unsafe fn slice(self, start: usize, len: usize) -> &'a mut [f32] {
-        assert!(start + len <= self.len, "piece outside the output");
-        // SAFETY: in bounds (checked); exclusive by the caller's contract; the output's `&mut`
-        // borrow lasts for 'a and is used through this SharedOut only.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
-}
-
-// SAFETY: pieces sharing one SharedOut write pairwise disjoint elements (`run` cuts them), and
-// the `&mut` borrow it comes from outlives them all.
-unsafe impl Send for SharedOut<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut<'_> {}
 
 /// Channel pieces per job of `m` output channels, `n` output columns and depth `k`, with
 /// `jobs` jobs on `threads` threads: more than one only when the columns are too few for the

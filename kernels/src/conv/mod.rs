@@ -1,28 +1,38 @@
 //! 2-D convolution (ONNX Conv semantics, NCHW input, OIHW weights, f32 output).
 //!
-//! Three paths, chosen from the geometry:
+//! Paths, chosen from the geometry:
 //! - one input channel per group (depthwise): a direct kernel, parallel over output planes;
-//! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is;
+//! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is; a
+//!   strided 1×1 convolution without padding gathers its sub-grid once and runs the same way;
+//! - on AVX2, kernels larger than 1×1 whose padded rows waste little (see `flat`): a gemm
+//!   reading B in place from a zero-padded, stride-phase-split copy of the input, through a
+//!   table of per-tap offsets — no im2col packing at all;
 //! - everything else: an implicit gemm per image and group, `out[O/g × OH·OW] =
 //!   W_g[O/g × C/g·KH·KW] · im2col(x)`, where the im2col matrix is produced panel by panel
 //!   by the gemm's B packer and never stored whole.
 //!
 //! Bias and ReLU are fused (gemm epilogue, or the direct kernel's last pass);
-//! [`conv2d_accumulate`] also adds what the output holds (a residual) in the gemm. Weights
-//! pinned with [`WeightPin`] are packed into the gemm's panels once and reused (`prepack`). Work is split
-//! with rayon on the current pool: the implicit gemms into pieces of output columns (or of
-//! output channels) sized for the L2 cache and for load balance, computed in parallel each on
-//! its own thread's packed data (see `implicit`); the direct kernel by output planes.
+//! [`conv2d_accumulate`] also adds what the output holds (a residual). Weights pinned with
+//! [`WeightPin`] are packed into the gemm's panels once per path and reused (`prepack`). Work
+//! is split with rayon on the current pool: the implicit gemms into pieces of output columns
+//! (or of output channels) sized for the L2 cache and for load balance, computed in parallel
+//! each on its own thread's packed data (see `implicit`); the flat path into tasks of grid
+//! columns and weight panels, evened out over the threads; the direct kernel by output planes.
 
 mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_x86;
+#[cfg(target_arch = "x86_64")]
+mod flat;
+#[cfg(target_arch = "x86_64")]
+mod flat_x86;
 mod im2col;
 mod implicit;
 #[cfg(target_arch = "x86_64")]
 mod pack_x86;
 mod params;
 mod prepack;
+mod shared;
 
 use std::borrow::Cow;
 
@@ -163,21 +173,79 @@ fn run<T: Element>(
         }
         return Ok(());
     }
-    // Pinned f32 weights: their gemm panels are packed once and reused.
-    let packed = match &weight {
-        Cow::Borrowed(w) => prepack::packed(isa, &g, w),
+    let input = widened_par(input);
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    // A strided 1×1 convolution without padding reads a sub-grid of the input: gathered once,
+    // it runs as a pointwise one (a plain gemm).
+    let (g, input) = match subsampled(&g, &input) {
+        Some((pointwise, x)) => (pointwise, Cow::Owned(x)),
+        None => (g, input),
+    };
+    // Pinned f32 weights: their panels are packed once per path and reused.
+    let pinned = |kc: usize| match &weight {
+        Cow::Borrowed(w) => prepack::packed(isa, &g, w, kc),
         Cow::Owned(_) => None,
     };
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && flat::suits(&g) {
+        let kc = flat::depth_block(&g);
+        let weights = match pinned(kc) {
+            Some(p) => Some(p),
+            None => prepack::PackedWeights::pack(isa, &g, &weight, kc).map(std::sync::Arc::new),
+        };
+        if let Some(weights) = weights {
+            flat::run(&g, &input, &weights, bias, output, beta);
+            return Ok(());
+        }
+    }
+    let packed = pinned(prepack::PackedWeights::gemm_depth_block(isa, &g));
     implicit::run(
         isa,
         &g,
-        &widened_par(input),
+        &input,
         &weight,
         packed.as_deref(),
         bias,
         output,
-        if accumulate { 1.0 } else { 0.0 },
+        beta,
     )
+}
+
+/// For a 1×1 convolution with a stride and no padding: the geometry of the same convolution
+/// as a pointwise one, and its input (every `sh`-th row, every `sw`-th column of each plane).
+fn subsampled(g: &Geometry, input: &[f32]) -> Option<(Geometry, Vec<f32>)> {
+    if g.kh != 1 || g.kw != 1 || g.pads != [0; 4] || (g.sh == 1 && g.sw == 1) {
+        return None;
+    }
+    let (plane, out_plane) = (g.h * g.w, g.out_plane());
+    let mut x = vec![0.0f32; g.n * g.c * out_plane];
+    let gather = |(dst, src): (&mut [f32], &[f32])| {
+        for (row, oy) in dst.chunks_exact_mut(g.ow).zip(0..) {
+            let line = &src[oy * g.sh * g.w..];
+            for (value, ox) in row.iter_mut().zip(0..) {
+                *value = line[ox * g.sw];
+            }
+        }
+    };
+    if x.len() >= 1 << 15 {
+        x.par_chunks_mut(out_plane)
+            .zip(input.par_chunks(plane))
+            .for_each(gather);
+    } else {
+        x.chunks_mut(out_plane)
+            .zip(input.chunks(plane))
+            .for_each(gather);
+    }
+    let pointwise = Geometry {
+        h: g.oh,
+        w: g.ow,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        ..*g
+    };
+    Some((pointwise, x))
 }
 
 /// A length check: shorter is [`KernelError::BufferTooSmall`], longer a shape mismatch.

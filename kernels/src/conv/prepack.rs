@@ -29,13 +29,20 @@ pub(crate) struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Packs the `O × (C/g·KH·KW)` weight matrix of each group of `g` as the gemm would.
-    pub fn pack(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<PackedWeights> {
+    /// The depth block of the gemm of `g` on `isa`: the one its panels are packed with.
+    pub fn gemm_depth_block(isa: Isa, g: &Geometry) -> usize {
+        let kernel = micro_kernel(isa);
+        Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect())
+            .for_depth(g.depth())
+            .kc
+    }
+
+    /// Packs the `O × (C/g·KH·KW)` weight matrix of each group of `g` into `isa`'s gemm
+    /// panels, in depth blocks of `kc` (at least 1).
+    pub fn pack(isa: Isa, g: &Geometry, weight: &[f32], kc: usize) -> Option<PackedWeights> {
         let kernel = micro_kernel(isa);
         let depth = g.depth();
-        let blocking =
-            Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()).for_depth(depth);
-        let (mr, kc) = (kernel.mr, blocking.kc);
+        let (mr, kc) = (kernel.mr, kc.max(1));
         let panels = g.og.div_ceil(mr);
         let group_len = panels.checked_mul(mr)?.checked_mul(depth)?;
         let mut data = vec![0.0f32; group_len.checked_mul(g.groups)?];
@@ -62,9 +69,12 @@ impl PackedWeights {
         })
     }
 
-    /// Whether these panels are the ones the gemm of `g` on `isa` would pack.
-    fn fits(&self, isa: Isa, g: &Geometry) -> bool {
-        self.isa == isa && self.weight_dims == [g.o, g.cg, g.kh, g.kw] && self.groups == g.groups
+    /// Whether these are the panels of `g` on `isa` in depth blocks of `kc`.
+    fn fits(&self, isa: Isa, g: &Geometry, kc: usize) -> bool {
+        self.isa == isa
+            && self.weight_dims == [g.o, g.cg, g.kh, g.kw]
+            && self.groups == g.groups
+            && self.kc == kc.max(1)
     }
 
     /// The panels of group `group` from output channel `first_row` of it, if that channel
@@ -87,6 +97,27 @@ impl PackedWeights {
     /// Rows per panel.
     pub fn mr(&self) -> usize {
         self.mr
+    }
+
+    /// Depth of a packed block (the last block of a group may be shorter).
+    pub fn kc(&self) -> usize {
+        self.kc
+    }
+
+    /// Row panels per group.
+    pub fn panels(&self) -> usize {
+        self.panels
+    }
+
+    /// Panel `panel` of depth block `block` of group `group`: `mr` values per depth index of the
+    /// block, for its `kc` (or fewer, in the last block) depth indices.
+    pub fn panel(&self, group: usize, block: usize, panel: usize) -> &[f32] {
+        let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
+        let group_len = self.panels * self.mr * depth;
+        let k0 = block * self.kc;
+        let kcb = self.kc.min(depth - k0);
+        let start = group * group_len + k0 * self.panels * self.mr + panel * self.mr * kcb;
+        &self.data[start..][..self.mr * kcb]
     }
 }
 
@@ -135,19 +166,25 @@ impl Drop for WeightPin {
     }
 }
 
-/// The packed panels of `weight` for convolution `g` on `isa`, packing them now if the buffer
-/// is pinned and they are not packed yet; `None` for a buffer that is not pinned.
-pub(crate) fn packed(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<Arc<PackedWeights>> {
+/// The packed panels of `weight` for convolution `g` on `isa` in depth blocks of `kc`, packing
+/// them now if the buffer is pinned and they are not packed yet; `None` for a buffer that is
+/// not pinned.
+pub(crate) fn packed(
+    isa: Isa,
+    g: &Geometry,
+    weight: &[f32],
+    kc: usize,
+) -> Option<Arc<PackedWeights>> {
     let key = (weight.as_ptr() as usize, weight.len());
     let slot = {
         let map = registry().lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(&map.get(&key)?.1)
     };
     let mut packs = slot.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = packs.iter().find(|p| p.fits(isa, g)) {
+    if let Some(found) = packs.iter().find(|p| p.fits(isa, g, kc)) {
         return Some(Arc::clone(found));
     }
-    let pack = Arc::new(PackedWeights::pack(isa, g, weight)?);
+    let pack = Arc::new(PackedWeights::pack(isa, g, weight, kc)?);
     packs.push(Arc::clone(&pack));
     Some(pack)
 }

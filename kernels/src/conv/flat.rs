@@ -1,0 +1,506 @@
+//! The flat path (AVX2): a convolution as a gemm whose B rows are read in place from a
+//! zero-padded copy of the input, split by stride phase, so that nothing is packed per call.
+//!
+//! Output positions are numbered on a grid as wide as one padded phase row: grid column
+//! `q = oy·Wph + ox`, of which only `ox < OW` are real outputs. Tap `(c, r, s)` reads, for
+//! every grid column, `phase[(r·dh mod sh, s·dw mod sw)][c][q + (r·dh / sh)·Wph + s·dw / sw]`:
+//! one offset per depth index, the same for all columns. A depth row of B over 16 consecutive
+//! columns is then one contiguous 16-float load, and the register tile reads B through a table
+//! of these offsets instead of from packed panels. The price is the grid's unused columns
+//! (`Wph - OW` per output row), which [`suits`] weighs against the im2col packing it saves.
+//!
+//! Work is cut into tasks of (image, group, grid columns, weight panels); each computes its
+//! tile of the grid in a buffer of its own and writes the real columns out with the bias, the
+//! residual and the ReLU.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::flat_x86::{MR, NR};
+use super::params::Geometry;
+use super::prepack::PackedWeights;
+use super::shared::SharedOut;
+
+/// Grid columns per task.
+const TASK_COLS: usize = 192;
+/// Tasks per thread to aim for, so that uneven tasks still balance.
+const TASKS_PER_THREAD: usize = 3;
+/// Padding values copied below which the input is laid out on one thread.
+const PARALLEL_FILL_MIN: usize = 1 << 15;
+/// Most depth indices per block: the B rows of a register tile then stay in L1 (3×3 taps of
+/// 32 channels read about 200 lines).
+const DEPTH_BLOCK: usize = 288;
+/// Input channels per group up to which a strided convolution takes the flat path.
+const FEW_CHANNELS: usize = 4;
+/// Cost of packing one im2col value, in units of 8 multiply-adds (one vector FMA).
+const PACK_COST: f64 = 1.5;
+
+/// Whether the flat path beats the im2col gemm for `g` on AVX2: its unused grid columns cost
+/// less than packing each im2col value, which then serves `og` multiply-adds.
+pub(super) fn suits(g: &Geometry) -> bool {
+    // Pointwise kernels pack cheaply; strided ones read more lines per tile than L1 keeps,
+    // which only pays where few channels make the im2col gathers dominate (a stem).
+    if g.kh * g.kw == 1 || ((g.sh > 1 || g.sw > 1) && g.cg > FEW_CHANNELS) {
+        return false;
+    }
+    let layout_width = g.pads[1] + g.w + g.pads[3];
+    let wph = layout_width.div_ceil(g.sw);
+    let waste = 1.0 - g.ow as f64 / wph as f64;
+    let packing = PACK_COST / (g.og as f64 / 8.0 + PACK_COST);
+    waste <= packing
+}
+
+/// The depth block of the flat path for `g`: its weight panels are packed with it.
+pub(super) fn depth_block(g: &Geometry) -> usize {
+    let blocks = g.depth().div_ceil(DEPTH_BLOCK).max(1);
+    g.depth().div_ceil(blocks)
+}
+
+/// Where the flat path reads: the input's padded phase planes and the offset of each tap.
+struct Layout {
+    /// The (row, column) stride phases some tap reads, in layout order.
+    phases: Vec<(usize, usize)>,
+    /// Columns of a phase plane: the grid's width.
+    wph: usize,
+    /// Values of one phase plane of one channel.
+    plane: usize,
+    /// Values of one image (every phase of every channel).
+    image_len: usize,
+    /// Grid columns: `OH·Wph`.
+    grid_len: usize,
+    /// Per depth index of group 0: where its B row starts relative to the image.
+    offsets: Vec<usize>,
+    /// Values of the whole layout, with room for the last tiles' reads past the grid.
+    len: usize,
+}
+
+impl Layout {
+    fn new(g: &Geometry) -> Layout {
+        let hph = (g.pads[0] + g.h + g.pads[2]).div_ceil(g.sh);
+        let wph = (g.pads[1] + g.w + g.pads[3]).div_ceil(g.sw);
+        let plane = hph * wph;
+        let mut phases = Vec::new();
+        for r in 0..g.kh {
+            for s in 0..g.kw {
+                let phase = (r * g.dh % g.sh, s * g.dw % g.sw);
+                if !phases.contains(&phase) {
+                    phases.push(phase);
+                }
+            }
+        }
+        let taps = g.kh * g.kw;
+        let offsets: Vec<usize> = (0..g.depth())
+            .map(|k| {
+                let (c, r, s) = (k / taps, k % taps / g.kw, k % g.kw);
+                let phase = (r * g.dh % g.sh, s * g.dw % g.sw);
+                let index = phases.iter().position(|&p| p == phase).unwrap_or(0);
+                (index * g.c + c) * plane + (r * g.dh / g.sh) * wph + s * g.dw / g.sw
+            })
+            .collect();
+        let image_len = phases.len() * g.c * plane;
+        let grid_len = g.oh * wph;
+        // The furthest read: the last image, the last group, the last tile's last column.
+        let furthest = offsets.iter().max().copied().unwrap_or(0)
+            + (g.groups - 1) * g.cg * plane
+            + grid_len.next_multiple_of(NR);
+        let len = (g.n * image_len).max((g.n - 1) * image_len + furthest);
+        Layout {
+            phases,
+            wph,
+            plane,
+            image_len,
+            grid_len,
+            offsets,
+            len,
+        }
+    }
+
+    /// The input laid out as phase planes, zero where a plane reads padding.
+    fn fill(&self, g: &Geometry, input: &[f32]) -> Vec<f32> {
+        let mut data = vec![0.0f32; self.len];
+        let (channels, phases) = (g.c, self.phases.len());
+        let fill_plane = |(index, dst): (usize, &mut [f32])| {
+            let (n, phase, c) = (
+                index / (phases * channels),
+                index / channels % phases,
+                index % channels,
+            );
+            let (py, px) = self.phases[phase];
+            let src = &input[(n * channels + c) * g.h * g.w..][..g.h * g.w];
+            // Phase columns j whose padded column j·sw + px lies inside the image.
+            let first = g.pads[1].saturating_sub(px).div_ceil(g.sw);
+            let end = (g.pads[1] + g.w)
+                .saturating_sub(px)
+                .div_ceil(g.sw)
+                .min(self.wph);
+            for (i, row) in dst.chunks_exact_mut(self.wph).enumerate() {
+                let padded = i * g.sh + py;
+                if padded < g.pads[0] || padded - g.pads[0] >= g.h || first >= end {
+                    continue;
+                }
+                let line = &src[(padded - g.pads[0]) * g.w..][..g.w];
+                let x0 = first * g.sw + px - g.pads[1];
+                if g.sw == 1 {
+                    row[first..end].copy_from_slice(&line[x0..x0 + end - first]);
+                } else {
+                    for (value, x) in row[first..end].iter_mut().zip((x0..).step_by(g.sw)) {
+                        *value = line[x];
+                    }
+                }
+            }
+        };
+        let planes = &mut data[..g.n * self.image_len];
+        if planes.len() >= PARALLEL_FILL_MIN && rayon::current_num_threads() > 1 {
+            planes
+                .par_chunks_exact_mut(self.plane)
+                .enumerate()
+                .for_each(fill_plane);
+        } else {
+            planes
+                .chunks_exact_mut(self.plane)
+                .enumerate()
+                .for_each(fill_plane);
+        }
+        data
+    }
+}
+
+/// Everything the tasks of one convolution share.
+struct Flat<'a> {
+    g: &'a Geometry,
+    layout: Layout,
+    /// The input as phase planes ([`Layout::fill`]).
+    data: Vec<f32>,
+    weights: &'a PackedWeights,
+    bias: Option<&'a [f32]>,
+    /// Scale of the output's old values added to the convolution.
+    beta: f32,
+}
+
+impl Flat<'_> {
+    /// Grid columns `cols` of output channel panels `panels` of (image `n`, group `group`),
+    /// computed in `tile` and written to `out` (elements no other task writes).
+    fn task(
+        &self,
+        n: usize,
+        group: usize,
+        cols: Range<usize>,
+        panels: Range<usize>,
+        tile: &mut Vec<f32>,
+        out: SharedOut<'_>,
+    ) {
+        let (g, layout) = (self.g, &self.layout);
+        let width = cols.len().next_multiple_of(NR);
+        // The first depth block overwrites the tile: old values need no clearing.
+        let tile_len = panels.len() * MR * width;
+        if tile.len() < tile_len {
+            tile.resize(tile_len, 0.0);
+        }
+        let base = n * layout.image_len + group * g.cg * layout.plane + cols.start;
+        let depth = g.depth();
+        let kc = self.weights.kc();
+        // Every B row read below lies inside the layout (`Layout::len`).
+        assert!(
+            base + width + layout.offsets.iter().max().copied().unwrap_or(0) <= self.data.len(),
+            "flat convolution reads outside its layout"
+        );
+        let b = self.data[base..].as_ptr();
+        for (block, k0) in (0..depth).step_by(kc).enumerate() {
+            let offsets = &layout.offsets[k0..(k0 + kc).min(depth)];
+            for strip in (0..width).step_by(NR) {
+                for (row, panel) in panels.clone().enumerate() {
+                    let a = self.weights.panel(group, block, panel);
+                    // SAFETY: the caller of `run` checked AVX2 and FMA; `a` holds MR values per
+                    // depth index of the block; the B rows at b + strip + offset (+16) lie
+                    // inside the layout (asserted above: strip + 16 <= width); the tile has
+                    // MR rows of `width` values from (row·MR, strip).
+                    unsafe {
+                        super::flat_x86::tile(
+                            offsets.len(),
+                            a.as_ptr(),
+                            b.add(strip),
+                            offsets.as_ptr(),
+                            tile.as_mut_ptr().add(row * MR * width + strip),
+                            width,
+                            block > 0,
+                        );
+                    }
+                }
+            }
+        }
+        self.write_out(n, group, &cols, &panels, tile, width, out);
+    }
+
+    /// Writes the real columns of a task's tile to the output, with bias, residual and ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn write_out(
+        &self,
+        n: usize,
+        group: usize,
+        cols: &Range<usize>,
+        panels: &Range<usize>,
+        tile: &[f32],
+        width: usize,
+        out: SharedOut<'_>,
+    ) {
+        let (g, wph) = (self.g, self.layout.wph);
+        let first = group * g.og + panels.start * MR;
+        let rows = (panels.end * MR).min(g.og) - panels.start * MR;
+        for (r, values) in tile.chunks_exact(width).take(rows).enumerate() {
+            let channel = first + r;
+            let bias = self.bias.map_or(0.0, |b| b[channel]);
+            let plane = (n * g.o + channel) * g.out_plane();
+            let mut q = cols.start;
+            while q < cols.end {
+                let (oy, ox) = (q / wph, q % wph);
+                let row_end = ((oy + 1) * wph).min(cols.end);
+                if ox < g.ow {
+                    let run_end = (oy * wph + g.ow).min(cols.end);
+                    // SAFETY: output columns ox.. of row oy of this channel's plane belong to
+                    // this task alone (tasks own disjoint grid columns and channels).
+                    let dst = unsafe { out.slice(plane + oy * g.ow + ox, run_end - q) };
+                    let src = &values[q - cols.start..run_end - cols.start];
+                    finish(dst, src, bias, self.beta, g.relu);
+                }
+                q = row_end;
+            }
+        }
+    }
+}
+
+/// `dst = relu?(src + bias + beta·dst)`.
+fn finish(dst: &mut [f32], src: &[f32], bias: f32, beta: f32, relu: bool) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let sum = if beta != 0.0 {
+            v + beta * *d + bias
+        } else {
+            v + bias
+        };
+        *d = if relu && sum < 0.0 { 0.0 } else { sum };
+    }
+}
+
+/// Pieces to cut each job's weight panels into, so that `threads` threads get enough tasks
+/// and, where the panels allow, the same number each.
+fn panel_pieces(jobs: usize, panels: usize, threads: usize) -> usize {
+    if threads <= 1 || jobs == 0 {
+        return 1;
+    }
+    let least = (TASKS_PER_THREAD * threads)
+        .div_ceil(jobs)
+        .clamp(1, panels.max(1));
+    (least..=panels.max(1))
+        .find(|p| (jobs * p).is_multiple_of(threads))
+        .unwrap_or(least)
+}
+
+/// The grid columns `0..len` cut into tasks of about [`TASK_COLS`], as even as whole register
+/// tiles allow (each starts on a tile).
+fn column_ranges(len: usize) -> Vec<Range<usize>> {
+    let count = len.div_ceil(TASK_COLS).max(1);
+    let width = len.div_ceil(count).next_multiple_of(NR);
+    (0..len)
+        .step_by(width)
+        .map(|q| q..(q + width).min(len))
+        .collect()
+}
+
+/// Splits `0..len` into `pieces` nearly equal ranges.
+fn split(len: usize, pieces: usize) -> Vec<Range<usize>> {
+    let pieces = pieces.clamp(1, len.max(1));
+    (0..pieces)
+        .map(|i| len * i / pieces..len * (i + 1) / pieces)
+        .collect()
+}
+
+/// The flat-path convolution of the f32 `input` into `output`, all shapes validated, with
+/// the weights packed for AVX2: `output = epilogue(conv + beta·output)`.
+///
+/// The caller must have checked that AVX2 and FMA are available.
+pub(super) fn run(
+    g: &Geometry,
+    input: &[f32],
+    weights: &PackedWeights,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    beta: f32,
+) {
+    debug_assert_eq!(weights.mr(), MR, "flat path needs the AVX2 gemm's panels");
+    let layout = Layout::new(g);
+    let data = layout.fill(g, input);
+    let flat = Flat {
+        g,
+        layout,
+        data,
+        weights,
+        bias,
+        beta,
+    };
+    let threads = rayon::current_num_threads();
+    let columns = column_ranges(flat.layout.grid_len);
+    let jobs = g.n * g.groups * columns.len();
+    let panels = split(
+        weights.panels(),
+        panel_pieces(jobs, weights.panels(), threads),
+    );
+    let out = SharedOut::new(output);
+    let task = |tile: &mut Vec<f32>, index: usize| {
+        let (job, piece) = (index / panels.len(), index % panels.len());
+        let (image_group, col) = (job / columns.len(), job % columns.len());
+        flat.task(
+            image_group / g.groups,
+            image_group % g.groups,
+            columns[col].clone(),
+            panels[piece].clone(),
+            tile,
+            out,
+        );
+    };
+    let tasks = jobs * panels.len();
+    if threads > 1 && tasks > 1 {
+        (0..tasks).into_par_iter().for_each_init(Vec::new, task);
+    } else {
+        let mut tile = Vec::new();
+        (0..tasks).for_each(|index| task(&mut tile, index));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Isa;
+    use crate::conv::Conv2dParams;
+
+    /// Seeded values in [-1, 1), never all zero.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The flat path against the im2col gemm, whatever [`suits`] would choose.
+    #[test]
+    fn matches_the_im2col_gemm() {
+        if !Isa::Avx2.is_available() {
+            return;
+        }
+        let cases = [
+            // input dims, weight dims, stride, dilation, pads, groups, relu, beta
+            (
+                [1, 7, 17, 13],
+                [9, 7, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                false,
+                0.0,
+            ),
+            (
+                [2, 3, 33, 29],
+                [13, 3, 7, 7],
+                [2, 2],
+                [1, 1],
+                [3, 2, 3, 1],
+                1,
+                true,
+                0.0,
+            ),
+            (
+                [1, 4, 15, 16],
+                [8, 2, 3, 3],
+                [1, 1],
+                [2, 2],
+                [2, 0, 1, 3],
+                2,
+                true,
+                1.0,
+            ),
+            (
+                [3, 5, 9, 11],
+                [7, 5, 5, 3],
+                [3, 2],
+                [1, 2],
+                [0, 3, 2, 0],
+                1,
+                false,
+                1.0,
+            ),
+            (
+                [1, 33, 7, 7],
+                [17, 33, 1, 1],
+                [1, 1],
+                [1, 1],
+                [0, 0, 0, 0],
+                1,
+                true,
+                0.0,
+            ),
+            (
+                [1, 40, 12, 12],
+                [70, 40, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                false,
+                0.0,
+            ),
+        ];
+        for (seed, (input, weight, stride, dilation, pads, groups, relu, beta)) in
+            cases.into_iter().enumerate()
+        {
+            let params = Conv2dParams {
+                stride,
+                dilation,
+                pads,
+                groups,
+                relu,
+            };
+            let g = Geometry::new(input, weight, &params).unwrap();
+            let x = values(input.iter().product(), seed as u64);
+            let w = values(weight.iter().product(), 100 + seed as u64);
+            let bias = values(g.o, 200 + seed as u64);
+            let old = values(g.n * g.o * g.out_plane(), 300 + seed as u64);
+            let mut want = old.clone();
+            let isa = Isa::Avx2;
+            let gemm_kc = PackedWeights::gemm_depth_block(isa, &g);
+            let packed = PackedWeights::pack(isa, &g, &w, gemm_kc).unwrap();
+            super::super::implicit::run(
+                isa,
+                &g,
+                &x,
+                &w,
+                Some(&packed),
+                Some(&bias),
+                &mut want,
+                beta,
+            )
+            .unwrap();
+            for threads in [1, 2, 3] {
+                let weights = PackedWeights::pack(isa, &g, &w, depth_block(&g)).unwrap();
+                let mut got = old.clone();
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| run(&g, &x, &weights, Some(&bias), &mut got, beta));
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "case {seed}, {threads} threads: out[{i}] = {a}, im2col gives {b}"
+                    );
+                }
+            }
+        }
+    }
+}
