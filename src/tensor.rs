@@ -257,6 +257,17 @@ pub(crate) fn try_filled<T: Clone>(count: usize, value: T) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// `count` f32 zeros from the allocator's zeroed memory (no fill pass), or an error instead of
+/// an abort if memory runs out: output buffers that a kernel then overwrites.
+pub(crate) fn try_zeros_f32(count: usize) -> Result<Vec<f32>> {
+    accelmesh_kernels::buffer::try_zeroed_f32(count).ok_or_else(|| {
+        Error::overflow(
+            "allocation",
+            format!("cannot allocate {count} elements of 4 bytes"),
+        )
+    })
+}
+
 /// `count` seeded uniform values in [-1, 1) that stay below 1 after rounding to `T`.
 fn uniform<T: TensorElement>(count: usize, seed: u64) -> Result<Vec<T>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

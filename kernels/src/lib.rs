@@ -7,6 +7,7 @@
 //! Threading: kernels split their work with rayon on the *current* pool, so a caller that wants
 //! a kernel on a share of the machine's cores runs it inside `pool.install(|| …)`.
 
+pub mod buffer;
 pub mod conv;
 pub mod element;
 pub mod elementwise;

@@ -148,6 +148,23 @@ impl Device for FaultyDevice {
         .map(|_| ())
     }
 
+    fn conv_accumulate(
+        &self,
+        op: &Op,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+    ) -> Option<Result<()>> {
+        let mut supported = true;
+        let result = self.run(|| match self.inner.conv_accumulate(op, inputs, output) {
+            Some(result) => result.map(|()| Vec::new()),
+            None => {
+                supported = false;
+                Ok(Vec::new())
+            }
+        });
+        supported.then(|| result.map(|_| ()))
+    }
+
     fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
         self.inner.time_resident(op, inputs, reps)
     }

@@ -43,7 +43,7 @@ use serde::Serialize;
 use rayon::prelude::*;
 
 use crate::op::{Op, conv2d_dims, matmul_dims};
-use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled};
+use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled, try_zeros_f32};
 use crate::{Conv2dParams, Error, Result};
 
 /// Fewest K values per part for [`Strategy::KSplit`] to be proposed.
@@ -1105,7 +1105,7 @@ fn assemble_contiguous(
         }
     }
     runs.sort_by_key(|r| r.0);
-    let mut data = try_filled(numel, 0.0f32)?;
+    let mut data = try_zeros_f32(numel)?;
     let mut rest: &mut [f32] = &mut data;
     let mut at = 0;
     let mut pieces: Vec<(&mut [f32], &[f32])> = Vec::with_capacity(runs.len());
@@ -1399,7 +1399,7 @@ pub fn assemble(op: &Op, shapes: &[&Shape], parts: Vec<(PartSpec, Tensor)>) -> R
     if !partial && let Some(data) = assemble_contiguous(dims, &parts, numel)? {
         return Tensor::from_vec(out_shape, data);
     }
-    let mut data = try_filled(numel, 0.0f32)?;
+    let mut data = try_zeros_f32(numel)?;
     let mut order: Vec<usize> = (0..parts.len()).collect();
     if partial {
         order.sort_by_key(|&i| boxes[i].0[rank]);

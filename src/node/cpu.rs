@@ -17,7 +17,7 @@ use crate::op::{
     Conv2dDims, MatMulDims, Op, batch_norm_dims, conv2d_dims, global_pool_dims, matmul_dims,
     pool2d_dims, softmax_dims,
 };
-use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled};
+use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_zeros_f32};
 use crate::{Error, Result};
 
 /// Memory assumed when /proc/meminfo cannot be read: 4 GiB.
@@ -151,6 +151,59 @@ impl CpuDevice {
         Ok(())
     }
 
+    /// [`CpuDevice::conv`] for inputs stored as `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_as(
+        &self,
+        dtype: DType,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&[f32]>,
+        params: &Conv2dParams,
+        d: &Conv2dDims,
+        out: &mut [f32],
+        accumulate: bool,
+    ) -> Result<()> {
+        match dtype {
+            DType::F32 => self.conv::<f32>(x, w, bias, params, d, out, accumulate),
+            DType::F16 => self.conv::<f16>(x, w, bias, params, d, out, accumulate),
+            DType::BF16 => self.conv::<bf16>(x, w, bias, params, d, out, accumulate),
+        }
+    }
+
+    /// A convolution `[x, w, bias?]` added into `output`, which holds its residual.
+    fn conv_onto(
+        &self,
+        params: &Conv2dParams,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+    ) -> Result<()> {
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let d = conv2d_dims(params, &shapes)?;
+        if output.dims() != d.output || output.dtype() != DType::F32 {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "the residual output is {} {}, expected f32 {:?}",
+                    output.dtype(),
+                    output.shape(),
+                    d.output
+                ),
+            ));
+        }
+        let (x, w) = (inputs[0], inputs[1]);
+        let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
+        let bias = match &inputs[2..] {
+            [b, ..] if d.has_bias => Some(f32_data(b)),
+            _ => None,
+        };
+        let out = output.as_f32_mut()?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.conv_as(dtype, x, w, bias.as_deref(), params, &d, out, true)
+    }
+
     /// Runs a validated convolution of inputs stored as `T`; with `accumulate`, the output
     /// starts as the residual (already copied into `out`) and gets the product added.
     #[allow(clippy::too_many_arguments)]
@@ -242,10 +295,22 @@ impl Device for CpuDevice {
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let shape = Self::output_shape(op, inputs)?;
-        let values = try_filled(shape.numel()?, 0.0f32)?;
+        let values = try_zeros_f32(shape.numel()?)?;
         let mut outputs = vec![Tensor::from_vec(shape, values)?];
         self.execute_into(op, inputs, &mut outputs)?;
         Ok(outputs)
+    }
+
+    fn conv_accumulate(
+        &self,
+        op: &Op,
+        inputs: &[&Tensor],
+        output: &mut Tensor,
+    ) -> Option<Result<()>> {
+        let Op::Conv2d(params) = op else {
+            return None;
+        };
+        Some(self.conv_onto(params, inputs, output))
     }
 
     fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
@@ -309,12 +374,7 @@ impl Device for CpuDevice {
                         _ => out.copy_from_slice(&r.to_f32_vec()),
                     }
                 }
-                let accumulate = residual.is_some();
-                match dtype {
-                    DType::F32 => self.conv::<f32>(x, w, bias, params, &d, out, accumulate),
-                    DType::F16 => self.conv::<f16>(x, w, bias, params, &d, out, accumulate),
-                    DType::BF16 => self.conv::<bf16>(x, w, bias, params, &d, out, accumulate),
-                }
+                self.conv_as(dtype, x, w, bias, params, &d, out, residual.is_some())
             }
             _ => self.execute_f32(op, inputs, &shapes, out),
         }

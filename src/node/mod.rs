@@ -42,6 +42,18 @@ pub trait Device: Send + Sync {
         Ok(())
     }
 
+    /// Runs a convolution `[x, w, bias?]` adding into `output`, which already holds its
+    /// residual (f32, the output's shape): `output = relu?(conv + bias + output)`, without the
+    /// copy a residual input costs. `None` for devices (or ops) without that path.
+    fn conv_accumulate(
+        &self,
+        _op: &Op,
+        _inputs: &[&Tensor],
+        _output: &mut Tensor,
+    ) -> Option<Result<()>> {
+        None
+    }
+
     /// Kernel-only times in seconds of `reps` runs of `op` with the inputs already resident
     /// on the device (after one warm-up run), for devices where that differs from `execute`'s
     /// time (GPUs). `None` for host devices, whose `execute` is already kernel time.

@@ -451,6 +451,17 @@ impl<'a> Args<'a> {
         Ok(v.into_owned())
     }
 
+    /// Takes input `i` if it is an f32 tensor owned here (read for the last time), leaving
+    /// every other input where it is.
+    pub fn take_owned_f32(&mut self, i: usize) -> Option<Tensor> {
+        let slot = self.vals.get_mut(i)?;
+        if !matches!(slot, Some(Cow::Owned(Value::Float(t))) if t.dtype() == crate::tensor::DType::F32)
+        {
+            return None;
+        }
+        slot.take()?.into_owned().into_tensor().ok()
+    }
+
     /// The present inputs, in order.
     pub fn present(&self) -> Vec<&Value> {
         self.vals.iter().filter_map(|v| v.as_deref()).collect()

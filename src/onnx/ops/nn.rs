@@ -633,18 +633,39 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
 /// `relu?(conv(x, w) + bias + residual)`. The CPU node takes the residual as a fourth input
 /// and adds it in the gemm; other devices run the convolution, the Add and the ReLU apart.
 fn conv_residual(params: Conv2dParams, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
+    let op = Op::Conv2d(params.clone());
+    // A residual read for the last time here becomes the output: the sum is formed in place.
+    if let Some(mut residual) = args.take_owned_f32(3) {
+        let x = args.tensor(0)?;
+        let w = as_dtype(args.tensor(1)?, x.dtype());
+        let inputs = [x, w.as_ref(), args.tensor(2)?];
+        match cx.dev.conv_accumulate(&op, &inputs, &mut residual) {
+            Some(result) => return result.map(|()| residual),
+            None => return conv_residual_apart(params, cx, &inputs, &residual),
+        }
+    }
     let x = args.tensor(0)?;
     let w = as_dtype(args.tensor(1)?, x.dtype());
     let (bias, residual) = (args.tensor(2)?, args.tensor(3)?);
     if cx.dev.info().kind == crate::node::DeviceKind::Cpu {
-        return cx.run(&Op::Conv2d(params), &[x, w.as_ref(), bias, residual]);
+        return cx.run(&op, &[x, w.as_ref(), bias, residual]);
     }
+    conv_residual_apart(params, cx, &[x, w.as_ref(), bias], residual)
+}
+
+/// The residual convolution as three ops: the convolution, the Add, then the ReLU.
+fn conv_residual_apart(
+    params: Conv2dParams,
+    cx: &Cx<'_>,
+    inputs: &[&Tensor; 3],
+    residual: &Tensor,
+) -> Result<Tensor> {
     let relu = params.relu;
     let plain = Op::Conv2d(Conv2dParams {
         relu: false,
         ..params
     });
-    let y = cx.run(&plain, &[x, w.as_ref(), bias])?;
+    let y = cx.run(&plain, inputs)?;
     let y = cx.run(&Op::Binary(BinaryOp::Add), &[&y, residual])?;
     if relu {
         cx.run(&Op::Unary(crate::op::Unary::Relu), &[&y])

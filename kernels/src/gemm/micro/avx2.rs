@@ -28,7 +28,23 @@ unsafe fn kernel(args: &TileArgs) {
     );
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let (mut a, mut b) = (args.a, args.b);
-    for _ in 0..args.kc {
+    if args.nr_eff <= NR / 2 {
+        // At most 8 columns exist (an edge tile, such as 49 = 3·16 + 1 at 7×7): the second
+        // vector would only multiply padding, so half the work is skipped.
+        for _ in 0..args.kc {
+            // SAFETY: as below, reading the first half of each B step only.
+            unsafe {
+                let b0 = _mm256_loadu_ps(b);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(i));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            }
+        }
+    }
+    for _ in 0..if args.nr_eff <= NR / 2 { 0 } else { args.kc } {
         // SAFETY: each step reads NR floats of B and MR of A, inside the packed panels.
         unsafe {
             let b0 = _mm256_loadu_ps(b);
