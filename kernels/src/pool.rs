@@ -355,22 +355,28 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
                     rows.push(ih as usize * w);
                 }
             }
-            // Interior: every column tap is inside the input; accumulate BLOCK outputs in
-            // registers over the whole window, then store once. The last block is shifted
-            // back to end at the interior's end (recomputing a few outputs) so that every block
-            // is full; an interior narrower than a block goes the per-output way.
-            let (mut c, border_from) = if c_hi - c_lo >= BLOCK {
-                (c_lo, c_hi)
-            } else {
-                (c_hi, c_lo)
+            // Interior: every column tap is inside the input; accumulate a block of outputs
+            // in registers over the whole window, then store once. Blocks are as wide as the
+            // interior allows (16, 8 or 4: small planes such as 13×13 still vectorise); an
+            // interior narrower than 4 goes the per-output way.
+            let interior = c_hi - c_lo;
+            let blocks = Interior {
+                x,
+                rows: &rows,
+                w,
+                taps,
+                span: (c_lo, c_hi),
+                sw,
             };
-            while c < c_hi {
-                let first = c.min(c_hi - BLOCK);
-                let mut acc = [A::INIT; BLOCK];
-                window_block::<A>(&mut acc, x, &rows, w, taps, first, sw);
-                out[first..first + BLOCK].copy_from_slice(&acc);
-                c = first + BLOCK;
-            }
+            let border_from = if interior >= BLOCK {
+                blocks.run::<A, BLOCK>(out)
+            } else if interior >= BLOCK / 2 {
+                blocks.run::<A, { BLOCK / 2 }>(out)
+            } else if interior >= BLOCK / 4 {
+                blocks.run::<A, { BLOCK / 4 }>(out)
+            } else {
+                c_lo
+            };
             // Borders (and a narrow interior), one output at a time.
             for o in (0..c_lo.min(border_from)).chain(border_from..ow) {
                 let mut a = A::INIT;
@@ -394,11 +400,44 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     }
 }
 
-/// Reduces the windows of BLOCK consecutive interior outputs starting at column `c` into
+/// The interior outputs of one output row: those whose every column tap is inside the input.
+struct Interior<'a> {
+    x: &'a [f32],
+    /// Offsets of the input rows of the window that lie inside the input.
+    rows: &'a [usize],
+    w: usize,
+    taps: &'a [(isize, usize, usize)],
+    /// The interior columns `lo..hi`, at least `N` of them for [`Interior::run`].
+    span: (usize, usize),
+    sw: usize,
+}
+
+impl Interior<'_> {
+    /// Writes the interior of `out` in blocks of `N` outputs, the last block shifted back to
+    /// end at the interior's end (recomputing a few outputs) so that every block is full.
+    /// Returns the interior's end: the first border column on the right.
+    #[inline(always)]
+    fn run<A: Acc, const N: usize>(&self, out: &mut [f32]) -> usize {
+        let (lo, hi) = self.span;
+        let mut c = lo;
+        while c < hi {
+            let first = c.min(hi - N);
+            let mut acc = [A::INIT; N];
+            window_block::<A, N>(
+                &mut acc, self.x, self.rows, self.w, self.taps, first, self.sw,
+            );
+            out[first..first + N].copy_from_slice(&acc);
+            c = first + N;
+        }
+        hi
+    }
+}
+
+/// Reduces the windows of `N` consecutive interior outputs starting at column `c` into
 /// `acc`: every tap of every row in `rows` (input row offsets) is inside the input.
 #[inline(always)]
-fn window_block<A: Acc>(
-    acc: &mut [f32; BLOCK],
+fn window_block<A: Acc, const N: usize>(
+    acc: &mut [f32; N],
     x: &[f32],
     rows: &[usize],
     w: usize,
@@ -406,7 +445,7 @@ fn window_block<A: Acc>(
     c: usize,
     sw: usize,
 ) {
-    let n = BLOCK;
+    let n = N;
     for &ro in rows {
         let row = &x[ro..ro + w];
         for &(off, _, _) in taps {

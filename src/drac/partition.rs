@@ -40,8 +40,6 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use rayon::prelude::*;
-
 use crate::op::{Op, conv2d_dims, matmul_dims};
 use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled, try_zeros_f32};
 use crate::{Conv2dParams, Error, Result};
@@ -1074,54 +1072,68 @@ fn next_index(idx: &mut [usize], lo: &[usize], hi: &[usize]) -> bool {
     false
 }
 
-/// Calls `f(offset, run)` for each contiguous run of the box `start..start + len` (per axis)
-/// of a row-major array of `dims`, in row-major order; nothing for an empty box.
+/// The output gathered from its parts, or the parts given back when they are not contiguous.
+type Gathered = std::result::Result<Vec<f32>, Vec<(PartSpec, Tensor)>>;
+
 /// Gathers placed parts whose outputs are each one contiguous run of the output (row splits
-/// of a matmul, batch splits of a conv) with one parallel copy per part; `None` when some
-/// part's output is not contiguous. The parts must already be known to cover the output.
+/// of a matmul, batch splits of a conv); gives the parts back when some part's output is not
+/// contiguous. The parts must already be known to cover the output. The part that starts the
+/// output lends its buffer, grown in place (large buffers are remapped, not copied); only the
+/// other parts are copied, in output order.
 fn assemble_contiguous(
     dims: &[usize],
-    parts: &[(PartSpec, Tensor)],
+    parts: Vec<(PartSpec, Tensor)>,
     numel: usize,
-) -> Result<Option<Vec<f32>>> {
+) -> Result<Gathered> {
     let rank = dims.len();
-    let mut runs: Vec<(usize, usize, &[f32])> = Vec::with_capacity(parts.len());
-    for (spec, t) in parts {
+    let mut offsets = Vec::with_capacity(parts.len());
+    for (spec, _) in &parts {
         let (mut first, mut count) = (None, 0);
         for_each_run(
             dims,
             &spec.out.start[..rank],
             &spec.out.len[..rank],
-            |offset, run| {
+            |offset, _| {
                 first.get_or_insert(offset);
                 count += 1;
-                let _ = run;
             },
         );
         match (first, count) {
-            (Some(offset), 1) => runs.push((offset, t.numel(), t.as_f32()?)),
-            (None, 0) => {}
-            _ => return Ok(None),
+            (Some(offset), 1) => offsets.push(offset),
+            (None, 0) => offsets.push(usize::MAX),
+            _ => return Ok(Err(parts)),
         }
     }
+    let mut runs: Vec<(usize, Tensor)> = offsets
+        .into_iter()
+        .zip(parts)
+        .filter(|(offset, _)| *offset != usize::MAX)
+        .map(|(offset, (_, t))| (offset, t))
+        .collect();
     runs.sort_by_key(|r| r.0);
-    let mut data = try_zeros_f32(numel)?;
-    let mut rest: &mut [f32] = &mut data;
-    let mut at = 0;
-    let mut pieces: Vec<(&mut [f32], &[f32])> = Vec::with_capacity(runs.len());
-    for (offset, len, src) in runs {
-        let (_, tail) = rest.split_at_mut(offset - at);
-        let (dst, tail) = tail.split_at_mut(len);
-        pieces.push((dst, src));
-        rest = tail;
-        at = offset + len;
+    let mut runs = runs.into_iter();
+    let Some((_, first)) = runs.next() else {
+        return Ok(Ok(try_zeros_f32(numel)?));
+    };
+    let mut data = match first.into_data() {
+        TensorData::F32(v) => v,
+        other => {
+            return Err(Error::shape(
+                "assemble",
+                format!("part output is {:?}, expected f32", other.dtype()),
+            ));
+        }
+    };
+    data.try_reserve_exact(numel.saturating_sub(data.len()))
+        .map_err(|_| Error::overflow("assemble", format!("cannot allocate {numel} elements")))?;
+    for (_, t) in runs {
+        data.extend_from_slice(t.as_f32()?);
     }
-    pieces
-        .into_par_iter()
-        .for_each(|(dst, src)| dst.copy_from_slice(src));
-    Ok(Some(data))
+    Ok(Ok(data))
 }
 
+/// Calls `f(offset, run)` for each contiguous run of the box `start..start + len` (per axis)
+/// of a row-major array of `dims`, in row-major order; nothing for an empty box.
 fn for_each_run(dims: &[usize], start: &[usize], len: &[usize], mut f: impl FnMut(usize, usize)) {
     let rank = dims.len();
     if rank == 0 {
@@ -1396,9 +1408,14 @@ pub fn assemble(op: &Op, shapes: &[&Shape], parts: Vec<(PartSpec, Tensor)>) -> R
         // One part that covers the whole output (checked above) is the output: no copy.
         return Ok(tensor);
     }
-    if !partial && let Some(data) = assemble_contiguous(dims, &parts, numel)? {
-        return Tensor::from_vec(out_shape, data);
-    }
+    let parts = if partial {
+        parts
+    } else {
+        match assemble_contiguous(dims, parts, numel)? {
+            Ok(data) => return Tensor::from_vec(out_shape, data),
+            Err(parts) => parts,
+        }
+    };
     let mut data = try_zeros_f32(numel)?;
     let mut order: Vec<usize> = (0..parts.len()).collect();
     if partial {
