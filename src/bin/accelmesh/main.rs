@@ -139,6 +139,9 @@ enum BenchCommand {
         flags: BenchFlags,
     },
     /// 2-D convolutions (NCHW, f32 output).
+    ///
+    /// The weights stay the same over a case's runs, as an inference session's do: CPU nodes
+    /// pack f32 weights into their kernels' panels once per case, not per run.
     Conv2d {
         /// A named set of cases (the default when no --shapes are given).
         #[arg(long, value_parser = ["resnet"])]
