@@ -189,6 +189,13 @@ fn garbage_observations_are_ignored() {
 }
 
 /// Median wall seconds of `reps` runs of `op` after a warm-up.
+/// Serialises the tests that calibrate or time a device: run side by side (the GPU's software
+/// driver spreads over every core), they would slow each other down and skew what they measure.
+fn timing_alone() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn measured(dev: &dyn Device, op: &Op, inputs: &[&Tensor], reps: usize) -> f64 {
     dev.execute(op, inputs).unwrap();
     let mut t: Vec<f64> = (0..reps)
@@ -225,6 +232,7 @@ fn assert_rates(m: &PerfModel, key: &str, dtypes: &[DType]) {
 
 #[test]
 fn calibrating_a_cpu_node_gives_the_right_order_of_magnitude() {
+    let _alone = timing_alone();
     let dev = CpuDevice::with_threads(1).unwrap();
     let key = PerfModel::node_key(dev.info());
     let mut m = PerfModel::new();
@@ -275,6 +283,7 @@ impl Device for F32Only {
 
 #[test]
 fn calibrating_a_dtype_the_node_refuses_is_a_dtype_error() {
+    let _alone = timing_alone();
     let inner = CpuDevice::with_threads(1).unwrap();
     let mut info = inner.info().clone();
     info.dtypes = vec![DType::F32];
@@ -366,6 +375,7 @@ fn malformed_files_are_parse_errors_naming_the_path() {
 
 #[test]
 fn load_or_calibrate_uses_the_cache() {
+    let _alone = timing_alone();
     let dir = temp_dir("cache");
     let path = dir.join("calibration.json");
     // Two identical nodes share a key and are calibrated once.
@@ -408,6 +418,7 @@ fn load_or_calibrate_uses_the_cache() {
 
 #[test]
 fn calibrating_a_gpu_node_measures_its_transfers() {
+    let _alone = timing_alone();
     let dev = match GpuDevice::open(0, 0, Default::default()) {
         Ok(d) => d,
         Err(e) => {

@@ -197,6 +197,9 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     B_BUFFER.set(Some(b_buf));
 }
 
+/// Columns of B a gemv task runs through all depth blocks before it moves on.
+const GEMV_GROUP_COLS: usize = 8;
+
 /// `C = alpha·A·B + beta·C` (+ epilogue) for at most [`super::gemv::MAX_ROWS`] rows with B
 /// read in place column by column (`data[j·cs + k]`), split over `threads` by columns.
 #[cfg(target_arch = "x86_64")]
@@ -225,34 +228,39 @@ fn run_gemv(plan: &Plan<'_>, data: &[f32], cs: usize, threads: usize) {
         if cols.is_empty() {
             return;
         }
-        for k0 in (0..p.k).step_by(kc_max) {
-            let kc = kc_max.min(p.k - k0);
-            let block = super::gemv::Block {
-                a: &rows[k0 * p.m..][..p.m * kc],
-                m: p.m,
-                kc,
-                b: &data[k0..],
-                cs,
-                alpha: p.alpha,
-                beta: if k0 == 0 { p.beta } else { 1.0 },
-            };
-            // As the microkernels store a tile that is not full: `alpha·sum + beta·C`.
-            let mut store = |i: usize, j: usize, sum: f32| {
-                // SAFETY: (i, j) is inside C (i < m, j < n) and in this task's columns.
-                unsafe {
-                    let dst = c.ptr.add(i * c.rs + j * c.cs);
-                    let product = block.alpha * sum;
-                    *dst = if block.beta == 0.0 {
-                        product
-                    } else {
-                        product + block.beta * *dst
-                    };
-                }
-            };
-            // SAFETY: the ISA is AVX2 (checked by the caller, and `isa` is available); `run`
-            // checked that B holds (n-1)·cs + k values, so every column of `cols` holds this
-            // block's kc steps from k0.
-            unsafe { super::gemv::columns(&block, cols.clone(), &mut store) };
+        // Column groups outermost: each group's columns stream through every depth block in
+        // one go, long sequential runs the prefetchers follow (blocks still add up in order).
+        for group in (cols.start..cols.end).step_by(GEMV_GROUP_COLS) {
+            let cols = group..(group + GEMV_GROUP_COLS).min(cols.end);
+            for k0 in (0..p.k).step_by(kc_max) {
+                let kc = kc_max.min(p.k - k0);
+                let block = super::gemv::Block {
+                    a: &rows[k0 * p.m..][..p.m * kc],
+                    m: p.m,
+                    kc,
+                    b: &data[k0..],
+                    cs,
+                    alpha: p.alpha,
+                    beta: if k0 == 0 { p.beta } else { 1.0 },
+                };
+                // As the microkernels store a tile that is not full: `alpha·sum + beta·C`.
+                let mut store = |i: usize, j: usize, sum: f32| {
+                    // SAFETY: (i, j) is inside C (i < m, j < n) and in this task's columns.
+                    unsafe {
+                        let dst = c.ptr.add(i * c.rs + j * c.cs);
+                        let product = block.alpha * sum;
+                        *dst = if block.beta == 0.0 {
+                            product
+                        } else {
+                            product + block.beta * *dst
+                        };
+                    }
+                };
+                // SAFETY: the ISA is AVX2 (checked by the caller, and `isa` is available); `run`
+                // checked that B holds (n-1)·cs + k values, so every column of `cols` holds this
+                // block's kc steps from k0.
+                unsafe { super::gemv::columns(&block, cols.clone(), &mut store) };
+            }
         }
         if !p.epilogue.is_identity() {
             apply_epilogue(p.epilogue, c, 0, cols.start, p.m, cols.len());
