@@ -190,3 +190,70 @@ fn mismatched_inputs_give_typed_errors() {
     let err = dev.execute(&conv, &[&x, &w, &v, &v]).unwrap_err();
     assert!(matches!(err, Error::Arity { got: 4, .. }), "{err}");
 }
+
+#[test]
+fn convolution_added_onto_its_residual_in_place() {
+    let dev = device(2);
+    for (i, (xd, wd, params, _)) in conv_cases().into_iter().enumerate() {
+        for relu in [false, true] {
+            let params = Conv2dParams {
+                relu,
+                ..params.clone()
+            };
+            let seed = 5000 + 10 * i as u64;
+            let x = Tensor::random(xd, DType::F32, seed).unwrap();
+            let w = Tensor::random(wd, DType::F32, seed + 1).unwrap();
+            let bias = Tensor::random([wd[0]], DType::F32, seed + 2).unwrap();
+            let op = Op::Conv2d(params.clone());
+            let out_shape = op.output_shape(&[x.shape(), w.shape()]).unwrap();
+            let residual = Tensor::random(out_shape.dims().to_vec(), DType::F32, seed + 3).unwrap();
+            // The residual as a fourth input, and the same sum formed in the residual's buffer.
+            let as_input = run(&dev, &op, &[&x, &w, &bias, &residual]);
+            let mut in_place = residual.clone();
+            dev.conv_accumulate(&op, &[&x, &w, &bias], &mut in_place)
+                .expect("the CPU node adds in place")
+                .unwrap();
+            assert_eq!(
+                as_input.as_f32().unwrap(),
+                in_place.as_f32().unwrap(),
+                "case {i}"
+            );
+            let plain = Conv2dParams {
+                relu: false,
+                ..params.clone()
+            };
+            let reference: Vec<(f64, f64)> = conv_ref(&x, &w, Some(&bias), &plain)
+                .into_iter()
+                .zip(residual.as_f32().unwrap())
+                .map(|((s, scale), &r)| {
+                    let sum = s + f64::from(r);
+                    (
+                        if relu && sum < 0.0 { 0.0 } else { sum },
+                        scale + f64::from(r).abs(),
+                    )
+                })
+                .collect();
+            assert_close(
+                &format!("residual conv {xd:?} * {wd:?} {params:?}"),
+                &in_place,
+                &reference,
+            );
+        }
+    }
+    // A residual of another shape is a typed error naming both shapes.
+    let x = Tensor::random([1, 3, 9, 9], DType::F32, 1).unwrap();
+    let w = Tensor::random([4, 3, 3, 3], DType::F32, 2).unwrap();
+    let mut wrong = Tensor::random([1, 4, 9, 9], DType::F32, 3).unwrap();
+    let op = Op::Conv2d(Conv2dParams::default());
+    let err = dev
+        .conv_accumulate(&op, &[&x, &w], &mut wrong)
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("[1, 4, 7, 7]"), "{err}");
+    // Other ops have no in-place form.
+    assert!(
+        dev.conv_accumulate(&Op::matmul(), &[&x, &w], &mut wrong)
+            .is_none()
+    );
+}
