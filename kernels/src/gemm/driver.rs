@@ -20,7 +20,7 @@ use super::pack::{AlignedBuf, PackA, PackB, PrepackedA};
 use crate::Isa;
 
 /// Below this many multiply-adds a call stays on the calling thread.
-pub const PARALLEL_MIN_MACS: usize = 160 * 160 * 160;
+pub const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
 /// Tasks per thread over the C grid, for load balance between unevenly fast cores.
 const TASKS_PER_THREAD: usize = 2;
 /// Micro-panels of B packed per parallel packing task.
