@@ -151,19 +151,23 @@ impl CpuDevice {
         Ok(())
     }
 
-    /// [`CpuDevice::conv`] for inputs stored as `dtype`.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_as(
+    /// The convolution `conv_inputs` (`[x, w, bias?]`, with dims `d`) into `out`; with
+    /// `accumulate`, added to what `out` holds (its residual).
+    fn conv_into(
         &self,
-        dtype: DType,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&[f32]>,
         params: &Conv2dParams,
         d: &Conv2dDims,
+        conv_inputs: &[&Tensor],
         out: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
+        let (x, w) = (conv_inputs[0], conv_inputs[1]);
+        let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
+        let bias = match &conv_inputs[2..] {
+            [b, ..] if d.has_bias => Some(f32_data(b)),
+            _ => None,
+        };
+        let bias = bias.as_deref();
         match dtype {
             DType::F32 => self.conv::<f32>(x, w, bias, params, d, out, accumulate),
             DType::F16 => self.conv::<f16>(x, w, bias, params, d, out, accumulate),
@@ -191,17 +195,11 @@ impl CpuDevice {
                 ),
             ));
         }
-        let (x, w) = (inputs[0], inputs[1]);
-        let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
-        let bias = match &inputs[2..] {
-            [b, ..] if d.has_bias => Some(f32_data(b)),
-            _ => None,
-        };
         let out = output.as_f32_mut()?;
         if out.is_empty() {
             return Ok(());
         }
-        self.conv_as(dtype, x, w, bias.as_deref(), params, &d, out, true)
+        self.conv_into(params, &d, inputs, out, true)
     }
 
     /// Runs a validated convolution of inputs stored as `T`; with `accumulate`, the output
@@ -348,33 +346,17 @@ impl Device for CpuDevice {
                 }
             }
             Op::Conv2d(params) => {
+                // A residual is only split off when it has the output's shape.
                 let (conv_shapes, residual) = split_residual(params, &shapes);
                 let d = conv2d_dims(params, conv_shapes)?;
-                let (x, w) = (inputs[0], inputs[1]);
-                let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
-                let bias = match &inputs[2..] {
-                    [b, ..] if d.has_bias => Some(f32_data(b)),
-                    _ => None,
-                };
-                let bias = bias.as_deref();
                 if residual.is_some() {
-                    let r = inputs[3];
-                    if r.dims() != d.output {
-                        return Err(Error::shape(
-                            "conv2d",
-                            format!(
-                                "residual must have the output's shape {:?}, got {}",
-                                d.output,
-                                r.shape()
-                            ),
-                        ));
-                    }
-                    match r.data() {
+                    match inputs[3].data() {
                         TensorData::F32(v) => out.copy_from_slice(v),
-                        _ => out.copy_from_slice(&r.to_f32_vec()),
+                        _ => out.copy_from_slice(&inputs[3].to_f32_vec()),
                     }
                 }
-                self.conv_as(dtype, x, w, bias, params, &d, out, residual.is_some())
+                let conv_inputs = &inputs[..conv_shapes.len()];
+                self.conv_into(params, &d, conv_inputs, out, residual.is_some())
             }
             _ => self.execute_f32(op, inputs, &shapes, out),
         }
