@@ -1,10 +1,14 @@
 //! The DRAC on real nodes: split jobs equal the single-node result, failed and hung nodes lose
 //! their parts to survivors, idle nodes power off, and bad requests are refused cleanly.
 
+mod common;
+
 use std::sync::Arc;
+
+use common::{cpu_nodes, set_all_rates};
 use std::time::Duration;
 
-use accelmesh::drac::perf_model::{OpClass, PerfModel, Rate};
+use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::power::PowerState;
 use accelmesh::drac::{Drac, DracConfig, Fault, Target, WorkloadRequest};
 use accelmesh::node::gpu::{GpuDevice, LimitOverrides};
@@ -14,20 +18,9 @@ use accelmesh::{Conv2dParams, CpuDevice, DType, Device, Error, NodeSet, Op, Tens
 fn model_for(devices: &[Arc<dyn Device>], gflops: &[f64]) -> PerfModel {
     let mut perf = PerfModel::new();
     for (d, &g) in devices.iter().zip(gflops) {
-        let key = PerfModel::node_key(d.info());
-        for class in [OpClass::MatMul, OpClass::Conv2d, OpClass::Other] {
-            for dtype in DType::ALL {
-                perf.set_rate(&key, class, dtype, Rate::new(g, 1e-5).unwrap());
-            }
-        }
+        set_all_rates(&mut perf, &PerfModel::node_key(d.info()), g);
     }
     perf
-}
-
-fn cpu_nodes(n: usize) -> Vec<Arc<dyn Device>> {
-    (0..n)
-        .map(|i| Arc::new(CpuDevice::new(i, 1, 1 << 30).unwrap()) as Arc<dyn Device>)
-        .collect()
 }
 
 fn drac(devices: Vec<Arc<dyn Device>>, gflops: &[f64], config: DracConfig) -> Drac {

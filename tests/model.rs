@@ -2,10 +2,14 @@
 //! across nodes — against a float64 reference and against one device; fixed-batch models run
 //! in chunks; failover when a node crashes or hangs mid-model; streams of requests; bad inputs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use accelmesh::drac::perf_model::{OpClass, PerfModel, Rate};
+use common::{cpu_nodes, set_all_rates};
+
+use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::{Drac, DracConfig, Fault};
 use accelmesh::model::demo;
 use accelmesh::model::{RunOptions, Strategy};
@@ -21,20 +25,10 @@ fn perf_for(devices: &[Arc<dyn Device>], gflops: &[f64]) -> PerfModel {
         let hardware = PerfModel::node_key(d.info());
         let instance = format!("{hardware}#{}", d.info().id);
         for key in [hardware, instance] {
-            for class in [OpClass::MatMul, OpClass::Conv2d, OpClass::Other] {
-                for dtype in DType::ALL {
-                    perf.set_rate(&key, class, dtype, Rate::new(g, 1e-5).unwrap());
-                }
-            }
+            set_all_rates(&mut perf, &key, g);
         }
     }
     perf
-}
-
-fn cpu_nodes(n: usize) -> Vec<Arc<dyn Device>> {
-    (0..n)
-        .map(|i| Arc::new(CpuDevice::new(i, 1, 1 << 30).unwrap()) as Arc<dyn Device>)
-        .collect()
 }
 
 fn drac_with(n: usize, gflops: &[f64], config: DracConfig) -> Drac {

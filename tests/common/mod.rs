@@ -104,3 +104,23 @@ pub fn conv_ref(
     }
     out
 }
+
+/// `n` CPU nodes of one thread each, with 1 GiB of memory.
+pub fn cpu_nodes(n: usize) -> Vec<std::sync::Arc<dyn accelmesh::Device>> {
+    (0..n)
+        .map(|i| {
+            std::sync::Arc::new(accelmesh::CpuDevice::new(i, 1, 1 << 30).unwrap())
+                as std::sync::Arc<dyn accelmesh::Device>
+        })
+        .collect()
+}
+
+/// Gives `key` a rate of `gflops` (and 10 µs of overhead) for every op class and dtype.
+pub fn set_all_rates(perf: &mut accelmesh::drac::perf_model::PerfModel, key: &str, gflops: f64) {
+    use accelmesh::drac::perf_model::{OpClass, Rate};
+    for class in [OpClass::MatMul, OpClass::Conv2d, OpClass::Other] {
+        for dtype in accelmesh::DType::ALL {
+            perf.set_rate(key, class, dtype, Rate::new(gflops, 1e-5).unwrap());
+        }
+    }
+}
