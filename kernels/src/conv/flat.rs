@@ -44,11 +44,14 @@ pub(super) fn suits(g: &Geometry) -> bool {
     if g.kh * g.kw == 1 || ((g.sh > 1 || g.sw > 1) && g.cg > FEW_CHANNELS) {
         return false;
     }
-    let layout_width = g.pads[1] + g.w + g.pads[3];
-    let wph = layout_width.div_ceil(g.sw);
-    let waste = 1.0 - g.ow as f64 / wph as f64;
+    let waste = 1.0 - g.ow as f64 / grid_width(g) as f64;
     let packing = PACK_COST / (g.og as f64 / 8.0 + PACK_COST);
     waste <= packing
+}
+
+/// Columns of a padded phase plane of `g`, which is also the width of the output grid.
+fn grid_width(g: &Geometry) -> usize {
+    (g.pads[1] + g.w + g.pads[3]).div_ceil(g.sw)
 }
 
 /// The depth block of the flat path for `g`: its weight panels are packed with it.
@@ -78,7 +81,7 @@ struct Layout {
 impl Layout {
     fn new(g: &Geometry) -> Layout {
         let hph = (g.pads[0] + g.h + g.pads[2]).div_ceil(g.sh);
-        let wph = (g.pads[1] + g.w + g.pads[3]).div_ceil(g.sw);
+        let wph = grid_width(g);
         let plane = hph * wph;
         let mut phases = Vec::new();
         for r in 0..g.kh {
