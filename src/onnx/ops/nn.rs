@@ -630,27 +630,27 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
 }
 
 /// A 2-D convolution with a residual fused in at load (inputs `[x, w, bias, residual]`):
-/// `relu?(conv(x, w) + bias + residual)`. The CPU node takes the residual as a fourth input
-/// and adds it in the gemm; other devices run the convolution, the Add and the ReLU apart.
+/// `relu?(conv(x, w) + bias + residual)`. A residual read for the last time becomes the
+/// output, the sum formed in place where the device can (`Device::conv_accumulate`);
+/// otherwise the CPU node takes the residual as a fourth input and adds it in the gemm, and
+/// other devices run the convolution, the Add and the ReLU apart.
 fn conv_residual(params: Conv2dParams, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
     let op = Op::Conv2d(params.clone());
-    // A residual read for the last time here becomes the output: the sum is formed in place.
-    if let Some(mut residual) = args.take_owned_f32(3) {
-        let x = args.tensor(0)?;
-        let w = as_dtype(args.tensor(1)?, x.dtype());
-        let inputs = [x, w.as_ref(), args.tensor(2)?];
-        match cx.dev.conv_accumulate(&op, &inputs, &mut residual) {
-            Some(result) => return result.map(|()| residual),
-            None => return conv_residual_apart(params, cx, &inputs, &residual),
-        }
-    }
+    let owned = args.take_owned_f32(3);
     let x = args.tensor(0)?;
     let w = as_dtype(args.tensor(1)?, x.dtype());
-    let (bias, residual) = (args.tensor(2)?, args.tensor(3)?);
-    if cx.dev.info().kind == crate::node::DeviceKind::Cpu {
-        return cx.run(&op, &[x, w.as_ref(), bias, residual]);
+    let inputs = [x, w.as_ref(), args.tensor(2)?];
+    if let Some(mut residual) = owned {
+        return match cx.dev.conv_accumulate(&op, &inputs, &mut residual) {
+            Some(result) => result.map(|()| residual),
+            None => conv_residual_apart(params, cx, &inputs, &residual),
+        };
     }
-    conv_residual_apart(params, cx, &[x, w.as_ref(), bias], residual)
+    let residual = args.tensor(3)?;
+    if cx.dev.info().kind == crate::node::DeviceKind::Cpu {
+        return cx.run(&op, &[x, w.as_ref(), inputs[2], residual]);
+    }
+    conv_residual_apart(params, cx, &inputs, residual)
 }
 
 /// The residual convolution as three ops: the convolution, the Add, then the ReLU.
