@@ -1400,14 +1400,8 @@ pub fn assemble(op: &Op, shapes: &[&Shape], parts: Vec<(PartSpec, Tensor)>) -> R
         ));
     }
     check_cover(&extent, &boxes)?;
-    let mut parts = parts;
-    if !partial
-        && parts.len() == 1
-        && let Some((_, tensor)) = parts.pop()
-    {
-        // One part that covers the whole output (checked above) is the output: no copy.
-        return Ok(tensor);
-    }
+    // Placed parts that are contiguous runs (one part covering everything included) lend the
+    // first one's buffer: no copy for a single part.
     let parts = if partial {
         parts
     } else {
