@@ -22,7 +22,7 @@ pub use error::{Error, Result};
 pub use model::{Model, ModelReport, ModelRun, RunOptions};
 pub use node::{CpuDevice, Device, DeviceInfo, DeviceKind, NodeSet, NodeSpec};
 pub use op::Op;
-pub use tensor::{DType, Shape, Tensor, TensorData, TensorElement};
+pub use tensor::{DType, Shape, Tensor, TensorData, TensorElement, TensorView, ViewData};
 
 /// The convolution parameters of [`Op::Conv2d`], re-exported from the kernels.
 pub use accelmesh_kernels::conv::Conv2dParams;

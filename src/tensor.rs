@@ -182,6 +182,9 @@ pub trait TensorElement: Element {
 
     /// Borrows the storage as this type, if it has this dtype.
     fn slice_of(data: &TensorData) -> Option<&[Self]>;
+
+    /// Borrows a view's elements as this type, if it has this dtype.
+    fn view_of(data: ViewData<'_>) -> Option<&[Self]>;
 }
 
 impl TensorElement for f32 {
@@ -194,6 +197,13 @@ impl TensorElement for f32 {
     fn slice_of(data: &TensorData) -> Option<&[Self]> {
         match data {
             TensorData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn view_of(data: ViewData<'_>) -> Option<&[Self]> {
+        match data {
+            ViewData::F32(v) => Some(v),
             _ => None,
         }
     }
@@ -212,6 +222,13 @@ impl TensorElement for f16 {
             _ => None,
         }
     }
+
+    fn view_of(data: ViewData<'_>) -> Option<&[Self]> {
+        match data {
+            ViewData::F16(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl TensorElement for bf16 {
@@ -224,6 +241,13 @@ impl TensorElement for bf16 {
     fn slice_of(data: &TensorData) -> Option<&[Self]> {
         match data {
             TensorData::BF16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn view_of(data: ViewData<'_>) -> Option<&[Self]> {
+        match data {
+            ViewData::BF16(v) => Some(v),
             _ => None,
         }
     }
@@ -566,6 +590,133 @@ impl Tensor {
     /// Number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.rank()
+    }
+
+    /// The whole tensor, borrowed.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView {
+            shape: self.shape.clone(),
+            data: self.data.view(),
+        }
+    }
+
+    /// The elements `start..start + numel(shape)` of the storage, borrowed with `shape`: a
+    /// contiguous block such as a range of rows, images or output channels.
+    pub fn view_run(&self, shape: Shape, start: usize) -> Result<TensorView<'_>> {
+        let numel = shape.numel()?;
+        let end = start.checked_add(numel).filter(|&end| end <= self.numel());
+        let Some(end) = end else {
+            return Err(Error::shape(
+                "tensor view",
+                format!(
+                    "{shape} at element {start} runs past the end of a tensor of shape {}",
+                    self.shape
+                ),
+            ));
+        };
+        let data = match &self.data {
+            TensorData::F32(v) => ViewData::F32(&v[start..end]),
+            TensorData::F16(v) => ViewData::F16(&v[start..end]),
+            TensorData::BF16(v) => ViewData::BF16(&v[start..end]),
+        };
+        Ok(TensorView { shape, data })
+    }
+}
+
+impl TensorData {
+    /// The storage, borrowed.
+    pub fn view(&self) -> ViewData<'_> {
+        match self {
+            TensorData::F32(v) => ViewData::F32(v),
+            TensorData::F16(v) => ViewData::F16(v),
+            TensorData::BF16(v) => ViewData::BF16(v),
+        }
+    }
+}
+
+/// Borrowed tensor storage: a slice of the tensor's element type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ViewData<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f16 elements.
+    F16(&'a [f16]),
+    /// bf16 elements.
+    BF16(&'a [bf16]),
+}
+
+impl ViewData<'_> {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            ViewData::F32(_) => DType::F32,
+            ViewData::F16(_) => DType::F16,
+            ViewData::BF16(_) => DType::BF16,
+        }
+    }
+}
+
+/// A borrowed tensor: a shape over a contiguous run of another tensor's elements, so a part
+/// of a split job reads its slice in place instead of a copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorView<'a> {
+    shape: Shape,
+    data: ViewData<'a>,
+}
+
+impl<'a> TensorView<'a> {
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The dimensions.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// The borrowed storage.
+    pub fn data(&self) -> ViewData<'a> {
+        self.data
+    }
+
+    /// The elements as a slice of `T`, or a dtype error if the view holds another type.
+    pub fn as_slice<T: TensorElement>(&self) -> Result<&'a [T]> {
+        T::view_of(self.data).ok_or_else(|| {
+            Error::dtype(
+                "tensor access",
+                format!(
+                    "tensor of shape {} holds {}, not {}",
+                    self.shape,
+                    self.dtype(),
+                    T::DTYPE
+                ),
+            )
+        })
+    }
+
+    /// The elements widened to f32 (exact for every dtype).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self.data {
+            ViewData::F32(v) => v.to_vec(),
+            ViewData::F16(v) => widen(v),
+            ViewData::BF16(v) => widen(v),
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let data = match self.data {
+            ViewData::F32(v) => TensorData::F32(v.to_vec()),
+            ViewData::F16(v) => TensorData::F16(v.to_vec()),
+            ViewData::BF16(v) => TensorData::BF16(v.to_vec()),
+        };
+        Tensor::from_data(self.shape.clone(), data)
     }
 }
 

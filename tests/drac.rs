@@ -66,6 +66,29 @@ fn a_split_matmul_equals_the_single_node_result_bit_for_bit() {
 }
 
 #[test]
+fn a_row_split_job_writes_into_the_output_it_is_given() {
+    let d = drac(cpu_nodes(2), &[0.01, 0.01], DracConfig::default());
+    let (m, n, k) = (131, 47, 29);
+    let a = Tensor::random([m, k], DType::F32, 12).unwrap();
+    let b = Tensor::random([k, n], DType::F32, 13).unwrap();
+    let want = single(&Op::matmul(), &[&a, &b]);
+    let given = Tensor::full([m, n], DType::F32, f32::NAN).unwrap();
+    let ptr = given.as_f32().unwrap().as_ptr();
+    let r = d
+        .run_into(WorkloadRequest::matmul(a.clone(), b.clone()), given)
+        .unwrap();
+    assert_eq!(r.report.strategy, "rows", "{:?}", r.report);
+    assert_eq!(r.report.nodes_used.len(), 2, "{:?}", r.report);
+    assert_eq!(r.output.to_f32_vec(), want);
+    assert_eq!(r.output.as_f32().unwrap().as_ptr(), ptr, "no gather copy");
+    // A buffer of the wrong size is not used, and the result is still right.
+    let small = Tensor::full([m - 1, n], DType::F32, f32::NAN).unwrap();
+    let r = d.run_into(WorkloadRequest::matmul(a, b), small).unwrap();
+    assert_eq!(r.output.dims(), &[m, n]);
+    assert_eq!(r.output.to_f32_vec(), want);
+}
+
+#[test]
 fn a_split_conv_equals_the_single_node_result() {
     let d = drac(cpu_nodes(2), &[100.0, 100.0], DracConfig::default());
     let x = Tensor::random([4, 16, 33, 33], DType::F32, 3).unwrap();

@@ -5,11 +5,11 @@
 //! channel and output-row splits must match bit for bit; K-split within f32 rounding.
 
 use accelmesh::drac::partition::{
-    PartSpec, Strategy, assemble, candidate_strategies, extract, partition, split_to_fit,
-    weighted_ranges,
+    PartSpec, Strategy, assemble, candidate_strategies, extract, extract_slices, input_views,
+    output_runs, partition, split_to_fit, weighted_ranges,
 };
 use accelmesh::op::Unary;
-use accelmesh::{Conv2dParams, CpuDevice, DType, Device, Error, Op, Shape, Tensor};
+use accelmesh::{Conv2dParams, CpuDevice, DType, Device, Error, Op, Shape, Tensor, TensorView};
 
 /// Share vectors every strategy is run with: equal, unequal, with zeros, a single node.
 const SHARES: &[&[f64]] = &[
@@ -31,8 +31,56 @@ fn run_whole(dev: &CpuDevice, op: &Op, inputs: &[&Tensor]) -> Tensor {
     dev.execute(op, inputs).unwrap().remove(0)
 }
 
-/// Runs every part on the node and assembles the outputs.
+/// Runs every part on the node and assembles the outputs; where the parts' output blocks are
+/// contiguous, also runs them in place (inputs borrowed where contiguous, each part writing
+/// its block of one buffer) and checks that both ways agree bit for bit.
 fn run_parts(dev: &CpuDevice, op: &Op, inputs: &[&Tensor], parts: Vec<PartSpec>) -> Tensor {
+    let in_place = run_parts_in_place(dev, inputs, &parts);
+    let assembled = run_parts_assembled(dev, op, inputs, parts);
+    if let Some(in_place) = in_place {
+        let (a, b) = (assembled.as_f32().unwrap(), in_place.as_f32().unwrap());
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(
+                x.to_bits(),
+                y.to_bits(),
+                "element {i}: {x} assembled, {y} in place"
+            );
+        }
+    }
+    assembled
+}
+
+/// The parts run in place into one buffer (first filled with NaN, so a block no part writes
+/// shows); `None` when the plan's output blocks are not contiguous.
+fn run_parts_in_place(dev: &CpuDevice, inputs: &[&Tensor], parts: &[PartSpec]) -> Option<Tensor> {
+    let (shape, runs) = output_runs(parts)?;
+    let mut out = vec![f32::NAN; shape.numel().unwrap()];
+    for (p, run) in parts.iter().zip(runs) {
+        let copies = extract_slices(p, inputs).unwrap();
+        let views: Vec<TensorView<'_>> = match input_views(p, inputs).unwrap() {
+            Some(views) => views,
+            None => copies
+                .iter()
+                .zip(inputs)
+                .map(|(c, t)| c.as_ref().unwrap_or(t).view())
+                .collect(),
+        };
+        for (v, s) in views.iter().zip(&p.input_shapes) {
+            assert_eq!(v.shape(), s, "part {} view shape", p.index);
+        }
+        dev.execute_view(&p.op, &views, &mut out[run]).unwrap();
+    }
+    Some(Tensor::from_vec(shape, out).unwrap())
+}
+
+/// Runs every part on the node into outputs of its own and assembles them.
+fn run_parts_assembled(
+    dev: &CpuDevice,
+    op: &Op,
+    inputs: &[&Tensor],
+    parts: Vec<PartSpec>,
+) -> Tensor {
     let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
     let outputs = parts
         .into_iter()
@@ -845,4 +893,65 @@ fn huge_and_tiny_shares_are_proportional() {
     )
     .unwrap();
     assert!(parts.iter().all(|p| p.output_shape.dims() == [20, 20]));
+}
+
+#[test]
+fn row_batch_and_channel_parts_read_in_place_and_write_one_buffer() {
+    let (a, b) = (Shape::new([37, 19]), Shape::new([19, 23]));
+    let a_t = Tensor::random(a.dims(), DType::F32, 41).unwrap();
+    let b_t = Tensor::random(b.dims(), DType::F32, 42).unwrap();
+    let shares = [1.0, 2.0, 1.5];
+    let rows = partition(
+        &Op::matmul(),
+        &[&a, &b],
+        DType::F32,
+        Strategy::Rows,
+        &shares,
+    )
+    .unwrap();
+    let (shape, runs) = output_runs(&rows).expect("row blocks are contiguous");
+    assert_eq!(shape, Shape::new([37, 23]));
+    assert_eq!(runs.first().map(|r| r.start), Some(0));
+    assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+    assert_eq!(runs.last().map(|r| r.end), Some(37 * 23));
+    for p in &rows {
+        assert!(input_views(p, &[&a_t, &b_t]).unwrap().is_some());
+    }
+    // Column blocks and K-split partial sums are strided or overlap: assembled instead.
+    for strategy in [Strategy::Cols, Strategy::KSplit] {
+        let parts = partition(&Op::matmul(), &[&a, &b], DType::F32, strategy, &shares).unwrap();
+        assert!(output_runs(&parts).is_none(), "{strategy}");
+    }
+    let cols = partition(
+        &Op::matmul(),
+        &[&a, &b],
+        DType::F32,
+        Strategy::Cols,
+        &shares,
+    )
+    .unwrap();
+    assert!(input_views(&cols[1], &[&a_t, &b_t]).unwrap().is_none());
+    // Conv by images and by output channels: the input, weight and bias slices are blocks.
+    let (x, w, bias) = (
+        Shape::new([4, 3, 9, 9]),
+        Shape::new([8, 3, 3, 3]),
+        Shape::new([8]),
+    );
+    let tensors: Vec<Tensor> = [&x, &w, &bias]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Tensor::random(s.dims(), DType::F32, 50 + i as u64).unwrap())
+        .collect();
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let op = Op::Conv2d(Conv2dParams::default());
+    for strategy in [Strategy::Batch, Strategy::OutChannels] {
+        let parts = partition(&op, &[&x, &w, &bias], DType::F32, strategy, &[1.0, 1.0]).unwrap();
+        for p in &parts {
+            assert!(input_views(p, &refs).unwrap().is_some(), "{strategy}");
+        }
+    }
+    // Inputs of other shapes than planned are refused by name.
+    let wrong = Tensor::random([36, 19], DType::F32, 43).unwrap();
+    let err = input_views(&rows[0], &[&wrong, &b_t]).unwrap_err();
+    assert!(err.to_string().contains("input 0"), "{err}");
 }

@@ -1,6 +1,10 @@
-//! Output buffers: zero-filled vectors taken straight from the allocator's zeroed memory.
+//! Output buffers: zero-filled vectors taken straight from the allocator's zeroed memory, and
+//! one buffer cut into disjoint chunks that several owners fill at once.
 
 use std::alloc::{Layout, alloc_zeroed};
+use std::mem::ManuallyDrop;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// `len` zeros as a vector, or `None` when the allocation fails (instead of aborting).
 ///
@@ -23,9 +27,188 @@ pub fn try_zeroed_f32(len: usize) -> Option<Vec<f32>> {
     }
 }
 
+/// The allocation of a `Vec<f32>` shared by the chunks cut out of it.
+struct Allocation {
+    ptr: *mut f32,
+    len: usize,
+    capacity: usize,
+}
+
+// SAFETY: the allocation is plain memory owned like a Vec<f32>'s; its elements are only
+// reached through `Chunk`s, whose ranges `ChunkedBuf::split` checks to be pairwise disjoint,
+// each borrowed mutably only through `&mut Chunk`.
+unsafe impl Send for Allocation {}
+// SAFETY: as above: shared references to the allocation give access to no element.
+unsafe impl Sync for Allocation {}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        // SAFETY: ptr, len and capacity come from a Vec<f32> that was given up in `split` and
+        // is rebuilt exactly once: here, or in `into_vec`, which skips this drop.
+        drop(unsafe { Vec::from_raw_parts(self.ptr, self.len, self.capacity) });
+    }
+}
+
+/// One f32 buffer cut into disjoint [`Chunk`]s that separate owners (threads) fill at once,
+/// then taken back as the whole vector without a copy once every chunk is dropped.
+pub struct ChunkedBuf {
+    allocation: Arc<Allocation>,
+}
+
+/// A disjoint range of a [`ChunkedBuf`], owned: it may move to another thread and outlive the
+/// code that cut it (a chunk held by a hung worker keeps the memory alive, nothing more).
+pub struct Chunk {
+    allocation: Arc<Allocation>,
+    range: Range<usize>,
+}
+
+impl ChunkedBuf {
+    /// Cuts `buffer` into one chunk per range, in the order given; `None` when a range runs
+    /// past the end or two ranges overlap (empty ranges never overlap).
+    pub fn split(buffer: Vec<f32>, ranges: &[Range<usize>]) -> Option<(ChunkedBuf, Vec<Chunk>)> {
+        let in_bounds = ranges
+            .iter()
+            .all(|r| r.start <= r.end && r.end <= buffer.len());
+        let mut sorted: Vec<&Range<usize>> = ranges.iter().filter(|r| !r.is_empty()).collect();
+        sorted.sort_by_key(|r| r.start);
+        let disjoint = sorted.windows(2).all(|w| w[0].end <= w[1].start);
+        if !(in_bounds && disjoint) {
+            return None;
+        }
+        let mut buffer = ManuallyDrop::new(buffer);
+        let allocation = Arc::new(Allocation {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+            capacity: buffer.capacity(),
+        });
+        let chunks = ranges
+            .iter()
+            .map(|r| Chunk {
+                allocation: Arc::clone(&allocation),
+                range: r.clone(),
+            })
+            .collect();
+        Some((ChunkedBuf { allocation }, chunks))
+    }
+
+    /// The whole vector back when `chunks` are every chunk of this buffer still alive (they
+    /// are dropped); otherwise both are handed back, for the caller to copy out of the chunks.
+    #[allow(clippy::result_large_err)]
+    pub fn join(self, chunks: Vec<Chunk>) -> Result<Vec<f32>, (ChunkedBuf, Vec<Chunk>)> {
+        let ours = chunks
+            .iter()
+            .all(|c| Arc::ptr_eq(&c.allocation, &self.allocation));
+        // Chunks cannot be cloned, so a count that matches cannot grow behind our back.
+        if !ours || Arc::strong_count(&self.allocation) != chunks.len() + 1 {
+            return Err((self, chunks));
+        }
+        drop(chunks);
+        self.into_vec().map_err(|buffer| (buffer, Vec::new()))
+    }
+
+    /// The whole vector back, once every chunk is dropped; otherwise `self` again.
+    pub fn into_vec(self) -> Result<Vec<f32>, ChunkedBuf> {
+        match Arc::try_unwrap(self.allocation) {
+            Ok(allocation) => {
+                let allocation = ManuallyDrop::new(allocation);
+                // SAFETY: no chunk is left (the Arc was unique), so nothing else reaches the
+                // memory; the parts are those of the Vec given up in `split`, and
+                // ManuallyDrop keeps `Allocation::drop` from freeing it a second time.
+                Ok(unsafe {
+                    Vec::from_raw_parts(allocation.ptr, allocation.len, allocation.capacity)
+                })
+            }
+            Err(allocation) => Err(ChunkedBuf { allocation }),
+        }
+    }
+}
+
+impl Chunk {
+    /// Where the chunk lies in the whole buffer.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The chunk's elements.
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: the range lies inside the allocation (checked in `split`) and no other
+        // chunk overlaps it; `&self` excludes a concurrent `as_mut_slice` on this chunk.
+        unsafe {
+            std::slice::from_raw_parts(self.allocation.ptr.add(self.range.start), self.range.len())
+        }
+    }
+
+    /// The chunk's elements, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`; `&mut self` makes this the only live borrow of the range.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.allocation.ptr.add(self.range.start),
+                self.range.len(),
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_fill_one_buffer_from_several_threads() {
+        let buffer: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let ptr = buffer.as_ptr();
+        let ranges = [0..300, 700..1000, 300..700, 5..5];
+        let (whole, chunks) = ChunkedBuf::split(buffer, &ranges).unwrap();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|mut c| {
+                std::thread::spawn(move || {
+                    let start = c.range().start;
+                    for (i, v) in c.as_mut_slice().iter_mut().enumerate() {
+                        *v = -((start + i) as f32) - 0.5;
+                    }
+                    c
+                })
+            })
+            .collect();
+        let chunks: Vec<Chunk> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(chunks[1].as_slice()[0], -700.5);
+        let whole = match whole.into_vec() {
+            Ok(_) => panic!("chunks are still alive"),
+            Err(whole) => whole,
+        };
+        let mut chunks = chunks;
+        let last = chunks.pop().unwrap();
+        let (whole, mut chunks) = match whole.join(chunks) {
+            Ok(_) => panic!("a chunk was left out"),
+            Err(back) => back,
+        };
+        chunks.push(last);
+        let v = whole.join(chunks).ok().unwrap();
+        assert_eq!(v.as_ptr(), ptr, "joined without a copy");
+        for (i, x) in v.iter().enumerate() {
+            assert_eq!(*x, -(i as f32) - 0.5);
+        }
+    }
+
+    #[test]
+    fn overlapping_or_outside_ranges_are_refused() {
+        let v = || vec![1.5f32; 10];
+        assert!(ChunkedBuf::split(v(), &[0..5, 4..10]).is_none());
+        assert!(ChunkedBuf::split(v(), std::slice::from_ref(&(0..11))).is_none());
+        assert!(ChunkedBuf::split(v(), std::slice::from_ref(&(20..20))).is_none());
+        assert!(ChunkedBuf::split(v(), &[0..0, 0..10, 10..10]).is_some());
+    }
+
+    #[test]
+    fn a_chunk_left_behind_keeps_the_memory_alive() {
+        let (whole, mut chunks) = ChunkedBuf::split(vec![2.5f32; 64], &[0..32, 32..64]).unwrap();
+        let kept = chunks.pop().unwrap();
+        drop(chunks);
+        drop(whole);
+        assert_eq!(kept.as_slice(), &[2.5f32; 32][..]);
+    }
 
     #[test]
     fn zeroed_buffers_hold_zeros_and_refuse_impossible_sizes() {

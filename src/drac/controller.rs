@@ -9,12 +9,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::fault::{Fault, FaultyDevice};
+use super::part_run::{OutputPlan, PartOutput, run_part};
 use super::partition::{self, PartSpec};
 use super::perf_model::{OpClass, PerfModel, TransferRate};
 use super::placement::{Candidate, PlacementOptions, PlacementRequest, select_optimal_nodes};
 use super::power::{NodePower, PowerSpec, PowerState};
 use super::report::{MovedPart, NodeUse, Report};
 use super::request::{Payload, WorkloadRequest};
+use accelmesh_kernels::buffer::Chunk;
+
 use crate::mesh::{LinkSpec, MeshSpec, Topology};
 use crate::node::{Device, DeviceKind, NodeSet};
 use crate::tensor::{Shape, Tensor};
@@ -292,8 +295,9 @@ impl Drac {
     }
 
     /// Like [`Drac::run`], writing into `output` (shape and dtype of the op's output) when the
-    /// plan runs the job whole on one node, so repeated jobs reuse its memory; the result's
-    /// output is that tensor.
+    /// plan runs the job whole on one node or its parts' output blocks are contiguous (rows
+    /// of a matmul, images or channels of a convolution), so repeated jobs reuse its memory;
+    /// the result's output is then that tensor.
     pub fn run_into(&self, req: WorkloadRequest, output: Tensor) -> Result<JobResult> {
         let (job, req) = self.admit(req)?;
         self.run_admitted(job, req, Some(output))
@@ -410,9 +414,19 @@ impl Drac {
                 .zip(&shapes)
                 .all(|(a, b)| a == *b);
         let inputs: Arc<Vec<Tensor>> = Arc::clone(data);
-        let (tx, rx) = mpsc::channel::<(usize, usize, Result<(Tensor, f64)>)>();
+        // Parts whose output blocks are contiguous write straight into the job's output.
+        let (in_place, mut lendable, reuse) = match whole {
+            true => (None, Vec::new(), reuse),
+            false => match OutputPlan::for_parts(&plan.parts, reuse)? {
+                OutputPlan::InPlace(buffer, chunks) => {
+                    (Some(buffer), chunks.into_iter().map(Some).collect(), None)
+                }
+                OutputPlan::Apart(reuse) => (None, Vec::new(), reuse),
+            },
+        };
+        let (tx, rx) = mpsc::channel::<(usize, usize, Result<f64>, PartOutput)>();
         let mut pending: Vec<Option<(usize, Instant, Duration)>> = vec![None; plan.parts.len()];
-        let mut outputs: Vec<Option<Tensor>> = vec![None; plan.parts.len()];
+        let mut outputs: Vec<Option<PartOutput>> = (0..plan.parts.len()).map(|_| None).collect();
         let mut failed_slots: Vec<Option<String>> = vec![None; nodes.len()];
         let mut moved = Vec::new();
         let mut compute = vec![0.0f64; nodes.len()];
@@ -422,6 +436,7 @@ impl Drac {
         let launch = |part: &PartSpec,
                       slot: usize,
                       device: Arc<FaultyDevice>,
+                      output: PartOutput,
                       tx: &mpsc::Sender<_>|
          -> Result<()> {
             let part = part.clone();
@@ -430,11 +445,18 @@ impl Drac {
             std::thread::Builder::new()
                 .name(format!("drac-part-{}", part.index))
                 .spawn(move || {
-                    let out = run_part(&device, &part, &all, whole, None);
-                    let _ = tx.send((part.index, slot, out));
+                    let (result, output) = run_part(&device, &part, &all, whole, output);
+                    let _ = tx.send((part.index, slot, result, output));
                 })
                 .map_err(|e| Error::device("drac", format!("cannot start a part thread: {e}")))?;
             Ok(())
+        };
+        let output_for = |lendable: &mut Vec<Option<Chunk>>, part: usize| match lendable
+            .get_mut(part)
+            .and_then(Option::take)
+        {
+            Some(chunk) => PartOutput::Placed(chunk),
+            None => PartOutput::Own(None),
         };
         let timeout_for = |part: usize| {
             let p = predicted.get(part).copied().unwrap_or(0.0);
@@ -449,12 +471,14 @@ impl Drac {
             // part thread costs more than a small product); an error still fails over below.
             let slot = part.share_index;
             pending[0] = Some((slot, Instant::now(), timeout_for(0)));
-            let out = run_part(&nodes[slot].1, part, &inputs, whole, reuse);
-            let _ = tx.send((0, slot, out));
+            let (result, output) =
+                run_part(&nodes[slot].1, part, &inputs, whole, PartOutput::Own(reuse));
+            let _ = tx.send((0, slot, result, output));
         } else {
             for (i, part) in plan.parts.iter().enumerate() {
                 let slot = part.share_index;
-                launch(part, slot, Arc::clone(&nodes[slot].1), &tx)?;
+                let output = output_for(&mut lendable, i);
+                launch(part, slot, Arc::clone(&nodes[slot].1), output, &tx)?;
                 pending[i] = Some((slot, Instant::now(), timeout_for(i)));
             }
         }
@@ -470,10 +494,10 @@ impl Drac {
             let event = rx.recv_timeout(next_deadline);
             let mut lost: Vec<(usize, usize, String)> = Vec::new();
             match event {
-                Ok((part, slot, Ok((tensor, secs)))) => {
+                Ok((part, slot, Ok(secs), output)) => {
                     if pending[part].is_some_and(|(s, ..)| s == slot) {
                         pending[part] = None;
-                        outputs[part] = Some(tensor);
+                        outputs[part] = Some(output);
                         remaining -= 1;
                         compute[slot] += secs;
                         parts_run[slot] += 1;
@@ -484,9 +508,15 @@ impl Drac {
                             .observe(&nodes[slot].2, class, req.precision, flops, secs);
                     }
                 }
-                Ok((part, slot, Err(e))) => {
+                Ok((part, slot, Err(e), output)) => {
                     if pending[part].is_some_and(|(s, ..)| s == slot) {
                         lost.push((part, slot, e.to_string()));
+                        // The block comes back with the error: lend it to the part's next run.
+                        if let (PartOutput::Placed(chunk), Some(free)) =
+                            (output, lendable.get_mut(part))
+                        {
+                            *free = Some(chunk);
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -561,7 +591,8 @@ impl Drac {
                     to: nodes[to].0.clone(),
                     reason,
                 });
-                launch(&plan.parts[part], to, Arc::clone(&nodes[to].1), &tx)?;
+                let output = output_for(&mut lendable, part);
+                launch(&plan.parts[part], to, Arc::clone(&nodes[to].1), output, &tx)?;
                 pending[part] = Some((to, Instant::now(), timeout_for(part)));
             }
             if failure.is_some() {
@@ -573,23 +604,37 @@ impl Drac {
         if let Some(e) = failure {
             return Err(e);
         }
-        let output = if whole {
-            outputs
-                .pop()
-                .flatten()
-                .ok_or_else(|| Error::device("drac", "the part produced no output"))?
-        } else {
-            let pairs = plan
-                .parts
-                .iter()
-                .cloned()
-                .zip(outputs)
-                .map(|(p, o)| {
-                    o.map(|t| (p, t))
-                        .ok_or_else(|| Error::device("drac", "a part produced no output"))
-                })
-                .collect::<Result<Vec<(PartSpec, Tensor)>>>()?;
-            partition::assemble(&req.op, &shapes, pairs)?
+        let outputs = outputs
+            .into_iter()
+            .map(|o| o.ok_or_else(|| Error::device("drac", "a part produced no output")))
+            .collect::<Result<Vec<PartOutput>>>()?;
+        let output = match in_place {
+            Some(buffer) => {
+                // Blocks of late or failed runs are dropped: `finish` copies only when a hung
+                // node still holds one.
+                drop(lendable);
+                buffer.finish(outputs)?
+            }
+            None => {
+                let mut tensors = outputs.into_iter().map(|o| match o {
+                    PartOutput::Own(Some(t)) => Ok(t),
+                    _ => Err(Error::device("drac", "a part produced no output")),
+                });
+                if whole {
+                    tensors
+                        .next()
+                        .unwrap_or_else(|| Err(Error::device("drac", "the plan has no part")))?
+                } else {
+                    let pairs = plan
+                        .parts
+                        .iter()
+                        .cloned()
+                        .zip(tensors)
+                        .map(|(p, t)| t.map(|t| (p, t)))
+                        .collect::<Result<Vec<(PartSpec, Tensor)>>>()?;
+                    partition::assemble(&req.op, &shapes, pairs)?
+                }
+            }
         };
         let mut node_use: Vec<NodeUse> = nodes
             .iter()
@@ -740,46 +785,6 @@ impl Drac {
         }
         self.core.changed.notify_all();
     }
-}
-
-/// Runs one part on `device`: cuts its input slices (inputs it needs whole are not copied)
-/// and executes it; returns the output and the seconds it took.
-fn run_part(
-    device: &FaultyDevice,
-    part: &PartSpec,
-    inputs: &[Tensor],
-    whole: bool,
-    reuse: Option<Tensor>,
-) -> Result<(Tensor, f64)> {
-    let start = Instant::now();
-    let refs: Vec<&Tensor> = inputs.iter().collect();
-    let slices = if whole {
-        vec![None; refs.len()]
-    } else {
-        partition::extract_slices(part, &refs)?
-    };
-    let part_inputs: Vec<&Tensor> = slices
-        .iter()
-        .zip(&refs)
-        .map(|(s, t)| s.as_ref().unwrap_or(t))
-        .collect();
-    if let Some(out) = reuse
-        && whole
-        && out.shape() == &part.output_shape
-    {
-        let mut outs = [out];
-        device.execute_into(&part.op, &part_inputs, &mut outs)?;
-        let [out] = outs;
-        return Ok((out, start.elapsed().as_secs_f64()));
-    }
-    let mut v = device.execute(&part.op, &part_inputs)?;
-    if v.is_empty() {
-        return Err(Error::device(
-            device.info().id.clone(),
-            "returned no output",
-        ));
-    }
-    Ok((v.swap_remove(0), start.elapsed().as_secs_f64()))
 }
 
 /// The planner options on real nodes: their clocks cannot be set, so no DVFS.

@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod fault;
 pub mod lease;
+mod part_run;
 pub mod partition;
 pub mod perf_model;
 pub mod placement;

@@ -41,7 +41,9 @@ use std::ops::Range;
 use serde::Serialize;
 
 use crate::op::{Op, conv2d_dims, matmul_dims};
-use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_filled, try_zeros_f32};
+use crate::tensor::{
+    DType, Shape, Tensor, TensorData, TensorElement, TensorView, try_filled, try_zeros_f32,
+};
 use crate::{Conv2dParams, Error, Result};
 
 /// Fewest K values per part for [`Strategy::KSplit`] to be proposed.
@@ -1085,23 +1087,15 @@ fn assemble_contiguous(
     parts: Vec<(PartSpec, Tensor)>,
     numel: usize,
 ) -> Result<Gathered> {
-    let rank = dims.len();
     let mut offsets = Vec::with_capacity(parts.len());
     for (spec, _) in &parts {
-        let (mut first, mut count) = (None, 0);
-        for_each_run(
-            dims,
-            &spec.out.start[..rank],
-            &spec.out.len[..rank],
-            |offset, _| {
-                first.get_or_insert(offset);
-                count += 1;
-            },
-        );
-        match (first, count) {
-            (Some(offset), 1) => offsets.push(offset),
-            (None, 0) => offsets.push(usize::MAX),
-            _ => return Ok(Err(parts)),
+        if spec.out.len[..spec.out.rank].contains(&0) {
+            offsets.push(usize::MAX);
+            continue;
+        }
+        match single_run(dims, &spec.out) {
+            Some(offset) => offsets.push(offset),
+            None => return Ok(Err(parts)),
         }
     }
     let mut runs: Vec<(usize, Tensor)> = offsets
@@ -1205,27 +1199,9 @@ pub fn extract(part: &PartSpec, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
 /// Like [`extract`], without copying inputs the part needs whole: those come back as `None`
 /// (use the caller's tensor as it is).
 pub fn extract_slices(part: &PartSpec, inputs: &[&Tensor]) -> Result<Vec<Option<Tensor>>> {
-    let count = part.whole.input_count();
-    if inputs.len() != count {
-        return Err(Error::Arity {
-            op: part.whole.name(),
-            expected: if count == 3 { "3" } else { "2" },
-            got: inputs.len(),
-        });
-    }
-    let mut out = Vec::with_capacity(count);
-    for (i, (t, w)) in inputs.iter().zip(&part.windows).enumerate() {
-        let expected = part.whole.input_dims(i).unwrap_or_default();
-        if t.dims() != expected.as_slice() {
-            return Err(Error::shape(
-                "extract",
-                format!(
-                    "input {i} has shape {}, the part was planned for {}",
-                    t.shape(),
-                    Shape::new(expected)
-                ),
-            ));
-        }
+    check_planned_inputs(part, inputs)?;
+    let mut out = Vec::with_capacity(inputs.len());
+    for (t, w) in inputs.iter().zip(&part.windows) {
         if w.is_whole(t.dims()) {
             out.push(None);
             continue;
@@ -1237,6 +1213,88 @@ pub fn extract_slices(part: &PartSpec, inputs: &[&Tensor]) -> Result<Vec<Option<
         }));
     }
     Ok(out)
+}
+
+/// The part's inputs borrowed from the whole op's `inputs` when each of its slices is one
+/// contiguous block of its tensor (a range of rows, images or output channels, or the whole
+/// tensor); `None` when a slice is strided (columns, K ranges, halo rows), which
+/// [`extract_slices`] copies instead.
+pub fn input_views<'a>(
+    part: &PartSpec,
+    inputs: &[&'a Tensor],
+) -> Result<Option<Vec<TensorView<'a>>>> {
+    check_planned_inputs(part, inputs)?;
+    let mut views = Vec::with_capacity(inputs.len());
+    for (t, w) in inputs.iter().zip(&part.windows) {
+        match single_run(t.dims(), w) {
+            Some(offset) => views.push(t.view_run(w.shape(), offset)?),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(views))
+}
+
+/// The whole output's shape and where each part's output lies in it, as element ranges, when
+/// every part's block is one contiguous run of it, none is a K-split partial sum and together
+/// they hold as many elements as the output: then the parts can write straight into one
+/// output buffer. `None` otherwise (and for no parts).
+pub fn output_runs(parts: &[PartSpec]) -> Option<(Shape, Vec<Range<usize>>)> {
+    let first = parts.first()?;
+    let (dims, rank) = first.whole.output_dims();
+    let dims = &dims[..rank];
+    let mut runs = Vec::with_capacity(parts.len());
+    for part in parts {
+        if part.whole != first.whole || part.is_partial() {
+            return None;
+        }
+        let start = single_run(dims, &part.out)?;
+        let len = part.out.shape().numel().ok()?;
+        runs.push(start..start + len);
+    }
+    let total: usize = runs.iter().map(|r| r.len()).sum();
+    (total == dims.iter().product::<usize>()).then(|| (Shape::new(dims), runs))
+}
+
+/// Fails unless `inputs` are as many as the part's op takes and have the shapes it was
+/// planned for, naming the first that differs.
+fn check_planned_inputs(part: &PartSpec, inputs: &[&Tensor]) -> Result<()> {
+    let count = part.whole.input_count();
+    if inputs.len() != count {
+        return Err(Error::Arity {
+            op: part.whole.name(),
+            expected: if count == 3 { "3" } else { "2" },
+            got: inputs.len(),
+        });
+    }
+    for (i, t) in inputs.iter().enumerate() {
+        let expected = part.whole.input_dims(i).unwrap_or_default();
+        if t.dims() != expected.as_slice() {
+            return Err(Error::shape(
+                "extract",
+                format!(
+                    "input {i} has shape {}, the part was planned for {}",
+                    t.shape(),
+                    Shape::new(expected)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The element offset of window `w` of a row-major array of `dims` when the window is one
+/// contiguous run of it (an empty window counts, at offset 0); `None` when it is strided.
+fn single_run(dims: &[usize], w: &Window) -> Option<usize> {
+    let (mut first, mut count) = (None, 0);
+    for_each_run(dims, &w.start[..w.rank], &w.len[..w.rank], |offset, _| {
+        first.get_or_insert(offset);
+        count += 1;
+    });
+    match count {
+        0 => Some(0),
+        1 => first,
+        _ => None,
+    }
 }
 
 /// A box in the coverage space: the output axes, plus K for partial sums.

@@ -12,12 +12,14 @@ use accelmesh_kernels::pool::{avg_pool2d_with_isa, global_average_pool, max_pool
 use accelmesh_kernels::{Epilogue, Isa, MatMut, MatRef, gemm};
 use half::{bf16, f16};
 
-use super::{Device, DeviceInfo, DeviceKind};
+use super::{Device, DeviceInfo, DeviceKind, execute_view_by_copy};
 use crate::op::{
     Conv2dDims, MatMulDims, Op, batch_norm_dims, conv2d_dims, global_pool_dims, matmul_dims,
     pool2d_dims, softmax_dims,
 };
-use crate::tensor::{DType, Shape, Tensor, TensorData, TensorElement, try_zeros_f32};
+use crate::tensor::{
+    DType, Shape, Tensor, TensorData, TensorElement, TensorView, ViewData, try_zeros_f32,
+};
 use crate::{Error, Result};
 
 /// Memory assumed when /proc/meminfo cannot be read: 4 GiB.
@@ -123,8 +125,8 @@ impl CpuDevice {
     /// Runs a validated matrix multiply of inputs stored as `T`.
     fn matmul<T: TensorElement>(
         &self,
-        a: &Tensor,
-        b: &Tensor,
+        a: &TensorView<'_>,
+        b: &TensorView<'_>,
         (trans_a, trans_b): (bool, bool),
         d: MatMulDims,
         out: &mut [f32],
@@ -157,14 +159,14 @@ impl CpuDevice {
         &self,
         params: &Conv2dParams,
         d: &Conv2dDims,
-        conv_inputs: &[&Tensor],
+        conv_inputs: &[TensorView<'_>],
         out: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
-        let (x, w) = (conv_inputs[0], conv_inputs[1]);
-        let dtype = same_dtype("conv2d", ["input", "weight"], x, w)?;
+        let (x, w) = (&conv_inputs[0], &conv_inputs[1]);
+        let dtype = same_dtype("conv2d", ["input", "weight"], x.dtype(), w.dtype())?;
         let bias = match &conv_inputs[2..] {
-            [b, ..] if d.has_bias => Some(f32_data(b)),
+            [b, ..] if d.has_bias => Some(view_f32(b)),
             _ => None,
         };
         let bias = bias.as_deref();
@@ -199,7 +201,8 @@ impl CpuDevice {
         if out.is_empty() {
             return Ok(());
         }
-        self.conv_into(params, &d, inputs, out, true)
+        let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+        self.conv_into(params, &d, &views, out, true)
     }
 
     /// Runs a validated convolution of inputs stored as `T`; with `accumulate`, the output
@@ -207,8 +210,8 @@ impl CpuDevice {
     #[allow(clippy::too_many_arguments)]
     fn conv<T: TensorElement>(
         &self,
-        x: &Tensor,
-        w: &Tensor,
+        x: &TensorView<'_>,
+        w: &TensorView<'_>,
         bias: Option<&[f32]>,
         params: &Conv2dParams,
         d: &Conv2dDims,
@@ -235,6 +238,14 @@ fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
     }
 }
 
+/// The elements of a view as f32: borrowed when it is f32, widened otherwise.
+fn view_f32<'a>(t: &TensorView<'a>) -> Cow<'a, [f32]> {
+    match t.data() {
+        ViewData::F32(v) => Cow::Borrowed(v),
+        _ => Cow::Owned(t.to_f32_vec()),
+    }
+}
+
 /// The convolution's own input shapes and, for the CPU node's fused residual form
 /// (`[x, w, bias, residual]` with a residual of the output's shape), the residual's shape.
 /// Any other input list is returned whole, for `conv2d_dims` to judge.
@@ -251,38 +262,71 @@ fn split_residual<'a, 'b>(
     (shapes, None)
 }
 
-/// Fails unless `a` and `b` have the same dtype, naming both.
-fn same_dtype(op: &str, names: [&str; 2], a: &Tensor, b: &Tensor) -> Result<DType> {
-    if a.dtype() != b.dtype() {
+/// Fails unless the dtypes `a` and `b` of two operands agree, naming both.
+fn same_dtype(op: &str, names: [&str; 2], a: DType, b: DType) -> Result<DType> {
+    if a != b {
         return Err(Error::dtype(
             op,
             format!(
-                "{} is {} but {} is {}: both must have the same dtype",
-                names[0],
-                a.dtype(),
-                names[1],
-                b.dtype()
+                "{} is {a} but {} is {b}: both must have the same dtype",
+                names[0], names[1],
             ),
         ));
     }
-    Ok(a.dtype())
+    Ok(a)
 }
 
 impl CpuDevice {
-    /// The output shape of `op` on `inputs` (every output of a CPU op is f32).
-    fn output_shape(op: &Op, inputs: &[&Tensor]) -> Result<Shape> {
-        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+    /// The output shape of `op` on inputs of `shapes` (every output of a CPU op is f32).
+    fn output_shape(op: &Op, shapes: &[&Shape]) -> Result<Shape> {
         Ok(match op {
             Op::MatMul { trans_a, trans_b } => {
-                let d = matmul_dims(*trans_a, *trans_b, &shapes)?;
+                let d = matmul_dims(*trans_a, *trans_b, shapes)?;
                 Shape::new([d.m, d.n])
             }
             Op::Conv2d(params) => {
-                let (shapes, _) = split_residual(params, &shapes);
+                let (shapes, _) = split_residual(params, shapes);
                 Shape::new(conv2d_dims(params, shapes)?.output)
             }
-            _ => op.output_shape(&shapes)?,
+            _ => op.output_shape(shapes)?,
         })
+    }
+
+    /// A matmul or a convolution (with the fused residual input) on borrowed inputs into
+    /// `out`, whose size the caller has checked.
+    fn product_into(
+        &self,
+        op: &Op,
+        inputs: &[TensorView<'_>],
+        shapes: &[&Shape],
+        out: &mut [f32],
+    ) -> Result<()> {
+        match op {
+            Op::MatMul { trans_a, trans_b } => {
+                let d = matmul_dims(*trans_a, *trans_b, shapes)?;
+                let (a, b) = (&inputs[0], &inputs[1]);
+                let t = (*trans_a, *trans_b);
+                match same_dtype("matmul", ["A", "B"], a.dtype(), b.dtype())? {
+                    DType::F32 => self.matmul::<f32>(a, b, t, d, out),
+                    DType::F16 => self.matmul::<f16>(a, b, t, d, out),
+                    DType::BF16 => self.matmul::<bf16>(a, b, t, d, out),
+                }
+            }
+            Op::Conv2d(params) => {
+                // A residual is only split off when it has the output's shape.
+                let (conv_shapes, residual) = split_residual(params, shapes);
+                let d = conv2d_dims(params, conv_shapes)?;
+                if residual.is_some() {
+                    match inputs[3].data() {
+                        ViewData::F32(v) => out.copy_from_slice(v),
+                        _ => out.copy_from_slice(&inputs[3].to_f32_vec()),
+                    }
+                }
+                let conv_inputs = &inputs[..conv_shapes.len()];
+                self.conv_into(params, &d, conv_inputs, out, residual.is_some())
+            }
+            _ => Err(Error::shape(op.name(), "not a matmul or a convolution")),
+        }
     }
 }
 
@@ -292,7 +336,8 @@ impl Device for CpuDevice {
     }
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let shape = Self::output_shape(op, inputs)?;
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let shape = Self::output_shape(op, &shapes)?;
         let values = try_zeros_f32(shape.numel()?)?;
         let mut outputs = vec![Tensor::from_vec(shape, values)?];
         self.execute_into(op, inputs, &mut outputs)?;
@@ -311,8 +356,30 @@ impl Device for CpuDevice {
         Some(self.conv_onto(params, inputs, output))
     }
 
+    fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {
+        if !matches!(op, Op::MatMul { .. } | Op::Conv2d(_)) {
+            return execute_view_by_copy(self, op, inputs, out);
+        }
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let shape = Self::output_shape(op, &shapes)?;
+        if out.len() != shape.numel()? {
+            return Err(Error::shape(
+                op.name(),
+                format!(
+                    "the output {shape} does not fit the {} elements given",
+                    out.len()
+                ),
+            ));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.product_into(op, inputs, &shapes, out)
+    }
+
     fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
-        let shape = Self::output_shape(op, inputs)?;
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let shape = Self::output_shape(op, &shapes)?;
         let [output] = outputs else {
             return Err(Error::shape(
                 op.name(),
@@ -333,30 +400,10 @@ impl Device for CpuDevice {
         if out.is_empty() {
             return Ok(());
         }
-        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         match op {
-            Op::MatMul { trans_a, trans_b } => {
-                let d = matmul_dims(*trans_a, *trans_b, &shapes)?;
-                let (a, b) = (inputs[0], inputs[1]);
-                let t = (*trans_a, *trans_b);
-                match same_dtype("matmul", ["A", "B"], a, b)? {
-                    DType::F32 => self.matmul::<f32>(a, b, t, d, out),
-                    DType::F16 => self.matmul::<f16>(a, b, t, d, out),
-                    DType::BF16 => self.matmul::<bf16>(a, b, t, d, out),
-                }
-            }
-            Op::Conv2d(params) => {
-                // A residual is only split off when it has the output's shape.
-                let (conv_shapes, residual) = split_residual(params, &shapes);
-                let d = conv2d_dims(params, conv_shapes)?;
-                if residual.is_some() {
-                    match inputs[3].data() {
-                        TensorData::F32(v) => out.copy_from_slice(v),
-                        _ => out.copy_from_slice(&inputs[3].to_f32_vec()),
-                    }
-                }
-                let conv_inputs = &inputs[..conv_shapes.len()];
-                self.conv_into(params, &d, conv_inputs, out, residual.is_some())
+            Op::MatMul { .. } | Op::Conv2d(_) => {
+                let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+                self.product_into(op, &views, &shapes, out)
             }
             _ => self.execute_f32(op, inputs, &shapes, out),
         }

@@ -14,7 +14,7 @@ use serde::Serialize;
 pub use cpu::{CpuDevice, host_cpu_name, host_memory_bytes, host_threads};
 
 use crate::op::Op;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorView};
 use crate::{Error, Result};
 
 /// Most nodes one spec may bring up (each CPU node owns a thread pool).
@@ -42,6 +42,14 @@ pub trait Device: Send + Sync {
         Ok(())
     }
 
+    /// Runs a single-output op on borrowed inputs, writing its f32 output (row-major) into
+    /// `out`, which must hold exactly as many elements. A part of a split job reads its slices
+    /// of the job's inputs in place and writes straight into its block of the job's output.
+    /// The default copies the views, runs `execute` and copies the result in.
+    fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {
+        execute_view_by_copy(self, op, inputs, out)
+    }
+
     /// Runs a convolution `[x, w, bias?]` adding into `output`, which already holds its
     /// residual (f32, the output's shape): `output = relu?(conv + bias + output)`, without the
     /// copy a residual input costs. `None` for devices (or ops) without that path.
@@ -65,6 +73,42 @@ pub trait Device: Send + Sync {
     /// Fault injection: makes the device fail as if lost (GPUs destroy their device; host
     /// devices have nothing to lose and ignore it).
     fn inject_device_loss(&self) {}
+}
+
+/// [`Device::execute_view`] through owned copies: the views become tensors, `execute` runs,
+/// and its one f32 output is copied into `out` after its size is checked.
+pub fn execute_view_by_copy<D: Device + ?Sized>(
+    device: &D,
+    op: &Op,
+    inputs: &[TensorView<'_>],
+    out: &mut [f32],
+) -> Result<()> {
+    let owned = inputs
+        .iter()
+        .map(TensorView::to_tensor)
+        .collect::<Result<Vec<Tensor>>>()?;
+    let refs: Vec<&Tensor> = owned.iter().collect();
+    let results = device.execute(op, &refs)?;
+    let [result] = results.as_slice() else {
+        return Err(Error::shape(
+            op.name(),
+            format!("{} outputs, a view run takes exactly 1", results.len()),
+        ));
+    };
+    let values = result.as_f32()?;
+    if values.len() != out.len() {
+        return Err(Error::shape(
+            op.name(),
+            format!(
+                "output {} has {} elements, the buffer given holds {}",
+                result.shape(),
+                values.len(),
+                out.len()
+            ),
+        ));
+    }
+    out.copy_from_slice(values);
+    Ok(())
 }
 
 /// Fails unless `outputs` match `expected` in count, shape and dtype, naming the first mismatch.
