@@ -26,7 +26,7 @@ const TASKS_PER_THREAD: usize = 2;
 /// Micro-panels of B packed per parallel packing task.
 const PANELS_PER_PACK_TASK: usize = 8;
 /// Fewest columns per thread for the column-task split (small A, wide B).
-const COLUMN_TASK_MIN_COLS: usize = 256;
+const COLUMN_TASK_MIN_COLS: usize = 64;
 /// Most floats of B packed at once; wider problems are processed in column super-blocks.
 const PACKED_B_MAX: usize = 16 << 20;
 

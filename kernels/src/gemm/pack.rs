@@ -116,6 +116,10 @@ fn f32_run<'s, T: Element>(
     }
 }
 
+/// Zeros read in place of the missing lines of a last panel, for depths up to the largest
+/// depth block (so packing allocates nothing per call).
+static ZERO_LINE: [f32; 1024] = [0.0; 1024];
+
 /// Packing for a width known at compile time, so the inner copies unroll into vector moves.
 fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32]) {
     let depth = block.depth;
@@ -143,18 +147,25 @@ fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32])
     } else if block.depth_stride == 1 {
         // Each line is contiguous along the depth: a transpose of W lines per panel. Missing
         // lines of the last panel read from a zero line.
-        let mut scratch = vec![0.0f32; (if widen { W + 1 } else { 1 }) * depth];
+        let zero_line;
+        let zeros: &[f32] = match ZERO_LINE.get(..depth) {
+            Some(zeros) => zeros,
+            None => {
+                zero_line = vec![0.0f32; depth];
+                &zero_line
+            }
+        };
+        let mut wide = vec![0.0f32; if widen { W * depth } else { 0 }];
         for (p, panel) in dst.chunks_exact_mut(W * depth).enumerate() {
             let first = p * W;
             let live = W.min(block.lines - first);
-            let (zeros, wide) = scratch.split_at_mut(depth);
             let line_start = |i: usize| block.base + (first + i) * block.line_stride;
             let rows: [&[f32]; W] = match T::as_f32(block.data) {
                 Some(data) => std::array::from_fn(|i| {
                     if i < live {
                         &data[line_start(i)..line_start(i) + depth]
                     } else {
-                        &*zeros
+                        zeros
                     }
                 }),
                 None => {
@@ -164,7 +175,7 @@ fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32])
                     let mut lines = wide.chunks_exact(depth);
                     std::array::from_fn(|i| match lines.next() {
                         Some(line) if i < live => line,
-                        _ => &*zeros,
+                        _ => zeros,
                     })
                 }
             };
