@@ -1,7 +1,7 @@
 //! The benchmark harness behind `accelmesh bench`: times matmul and conv2d cases on a set of
 //! nodes (split evenly over them) and optionally checks the results against float64.
 //!
-//! Each case runs untimed warm-ups, then `reps` timed repetitions; a repetition's time is
+//! Each case runs untimed warm-ups ([`warm_up`]), then `reps` timed repetitions; a repetition's time is
 //! the wall time of splitting the inputs, running the parts concurrently and assembling the
 //! output (for a GPU: uploads, kernels and downloads). On a single GPU node the kernels are
 //! also timed alone with the inputs resident. Inputs are seeded random tensors in [-1, 1).
@@ -10,14 +10,14 @@ pub mod case;
 pub mod check;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use accelmesh_kernels::conv::WeightPin;
 use serde::Serialize;
 
 pub use case::{ConvCase, RESNET};
 
-use crate::drac::{Drac, Report, WorkloadRequest};
+use crate::drac::{Drac, JobResult, Report, WorkloadRequest};
 use crate::node::NodeSet;
 use crate::op::Op;
 use crate::tensor::{DType, Shape, Tensor};
@@ -45,7 +45,7 @@ pub struct CaseResult {
     pub threads: usize,
     /// The nodes' backend (the kernels' instruction set for CPU nodes).
     pub isa: String,
-    /// Timed repetitions (after one warm-up).
+    /// Timed repetitions (after the warm-up of [`warm_up`]).
     pub reps: usize,
     /// Nodes the DRAC's plan used (of `node_count`).
     pub nodes_used: usize,
@@ -199,16 +199,7 @@ fn measure(
             None => drac.run(req),
         }
     };
-    // Warm up until caches, buffers, thread pools and the perf model's online corrections are
-    // settled: at least three runs and 100 ms, at most 50 runs.
-    let warm_up = Instant::now();
-    let mut last = run(None)?;
-    for n in 1..50 {
-        if n >= 3 && warm_up.elapsed().as_millis() >= 100 {
-            break;
-        }
-        last = run(Some(last.output))?;
-    }
+    let mut last = warm_up(|prev: Option<JobResult>| run(prev.map(|r| r.output)))?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
@@ -233,6 +224,26 @@ fn measure_resident(
         None => Ok(None),
         Some(times) => Ok(Some(times?.into_iter().map(|s| s * 1e3).collect())),
     }
+}
+
+/// Shortest warm-up before timed runs: on a shared or virtual machine, cores that were idle
+/// need a few hundred milliseconds of load before they run at full speed (cases measured
+/// after a 100 ms warm-up ran up to twice as slow as the same case run later).
+pub const WARM_UP: Duration = Duration::from_millis(500);
+/// Fewest warm-up runs (caches, buffers, thread pools, the perf model's online corrections).
+pub const WARM_UP_RUNS: usize = 3;
+
+/// Runs `run` untimed at least [`WARM_UP_RUNS`] times and for at least [`WARM_UP`], handing each
+/// run the previous run's result (`None` first, so outputs can be reused), and returns the last.
+pub fn warm_up<T>(mut run: impl FnMut(Option<T>) -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let mut last = run(None)?;
+    let mut runs = 1;
+    while runs < WARM_UP_RUNS || start.elapsed() < WARM_UP {
+        last = run(Some(last))?;
+        runs += 1;
+    }
+    Ok(last)
 }
 
 /// The median of a non-empty list (mean of the middle two for even lengths).

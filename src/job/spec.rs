@@ -96,7 +96,7 @@ pub struct ModelTask {
     pub model: At<PathBuf>,
     /// Batch size of generated inputs.
     pub batch: usize,
-    /// Timed runs after one warm-up.
+    /// Timed runs, after a warm-up (at least 3 runs and 0.5 s).
     pub reps: usize,
     /// Input files by input name (resolved); other inputs are seeded random.
     pub inputs: Vec<(String, At<PathBuf>)>,

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{Model, ModelReport, ModelRun, RunOptions};
 use crate::Result;
+use crate::bench::warm_up;
 use crate::drac::Drac;
 use crate::onnx::{Attribute, Dim, ElemType, Graph, Model as OnnxModel, Node, Value, ValueInfo};
 use crate::tensor::{DType, Tensor};
@@ -231,7 +232,7 @@ fn median_run(
     opts: &RunOptions,
     reps: usize,
 ) -> Result<ModelRun> {
-    model.run_values(drac, inputs, opts)?;
+    warm_up(|_| model.run_values(drac, inputs, opts))?;
     let mut runs = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
         runs.push(model.run_values(drac, inputs, opts)?);

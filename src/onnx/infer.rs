@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::exec::Session;
 use super::model::{Dim, ElemType, ValueInfo};
 use super::value::Value;
+use crate::bench::warm_up;
 use crate::drac::Drac;
 use crate::model::{Model, RunOptions};
 use crate::tensor::{DType, Tensor};
@@ -98,7 +99,7 @@ pub fn random_inputs(session: &Session, batch: usize) -> Result<HashMap<String, 
     Ok(inputs)
 }
 
-/// Runs `model` on `drac`'s nodes `reps` times (after one warm-up run) and returns the last
+/// Runs `model` on `drac`'s nodes `reps` times (after the warm-up of [`warm_up`]) and returns the
 /// outputs with the report; the DRAC places each run (whole on the fastest node, or the batch
 /// split across nodes).
 pub fn infer(
@@ -111,7 +112,7 @@ pub fn infer(
         return Err(Error::parse("repetition count", "0", "must be at least 1"));
     }
     let options = RunOptions::default();
-    model.run_values(drac, inputs, &options)?;
+    warm_up(|_| model.run_values(drac, inputs, &options))?;
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();

@@ -67,7 +67,7 @@ enum Command {
         /// Which nodes (see `devices --help`).
         #[arg(long, value_name = "SPEC")]
         nodes: Option<NodeSpec>,
-        /// Timed runs after one warm-up.
+        /// Timed runs, after a warm-up (at least 3 runs and 0.5 s).
         #[arg(long, default_value_t = 5, value_parser = parse_reps)]
         reps: usize,
         /// Print one JSON object instead of text.
@@ -163,7 +163,7 @@ struct BenchFlags {
     /// Which nodes to split the work over (see `devices --help`).
     #[arg(long, value_name = "SPEC")]
     nodes: Option<NodeSpec>,
-    /// Timed repetitions per case, after a warm-up (at least 3 runs and 100 ms).
+    /// Timed repetitions per case, after a warm-up (at least 3 runs and 0.5 s).
     #[arg(long, default_value_t = 5, value_parser = parse_reps)]
     reps: usize,
     /// Compare against a float64 reference and report max_rel_err.
