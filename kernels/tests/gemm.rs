@@ -393,3 +393,49 @@ fn stride_zero_views_that_overflow_the_packing_are_errors() {
     let err = gemm(Isa::Scalar, 1.0, a, b, 0.0, c, &Epilogue::NONE).unwrap_err();
     assert!(matches!(err, KernelError::SizeOverflow { .. }), "{err:?}");
 }
+
+#[test]
+fn a_read_in_place_stops_at_its_last_live_row() {
+    // Small products read A in place on some ISAs: the slice ends right after the last live
+    // element, for row counts that leave partial register tiles, plain and transposed.
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    for isa in Isa::available() {
+        for (m, k, n) in [(1, 3, 5), (5, 7, 17), (7, 1, 16), (13, 9, 33), (3, 16, 8)] {
+            for transposed in [false, true] {
+                let ld = 40;
+                let (lines, line_len) = if transposed { (k, m) } else { (m, k) };
+                let a = random_vec(&mut rng, (lines - 1) * ld + line_len);
+                let av = if transposed {
+                    MatRef::with_ld(&a, k, m, ld).unwrap().t()
+                } else {
+                    MatRef::with_ld(&a, m, k, ld).unwrap()
+                };
+                let b = random_vec(&mut rng, k * n);
+                let mut c = vec![f32::NAN; m * n];
+                gemm(
+                    isa,
+                    1.5,
+                    av,
+                    MatRef::row_major(&b, k, n).unwrap(),
+                    0.0,
+                    MatMut::row_major(&mut c, m, n).unwrap(),
+                    &Epilogue::NONE,
+                )
+                .unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|p| av.at(i, p) as f64 * b[p * n + j] as f64)
+                            .sum::<f64>()
+                            * 1.5;
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - exact).abs() < 1e-5 * (1.0 + exact.abs()),
+                            "{isa} {m}x{k}x{n} transposed={transposed} ({i},{j}): {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -70,6 +70,8 @@ struct Plan<'a> {
     a: &'a dyn PackA,
     /// A packed ahead of time in this plan's layout, if it is.
     pre: Option<PrepackedA<'a>>,
+    /// A read in place (small problems on a `direct_a` kernel, with B in place too).
+    a_direct: Option<ADirect<'a>>,
     kernel: MicroKernel,
     blocking: Blocking,
     c: SharedC,
@@ -102,6 +104,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         p,
         a,
         pre,
+        a_direct: None,
         kernel,
         blocking,
         c: shared,
@@ -131,7 +134,20 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
             .and_then(|last_row| last_row.checked_add(p.n))
             .is_some_and(|needed| needed <= data.len())
     {
-        // Small, single-threaded and cache-resident: read B in place, pack only A.
+        // Small, single-threaded and cache-resident: read B in place, and A too where the
+        // kernel can (otherwise pack only A).
+        let a_direct = a
+            .direct()
+            .filter(|_| kernel.direct_a && plan.pre.is_none())
+            .filter(|&(data, rs, ks)| {
+                (p.m - 1)
+                    .checked_mul(rs)
+                    .zip((p.k - 1).checked_mul(ks))
+                    .and_then(|(rows, depth)| rows.checked_add(depth))
+                    .is_some_and(|last| last < data.len())
+            })
+            .map(|(data, rs, ks)| ADirect { data, rs, ks });
+        let plan = Plan { a_direct, ..plan };
         let source = BSource::Direct { data, row_stride };
         let row_panels = p.m.div_ceil(kernel.mr);
         run_task(
@@ -349,7 +365,7 @@ fn run_column_task(
                 last: k0 + kc == p.k,
             };
             for ip in 0..row_panels {
-                let a_panel = packed_a.panel(k0, kc, ip);
+                let a_panel = APanel::packed(packed_a.panel(k0, kc, ip), mr);
                 for jp in 0..panels {
                     let b_panel = &packed_b[jp * nr * kc..][..nr * kc];
                     let b_step = BPanel {
@@ -456,6 +472,49 @@ impl BSource<'_> {
     }
 }
 
+/// A read in place: element (i, k) at `i·rs + k·ks` of `data` (bounds checked by `run`).
+#[derive(Clone, Copy)]
+struct ADirect<'a> {
+    data: &'a [f32],
+    rs: usize,
+    ks: usize,
+}
+
+impl ADirect<'_> {
+    /// The panel of rows from `row`, depth steps from `k0`.
+    #[inline]
+    fn panel(&self, row: usize, k0: usize) -> APanel {
+        APanel {
+            ptr: self.data[row * self.rs + k0 * self.ks..].as_ptr(),
+            rs: self.rs,
+            ks: self.ks,
+        }
+    }
+}
+
+/// An A micro-panel as the microkernel reads it.
+#[derive(Clone, Copy)]
+struct APanel {
+    /// Row 0 of its first depth step.
+    ptr: *const f32,
+    /// Distance between its rows.
+    rs: usize,
+    /// Distance between its depth steps.
+    ks: usize,
+}
+
+impl APanel {
+    /// A packed panel of `mr` rows.
+    #[inline]
+    fn packed(panel: &[f32], mr: usize) -> APanel {
+        APanel {
+            ptr: panel.as_ptr(),
+            rs: 1,
+            ks: mr,
+        }
+    }
+}
+
 /// One task: row panels `rows` × column panels `panels` of the super-block at `n0`.
 fn run_task(
     plan: &Plan<'_>,
@@ -475,7 +534,7 @@ fn run_task(
     let mut a_buf = A_BUFFER.take().unwrap_or_default();
     for k0 in (0..p.k).step_by(kc_max) {
         let kc = kc_max.min(p.k - k0);
-        let packed_a: &[f32] = if plan.pre.is_some() {
+        let packed_a: &[f32] = if plan.pre.is_some() || plan.a_direct.is_some() {
             &[]
         } else {
             let packed_a = a_buf.get(rows.len() * mr * kc);
@@ -490,9 +549,10 @@ fn run_task(
         for jc in panels.clone().step_by(nc_panels) {
             let jc_end = (jc + nc_panels).min(panels.end);
             for (ia, ip) in rows.clone().enumerate() {
-                let a_panel = match &plan.pre {
-                    Some(pre) => pre.panel(k0, kc, ip),
-                    None => &packed_a[ia * mr * kc..][..mr * kc],
+                let a_panel = match (&plan.a_direct, &plan.pre) {
+                    (Some(direct), _) => direct.panel(ip * mr, k0),
+                    (None, Some(pre)) => APanel::packed(pre.panel(k0, kc, ip), mr),
+                    (None, None) => APanel::packed(&packed_a[ia * mr * kc..][..mr * kc], mr),
                 };
                 for jp in jc..jc_end {
                     let b_panel = b_source.panel(k0, kc, n0, jp, col_panels, nr);
@@ -524,7 +584,7 @@ struct TileStep {
 fn run_tile(
     plan: &Plan<'_>,
     step: &TileStep,
-    a_panel: &[f32],
+    a_panel: APanel,
     b_panel: BPanel,
     row: usize,
     col: usize,
@@ -533,7 +593,9 @@ fn run_tile(
     let (p, c) = (plan.p, plan.c);
     let args = TileArgs {
         kc: step.kc,
-        a: a_panel.as_ptr(),
+        a: a_panel.ptr,
+        a_rs: a_panel.rs,
+        a_ks: a_panel.ks,
         b: b_panel.ptr,
         b_stride: b_panel.stride,
         b_packed: b_panel.packed,
@@ -546,7 +608,9 @@ fn run_tile(
         alpha: p.alpha,
         beta: step.beta,
     };
-    // SAFETY: the A panel holds kc·mr floats; B is a packed panel of kc·nr floats (sliced by
+    // SAFETY: the A panel holds kc·mr packed floats, or is A in place (only for direct_a
+    // kernels, which read its mr_eff rows alone; `run` checked (m-1)·rs + (k-1)·ks against its
+    // length, and A in place always comes with B in place); B is a packed panel of kc·nr floats (sliced by
     // `BSource::panel`), or B in place, whose rows k0..k0+kc hold nr_eff columns from `col`
     // (`run` checked (k-1)·row_stride + n against its length) and which only direct_b kernels
     // get, reading those columns alone (`b_packed` false); the tile is inside C and only this

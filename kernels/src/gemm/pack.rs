@@ -13,6 +13,12 @@ pub trait PackA: Sync {
     /// Packs rows `m0..m0+mc` and depth `k0..k0+kc` into `dst` (`ceil(mc/mr)·mr·kc` values).
     fn pack_a(&self, m0: usize, mc: usize, k0: usize, kc: usize, mr: usize, dst: &mut [f32]);
 
+    /// A as f32 in place, if it is stored so: small problems then skip packing A. Returns the
+    /// data (element (i, k) at `i·row_stride + k·col_stride`) and the two strides.
+    fn direct(&self) -> Option<(&[f32], usize, usize)> {
+        None
+    }
+
     /// The whole operand packed ahead of time, if it is (constant weights): the driver then
     /// reads its panels instead of calling `pack_a`, when the register tile and depth blocking
     /// match.
@@ -219,6 +225,11 @@ impl<T: Element> PackA for MatRef<'_, T> {
             depth: kc,
         };
         pack_block(&block, mr, dst);
+    }
+
+    fn direct(&self) -> Option<(&[f32], usize, usize)> {
+        let data = T::as_f32(self.data())?;
+        Some((data, self.row_stride(), self.col_stride()))
     }
 }
 

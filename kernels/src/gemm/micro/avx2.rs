@@ -2,8 +2,9 @@
 //!
 //! Edge tiles run narrower variants (2 or 4 rows, one vector of columns), so small problems do
 //! not pay for empty lanes. B is read packed, or in place (row-major, any row stride) with
-//! masked loads that never touch the columns past the tile; rows of C are written with vector
-//! stores, masked for a partial tile.
+//! masked loads that never touch the columns past the tile; with B in place, A may be read in
+//! place too (any strides, its live rows only). Rows of C are written with vector stores,
+//! masked for a partial tile.
 
 use std::arch::x86_64::*;
 
@@ -18,6 +19,7 @@ pub(crate) const KERNEL: MicroKernel = MicroKernel {
     mr: MR,
     nr: NR,
     direct_b: true,
+    direct_a: true,
     run: entry,
 };
 
@@ -87,6 +89,33 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 step::<R, V>(&mut acc, a, bv);
                 a = a.add(MR);
                 b = b.add(NR);
+            }
+        }
+    } else if args.a_rs != 1 || args.a_ks != MR {
+        // A and B in place: row i of A at offset i·a_rs (rows past mr_eff repeat the last live
+        // row, whose results are never stored), each step a_ks further.
+        let offsets: [usize; R] = std::array::from_fn(|i| i.min(args.mr_eff - 1) * args.a_rs);
+        let full = cols == NR;
+        for _ in 0..args.kc {
+            // SAFETY: the offsets stay on live rows of A and the caller guarantees those rows
+            // readable for kc steps of a_ks; B as in the loop below.
+            unsafe {
+                let bv: [__m256; V] = std::array::from_fn(|v| {
+                    if full {
+                        _mm256_loadu_ps(b.add(LANES * v))
+                    } else {
+                        _mm256_maskload_ps(b.add(LANES * v), masks[v])
+                    }
+                });
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(offsets[i]));
+                    for v in 0..V {
+                        row[v] = _mm256_fmadd_ps(ai, bv[v], row[v]);
+                    }
+                }
+                // Wrapping: after the last step these point past A and B and are never used.
+                a = a.wrapping_add(args.a_ks);
+                b = b.wrapping_add(args.b_stride);
             }
         }
     } else {

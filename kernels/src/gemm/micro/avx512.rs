@@ -17,6 +17,7 @@ pub(crate) const KERNEL: MicroKernel = MicroKernel {
     mr: MR,
     nr: NR,
     direct_b: true,
+    direct_a: false,
     run: entry,
 };
 

@@ -16,8 +16,13 @@ use crate::Isa;
 pub(crate) struct TileArgs {
     /// Depth of the packed panels.
     pub kc: usize,
-    /// Packed A micro-panel: `kc × mr` values.
+    /// A micro-panel: packed, `kc` steps of `mr` values (`a_rs` 1, `a_ks` mr); or, for kernels
+    /// with `direct_a`, A read in place, row `i` of step `k` at `i·a_rs + k·a_ks`.
     pub a: *const f32,
+    /// Distance between rows of A (1 when packed).
+    pub a_rs: usize,
+    /// Distance between depth steps of A (`mr` when packed).
+    pub a_ks: usize,
     /// B micro-panel: `kc` steps of `nr` values, `b_stride` apart.
     pub b: *const f32,
     /// Distance between depth steps of B: `nr` for a packed panel, the row stride of an
@@ -52,6 +57,9 @@ pub(crate) struct MicroKernel {
     pub nr: usize,
     /// Whether the kernel can read B unpacked (row-major, any row stride, partial width).
     pub direct_b: bool,
+    /// Whether the kernel can read A unpacked (any strides, only `mr_eff` rows), together with
+    /// an unpacked B; other kernels only ever get packed A.
+    pub direct_a: bool,
     /// The kernel.
     ///
     /// # Safety

@@ -12,6 +12,7 @@ pub(crate) const KERNEL: MicroKernel = MicroKernel {
     mr: MR,
     nr: NR,
     direct_b: false,
+    direct_a: false,
     run: entry,
 };
 
