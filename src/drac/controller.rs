@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use accelmesh_kernels::buffer::Chunk;
+
 use super::fault::{Fault, FaultyDevice};
 use super::part_run::{OutputPlan, PartOutput, run_part};
 use super::partition::{self, PartSpec};
@@ -16,8 +18,6 @@ use super::placement::{Candidate, PlacementOptions, PlacementRequest, select_opt
 use super::power::{NodePower, PowerSpec, PowerState};
 use super::report::{MovedPart, NodeUse, Report};
 use super::request::{Payload, WorkloadRequest};
-use accelmesh_kernels::buffer::Chunk;
-
 use crate::mesh::{LinkSpec, MeshSpec, Topology};
 use crate::node::{Device, DeviceKind, NodeSet};
 use crate::tensor::{Shape, Tensor};
@@ -415,14 +415,22 @@ impl Drac {
                 .all(|(a, b)| a == *b);
         let inputs: Arc<Vec<Tensor>> = Arc::clone(data);
         // Parts whose output blocks are contiguous write straight into the job's output.
-        let (in_place, mut lendable, reuse) = match whole {
-            true => (None, Vec::new(), reuse),
-            false => match OutputPlan::for_parts(&plan.parts, reuse)? {
-                OutputPlan::InPlace(buffer, chunks) => {
-                    (Some(buffer), chunks.into_iter().map(Some).collect(), None)
+        let output_plan = match whole {
+            true => OutputPlan::Apart(reuse),
+            false => match OutputPlan::for_parts(&plan.parts, reuse) {
+                Ok(output_plan) => output_plan,
+                Err(e) => {
+                    // Nothing runs yet: hand the nodes back before failing.
+                    self.release(&slots_of, &vec![None; slots_of.len()], self.now());
+                    return Err(e);
                 }
-                OutputPlan::Apart(reuse) => (None, Vec::new(), reuse),
             },
+        };
+        let (in_place, mut lendable, reuse) = match output_plan {
+            OutputPlan::InPlace(buffer, chunks) => {
+                (Some(buffer), chunks.into_iter().map(Some).collect(), None)
+            }
+            OutputPlan::Apart(reuse) => (None, Vec::new(), reuse),
         };
         let (tx, rx) = mpsc::channel::<(usize, usize, Result<f64>, PartOutput)>();
         let mut pending: Vec<Option<(usize, Instant, Duration)>> = vec![None; plan.parts.len()];
@@ -478,7 +486,11 @@ impl Drac {
             for (i, part) in plan.parts.iter().enumerate() {
                 let slot = part.share_index;
                 let output = output_for(&mut lendable, i);
-                launch(part, slot, Arc::clone(&nodes[slot].1), output, &tx)?;
+                if let Err(e) = launch(part, slot, Arc::clone(&nodes[slot].1), output, &tx) {
+                    // Parts already started finish on their own; their results are dropped.
+                    self.release(&slots_of, &failed_slots, self.now());
+                    return Err(e);
+                }
                 pending[i] = Some((slot, Instant::now(), timeout_for(i)));
             }
         }
@@ -592,7 +604,11 @@ impl Drac {
                     reason,
                 });
                 let output = output_for(&mut lendable, part);
-                launch(&plan.parts[part], to, Arc::clone(&nodes[to].1), output, &tx)?;
+                if let Err(e) = launch(&plan.parts[part], to, Arc::clone(&nodes[to].1), output, &tx)
+                {
+                    failure = Some(e);
+                    break;
+                }
                 pending[part] = Some((to, Instant::now(), timeout_for(part)));
             }
             if failure.is_some() {

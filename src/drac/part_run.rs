@@ -23,7 +23,8 @@ pub(super) enum PartOutput {
 
 /// Runs `part` of a job over `inputs` on `device` into `output`; returns the seconds it took
 /// (or the error) and the output, which comes back even on error so its block can be lent
-/// again. `whole` says the part is the whole op on the job's own inputs.
+/// again. `whole` says the part is the whole op on the job's own inputs (only ever run into a
+/// tensor of its own).
 pub(super) fn run_part(
     device: &FaultyDevice,
     part: &PartSpec,
@@ -35,7 +36,7 @@ pub(super) fn run_part(
     let seconds = || start.elapsed().as_secs_f64();
     match output {
         PartOutput::Placed(mut chunk) => {
-            let result = run_placed(device, part, inputs, whole, chunk.as_mut_slice());
+            let result = run_placed(device, part, inputs, chunk.as_mut_slice());
             (result.map(|()| seconds()), PartOutput::Placed(chunk))
         }
         PartOutput::Own(reuse) => match run_owned(device, part, inputs, whole, reuse) {
@@ -50,14 +51,9 @@ fn run_placed(
     device: &FaultyDevice,
     part: &PartSpec,
     inputs: &[Tensor],
-    whole: bool,
     out: &mut [f32],
 ) -> Result<()> {
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    if whole {
-        let views: Vec<TensorView<'_>> = refs.iter().map(|t| t.view()).collect();
-        return device.execute_view(&part.op, &views, out);
-    }
     if let Some(views) = partition::input_views(part, &refs)? {
         return device.execute_view(&part.op, &views, out);
     }
@@ -167,8 +163,15 @@ impl InPlaceOutput {
                 }
             }
         }
+        let lent = chunks.len();
         let mut data = match self.buffer.join(chunks) {
             Ok(data) => data,
+            Err((_, chunks)) if chunks.len() < lent => {
+                return Err(Error::device(
+                    "drac",
+                    "the output's blocks could not be joined",
+                ));
+            }
             Err((_, chunks)) => {
                 // A hung node still holds its block: copy the blocks out instead.
                 let mut data = try_zeros_f32(self.shape.numel()?)?;

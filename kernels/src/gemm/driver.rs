@@ -488,6 +488,7 @@ impl ADirect<'_> {
             ptr: self.data[row * self.rs + k0 * self.ks..].as_ptr(),
             rs: self.rs,
             ks: self.ks,
+            packed: false,
         }
     }
 }
@@ -501,6 +502,8 @@ struct APanel {
     rs: usize,
     /// Distance between its depth steps.
     ks: usize,
+    /// Packed (`mr` rows, zero-padded) or A read in place (only the tile's live rows).
+    packed: bool,
 }
 
 impl APanel {
@@ -511,6 +514,7 @@ impl APanel {
             ptr: panel.as_ptr(),
             rs: 1,
             ks: mr,
+            packed: true,
         }
     }
 }
@@ -596,6 +600,7 @@ fn run_tile(
         a: a_panel.ptr,
         a_rs: a_panel.rs,
         a_ks: a_panel.ks,
+        a_packed: a_panel.packed,
         b: b_panel.ptr,
         b_stride: b_panel.stride,
         b_packed: b_panel.packed,
@@ -609,12 +614,13 @@ fn run_tile(
         beta: step.beta,
     };
     // SAFETY: the A panel holds kc·mr packed floats, or is A in place (only for direct_a
-    // kernels, which read its mr_eff rows alone; `run` checked (m-1)·rs + (k-1)·ks against its
-    // length, and A in place always comes with B in place); B is a packed panel of kc·nr floats (sliced by
-    // `BSource::panel`), or B in place, whose rows k0..k0+kc hold nr_eff columns from `col`
-    // (`run` checked (k-1)·row_stride + n against its length) and which only direct_b kernels
-    // get, reading those columns alone (`b_packed` false); the tile is inside C and only this
-    // task writes it; the kernel matches the selected, available ISA.
+    // kernels, with `a_packed` false: they read its mr_eff rows alone; `run` checked
+    // (m-1)·rs + (k-1)·ks against its length, and A in place always comes with B in place);
+    // B is a packed panel of kc·nr floats (sliced by `BSource::panel`), or B in place, whose
+    // rows k0..k0+kc hold nr_eff columns from `col` (`run` checked (k-1)·row_stride + n
+    // against its length) and which only direct_b kernels get, reading those columns alone
+    // (`b_packed` false); the tile is inside C and only this task writes it; the kernel
+    // matches the selected, available ISA.
     unsafe { (plan.kernel.run)(&args) };
     if step.last && !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, row, col, args.mr_eff, args.nr_eff);

@@ -80,7 +80,7 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
     let cols = args.nr_eff.min(NR);
     // SAFETY: register arithmetic only.
     let masks = unsafe { [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))] };
-    if args.b_packed {
+    if args.b_packed && args.a_packed {
         for _ in 0..args.kc {
             // SAFETY: each step reads V·8 <= NR floats of a packed B step and MR of A, inside
             // the packed panels.
@@ -91,7 +91,7 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 b = b.add(NR);
             }
         }
-    } else if args.a_rs != 1 || args.a_ks != MR {
+    } else if !args.a_packed {
         // A and B in place: row i of A at offset i·a_rs (rows past mr_eff repeat the last live
         // row, whose results are never stored), each step a_ks further.
         let offsets: [usize; R] = std::array::from_fn(|i| i.min(args.mr_eff - 1) * args.a_rs);

@@ -23,6 +23,9 @@ pub(crate) struct TileArgs {
     pub a_rs: usize,
     /// Distance between depth steps of A (`mr` when packed).
     pub a_ks: usize,
+    /// Whether A is a packed panel (`kc` steps of `mr` values, rows past the edge zero) rather
+    /// than A read in place, whose rows past `mr_eff` must not be touched.
+    pub a_packed: bool,
     /// B micro-panel: `kc` steps of `nr` values, `b_stride` apart.
     pub b: *const f32,
     /// Distance between depth steps of B: `nr` for a packed panel, the row stride of an
@@ -63,8 +66,10 @@ pub(crate) struct MicroKernel {
     /// The kernel.
     ///
     /// # Safety
-    /// `a` must point to `kc·mr` readable floats and `b` to `kc` steps of `nr` readable floats
-    /// `b_stride` apart (only `nr_eff` of them for `direct_b` kernels); the `mr_eff × nr_eff`
+    /// `a` must point to `kc·mr` readable packed floats (or, for `direct_a` kernels with
+    /// `a_packed` false, to `mr_eff` rows of `kc` steps at strides `a_rs`, `a_ks`) and `b` to
+    /// `kc` steps of `nr` readable floats `b_stride` apart (only `nr_eff` of them for
+    /// `direct_b` kernels with `b_packed` false); the `mr_eff × nr_eff`
     /// tile of C at `c` with strides `rs_c`, `cs_c` must be valid and written by nobody else;
     /// the instruction set of the kernel must be available.
     pub run: unsafe fn(&TileArgs),
