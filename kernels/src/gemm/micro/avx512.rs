@@ -70,6 +70,10 @@ unsafe fn load_packed<const V: usize>(b: *const f32) -> [__m512; V] {
 
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
+    debug_assert!(
+        args.a_packed && args.a_rs == 1 && args.a_ks == MR,
+        "this kernel reads packed A only"
+    );
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     let (mut a, mut b) = (args.a, args.b);
     // Ask for the C tile now, so its lines arrive while the depth loop runs (prefetches are

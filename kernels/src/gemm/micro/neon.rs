@@ -27,6 +27,10 @@ unsafe fn kernel(args: &TileArgs) {
         args.b_packed && args.b_stride == NR,
         "this kernel reads packed B only"
     );
+    debug_assert!(
+        args.a_packed && args.a_rs == 1 && args.a_ks == MR,
+        "this kernel reads packed A only"
+    );
     let mut acc = [[vdupq_n_f32(0.0); 2]; MR];
     let (mut a, mut b) = (args.a, args.b);
     for _ in 0..args.kc {

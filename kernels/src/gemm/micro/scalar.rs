@@ -19,6 +19,10 @@ unsafe fn kernel(args: &TileArgs) {
         args.b_packed && args.b_stride == NR,
         "this kernel reads packed B only"
     );
+    debug_assert!(
+        args.a_packed && args.a_rs == 1 && args.a_ks == MR,
+        "this kernel reads packed A only"
+    );
     let mut acc = [0.0f32; MR * NR];
     // SAFETY: the caller guarantees kc·MR floats at `a` and kc·NR floats at `b`.
     let (a, b) = unsafe {
