@@ -1,5 +1,6 @@
 //! Host tensors: a [`Shape`], a [`DType`] and row-major storage of f32, f16 or bf16 values.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -181,7 +182,9 @@ pub trait TensorElement: Element {
     fn into_data(values: Vec<Self>) -> TensorData;
 
     /// Borrows the storage as this type, if it has this dtype.
-    fn slice_of(data: &TensorData) -> Option<&[Self]>;
+    fn slice_of(data: &TensorData) -> Option<&[Self]> {
+        Self::view_of(data.view())
+    }
 
     /// Borrows a view's elements as this type, if it has this dtype.
     fn view_of(data: ViewData<'_>) -> Option<&[Self]>;
@@ -192,13 +195,6 @@ impl TensorElement for f32 {
 
     fn into_data(values: Vec<Self>) -> TensorData {
         TensorData::F32(values)
-    }
-
-    fn slice_of(data: &TensorData) -> Option<&[Self]> {
-        match data {
-            TensorData::F32(v) => Some(v),
-            _ => None,
-        }
     }
 
     fn view_of(data: ViewData<'_>) -> Option<&[Self]> {
@@ -216,13 +212,6 @@ impl TensorElement for f16 {
         TensorData::F16(values)
     }
 
-    fn slice_of(data: &TensorData) -> Option<&[Self]> {
-        match data {
-            TensorData::F16(v) => Some(v),
-            _ => None,
-        }
-    }
-
     fn view_of(data: ViewData<'_>) -> Option<&[Self]> {
         match data {
             ViewData::F16(v) => Some(v),
@@ -236,13 +225,6 @@ impl TensorElement for bf16 {
 
     fn into_data(values: Vec<Self>) -> TensorData {
         TensorData::BF16(values)
-    }
-
-    fn slice_of(data: &TensorData) -> Option<&[Self]> {
-        match data {
-            TensorData::BF16(v) => Some(v),
-            _ => None,
-        }
     }
 
     fn view_of(data: ViewData<'_>) -> Option<&[Self]> {
@@ -413,17 +395,7 @@ impl Tensor {
 
     /// The elements as a slice of `T`, or a dtype error if the tensor holds another type.
     pub fn as_slice<T: TensorElement>(&self) -> Result<&[T]> {
-        T::slice_of(&self.data).ok_or_else(|| {
-            Error::dtype(
-                "tensor access",
-                format!(
-                    "tensor of shape {} holds {}, not {}",
-                    self.shape,
-                    self.dtype(),
-                    T::DTYPE
-                ),
-            )
-        })
+        T::slice_of(&self.data).ok_or_else(|| wrong_dtype(&self.shape, self.dtype(), T::DTYPE))
     }
 
     /// The elements as f32, or a dtype error if the tensor is not f32.
@@ -435,14 +407,7 @@ impl Tensor {
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
         match &mut self.data {
             TensorData::F32(values) => Ok(values),
-            other => Err(Error::dtype(
-                "tensor access",
-                format!(
-                    "tensor of shape {} holds {}, not f32",
-                    self.shape,
-                    other.dtype()
-                ),
-            )),
+            other => Err(wrong_dtype(&self.shape, other.dtype(), DType::F32)),
         }
     }
 
@@ -458,11 +423,7 @@ impl Tensor {
 
     /// The elements widened to f32 (exact for every dtype).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        match &self.data {
-            TensorData::F32(v) => v.clone(),
-            TensorData::F16(v) => widen(v),
-            TensorData::BF16(v) => widen(v),
-        }
+        self.data.view().widened().into_owned()
     }
 
     /// The elements widened to f64 (exact for every dtype), for reference computations.
@@ -645,7 +606,7 @@ pub enum ViewData<'a> {
     BF16(&'a [bf16]),
 }
 
-impl ViewData<'_> {
+impl<'a> ViewData<'a> {
     /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
@@ -654,6 +615,23 @@ impl ViewData<'_> {
             ViewData::BF16(_) => DType::BF16,
         }
     }
+
+    /// The elements as f32: borrowed when they are f32, widened otherwise (exact).
+    pub fn widened(self) -> Cow<'a, [f32]> {
+        match self {
+            ViewData::F32(v) => Cow::Borrowed(v),
+            ViewData::F16(v) => Cow::Owned(widen(v)),
+            ViewData::BF16(v) => Cow::Owned(widen(v)),
+        }
+    }
+}
+
+/// The error for a tensor of `shape` holding `have` where `want` was asked for.
+fn wrong_dtype(shape: &Shape, have: DType, want: DType) -> Error {
+    Error::dtype(
+        "tensor access",
+        format!("tensor of shape {shape} holds {have}, not {want}"),
+    )
 }
 
 /// A borrowed tensor: a shape over a contiguous run of another tensor's elements, so a part
@@ -687,26 +665,12 @@ impl<'a> TensorView<'a> {
 
     /// The elements as a slice of `T`, or a dtype error if the view holds another type.
     pub fn as_slice<T: TensorElement>(&self) -> Result<&'a [T]> {
-        T::view_of(self.data).ok_or_else(|| {
-            Error::dtype(
-                "tensor access",
-                format!(
-                    "tensor of shape {} holds {}, not {}",
-                    self.shape,
-                    self.dtype(),
-                    T::DTYPE
-                ),
-            )
-        })
+        T::view_of(self.data).ok_or_else(|| wrong_dtype(&self.shape, self.dtype(), T::DTYPE))
     }
 
     /// The elements widened to f32 (exact for every dtype).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        match self.data {
-            ViewData::F32(v) => v.to_vec(),
-            ViewData::F16(v) => widen(v),
-            ViewData::BF16(v) => widen(v),
-        }
+        self.data.widened().into_owned()
     }
 
     /// An owned copy.

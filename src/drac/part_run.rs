@@ -58,11 +58,10 @@ fn run_placed(
         return device.execute_view(&part.op, &views, out);
     }
     // A strided slice (columns, a K range, halo rows): cut copies of those.
-    let slices = partition::extract_slices(part, &refs)?;
-    let views: Vec<TensorView<'_>> = slices
-        .iter()
-        .zip(&refs)
-        .map(|(s, t)| s.as_ref().unwrap_or(t).view())
+    let cuts = partition::extract_slices(part, &refs)?;
+    let views: Vec<TensorView<'_>> = with_cuts(&cuts, &refs)
+        .into_iter()
+        .map(Tensor::view)
         .collect();
     device.execute_view(&part.op, &views, out)
 }
@@ -76,16 +75,12 @@ fn run_owned(
     reuse: Option<Tensor>,
 ) -> Result<Tensor> {
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    let slices = if whole {
+    let cuts = if whole {
         vec![None; refs.len()]
     } else {
         partition::extract_slices(part, &refs)?
     };
-    let part_inputs: Vec<&Tensor> = slices
-        .iter()
-        .zip(&refs)
-        .map(|(s, t)| s.as_ref().unwrap_or(t))
-        .collect();
+    let part_inputs = with_cuts(&cuts, &refs);
     if let Some(out) = reuse
         && whole
         && out.shape() == &part.output_shape
@@ -103,6 +98,15 @@ fn run_owned(
         ));
     }
     Ok(v.swap_remove(0))
+}
+
+/// The part's inputs: its cut copies where `extract_slices` made them, the job's own tensors
+/// otherwise.
+fn with_cuts<'a>(cuts: &'a [Option<Tensor>], inputs: &[&'a Tensor]) -> Vec<&'a Tensor> {
+    cuts.iter()
+        .zip(inputs)
+        .map(|(cut, &t)| cut.as_ref().unwrap_or(t))
+        .collect()
 }
 
 /// How the parts of a plan deliver their outputs.

@@ -17,9 +17,7 @@ use crate::op::{
     Conv2dDims, MatMulDims, Op, batch_norm_dims, conv2d_dims, global_pool_dims, matmul_dims,
     pool2d_dims, softmax_dims,
 };
-use crate::tensor::{
-    DType, Shape, Tensor, TensorData, TensorElement, TensorView, ViewData, try_zeros_f32,
-};
+use crate::tensor::{DType, Shape, Tensor, TensorElement, TensorView, try_zeros_f32};
 use crate::{Error, Result};
 
 /// Memory assumed when /proc/meminfo cannot be read: 4 GiB.
@@ -166,7 +164,7 @@ impl CpuDevice {
         let (x, w) = (&conv_inputs[0], &conv_inputs[1]);
         let dtype = same_dtype("conv2d", ["input", "weight"], x.dtype(), w.dtype())?;
         let bias = match &conv_inputs[2..] {
-            [b, ..] if d.has_bias => Some(view_f32(b)),
+            [b, ..] if d.has_bias => Some(b.data().widened()),
             _ => None,
         };
         let bias = bias.as_deref();
@@ -232,18 +230,7 @@ impl CpuDevice {
 
 /// The elements of `t` as f32: borrowed when it is f32, widened otherwise.
 fn f32_data(t: &Tensor) -> Cow<'_, [f32]> {
-    match t.data() {
-        TensorData::F32(v) => Cow::Borrowed(v),
-        _ => Cow::Owned(t.to_f32_vec()),
-    }
-}
-
-/// The elements of a view as f32: borrowed when it is f32, widened otherwise.
-fn view_f32<'a>(t: &TensorView<'a>) -> Cow<'a, [f32]> {
-    match t.data() {
-        ViewData::F32(v) => Cow::Borrowed(v),
-        _ => Cow::Owned(t.to_f32_vec()),
-    }
+    t.data().view().widened()
 }
 
 /// The convolution's own input shapes and, for the CPU node's fused residual form
@@ -317,10 +304,7 @@ impl CpuDevice {
                 let (conv_shapes, residual) = split_residual(params, shapes);
                 let d = conv2d_dims(params, conv_shapes)?;
                 if residual.is_some() {
-                    match inputs[3].data() {
-                        ViewData::F32(v) => out.copy_from_slice(v),
-                        _ => out.copy_from_slice(&inputs[3].to_f32_vec()),
-                    }
+                    out.copy_from_slice(&inputs[3].data().widened());
                 }
                 let conv_inputs = &inputs[..conv_shapes.len()];
                 self.conv_into(params, &d, conv_inputs, out, residual.is_some())
