@@ -92,7 +92,8 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         return;
     }
     let kernel = micro::for_isa(isa);
-    let blocking = Blocking::for_kernel(kernel.mr, kernel.nr, CacheSizes::detect()).for_depth(p.k);
+    let caches = CacheSizes::detect();
+    let blocking = Blocking::for_kernel(kernel.mr, kernel.nr, caches).for_depth(p.k);
     let pre = a.prepacked().filter(|pre| {
         let row_panels = p.m.div_ceil(kernel.mr);
         pre.mr == kernel.mr
@@ -115,37 +116,24 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     if isa == Isa::Avx2
         && p.m <= super::gemv::MAX_ROWS
         && let Some((data, cs)) = b.direct_columns()
-        && (p.n - 1)
-            .checked_mul(cs)
-            .and_then(|last| last.checked_add(p.k))
-            .is_some_and(|needed| needed <= data.len())
+        && block_fits(data.len(), &[(p.n, cs)], p.k)
     {
         // Few rows, B column by column (a dense layer): stream B in place, never packed.
         run_gemv(&plan, data, cs, if parallel { threads } else { 1 });
         return;
     }
-    let caches = CacheSizes::detect();
     let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
     if small
         && kernel.direct_b
         && let Some((data, row_stride)) = b.direct_rows()
-        && (p.k - 1)
-            .checked_mul(row_stride)
-            .and_then(|last_row| last_row.checked_add(p.n))
-            .is_some_and(|needed| needed <= data.len())
+        && block_fits(data.len(), &[(p.k, row_stride)], p.n)
     {
         // Small, single-threaded and cache-resident: read B in place, and A too where the
         // kernel can (otherwise pack only A).
         let a_direct = a
             .direct()
             .filter(|_| kernel.direct_a && plan.pre.is_none())
-            .filter(|&(data, rs, ks)| {
-                (p.m - 1)
-                    .checked_mul(rs)
-                    .zip((p.k - 1).checked_mul(ks))
-                    .and_then(|(rows, depth)| rows.checked_add(depth))
-                    .is_some_and(|last| last < data.len())
-            })
+            .filter(|&(data, rs, ks)| block_fits(data.len(), &[(p.m, rs), (p.k, ks)], 1))
             .map(|(data, rs, ks)| ADirect { data, rs, ks });
         let plan = Plan { a_direct, ..plan };
         let source = BSource::Direct { data, row_stride };
@@ -211,6 +199,16 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         );
     }
     B_BUFFER.set(Some(b_buf));
+}
+
+/// Whether `len` values hold a strided block read in place: `count` lines `stride` apart per
+/// axis (counts at least 1), the last line `run` values long; false on overflow.
+fn block_fits(len: usize, axes: &[(usize, usize)], run: usize) -> bool {
+    axes.iter()
+        .try_fold(run, |end, &(count, stride)| {
+            (count - 1).checked_mul(stride)?.checked_add(end)
+        })
+        .is_some_and(|end| end <= len)
 }
 
 /// Columns of B a gemv task runs through all depth blocks before it moves on.

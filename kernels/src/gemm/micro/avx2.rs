@@ -91,14 +91,18 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 b = b.add(NR);
             }
         }
-    } else if !args.a_packed {
-        // A and B in place: row i of A at offset i·a_rs (rows past mr_eff repeat the last live
-        // row, whose results are never stored), each step a_ks further.
+    } else {
+        // B in place (each step a row of B; masked loads never touch columns past nr_eff), A
+        // packed or in place: row i of A at offset i·a_rs, each step a_ks further (1 and MR
+        // when packed). Rows past mr_eff repeat the last live row; their results are never
+        // stored.
         let offsets: [usize; R] = std::array::from_fn(|i| i.min(args.mr_eff - 1) * args.a_rs);
         let full = cols == NR;
         for _ in 0..args.kc {
-            // SAFETY: the offsets stay on live rows of A and the caller guarantees those rows
-            // readable for kc steps of a_ks; B as in the loop below.
+            // SAFETY: the offsets stay on live rows of A, which the caller guarantees readable
+            // for kc steps of a_ks (a packed panel holds them all); the loads read only the
+            // nr_eff columns of one step of B, which the caller guarantees readable (unmasked
+            // only when all NR columns exist).
             unsafe {
                 let bv: [__m256; V] = std::array::from_fn(|v| {
                     if full {
@@ -115,27 +119,6 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 }
                 // Wrapping: after the last step these point past A and B and are never used.
                 a = a.wrapping_add(args.a_ks);
-                b = b.wrapping_add(args.b_stride);
-            }
-        }
-    } else {
-        // Unpacked B: each step is a row of B; masked loads never touch columns past nr_eff.
-        let full = cols == NR;
-        for _ in 0..args.kc {
-            // SAFETY: A stays inside its packed panel; the loads read only the nr_eff columns
-            // of one row of B, which the caller guarantees readable (unmasked only when all
-            // NR columns exist).
-            unsafe {
-                let bv = std::array::from_fn(|v| {
-                    if full {
-                        _mm256_loadu_ps(b.add(LANES * v))
-                    } else {
-                        _mm256_maskload_ps(b.add(LANES * v), masks[v])
-                    }
-                });
-                step::<R, V>(&mut acc, a, bv);
-                a = a.add(MR);
-                // Wrapping: after the last row this points past B and is never used.
                 b = b.wrapping_add(args.b_stride);
             }
         }
