@@ -13,11 +13,12 @@
 //! tile of the grid in a buffer of its own and writes the real columns out with the bias, the
 //! residual and the ReLU.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::flat_x86::{MR, NR};
+use super::flat_x86::{MR, NR, NR_NARROW};
 use super::params::Geometry;
 use super::prepack::PackedWeights;
 use super::shared::SharedOut;
@@ -31,13 +32,26 @@ const PARALLEL_FILL_MIN: usize = 1 << 15;
 /// Most depth indices per block: the B rows of a register tile then stay in L1 (3×3 taps of
 /// 32 channels read about 200 lines).
 const DEPTH_BLOCK: usize = 288;
+/// Largest layout buffer (in values) a thread keeps for its next convolution: 16 MiB.
+const KEEP_LAYOUT_MAX: usize = 1 << 22;
+
+thread_local! {
+    /// The layout buffer of this thread's last convolution, reused by its next one: a fresh
+    /// buffer costs a page fault per 4 KiB, which came to 3–6 % of a ResNet layer. A call
+    /// takes it out for its whole run, so a nested call finds none and allocates its own.
+    static LAYOUT_BUFFER: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
 /// Input channels per group up to which a strided convolution takes the flat path.
 const FEW_CHANNELS: usize = 4;
-/// Cost of packing one im2col value, in units of 8 multiply-adds (one vector FMA).
-const PACK_COST: f64 = 1.5;
+/// What the im2col gemm spends per im2col value besides its multiply-adds (packing it, and
+/// the edge panels and per-thread packing around it), in units of 8 multiply-adds (one
+/// vector FMA). Measured: the flat path still wins by 5–10 % on 3×3 layers of 7×7 planes
+/// with 128–512 output channels, where an eighth of its grid is unused.
+const PACK_COST: f64 = 10.0;
 
 /// Whether the flat path beats the im2col gemm for `g` on AVX2: its unused grid columns cost
-/// less than packing each im2col value, which then serves `og` multiply-adds.
+/// less than the im2col path's overhead on each im2col value, which serves `og` multiply-adds.
 pub(super) fn suits(g: &Geometry) -> bool {
     // Pointwise kernels pack cheaply; strided ones read more lines per tile than L1 keeps,
     // which only pays where few channels make the im2col gathers dominate (a stem).
@@ -49,9 +63,21 @@ pub(super) fn suits(g: &Geometry) -> bool {
     waste <= packing
 }
 
-/// Columns of a padded phase plane of `g`, which is also the width of the output grid.
+/// Columns of a phase plane of `g`, which is also the width of the output grid.
+///
+/// Neighbouring rows share their padding: a tap that reads past the end of a row reads the
+/// start of the next one, which is left padding (zero) in every plane. So a row holds only
+/// its image columns and the wider of the two paddings, not both of them.
 fn grid_width(g: &Geometry) -> usize {
-    (g.pads[1] + g.w + g.pads[3]).div_ceil(g.sw)
+    // Phase column j of column phase px holds padded column j·sw + px; these bound the image.
+    let first = |px: usize| g.pads[1].saturating_sub(px).div_ceil(g.sw);
+    let end = |px: usize| (g.pads[1] + g.w).saturating_sub(px).div_ceil(g.sw);
+    let phases = || (0..g.kw).map(|s| (s * g.dw % g.sw, s * g.dw / g.sw));
+    // Zero columns that start every row of every plane (a read may wrap into another plane).
+    let leading = phases().map(|(px, _)| first(px)).min().unwrap_or(0);
+    phases()
+        .map(|(px, offset)| end(px).max((g.ow + offset).saturating_sub(leading)))
+        .fold(g.ow, usize::max)
 }
 
 /// The depth block of the flat path for `g`: its weight panels are packed with it.
@@ -92,14 +118,18 @@ impl Layout {
                 }
             }
         }
-        let taps = g.kh * g.kw;
-        let offsets: Vec<usize> = (0..g.depth())
-            .map(|k| {
-                let (c, r, s) = (k / taps, k % taps / g.kw, k % g.kw);
+        // Depth index k = (c·KH + r)·KW + s: the offset of each tap within a channel, then
+        // every channel's copy of them.
+        let taps: Vec<usize> = (0..g.kh)
+            .flat_map(|r| (0..g.kw).map(move |s| (r, s)))
+            .map(|(r, s)| {
                 let phase = (r * g.dh % g.sh, s * g.dw % g.sw);
                 let index = phases.iter().position(|&p| p == phase).unwrap_or(0);
-                (index * g.c + c) * plane + (r * g.dh / g.sh) * wph + s * g.dw / g.sw
+                index * g.c * plane + (r * g.dh / g.sh) * wph + s * g.dw / g.sw
             })
+            .collect();
+        let offsets: Vec<usize> = (0..g.cg)
+            .flat_map(|c| taps.iter().map(move |tap| tap + c * plane))
             .collect();
         let image_len = phases.len() * g.c * plane;
         let grid_len = g.oh * wph;
@@ -119,9 +149,15 @@ impl Layout {
         }
     }
 
-    /// The input laid out as phase planes, zero where a plane reads padding.
-    fn fill(&self, g: &Geometry, input: &[f32]) -> Vec<f32> {
-        let mut data = vec![0.0f32; self.len];
+    /// The input laid out as phase planes in `data`, zero where a plane reads padding.
+    ///
+    /// Every value of the layout is written, so `data` may come back from an earlier call
+    /// with old values in it; it is only zero-filled where it has to grow.
+    fn fill(&self, g: &Geometry, input: &[f32], data: &mut Vec<f32>) {
+        if data.len() < self.len {
+            data.resize(self.len, 0.0);
+        }
+        data.truncate(self.len);
         let (channels, phases) = (g.c, self.phases.len());
         let fill_plane = |(index, dst): (usize, &mut [f32])| {
             let (n, phase, c) = (
@@ -136,24 +172,29 @@ impl Layout {
             let end = (g.pads[1] + g.w)
                 .saturating_sub(px)
                 .div_ceil(g.sw)
-                .min(self.wph);
+                .min(self.wph)
+                .max(first);
+            // One fill for the plane's padding, then a copy per image row.
+            dst.fill(0.0);
+            let x0 = first * g.sw + px - g.pads[1];
             for (i, row) in dst.chunks_exact_mut(self.wph).enumerate() {
-                let padded = i * g.sh + py;
-                if padded < g.pads[0] || padded - g.pads[0] >= g.h || first >= end {
+                let image_row = (i * g.sh + py).checked_sub(g.pads[0]);
+                let Some(y) = image_row.filter(|&y| y < g.h) else {
                     continue;
-                }
-                let line = &src[(padded - g.pads[0]) * g.w..][..g.w];
-                let x0 = first * g.sw + px - g.pads[1];
+                };
+                let line = &src[y * g.w..][..g.w];
+                let image = &mut row[first..end];
                 if g.sw == 1 {
-                    row[first..end].copy_from_slice(&line[x0..x0 + end - first]);
+                    image.copy_from_slice(&line[x0..x0 + image.len()]);
                 } else {
-                    for (value, x) in row[first..end].iter_mut().zip((x0..).step_by(g.sw)) {
+                    for (value, x) in image.iter_mut().zip((x0..).step_by(g.sw)) {
                         *value = line[x];
                     }
                 }
             }
         };
-        let planes = &mut data[..g.n * self.image_len];
+        let (planes, tail) = data.split_at_mut(g.n * self.image_len);
+        tail.fill(0.0);
         if planes.len() >= PARALLEL_FILL_MIN && rayon::current_num_threads() > 1 {
             planes
                 .par_chunks_exact_mut(self.plane)
@@ -165,7 +206,6 @@ impl Layout {
                 .enumerate()
                 .for_each(fill_plane);
         }
-        data
     }
 }
 
@@ -194,7 +234,7 @@ impl Flat<'_> {
         out: SharedOut<'_>,
     ) {
         let (g, layout) = (self.g, &self.layout);
-        let width = cols.len().next_multiple_of(NR);
+        let width = cols.len().next_multiple_of(NR_NARROW);
         // The first depth block overwrites the tile: old values need no clearing.
         let tile_len = panels.len() * MR * width;
         if tile.len() < tile_len {
@@ -212,14 +252,16 @@ impl Flat<'_> {
         for (block, k0) in (0..depth).step_by(kc).enumerate() {
             let offsets = &layout.offsets[k0..(k0 + kc).min(depth)];
             for strip in (0..width).step_by(NR) {
+                let kernel = super::flat_x86::tile_for(width - strip);
                 for (row, panel) in panels.clone().enumerate() {
                     let a = self.weights.panel(group, block, panel);
                     // SAFETY: the caller of `run` checked AVX2 and FMA; `a` holds MR values per
-                    // depth index of the block; the B rows at b + strip + offset (+16) lie
-                    // inside the layout (asserted above: strip + 16 <= width); the tile has
-                    // MR rows of `width` values from (row·MR, strip).
+                    // depth index of the block; the B rows at b + strip + offset lie inside the
+                    // layout for the 16 or 8 columns of the tile (asserted above: the strip
+                    // ends at or before `width`); the tile has MR rows of `width` values from
+                    // (row·MR, strip).
                     unsafe {
-                        super::flat_x86::tile(
+                        kernel(
                             offsets.len(),
                             a.as_ptr(),
                             b.add(strip),
@@ -298,14 +340,15 @@ fn panel_pieces(jobs: usize, panels: usize, threads: usize) -> usize {
         .unwrap_or(least)
 }
 
-/// The grid columns `0..len` cut into tasks of about [`TASK_COLS`], as even as whole register
-/// tiles allow (each starts on a tile).
+/// The grid columns `0..len` cut into tasks of about [`TASK_COLS`], each starting on a
+/// register tile and holding as many tiles as the others or one fewer.
 fn column_ranges(len: usize) -> Vec<Range<usize>> {
     let count = len.div_ceil(TASK_COLS).max(1);
-    let width = len.div_ceil(count).next_multiple_of(NR);
-    (0..len)
-        .step_by(width)
-        .map(|q| q..(q + width).min(len))
+    let strips = len.div_ceil(NR);
+    split(strips, count)
+        .into_iter()
+        .map(|tiles| tiles.start * NR..(tiles.end * NR).min(len))
+        .filter(|cols| !cols.is_empty())
         .collect()
 }
 
@@ -331,7 +374,8 @@ pub(super) fn run(
 ) {
     debug_assert_eq!(weights.mr(), MR, "flat path needs the AVX2 gemm's panels");
     let layout = Layout::new(g);
-    let data = layout.fill(g, input);
+    let mut data = LAYOUT_BUFFER.take();
+    layout.fill(g, input, &mut data);
     let flat = Flat {
         g,
         layout,
@@ -366,6 +410,9 @@ pub(super) fn run(
     } else {
         let mut tile = Vec::new();
         (0..tasks).for_each(|index| task(&mut tile, index));
+    }
+    if flat.data.capacity() <= KEEP_LAYOUT_MAX {
+        LAYOUT_BUFFER.set(flat.data);
     }
 }
 
@@ -446,6 +493,38 @@ mod tests {
                 [0, 0, 0, 0],
                 1,
                 true,
+                0.0,
+            ),
+            // Right padding wider than the left, both phases of a stride, dilated taps.
+            (
+                [2, 3, 10, 9],
+                [5, 3, 3, 5],
+                [1, 2],
+                [2, 2],
+                [1, 0, 2, 3],
+                1,
+                false,
+                1.0,
+            ),
+            // Rows that share their padding and end on a narrow strip (7×7, 14×14 planes).
+            (
+                [1, 16, 7, 7],
+                [20, 8, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                2,
+                true,
+                0.0,
+            ),
+            (
+                [1, 9, 14, 14],
+                [13, 9, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                false,
                 0.0,
             ),
             (
