@@ -9,9 +9,9 @@
 //! of these offsets instead of from packed panels. The price is the grid's unused columns
 //! (`Wph - OW` per output row), which [`suits`] weighs against the im2col packing it saves.
 //!
-//! Work is cut into tasks of (image, group, grid columns, weight panels); each computes its
-//! tile of the grid in a buffer of its own and writes the real columns out with the bias, the
-//! residual and the ReLU.
+//! Work is cut into tasks of (image, group, grid columns, weight panels), one contiguous share
+//! of them per thread ([`even_cuts`]); each computes its tile of the grid in a buffer of its
+//! own and writes the real columns out with the bias, the residual and the ReLU.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -25,8 +25,6 @@ use super::shared::SharedOut;
 
 /// Grid columns per task.
 const TASK_COLS: usize = 192;
-/// Tasks per thread to aim for, so that uneven tasks still balance.
-const TASKS_PER_THREAD: usize = 3;
 /// Padding values copied below which the input is laid out on one thread.
 const PARALLEL_FILL_MIN: usize = 1 << 15;
 /// Most depth indices per block: the B rows of a register tile then stay in L1 (3×3 taps of
@@ -326,18 +324,35 @@ fn finish(dst: &mut [f32], src: &[f32], bias: f32, beta: f32, relu: bool) {
     }
 }
 
-/// Pieces to cut each job's weight panels into, so that `threads` threads get enough tasks
-/// and, where the panels allow, the same number each.
-fn panel_pieces(jobs: usize, panels: usize, threads: usize) -> usize {
-    if threads <= 1 || jobs == 0 {
-        return 1;
+/// Where `threads` contiguous shares of the work start, as (job, panel) in job-major order,
+/// with a last cut at `(jobs, 0)`: each share holds the same work to within one panel of one
+/// job, panel `p` of job `j` weighing `strips(j)`. A thread keeps the columns of one job in
+/// cache while it walks that job's panels, and the shares end together without stealing.
+fn even_cuts(
+    jobs: usize,
+    panels: usize,
+    threads: usize,
+    strips: impl Fn(usize) -> usize,
+) -> Vec<(usize, usize)> {
+    let total: usize = (0..jobs).map(|job| strips(job) * panels).sum();
+    let mut cuts = vec![(0, 0)];
+    let (mut job, mut before) = (0, 0);
+    for t in 1..threads {
+        let target = total * t / threads;
+        while job < jobs && before + strips(job) * panels <= target {
+            before += strips(job) * panels;
+            job += 1;
+        }
+        let cut = if job < jobs {
+            let weight = strips(job).max(1);
+            (job, ((target - before + weight / 2) / weight).min(panels))
+        } else {
+            (jobs, 0)
+        };
+        cuts.push(cut.max(*cuts.last().unwrap_or(&(0, 0))));
     }
-    let least = (TASKS_PER_THREAD * threads)
-        .div_ceil(jobs)
-        .clamp(1, panels.max(1));
-    (least..=panels.max(1))
-        .find(|p| (jobs * p).is_multiple_of(threads))
-        .unwrap_or(least)
+    cuts.push((jobs, 0));
+    cuts
 }
 
 /// The grid columns `0..len` cut into tasks of about [`TASK_COLS`], each starting on a
@@ -387,29 +402,44 @@ pub(super) fn run(
     let threads = rayon::current_num_threads();
     let columns = column_ranges(flat.layout.grid_len);
     let jobs = g.n * g.groups * columns.len();
-    let panels = split(
-        weights.panels(),
-        panel_pieces(jobs, weights.panels(), threads),
-    );
+    let panels = weights.panels();
+    // Work of one weight panel over job j's columns, in narrow strips.
+    let strips = |job: usize| columns[job % columns.len()].len().div_ceil(NR_NARROW);
     let out = SharedOut::new(output);
-    let task = |tile: &mut Vec<f32>, index: usize| {
-        let (job, piece) = (index / panels.len(), index % panels.len());
-        let (image_group, col) = (job / columns.len(), job % columns.len());
-        flat.task(
-            image_group / g.groups,
-            image_group % g.groups,
-            columns[col].clone(),
-            panels[piece].clone(),
-            tile,
-            out,
-        );
-    };
-    let tasks = jobs * panels.len();
-    if threads > 1 && tasks > 1 {
-        (0..tasks).into_par_iter().for_each_init(Vec::new, task);
-    } else {
+    let run_share = |share: Range<(usize, usize)>| {
         let mut tile = Vec::new();
-        (0..tasks).for_each(|index| task(&mut tile, index));
+        for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
+            let first = if job == share.start.0 {
+                share.start.1
+            } else {
+                0
+            };
+            let end = if job == share.end.0 {
+                share.end.1
+            } else {
+                panels
+            };
+            if first >= end {
+                continue;
+            }
+            let (image_group, col) = (job / columns.len(), job % columns.len());
+            flat.task(
+                image_group / g.groups,
+                image_group % g.groups,
+                columns[col].clone(),
+                first..end,
+                &mut tile,
+                out,
+            );
+        }
+    };
+    if threads > 1 && jobs * panels > 1 {
+        let cuts = even_cuts(jobs, panels, threads, strips);
+        (0..cuts.len() - 1)
+            .into_par_iter()
+            .for_each(|t| run_share(cuts[t]..cuts[t + 1]));
+    } else {
+        run_share((0, 0)..(jobs, 0));
     }
     if flat.data.capacity() <= KEEP_LAYOUT_MAX {
         LAYOUT_BUFFER.set(flat.data);
@@ -435,6 +465,46 @@ mod tests {
                 ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// Shares cover every (job, panel) pair once, in order, each within one panel of one
+    /// job of an even share; column ranges tile the grid.
+    #[test]
+    fn shares_are_even_and_complete() {
+        for (jobs, panels, threads, widths) in [
+            (5, 22, 2, vec![11, 10, 10, 10, 10]),
+            (2, 43, 2, vec![14, 11]),
+            (1, 1, 2, vec![3]),
+            (3, 2, 4, vec![1, 7, 2]),
+            (17, 11, 3, vec![12; 17]),
+        ] {
+            let strips = |job: usize| widths[job];
+            let cuts = even_cuts(jobs, panels, threads, strips);
+            assert_eq!(cuts.len(), threads + 1);
+            assert_eq!((cuts[0], cuts[threads]), ((0, 0), (jobs, 0)));
+            let total: usize = widths.iter().map(|w| w * panels).sum();
+            let heaviest = widths.iter().max().copied().unwrap_or(0);
+            let position = |(job, panel): (usize, usize)| -> usize {
+                widths[..job].iter().map(|w| w * panels).sum::<usize>()
+                    + widths.get(job).map_or(0, |w| w * panel)
+            };
+            for pair in cuts.windows(2) {
+                assert!(pair[0] <= pair[1], "{cuts:?}");
+            }
+            for (t, &cut) in cuts.iter().enumerate() {
+                let even = total * t / threads;
+                assert!(position(cut).abs_diff(even) <= heaviest, "{cuts:?} at {t}");
+            }
+        }
+        for len in [1, 7, 17, 196, 210, 812, 12768] {
+            let ranges = column_ranges(len);
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(len));
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert!(pair[0].start.is_multiple_of(NR));
+            }
+        }
     }
 
     /// The flat path against the im2col gemm, whatever [`suits`] would choose.
