@@ -243,23 +243,6 @@ impl AxisPlan {
             padded,
         }
     }
-
-    /// For tap `t`: the input offset of output 0 (`t·d - pad`, may be negative) and the range of
-    /// outputs whose tap lands inside the input.
-    fn tap_range(&self, t: usize) -> (isize, usize, usize) {
-        let off = (t * self.dilation) as isize - self.pad_begin as isize;
-        let s = self.stride as isize;
-        // First o with o·s + off ≥ 0, and first o with o·s + off ≥ len.
-        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
-        let hi = if (self.len as isize) <= off {
-            0
-        } else {
-            (self.len as isize - off + s - 1) / s
-        };
-        let lo = (lo as usize).min(self.out);
-        let hi = (hi as usize).min(self.out).max(lo);
-        (off, lo, hi)
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -272,10 +255,6 @@ enum Mode {
 struct PoolPlan {
     rows: AxisPlan,
     cols: AxisPlan,
-    /// Per width tap: (input offset of output column 0, first and end valid output column).
-    col_taps: Vec<(isize, usize, usize)>,
-    /// Output columns whose every tap is inside the input (empty when `.0 == .1`).
-    interior: (usize, usize),
     mode: Mode,
     count_include_pad: bool,
 }
@@ -330,9 +309,7 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     let plan = k.plan;
     let (h, w) = (plan.rows.len, plan.cols.len);
     let (oh, ow) = (plan.rows.out, plan.cols.out);
-    let sw = plan.cols.stride;
-    let taps = &plan.col_taps[..];
-    let (c_lo, c_hi) = plan.interior;
+    let cols = &plan.cols;
     let col_div = if plan.count_include_pad {
         &plan.cols.padded
     } else {
@@ -343,52 +320,34 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     } else {
         &plan.rows.valid
     };
-    // Offsets of the input rows of the current output row's window that lie inside the input.
-    let mut rows: Vec<usize> = Vec::with_capacity(plan.rows.kernel);
+    // The window is separable. The input rows of an output row's window (those inside the
+    // input) are first reduced column by column into the middle of `line`, a contiguous pass
+    // that vectorises without shuffles; `line` holds INIT in the padding on both sides (and
+    // past the input for ceil mode), so every output then reads its column taps from `line`
+    // alone, in full blocks, with no border cases. INIT never wins a max and adds nothing to
+    // a sum (the average's divisors count the taps).
+    let pad = cols.pad_begin;
+    let span = (ow.saturating_sub(1) * cols.stride + (cols.kernel - 1) * cols.dilation + 1)
+        .max(pad + w);
+    let mut line = vec![A::INIT; span];
+    let mut window_rows: Vec<usize> = Vec::with_capacity(plan.rows.kernel);
+    let horizontal = Horizontal {
+        kernel: cols.kernel,
+        stride: cols.stride,
+        dilation: cols.dilation,
+    };
     for (x, y) in k.x.chunks_exact(h * w).zip(k.y.chunks_exact_mut(oh * ow)) {
         for (r, out) in y.chunks_exact_mut(ow).enumerate() {
-            rows.clear();
             let start = (r * plan.rows.stride) as isize - plan.rows.pad_begin as isize;
-            for t in 0..plan.rows.kernel {
-                let ih = start + (t * plan.rows.dilation) as isize;
-                if ih >= 0 && ih < h as isize {
-                    rows.push(ih as usize * w);
-                }
-            }
-            // Interior: every column tap is inside the input; accumulate a block of outputs
-            // in registers over the whole window, then store once. Blocks are as wide as the
-            // interior allows (16, 8 or 4: small planes such as 13×13 still vectorise); an
-            // interior narrower than 4 goes the per-output way.
-            let interior = c_hi - c_lo;
-            let blocks = Interior {
-                x,
-                rows: &rows,
-                w,
-                taps,
-                span: (c_lo, c_hi),
-                sw,
-            };
-            let border_from = if interior >= BLOCK {
-                blocks.run::<A, BLOCK>(out)
-            } else if interior >= BLOCK / 2 {
-                blocks.run::<A, { BLOCK / 2 }>(out)
-            } else if interior >= BLOCK / 4 {
-                blocks.run::<A, { BLOCK / 4 }>(out)
-            } else {
-                c_lo
-            };
-            // Borders (and a narrow interior), one output at a time.
-            for o in (0..c_lo.min(border_from)).chain(border_from..ow) {
-                let mut a = A::INIT;
-                for &ro in &rows {
-                    for &(off, lo, hi) in taps {
-                        if o >= lo && o < hi {
-                            a = A::acc(a, x[ro + ((o * sw) as isize + off) as usize]);
-                        }
-                    }
-                }
-                out[o] = a;
-            }
+            window_rows.clear();
+            window_rows.extend(
+                (0..plan.rows.kernel)
+                    .map(|t| start + (t * plan.rows.dilation) as isize)
+                    .filter(|&ih| ih >= 0 && ih < h as isize)
+                    .map(|ih| ih as usize * w),
+            );
+            reduce_rows::<A>(&mut line[pad..pad + w], x, &window_rows);
+            horizontal.run::<A>(&line, out);
             if plan.mode == Mode::Avg {
                 let rd = row_div[r] as f32;
                 for (a, &cd) in out.iter_mut().zip(col_div) {
@@ -400,78 +359,104 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     }
 }
 
-/// The interior outputs of one output row: those whose every column tap is inside the input.
-struct Interior<'a> {
-    x: &'a [f32],
-    /// Offsets of the input rows of the window that lie inside the input.
-    rows: &'a [usize],
-    w: usize,
-    taps: &'a [(isize, usize, usize)],
-    /// The interior columns `lo..hi`, at least `N` of them for [`Interior::run`].
-    span: (usize, usize),
-    sw: usize,
+/// The column pass of a pooling: output `o` reduces `line[o·stride + t·dilation]` over the
+/// taps `t`, where `line` is an input row padded on both sides.
+struct Horizontal {
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
 }
 
-impl Interior<'_> {
-    /// Writes the interior of `out` in blocks of `N` outputs, the last block shifted back to
-    /// end at the interior's end (recomputing a few outputs) so that every block is full.
-    /// Returns the interior's end: the first border column on the right.
+impl Horizontal {
+    /// All of `out`, in blocks of 16, 8 or 4 outputs (the last block shifted back to end at
+    /// the row's end, recomputing a few), or one at a time for rows narrower than 4.
     #[inline(always)]
-    fn run<A: Acc, const N: usize>(&self, out: &mut [f32]) -> usize {
-        let (lo, hi) = self.span;
-        let mut c = lo;
-        while c < hi {
-            let first = c.min(hi - N);
-            let mut acc = [A::INIT; N];
-            window_block::<A, N>(
-                &mut acc, self.x, self.rows, self.w, self.taps, first, self.sw,
-            );
-            out[first..first + N].copy_from_slice(&acc);
-            c = first + N;
-        }
-        hi
-    }
-}
-
-/// Reduces the windows of `N` consecutive interior outputs starting at column `c` into
-/// `acc`: every tap of every row in `rows` (input row offsets) is inside the input.
-#[inline(always)]
-fn window_block<A: Acc, const N: usize>(
-    acc: &mut [f32; N],
-    x: &[f32],
-    rows: &[usize],
-    w: usize,
-    taps: &[(isize, usize, usize)],
-    c: usize,
-    sw: usize,
-) {
-    let n = N;
-    for &ro in rows {
-        let row = &x[ro..ro + w];
-        for &(off, _, _) in taps {
-            // Non-negative: c is at or past the first valid output of every tap.
-            let base = ((c * sw) as isize + off) as usize;
-            match sw {
-                1 => {
-                    for (a, &v) in acc.iter_mut().zip(&row[base..base + n]) {
-                        *a = A::acc(*a, v);
-                    }
-                }
-                2 => {
-                    let seg = &row[base..base + 2 * n - 1];
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a = A::acc(*a, seg[2 * l]);
-                    }
-                }
-                _ => {
-                    let seg = &row[base..base + (n - 1) * sw + 1];
-                    for (l, a) in acc.iter_mut().enumerate() {
-                        *a = A::acc(*a, seg[l * sw]);
-                    }
-                }
+    fn run<A: Acc>(&self, line: &[f32], out: &mut [f32]) {
+        let ow = out.len();
+        if ow >= BLOCK {
+            self.blocks::<A, BLOCK>(line, out);
+        } else if ow >= BLOCK / 2 {
+            self.blocks::<A, { BLOCK / 2 }>(line, out);
+        } else if ow >= BLOCK / 4 {
+            self.blocks::<A, { BLOCK / 4 }>(line, out);
+        } else {
+            for (o, dst) in out.iter_mut().enumerate() {
+                *dst = (0..self.kernel).fold(A::INIT, |a, t| {
+                    A::acc(a, line[o * self.stride + t * self.dilation])
+                });
             }
         }
     }
+
+    /// Blocks of `N` outputs; `out` holds at least `N`.
+    #[inline(always)]
+    fn blocks<A: Acc, const N: usize>(&self, line: &[f32], out: &mut [f32]) {
+        let (ow, s) = (out.len(), self.stride);
+        let mut o = 0;
+        while o < ow {
+            let first = o.min(ow - N);
+            let mut acc = [A::INIT; N];
+            for t in 0..self.kernel {
+                let base = first * s + t * self.dilation;
+                match s {
+                    1 => {
+                        for (a, &v) in acc.iter_mut().zip(&line[base..base + N]) {
+                            *a = A::acc(*a, v);
+                        }
+                    }
+                    2 => {
+                        let seg = &line[base..base + 2 * N - 1];
+                        for (l, a) in acc.iter_mut().enumerate() {
+                            *a = A::acc(*a, seg[2 * l]);
+                        }
+                    }
+                    _ => {
+                        let seg = &line[base..base + (N - 1) * s + 1];
+                        for (l, a) in acc.iter_mut().enumerate() {
+                            *a = A::acc(*a, seg[l * s]);
+                        }
+                    }
+                }
+            }
+            out[first..first + N].copy_from_slice(&acc);
+            o = first + N;
+        }
+    }
+}
+
+/// `line[i] = reduction over rows of x[row + i]` (INIT where `rows` is empty), in blocks of
+/// 16, 8 and 4 values held in registers and stored once (a reduction in place in `line`
+/// compiles to masked stores, which some CPUs run slowly), the last few one at a time.
+#[inline(always)]
+fn reduce_rows<A: Acc>(line: &mut [f32], x: &[f32], rows: &[usize]) {
+    let mut done = reduce_blocks::<A, BLOCK>(line, x, rows, 0);
+    done = reduce_blocks::<A, { BLOCK / 2 }>(line, x, rows, done);
+    done = reduce_blocks::<A, { BLOCK / 4 }>(line, x, rows, done);
+    for (i, dst) in line.iter_mut().enumerate().skip(done) {
+        *dst = rows.iter().fold(A::INIT, |a, &row| A::acc(a, x[row + i]));
+    }
+}
+
+/// [`reduce_rows`] for the whole blocks of `N` values from `first` on; returns where they end.
+#[inline(always)]
+fn reduce_blocks<A: Acc, const N: usize>(
+    line: &mut [f32],
+    x: &[f32],
+    rows: &[usize],
+    first: usize,
+) -> usize {
+    let blocks = (line.len() - first) / N;
+    for block in 0..blocks {
+        let at = first + block * N;
+        let mut acc = [A::INIT; N];
+        for &row in rows {
+            for (a, &v) in acc.iter_mut().zip(&x[row + at..][..N]) {
+                *a = A::acc(*a, v);
+            }
+        }
+        line[at..at + N].copy_from_slice(&acc);
+    }
+    first + blocks * N
 }
 
 fn pool2d(
@@ -498,14 +483,9 @@ fn pool2d(
     }
     let rows = AxisPlan::new(p, 0, h, oh);
     let cols = AxisPlan::new(p, 1, w, ow);
-    let col_taps: Vec<_> = (0..cols.kernel).map(|t| cols.tap_range(t)).collect();
-    let c_lo = col_taps.iter().map(|t| t.1).max().unwrap_or(0);
-    let c_hi = col_taps.iter().map(|t| t.2).min().unwrap_or(0).max(c_lo);
     let plan = PoolPlan {
         rows,
         cols,
-        col_taps,
-        interior: (c_lo, c_hi),
         mode,
         count_include_pad: p.count_include_pad,
     };
