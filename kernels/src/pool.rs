@@ -327,8 +327,8 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     // alone, in full blocks, with no border cases. INIT never wins a max and adds nothing to
     // a sum (the average's divisors count the taps).
     let pad = cols.pad_begin;
-    let span = (ow.saturating_sub(1) * cols.stride + (cols.kernel - 1) * cols.dilation + 1)
-        .max(pad + w);
+    let span =
+        (ow.saturating_sub(1) * cols.stride + (cols.kernel - 1) * cols.dilation + 1).max(pad + w);
     let mut line = vec![A::INIT; span];
     let mut window_rows: Vec<usize> = Vec::with_capacity(plan.rows.kernel);
     let horizontal = Horizontal {
