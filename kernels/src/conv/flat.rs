@@ -34,9 +34,9 @@ const DEPTH_BLOCK: usize = 288;
 const KEEP_LAYOUT_MAX: usize = 1 << 22;
 
 thread_local! {
-    /// The layout buffer of this thread's last convolution, reused by its next one: a fresh
-    /// buffer costs a page fault per 4 KiB, which came to 3–6 % of a ResNet layer. A call
-    /// takes it out for its whole run, so a nested call finds none and allocates its own.
+    /// The layout buffer of this thread's last convolution, reused by its next one, which
+    /// then neither allocates nor zero-fills it. A call takes it out for its whole run, so a
+    /// nested call finds none and allocates its own.
     static LAYOUT_BUFFER: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
