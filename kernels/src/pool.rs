@@ -222,6 +222,13 @@ fn taps_within(start: isize, k: usize, d: usize, lo: isize, hi: isize) -> u32 {
 }
 
 impl AxisPlan {
+    /// Length of the input padded on both sides as far as any window reaches (at least the
+    /// input and its leading padding).
+    fn padded_len(&self) -> usize {
+        (self.out.saturating_sub(1) * self.stride + (self.kernel - 1) * self.dilation + 1)
+            .max(self.pad_begin + self.len)
+    }
+
     fn new(p: &Pool2dParams, axis: usize, len: usize, out: usize) -> Self {
         let (k, s, d) = (p.kernel[axis], p.stride[axis], p.dilation[axis]);
         let (pb, pe) = (p.pads[axis] as isize, p.pads[axis + 2] as isize);
@@ -326,10 +333,20 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     // past the input for ceil mode), so every output then reads its column taps from `line`
     // alone, in full blocks, with no border cases. INIT never wins a max and adds nothing to
     // a sum (the average's divisors count the taps).
+    let divide = |out: &mut [f32], r: usize| {
+        if plan.mode == Mode::Avg {
+            let rd = row_div[r] as f32;
+            for (a, &cd) in out.iter_mut().zip(col_div) {
+                // 0/0 = NaN for a window with no valid tap, which needs dilation.
+                *a /= rd * cd as f32;
+            }
+        }
+    };
+    if plan.rows.stride == 1 && cols.stride == 1 {
+        return unit_stride::<A>(k, divide);
+    }
     let pad = cols.pad_begin;
-    let span =
-        (ow.saturating_sub(1) * cols.stride + (cols.kernel - 1) * cols.dilation + 1).max(pad + w);
-    let mut line = vec![A::INIT; span];
+    let mut line = vec![A::INIT; cols.padded_len()];
     let mut window_rows: Vec<usize> = Vec::with_capacity(plan.rows.kernel);
     let horizontal = Horizontal {
         kernel: cols.kernel,
@@ -348,13 +365,40 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
             );
             reduce_rows::<A>(&mut line[pad..pad + w], x, &window_rows);
             horizontal.run::<A>(&line, out);
-            if plan.mode == Mode::Avg {
-                let rd = row_div[r] as f32;
-                for (a, &cd) in out.iter_mut().zip(col_div) {
-                    // 0/0 = NaN for a window with no valid tap, which needs dilation.
-                    *a /= rd * cd as f32;
-                }
-            }
+            divide(out, r);
+        }
+    }
+}
+
+/// [`pool_planes`] for unit strides, a whole plane per pass: the plane is copied into one
+/// padded with INIT (as wide and high as its windows reach), and both passes then run as
+/// single contiguous reductions over the plane, the windows' rows `WP` values apart and
+/// their columns 1 apart, with no per-row work but copying the real columns out.
+#[inline(always)]
+fn unit_stride<A: Acc>(k: PoolPlanes<'_>, divide: impl Fn(&mut [f32], usize)) {
+    let plan = k.plan;
+    let (rows, cols) = (&plan.rows, &plan.cols);
+    let (h, w, oh, ow) = (rows.len, cols.len, rows.out, cols.out);
+    let (top, left) = (rows.pad_begin, cols.pad_begin);
+    let wp = cols.padded_len();
+    let mut padded = vec![A::INIT; rows.padded_len() * wp];
+    let mut vertical = vec![A::INIT; oh * wp];
+    let mut horizontal = vec![A::INIT; oh.saturating_sub(1) * wp + ow];
+    let row_taps: Vec<usize> = (0..rows.kernel).map(|t| t * rows.dilation * wp).collect();
+    let col_taps: Vec<usize> = (0..cols.kernel).map(|t| t * cols.dilation).collect();
+    for (x, y) in k.x.chunks_exact(h * w).zip(k.y.chunks_exact_mut(oh * ow)) {
+        // Only the image is written: the padding around it stays INIT from the start.
+        for (src, dst) in x
+            .chunks_exact(w)
+            .zip(padded[top * wp..].chunks_exact_mut(wp))
+        {
+            dst[left..left + w].copy_from_slice(src);
+        }
+        reduce_rows::<A>(&mut vertical, &padded, &row_taps);
+        reduce_rows::<A>(&mut horizontal, &vertical, &col_taps);
+        for (r, out) in y.chunks_exact_mut(ow).enumerate() {
+            out.copy_from_slice(&horizontal[r * wp..r * wp + ow]);
+            divide(out, r);
         }
     }
 }
