@@ -308,7 +308,7 @@ impl Acc for SumAcc {
     }
 }
 
-/// Outputs per register block of the interior loop.
+/// Values per register block of the pooling passes.
 const BLOCK: usize = 16;
 
 #[inline(always)]
@@ -327,12 +327,6 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     } else {
         &plan.rows.valid
     };
-    // The window is separable. The input rows of an output row's window (those inside the
-    // input) are first reduced column by column into the middle of `line`, a contiguous pass
-    // that vectorises without shuffles; `line` holds INIT in the padding on both sides (and
-    // past the input for ceil mode), so every output then reads its column taps from `line`
-    // alone, in full blocks, with no border cases. INIT never wins a max and adds nothing to
-    // a sum (the average's divisors count the taps).
     let divide = |out: &mut [f32], r: usize| {
         if plan.mode == Mode::Avg {
             let rd = row_div[r] as f32;
@@ -342,9 +336,17 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
             }
         }
     };
+    // Column taps as offsets along a padded line, for unit column strides.
+    let col_taps: Vec<usize> = (0..cols.kernel).map(|t| t * cols.dilation).collect();
     if plan.rows.stride == 1 && cols.stride == 1 {
-        return unit_stride::<A>(k, divide);
+        return unit_stride::<A>(k, &col_taps, divide);
     }
+    // The window is separable. The input rows of an output row's window (those inside the
+    // input) are first reduced column by column into the middle of `line`, a contiguous pass
+    // that vectorises without shuffles; `line` holds INIT in the padding on both sides (and
+    // past the input for ceil mode), so every output then reads its column taps from `line`
+    // alone, in full blocks, with no border cases. INIT never wins a max and adds nothing to
+    // a sum (the average's divisors count the taps).
     let pad = cols.pad_begin;
     let mut line = vec![A::INIT; cols.padded_len()];
     let mut window_rows: Vec<usize> = Vec::with_capacity(plan.rows.kernel);
@@ -364,7 +366,12 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
                     .map(|ih| ih as usize * w),
             );
             reduce_rows::<A>(&mut line[pad..pad + w], x, &window_rows);
-            horizontal.run::<A>(&line, out);
+            if cols.stride == 1 {
+                // Unit column strides read the taps as shifted lines, like the row pass.
+                reduce_rows::<A>(out, &line, &col_taps);
+            } else {
+                horizontal.run::<A>(&line, out);
+            }
             divide(out, r);
         }
     }
@@ -375,7 +382,7 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
 /// single contiguous reductions over the plane, the windows' rows `WP` values apart and
 /// their columns 1 apart, with no per-row work but copying the real columns out.
 #[inline(always)]
-fn unit_stride<A: Acc>(k: PoolPlanes<'_>, divide: impl Fn(&mut [f32], usize)) {
+fn unit_stride<A: Acc>(k: PoolPlanes<'_>, col_taps: &[usize], divide: impl Fn(&mut [f32], usize)) {
     let plan = k.plan;
     let (rows, cols) = (&plan.rows, &plan.cols);
     let (h, w, oh, ow) = (rows.len, cols.len, rows.out, cols.out);
@@ -385,7 +392,6 @@ fn unit_stride<A: Acc>(k: PoolPlanes<'_>, divide: impl Fn(&mut [f32], usize)) {
     let mut vertical = vec![A::INIT; oh * wp];
     let mut horizontal = vec![A::INIT; oh.saturating_sub(1) * wp + ow];
     let row_taps: Vec<usize> = (0..rows.kernel).map(|t| t * rows.dilation * wp).collect();
-    let col_taps: Vec<usize> = (0..cols.kernel).map(|t| t * cols.dilation).collect();
     for (x, y) in k.x.chunks_exact(h * w).zip(k.y.chunks_exact_mut(oh * ow)) {
         // Only the image is written: the padding around it stays INIT from the start.
         for (src, dst) in x
@@ -395,7 +401,7 @@ fn unit_stride<A: Acc>(k: PoolPlanes<'_>, divide: impl Fn(&mut [f32], usize)) {
             dst[left..left + w].copy_from_slice(src);
         }
         reduce_rows::<A>(&mut vertical, &padded, &row_taps);
-        reduce_rows::<A>(&mut horizontal, &vertical, &col_taps);
+        reduce_rows::<A>(&mut horizontal, &vertical, col_taps);
         for (r, out) in y.chunks_exact_mut(ow).enumerate() {
             out.copy_from_slice(&horizontal[r * wp..r * wp + ow]);
             divide(out, r);
@@ -403,8 +409,9 @@ fn unit_stride<A: Acc>(k: PoolPlanes<'_>, divide: impl Fn(&mut [f32], usize)) {
     }
 }
 
-/// The column pass of a pooling: output `o` reduces `line[o·stride + t·dilation]` over the
-/// taps `t`, where `line` is an input row padded on both sides.
+/// The column pass of a pooling with a column stride above 1: output `o` reduces
+/// `line[o·stride + t·dilation]` over the taps `t`, where `line` is an input row padded on
+/// both sides. (Unit strides take [`reduce_rows`] with the taps as offsets.)
 struct Horizontal {
     kernel: usize,
     stride: usize,
@@ -443,11 +450,6 @@ impl Horizontal {
             for t in 0..self.kernel {
                 let base = first * s + t * self.dilation;
                 match s {
-                    1 => {
-                        for (a, &v) in acc.iter_mut().zip(&line[base..base + N]) {
-                            *a = A::acc(*a, v);
-                        }
-                    }
                     2 => {
                         let seg = &line[base..base + 2 * N - 1];
                         for (l, a) in acc.iter_mut().enumerate() {

@@ -152,10 +152,7 @@ impl Layout {
     /// Every value of the layout is written, so `data` may come back from an earlier call
     /// with old values in it; it is only zero-filled where it has to grow.
     fn fill(&self, g: &Geometry, input: &[f32], data: &mut Vec<f32>) {
-        if data.len() < self.len {
-            data.resize(self.len, 0.0);
-        }
-        data.truncate(self.len);
+        data.resize(self.len, 0.0);
         let (channels, phases) = (g.c, self.phases.len());
         let fill_plane = |(index, dst): (usize, &mut [f32])| {
             let (n, phase, c) = (
