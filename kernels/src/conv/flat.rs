@@ -1,30 +1,32 @@
 //! The flat path (AVX2): a convolution as a gemm whose B rows are read in place from a
 //! zero-padded copy of the input, split by stride phase, so that nothing is packed per call.
 //!
-//! Output positions are numbered on a grid as wide as one padded phase row: grid column
-//! `q = oy·Wph + ox`, of which only `ox < OW` are real outputs. Tap `(c, r, s)` reads, for
-//! every grid column, `phase[(r·dh mod sh, s·dw mod sw)][c][q + (r·dh / sh)·Wph + s·dw / sw]`:
-//! one offset per depth index, the same for all columns. A depth row of B over 16 consecutive
-//! columns is then one contiguous 16-float load, and the register tile reads B through a table
-//! of these offsets instead of from packed panels. The price is the grid's unused columns
-//! (`Wph - OW` per output row), which [`suits`] weighs against the im2col packing it saves.
+//! Output position `(oy, ox)` sits at grid column `q = oy·Wph + ox` of a grid as wide as one
+//! padded phase row. Tap `(c, r, s)` reads, for every output,
+//! `phase[(r·dh mod sh, s·dw mod sw)][c][q + (r·dh / sh)·Wph + s·dw / sw]`: one offset per
+//! depth index, the same for all outputs. The register tile takes up to 6 outputs and 16
+//! output channels: per depth index it broadcasts each output's input value (at its own grid
+//! column plus the offset) and multiplies it with one cache line of packed weights. Only real
+//! outputs are computed; the grid's padding columns are read, never computed.
 //!
-//! Work is cut into tasks of (image, group, grid columns, weight panels), one contiguous share
-//! of them per thread ([`even_cuts`]); each computes its tile of the grid in a buffer of its
-//! own and writes the real columns out with the bias, the residual and the ReLU.
+//! Work is cut into tasks of (image, group, outputs, weight panels), one contiguous share of
+//! them per thread ([`even_cuts`]); each accumulates its tile in a buffer of its own (output-
+//! major, 16 channels per output) and writes it out with the bias, the residual and the ReLU.
 
 use std::cell::Cell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::flat_x86::{MR, NR, NR_NARROW};
+use super::flat_x86::{CHANNELS, PIXELS};
 use super::params::Geometry;
 use super::prepack::PackedWeights;
 use super::shared::SharedOut;
 
-/// Grid columns per task.
-const TASK_COLS: usize = 192;
+/// Output channels of a packed weight panel of the flat path.
+pub(super) const PANEL_CHANNELS: usize = CHANNELS;
+/// Outputs per task.
+const TASK_OUTPUTS: usize = 192;
 /// Padding values copied below which the input is laid out on one thread.
 const PARALLEL_FILL_MIN: usize = 1 << 15;
 /// Most depth indices per block: the B rows of a register tile then stay in L1 (3×3 taps of
@@ -42,23 +44,13 @@ thread_local! {
 
 /// Input channels per group up to which a strided convolution takes the flat path.
 const FEW_CHANNELS: usize = 4;
-/// What the im2col gemm spends per im2col value besides its multiply-adds (packing it, and
-/// the edge panels and per-thread packing around it), in units of 8 multiply-adds (one
-/// vector FMA). Measured: the flat path still wins by 5–10 % on 3×3 layers of 7×7 planes
-/// with 128–512 output channels, where an eighth of its grid is unused.
-const PACK_COST: f64 = 10.0;
 
-/// Whether the flat path beats the im2col gemm for `g` on AVX2: its unused grid columns cost
-/// less than the im2col path's overhead on each im2col value, which serves `og` multiply-adds.
+/// Whether the flat path beats the im2col gemm for `g` on AVX2: every kernel larger than
+/// 1×1 at stride 1, and strided ones over few channels (a stem), where the im2col gathers
+/// dominate. Pointwise kernels pack cheaply; strided ones over many channels read more
+/// lines per tile than L1 keeps.
 pub(super) fn suits(g: &Geometry) -> bool {
-    // Pointwise kernels pack cheaply; strided ones read more lines per tile than L1 keeps,
-    // which only pays where few channels make the im2col gathers dominate (a stem).
-    if g.kh * g.kw == 1 || ((g.sh > 1 || g.sw > 1) && g.cg > FEW_CHANNELS) {
-        return false;
-    }
-    let waste = 1.0 - g.ow as f64 / grid_width(g) as f64;
-    let packing = PACK_COST / (g.og as f64 / 8.0 + PACK_COST);
-    waste <= packing
+    g.kh * g.kw > 1 && ((g.sh == 1 && g.sw == 1) || g.cg <= FEW_CHANNELS)
 }
 
 /// Columns of a phase plane of `g`, which is also the width of the output grid.
@@ -94,8 +86,8 @@ struct Layout {
     plane: usize,
     /// Values of one image (every phase of every channel).
     image_len: usize,
-    /// Grid columns: `OH·Wph`.
-    grid_len: usize,
+    /// The grid column of each output, `oy·Wph + ox`, in output order.
+    cols: Vec<usize>,
     /// Per depth index of group 0: where its B row starts relative to the image.
     offsets: Vec<usize>,
     /// Values of the whole layout, with room for the last tiles' reads past the grid.
@@ -130,18 +122,20 @@ impl Layout {
             .flat_map(|c| taps.iter().map(move |tap| tap + c * plane))
             .collect();
         let image_len = phases.len() * g.c * plane;
-        let grid_len = g.oh * wph;
-        // The furthest read: the last image, the last group, the last tile's last column.
+        let cols: Vec<usize> = (0..g.oh)
+            .flat_map(|oy| (0..g.ow).map(move |ox| oy * wph + ox))
+            .collect();
+        // The furthest read: the last image, the last group, the last output.
         let furthest = offsets.iter().max().copied().unwrap_or(0)
             + (g.groups - 1) * g.cg * plane
-            + grid_len.next_multiple_of(NR);
+            + cols.last().map_or(0, |q| q + 1);
         let len = (g.n * image_len).max((g.n - 1) * image_len + furthest);
         Layout {
             phases,
             wph,
             plane,
             image_len,
-            grid_len,
+            cols,
             offsets,
             len,
         }
@@ -217,100 +211,136 @@ struct Flat<'a> {
 }
 
 impl Flat<'_> {
-    /// Grid columns `cols` of output channel panels `panels` of (image `n`, group `group`),
-    /// computed in `tile` and written to `out` (elements no other task writes).
+    /// Outputs `outputs` of output channel panels `panels` of (image `n`, group `group`),
+    /// accumulated in `tile` and written to `out` (elements no other task writes).
     fn task(
         &self,
         n: usize,
         group: usize,
-        cols: Range<usize>,
+        outputs: Range<usize>,
         panels: Range<usize>,
         tile: &mut Vec<f32>,
         out: SharedOut<'_>,
     ) {
         let (g, layout) = (self.g, &self.layout);
-        let width = cols.len().next_multiple_of(NR_NARROW);
+        let count = outputs.len();
         // The first depth block overwrites the tile: old values need no clearing.
-        let tile_len = panels.len() * MR * width;
+        let tile_len = panels.len() * count * CHANNELS;
         if tile.len() < tile_len {
             tile.resize(tile_len, 0.0);
         }
-        let base = n * layout.image_len + group * g.cg * layout.plane + cols.start;
+        let base = n * layout.image_len + group * g.cg * layout.plane;
+        let cols = &layout.cols[outputs.clone()];
         let depth = g.depth();
         let kc = self.weights.kc();
-        // Every B row read below lies inside the layout (`Layout::len`).
+        // Every input value read below lies inside the layout (`Layout::len`).
+        let furthest = cols.iter().max().copied().unwrap_or(0)
+            + layout.offsets.iter().max().copied().unwrap_or(0);
         assert!(
-            base + width + layout.offsets.iter().max().copied().unwrap_or(0) <= self.data.len(),
+            base + furthest < self.data.len(),
             "flat convolution reads outside its layout"
         );
         let b = self.data[base..].as_ptr();
+        let strips = count.div_ceil(PIXELS);
         for (block, k0) in (0..depth).step_by(kc).enumerate() {
             let offsets = &layout.offsets[k0..(k0 + kc).min(depth)];
-            for strip in (0..width).step_by(NR) {
-                let kernel = super::flat_x86::tile_for(width - strip);
+            for strip in 0..strips {
+                // Strips of equal size to within one output, none wider than a tile.
+                let first = count * strip / strips;
+                let pixels = count * (strip + 1) / strips - first;
                 for (row, panel) in panels.clone().enumerate() {
-                    let a = self.weights.panel(group, block, panel);
-                    // SAFETY: the caller of `run` checked AVX2 and FMA; `a` holds MR values per
-                    // depth index of the block; the B rows at b + strip + offset lie inside the
-                    // layout for the 16 or 8 columns of the tile (asserted above: the strip
-                    // ends at or before `width`); the tile has MR rows of `width` values from
-                    // (row·MR, strip).
+                    let channels = g.og - panel * CHANNELS;
+                    let kernel = super::flat_x86::tile_for(pixels, channels);
+                    let w = self.weights.panel(group, block, panel);
+                    // SAFETY: the caller of `run` checked AVX2 and FMA; `w` holds CHANNELS
+                    // values per depth index of the block; `cols[first..]` holds `pixels`
+                    // entries whose reads at b + col + offset lie inside the layout (asserted
+                    // above); the tile has `pixels` rows of CHANNELS values from this panel's
+                    // row `first`.
                     unsafe {
                         kernel(
                             offsets.len(),
-                            a.as_ptr(),
-                            b.add(strip),
+                            w.as_ptr(),
+                            b,
+                            cols[first..].as_ptr(),
                             offsets.as_ptr(),
-                            tile.as_mut_ptr().add(row * MR * width + strip),
-                            width,
+                            tile.as_mut_ptr().add((row * count + first) * CHANNELS),
                             block > 0,
                         );
                     }
                 }
             }
         }
-        self.write_out(n, group, &cols, &panels, tile, width, out);
+        self.write_out(n, group, outputs.start, count, &panels, tile, out);
     }
 
-    /// Writes the real columns of a task's tile to the output, with bias, residual and ReLU.
+    /// Writes a task's tile (`count` outputs from `first` of each panel) to the output, with
+    /// bias, residual and ReLU: blocks of 8 outputs × 8 channels transposed in registers,
+    /// the rest one value at a time.
     #[allow(clippy::too_many_arguments)]
     fn write_out(
         &self,
         n: usize,
         group: usize,
-        cols: &Range<usize>,
+        first: usize,
+        count: usize,
         panels: &Range<usize>,
         tile: &[f32],
-        width: usize,
         out: SharedOut<'_>,
     ) {
-        let (g, wph) = (self.g, self.layout.wph);
-        let first = group * g.og + panels.start * MR;
-        let rows = (panels.end * MR).min(g.og) - panels.start * MR;
-        for (r, values) in tile.chunks_exact(width).take(rows).enumerate() {
-            let channel = first + r;
-            let bias = self.bias.map_or(0.0, |b| b[channel]);
-            let plane = (n * g.o + channel) * g.out_plane();
-            let mut q = cols.start;
-            while q < cols.end {
-                let (oy, ox) = (q / wph, q % wph);
-                let row_end = ((oy + 1) * wph).min(cols.end);
-                if ox < g.ow {
-                    let run_end = (oy * wph + g.ow).min(cols.end);
-                    // SAFETY: output columns ox.. of row oy of this channel's plane belong to
-                    // this task alone (tasks own disjoint grid columns and channels).
-                    let dst = unsafe { out.slice(plane + oy * g.ow + ox, run_end - q) };
-                    let src = &values[q - cols.start..run_end - cols.start];
-                    finish(dst, src, bias, self.beta, g.relu);
+        let g = self.g;
+        let blocks = count / 8 * 8;
+        for (row, panel) in panels.clone().enumerate() {
+            let values = &tile[row * count * CHANNELS..][..count * CHANNELS];
+            let channels = (g.og - panel * CHANNELS).min(CHANNELS);
+            let channel = |j: usize| group * g.og + panel * CHANNELS + j;
+            let bias = |j: usize| self.bias.map_or(0.0, |b| b[channel(j)]);
+            // SAFETY: outputs first..first + count of this panel's channels belong to this
+            // task alone (tasks own disjoint outputs and channels); each channel is taken once.
+            let mut rows: Vec<&mut [f32]> = (0..channels)
+                .map(|j| unsafe {
+                    out.slice((n * g.o + channel(j)) * g.out_plane() + first, count)
+                })
+                .collect();
+            for (j0, eight) in rows.chunks_exact_mut(8).enumerate() {
+                let j0 = j0 * 8;
+                let biases: [f32; 8] = std::array::from_fn(|j| bias(j0 + j));
+                for i0 in (0..blocks).step_by(8) {
+                    let dst: [*mut f32; 8] =
+                        std::array::from_fn(|j| eight[j][i0..i0 + 8].as_mut_ptr());
+                    // SAFETY: the caller of `run` checked AVX2; the tile holds 8 outputs of
+                    // 16 channels from (i0, j0); each destination row has 8 values from i0.
+                    unsafe {
+                        super::flat_x86::finish_block(
+                            values[i0 * CHANNELS + j0..].as_ptr(),
+                            dst,
+                            biases,
+                            self.beta,
+                            g.relu,
+                        );
+                    }
                 }
-                q = row_end;
+            }
+            // Outputs past the last block of 8, and channels past the last group of 8.
+            for (j, dst) in rows.iter_mut().enumerate() {
+                let from = if j < channels / 8 * 8 { blocks } else { 0 };
+                if from < count {
+                    let src = values[from * CHANNELS + j..].iter().step_by(CHANNELS);
+                    finish(&mut dst[from..], src, bias(j), self.beta, g.relu);
+                }
             }
         }
     }
 }
 
 /// `dst = relu?(src + bias + beta·dst)`.
-fn finish(dst: &mut [f32], src: &[f32], bias: f32, beta: f32, relu: bool) {
+fn finish<'a>(
+    dst: &mut [f32],
+    src: impl Iterator<Item = &'a f32>,
+    bias: f32,
+    beta: f32,
+    relu: bool,
+) {
     for (d, &v) in dst.iter_mut().zip(src) {
         let sum = if beta != 0.0 {
             v + beta * *d + bias
@@ -352,16 +382,10 @@ fn even_cuts(
     cuts
 }
 
-/// The grid columns `0..len` cut into tasks of about [`TASK_COLS`], each starting on a
-/// register tile and holding as many tiles as the others or one fewer.
-fn column_ranges(len: usize) -> Vec<Range<usize>> {
-    let count = len.div_ceil(TASK_COLS).max(1);
-    let strips = len.div_ceil(NR);
-    split(strips, count)
-        .into_iter()
-        .map(|tiles| tiles.start * NR..(tiles.end * NR).min(len))
-        .filter(|cols| !cols.is_empty())
-        .collect()
+/// The outputs `0..len` cut into tasks of about [`TASK_OUTPUTS`], of equal size to within
+/// one output.
+fn output_ranges(len: usize) -> Vec<Range<usize>> {
+    split(len, len.div_ceil(TASK_OUTPUTS))
 }
 
 /// Splits `0..len` into `pieces` nearly equal ranges.
@@ -384,7 +408,11 @@ pub(super) fn run(
     output: &mut [f32],
     beta: f32,
 ) {
-    debug_assert_eq!(weights.mr(), MR, "flat path needs the AVX2 gemm's panels");
+    debug_assert_eq!(
+        weights.mr(),
+        CHANNELS,
+        "flat path needs panels of 16 channels"
+    );
     let layout = Layout::new(g);
     let mut data = LAYOUT_BUFFER.take();
     layout.fill(g, input, &mut data);
@@ -397,11 +425,11 @@ pub(super) fn run(
         beta,
     };
     let threads = rayon::current_num_threads();
-    let columns = column_ranges(flat.layout.grid_len);
+    let columns = output_ranges(g.out_plane());
     let jobs = g.n * g.groups * columns.len();
     let panels = weights.panels();
-    // Work of one weight panel over job j's columns, in narrow strips.
-    let strips = |job: usize| columns[job % columns.len()].len().div_ceil(NR_NARROW);
+    // Work of one weight panel over job j's outputs, in tiles.
+    let strips = |job: usize| columns[job % columns.len()].len().div_ceil(PIXELS);
     let out = SharedOut::new(output);
     let run_share = |share: Range<(usize, usize)>| {
         let mut tile = Vec::new();
@@ -465,7 +493,7 @@ mod tests {
     }
 
     /// Shares cover every (job, panel) pair once, in order, each within one panel of one
-    /// job of an even share; column ranges tile the grid.
+    /// job of an even share; output ranges tile the outputs evenly.
     #[test]
     fn shares_are_even_and_complete() {
         for (jobs, panels, threads, widths) in [
@@ -494,12 +522,17 @@ mod tests {
             }
         }
         for len in [1, 7, 17, 196, 210, 812, 12768] {
-            let ranges = column_ranges(len);
+            let ranges = output_ranges(len);
             assert_eq!(ranges.first().map(|r| r.start), Some(0));
             assert_eq!(ranges.last().map(|r| r.end), Some(len));
+            let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+            let (least, most) = (sizes.iter().min(), sizes.iter().max());
+            assert!(
+                most.zip(least)
+                    .is_some_and(|(m, l)| m - l <= 1 && *m <= TASK_OUTPUTS)
+            );
             for pair in ranges.windows(2) {
                 assert_eq!(pair[0].end, pair[1].start);
-                assert!(pair[0].start.is_multiple_of(NR));
             }
         }
     }
@@ -594,6 +627,17 @@ mod tests {
                 false,
                 0.0,
             ),
+            // Whole 8×8 blocks of the epilogue with a residual and a ReLU, and their tails.
+            (
+                [2, 6, 11, 10],
+                [24, 6, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                true,
+                1.0,
+            ),
             (
                 [1, 40, 12, 12],
                 [70, 40, 3, 3],
@@ -623,7 +667,8 @@ mod tests {
             let mut want = old.clone();
             let isa = Isa::Avx2;
             let gemm_kc = PackedWeights::gemm_depth_block(isa, &g);
-            let packed = PackedWeights::pack(isa, &g, &w, gemm_kc).unwrap();
+            let gemm_mr = PackedWeights::gemm_rows(isa);
+            let packed = PackedWeights::pack(isa, &g, &w, gemm_kc, gemm_mr).unwrap();
             super::super::implicit::run(
                 isa,
                 &g,
@@ -636,7 +681,7 @@ mod tests {
             )
             .unwrap();
             for threads in [1, 2, 3] {
-                let weights = PackedWeights::pack(isa, &g, &w, depth_block(&g)).unwrap();
+                let weights = PackedWeights::pack(isa, &g, &w, depth_block(&g), CHANNELS).unwrap();
                 let mut got = old.clone();
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

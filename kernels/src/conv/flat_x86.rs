@@ -1,62 +1,80 @@
-//! The register tiles of the flat path: 6 output channels × 16 grid columns in twelve ymm
-//! accumulators (or × 8 columns in six, for a task's last strip), B read in place through a
-//! table of row offsets.
+//! The register tiles of the flat path: up to 6 output pixels × 16 output channels in twelve
+//! ymm accumulators (× 8 channels in six, for a group's last narrow panel). Each pixel's input
+//! value is broadcast from the layout through a table of per-depth offsets; the weights are
+//! a panel of 16 channels per depth index, one cache line.
 
 use std::arch::x86_64::*;
 
-/// Rows of the tile (the AVX2 gemm's, so that its packed weight panels serve here).
-pub(super) const MR: usize = 6;
-/// Columns of the full tile: two ymm vectors.
-pub(super) const NR: usize = 16;
-/// Columns of the narrow tile: one ymm vector.
-pub(super) const NR_NARROW: usize = 8;
+/// Output channels of a weight panel (the row count its weights are packed with).
+pub(super) const CHANNELS: usize = 16;
+/// Output channels of the narrow tile: one ymm vector.
+pub(super) const CHANNELS_NARROW: usize = 8;
+/// Most output pixels of a tile.
+pub(super) const PIXELS: usize = 6;
 
 /// A register tile's signature: see [`tile`].
 pub(super) type TileFn =
-    unsafe fn(usize, *const f32, *const f32, *const usize, *mut f32, usize, bool);
+    unsafe fn(usize, *const f32, *const f32, *const usize, *const usize, *mut f32, bool);
 
-/// The tile for a strip with `columns` grid columns left: the full one, or the narrow one
-/// when at most [`NR_NARROW`] remain.
-pub(super) fn tile_for(columns: usize) -> TileFn {
-    if columns <= NR_NARROW {
-        tile::<1>
-    } else {
-        tile::<2>
+/// The tile for `pixels` output pixels (1 to [`PIXELS`]) and `channels` output channels left
+/// in the panel: the full one, or the narrow one when at most [`CHANNELS_NARROW`] remain.
+pub(super) fn tile_for(pixels: usize, channels: usize) -> TileFn {
+    let narrow = channels <= CHANNELS_NARROW;
+    match (pixels, narrow) {
+        (1, false) => tile::<2, 1>,
+        (2, false) => tile::<2, 2>,
+        (3, false) => tile::<2, 3>,
+        (4, false) => tile::<2, 4>,
+        (5, false) => tile::<2, 5>,
+        (_, false) => tile::<2, 6>,
+        (1, true) => tile::<1, 1>,
+        (2, true) => tile::<1, 2>,
+        (3, true) => tile::<1, 3>,
+        (4, true) => tile::<1, 4>,
+        (5, true) => tile::<1, 5>,
+        (_, true) => tile::<1, 6>,
     }
 }
 
-/// `c[0..MR][0..8·V] (+)= a · B`, where depth row `k` of B is the `8·V` floats at
-/// `b + offsets[k]`, and `a` is a packed panel (`MR` values per depth index).
+/// `c[0..P][0..8·V] (+)= X · w`: pixel `i` reads its value of depth index `k` at
+/// `b + cols[i] + offsets[k]`, and `w` is a packed panel ([`CHANNELS`] values per depth index,
+/// of which the first `8·V` are used). Row `i` of `c` (pixel `i`) starts at `c + i·CHANNELS`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `a` must hold `MR·kc` floats and `offsets` `kc` entries;
-/// `b + offsets[k] .. + 8·V` must be readable for every `k < kc`; `c` must be writable for
-/// `MR` rows of `8·V` floats `ldc` apart (and readable with `accumulate`).
+/// AVX2 and FMA must be available; `w` must hold `CHANNELS·kc` floats, `cols` `P` entries and
+/// `offsets` `kc` entries; `b + cols[i] + offsets[k]` must be readable for every `i < P` and
+/// `k < kc`; `c` must be writable for `P` rows of `8·V` floats `CHANNELS` apart (and readable
+/// with `accumulate`).
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile<const V: usize>(
+pub(super) unsafe fn tile<const V: usize, const P: usize>(
     kc: usize,
-    a: *const f32,
+    w: *const f32,
     b: *const f32,
+    cols: *const usize,
     offsets: *const usize,
     c: *mut f32,
-    ldc: usize,
     accumulate: bool,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); V]; MR];
+    let mut bases = [b; P];
+    for (i, base) in bases.iter_mut().enumerate() {
+        // SAFETY: i < P entries of `cols`; the pixel's reads are in bounds by the contract.
+        *base = unsafe { b.add(*cols.add(i)) };
+    }
+    let mut acc = [[_mm256_setzero_ps(); V]; P];
     for k in 0..kc {
-        // SAFETY: k < kc: the offset, the B row it points to and the panel step are in bounds
-        // by the caller's contract.
+        // SAFETY: k < kc: the offset, the input values it points to and the panel step are in
+        // bounds by the caller's contract.
         unsafe {
-            let row = b.add(*offsets.add(k));
-            let mut bv = [_mm256_setzero_ps(); V];
-            for (v, value) in bv.iter_mut().enumerate() {
-                *value = _mm256_loadu_ps(row.add(8 * v));
+            let offset = *offsets.add(k);
+            let step = w.add(CHANNELS * k);
+            let mut wv = [_mm256_setzero_ps(); V];
+            for (v, value) in wv.iter_mut().enumerate() {
+                *value = _mm256_loadu_ps(step.add(8 * v));
             }
-            let step = a.add(MR * k);
-            for (i, sum) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*step.add(i));
-                for (s, &bv) in sum.iter_mut().zip(&bv) {
-                    *s = _mm256_fmadd_ps(ai, bv, *s);
+            for (sum, base) in acc.iter_mut().zip(&bases) {
+                let x = _mm256_broadcast_ss(&*base.add(offset));
+                for (s, &wv) in sum.iter_mut().zip(&wv) {
+                    *s = _mm256_fmadd_ps(x, wv, *s);
                 }
             }
         }
@@ -64,7 +82,7 @@ pub(super) unsafe fn tile<const V: usize>(
     for (i, sum) in acc.iter().enumerate() {
         // SAFETY: row i of the tile is inside C by the caller's contract.
         unsafe {
-            let row = c.add(i * ldc);
+            let row = c.add(i * CHANNELS);
             for (v, &value) in sum.iter().enumerate() {
                 let value = if accumulate {
                     _mm256_add_ps(_mm256_loadu_ps(row.add(8 * v)), value)
@@ -73,6 +91,71 @@ pub(super) unsafe fn tile<const V: usize>(
                 };
                 _mm256_storeu_ps(row.add(8 * v), value);
             }
+        }
+    }
+}
+
+/// Writes 8 outputs × 8 channels of a tile to the output:
+/// `dst[j][i] = relu?(src[i·CHANNELS + j] + beta·dst[j][i] + bias[j])` for `i, j < 8`, the
+/// tile's values transposed in registers.
+///
+/// # Safety
+/// AVX2 must be available; `src` must be readable for 8 rows of 8 floats `CHANNELS` apart,
+/// and each `dst[j]` readable and writable for 8 floats.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn finish_block(
+    src: *const f32,
+    dst: [*mut f32; 8],
+    bias: [f32; 8],
+    beta: f32,
+    relu: bool,
+) {
+    // SAFETY: the 8 rows of `src` are readable by the caller's contract.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * CHANNELS)) });
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let s = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    // Row j: channel j of the 8 outputs.
+    let rows = [
+        _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x20>(s[3], s[7]),
+        _mm256_permute2f128_ps::<0x31>(s[0], s[4]),
+        _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
+        _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
+        _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
+    ];
+    let (zero, scale) = (_mm256_setzero_ps(), _mm256_set1_ps(beta));
+    for ((row, dst), bias) in rows.into_iter().zip(dst).zip(bias) {
+        // SAFETY: `dst` holds 8 readable and writable floats by the caller's contract.
+        unsafe {
+            let with_old = if beta != 0.0 {
+                _mm256_add_ps(row, _mm256_mul_ps(scale, _mm256_loadu_ps(dst)))
+            } else {
+                row
+            };
+            let sum = _mm256_add_ps(with_old, _mm256_set1_ps(bias));
+            // max(0, x) returns x when x is NaN, and keeps -0.0, as the scalar epilogue does.
+            let value = if relu { _mm256_max_ps(zero, sum) } else { sum };
+            _mm256_storeu_ps(dst, value);
         }
     }
 }

@@ -182,23 +182,26 @@ fn run<T: Element>(
         None => (g, input),
     };
     // Pinned f32 weights: their panels are packed once per path and reused.
-    let pinned = |kc: usize| match &weight {
-        Cow::Borrowed(w) => prepack::packed(isa, &g, w, kc),
+    let pinned = |kc: usize, mr: usize| match &weight {
+        Cow::Borrowed(w) => prepack::packed(isa, &g, w, kc, mr),
         Cow::Owned(_) => None,
     };
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && flat::suits(&g) {
-        let kc = flat::depth_block(&g);
-        let weights = match pinned(kc) {
+        let (kc, mr) = (flat::depth_block(&g), flat::PANEL_CHANNELS);
+        let weights = match pinned(kc, mr) {
             Some(p) => Some(p),
-            None => prepack::PackedWeights::pack(isa, &g, &weight, kc).map(std::sync::Arc::new),
+            None => prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new),
         };
         if let Some(weights) = weights {
             flat::run(&g, &input, &weights, bias, output, beta);
             return Ok(());
         }
     }
-    let packed = pinned(prepack::PackedWeights::gemm_depth_block(isa, &g));
+    let packed = pinned(
+        prepack::PackedWeights::gemm_depth_block(isa, &g),
+        prepack::PackedWeights::gemm_rows(isa),
+    );
     implicit::run(
         isa,
         &g,

@@ -1,4 +1,5 @@
-//! Convolution weights packed once into the gemm's A panels, and reused by every call.
+//! Convolution weights packed once into panels (the gemm's A panels, or the flat path's
+//! output-channel panels), and reused by every call.
 //!
 //! A caller that keeps constant weights alive and unchanged (an ONNX session's initializers)
 //! pins them with [`WeightPin::new`]. While a pin lives, [`super::conv2d`] looks the weights
@@ -24,9 +25,16 @@ pub(crate) struct PackedWeights {
     kc: usize,
     /// Row panels per group.
     panels: usize,
-    /// Packed values of each group, one after the other (`panels·mr·depth` each).
+    /// Packed values of each group, one after the other (`panels·mr·depth` each), from
+    /// `data[start]`, which lies on a cache line.
     data: Vec<f32>,
+    /// Where the packed values start in `data`.
+    start: usize,
 }
+
+/// Floats in a cache line: packed data starts on one, so that panels of 16 rows read one
+/// line per depth index.
+const LINE: usize = 16;
 
 impl PackedWeights {
     /// The depth block of the gemm of `g` on `isa`: the one its panels are packed with.
@@ -37,16 +45,28 @@ impl PackedWeights {
             .kc
     }
 
-    /// Packs the `O × (C/g·KH·KW)` weight matrix of each group of `g` into `isa`'s gemm
-    /// panels, in depth blocks of `kc` (at least 1).
-    pub fn pack(isa: Isa, g: &Geometry, weight: &[f32], kc: usize) -> Option<PackedWeights> {
-        let kernel = micro_kernel(isa);
+    /// Rows per panel of `isa`'s gemm.
+    pub fn gemm_rows(isa: Isa) -> usize {
+        micro_kernel(isa).mr
+    }
+
+    /// Packs the `O × (C/g·KH·KW)` weight matrix of each group of `g` into panels of `mr`
+    /// rows (at least 1), in depth blocks of `kc` (at least 1), as `isa`'s gemm packs A.
+    pub fn pack(
+        isa: Isa,
+        g: &Geometry,
+        weight: &[f32],
+        kc: usize,
+        mr: usize,
+    ) -> Option<PackedWeights> {
         let depth = g.depth();
-        let (mr, kc) = (kernel.mr, kc.max(1));
+        let (mr, kc) = (mr.max(1), kc.max(1));
         let panels = g.og.div_ceil(mr);
         let group_len = panels.checked_mul(mr)?.checked_mul(depth)?;
-        let mut data = vec![0.0f32; group_len.checked_mul(g.groups)?];
-        for (group, dst) in data
+        let len = group_len.checked_mul(g.groups)?;
+        let mut data = vec![0.0f32; len.checked_add(LINE)?];
+        let start = data.as_ptr().align_offset(LINE * 4).min(LINE);
+        for (group, dst) in data[start..start + len]
             .chunks_exact_mut(group_len.max(1))
             .enumerate()
             .take(g.groups)
@@ -66,15 +86,17 @@ impl PackedWeights {
             kc,
             panels,
             data,
+            start,
         })
     }
 
-    /// Whether these are the panels of `g` on `isa` in depth blocks of `kc`.
-    fn fits(&self, isa: Isa, g: &Geometry, kc: usize) -> bool {
+    /// Whether these are the panels of `g` on `isa` in depth blocks of `kc`, `mr` rows each.
+    fn fits(&self, isa: Isa, g: &Geometry, kc: usize, mr: usize) -> bool {
         self.isa == isa
             && self.weight_dims == [g.o, g.cg, g.kh, g.kw]
             && self.groups == g.groups
             && self.kc == kc.max(1)
+            && self.mr == mr.max(1)
     }
 
     /// The panels of group `group` from output channel `first_row` of it, if that channel
@@ -86,7 +108,7 @@ impl PackedWeights {
         let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
         let group_len = self.panels * self.mr * depth;
         Some(PrepackedA {
-            data: &self.data[group * group_len..][..group_len],
+            data: &self.data[self.start + group * group_len..][..group_len],
             mr: self.mr,
             kc: self.kc,
             panels: self.panels,
@@ -117,7 +139,7 @@ impl PackedWeights {
         let k0 = block * self.kc;
         let kcb = self.kc.min(depth - k0);
         let start = group * group_len + k0 * self.panels * self.mr + panel * self.mr * kcb;
-        &self.data[start..][..self.mr * kcb]
+        &self.data[self.start + start..][..self.mr * kcb]
     }
 }
 
@@ -166,14 +188,15 @@ impl Drop for WeightPin {
     }
 }
 
-/// The packed panels of `weight` for convolution `g` on `isa` in depth blocks of `kc`, packing
-/// them now if the buffer is pinned and they are not packed yet; `None` for a buffer that is
-/// not pinned.
+/// The packed panels of `weight` for convolution `g` on `isa` in depth blocks of `kc`, `mr`
+/// rows each, packing them now if the buffer is pinned and they are not packed yet; `None`
+/// for a buffer that is not pinned.
 pub(crate) fn packed(
     isa: Isa,
     g: &Geometry,
     weight: &[f32],
     kc: usize,
+    mr: usize,
 ) -> Option<Arc<PackedWeights>> {
     let key = (weight.as_ptr() as usize, weight.len());
     let slot = {
@@ -181,10 +204,10 @@ pub(crate) fn packed(
         Arc::clone(&map.get(&key)?.1)
     };
     let mut packs = slot.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = packs.iter().find(|p| p.fits(isa, g, kc)) {
+    if let Some(found) = packs.iter().find(|p| p.fits(isa, g, kc, mr)) {
         return Some(Arc::clone(found));
     }
-    let pack = Arc::new(PackedWeights::pack(isa, g, weight, kc)?);
+    let pack = Arc::new(PackedWeights::pack(isa, g, weight, kc, mr)?);
     packs.push(Arc::clone(&pack));
     Some(pack)
 }
