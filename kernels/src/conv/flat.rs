@@ -29,9 +29,13 @@ pub(super) const PANEL_CHANNELS: usize = CHANNELS;
 const TASK_OUTPUTS: usize = 192;
 /// Padding values copied below which the input is laid out on one thread.
 const PARALLEL_FILL_MIN: usize = 1 << 15;
-/// Most depth indices per block: the B rows of a register tile then stay in L1 (3×3 taps of
-/// 32 channels read about 200 lines).
+/// Most depth indices per block: the input rows of a register tile then stay in L1 (3×3 taps
+/// of 32 channels read about 200 lines).
 const DEPTH_BLOCK: usize = 288;
+/// Most input rows (one per channel and distinct phase row of the kernel) a depth block reads
+/// per output: measured, a 3×3 stride-2 layer of 128 channels runs 10 % faster with 16
+/// channels per block than with 32.
+const ROWS_PER_BLOCK: usize = 96;
 /// Largest layout buffer (in values) a thread keeps for its next convolution: 16 MiB.
 const KEEP_LAYOUT_MAX: usize = 1 << 22;
 
@@ -67,8 +71,23 @@ fn grid_width(g: &Geometry) -> usize {
 }
 
 /// The depth block of the flat path for `g`: its weight panels are packed with it.
+///
+/// A block holds at most [`DEPTH_BLOCK`] depth indices, and at most [`ROWS_PER_BLOCK`] input
+/// rows per output: a strided kernel reads more rows per channel (a 3×3 kernel at stride 2
+/// reads 6 phase rows, at stride 1 only 3), so its blocks hold fewer channels.
 pub(super) fn depth_block(g: &Geometry) -> usize {
-    let blocks = g.depth().div_ceil(DEPTH_BLOCK).max(1);
+    let mut rows = Vec::new();
+    for r in 0..g.kh {
+        for s in 0..g.kw {
+            let row = (r * g.dh % g.sh, s * g.dw % g.sw, r * g.dh / g.sh);
+            if !rows.contains(&row) {
+                rows.push(row);
+            }
+        }
+    }
+    let channels = (ROWS_PER_BLOCK / rows.len().max(1)).max(1);
+    let most = (channels * g.kh * g.kw).min(DEPTH_BLOCK);
+    let blocks = g.depth().div_ceil(most).max(1);
     g.depth().div_ceil(blocks)
 }
 
