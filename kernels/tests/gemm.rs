@@ -250,33 +250,46 @@ fn epilogue_adds_biases_and_relu() {
     let b = random_vec(&mut rng, k * n);
     let row_bias = random_vec(&mut rng, m);
     let col_bias = random_vec(&mut rng, n);
+    // Every combination the epilogue distinguishes: both biases, row bias with or without the
+    // ReLU, column bias alone.
+    let variants = [
+        (true, true, true),
+        (true, false, true),
+        (true, false, false),
+        (false, true, false),
+    ];
     for isa in Isa::available() {
-        let mut c = vec![0.0; m * n];
-        let epi = Epilogue {
-            row_bias: Some(&row_bias),
-            col_bias: Some(&col_bias),
-            relu: true,
-        };
-        gemm(
-            isa,
-            1.0,
-            MatRef::row_major(&a, m, k).unwrap(),
-            MatRef::row_major(&b, k, n).unwrap(),
-            0.0,
-            MatMut::row_major(&mut c, m, n).unwrap(),
-            &epi,
-        )
-        .unwrap();
-        for i in 0..m {
-            for j in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                    .sum();
-                let expected = (dot + row_bias[i] as f64 + col_bias[j] as f64).max(0.0);
-                assert!(
-                    (c[i * n + j] as f64 - expected).abs() < 1e-5,
-                    "{isa} ({i},{j})"
-                );
+        for (rows, cols, relu) in variants {
+            let mut c = vec![0.0; m * n];
+            let epi = Epilogue {
+                row_bias: rows.then_some(&row_bias[..]),
+                col_bias: cols.then_some(&col_bias[..]),
+                relu,
+            };
+            gemm(
+                isa,
+                1.0,
+                MatRef::row_major(&a, m, k).unwrap(),
+                MatRef::row_major(&b, k, n).unwrap(),
+                0.0,
+                MatMut::row_major(&mut c, m, n).unwrap(),
+                &epi,
+            )
+            .unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k)
+                        .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                        .sum();
+                    let biased = dot
+                        + if rows { row_bias[i] as f64 } else { 0.0 }
+                        + if cols { col_bias[j] as f64 } else { 0.0 };
+                    let expected = if relu { biased.max(0.0) } else { biased };
+                    assert!(
+                        (c[i * n + j] as f64 - expected).abs() < 1e-5,
+                        "{isa} ({i},{j}) rows {rows} cols {cols} relu {relu}"
+                    );
+                }
             }
         }
     }

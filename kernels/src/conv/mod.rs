@@ -4,9 +4,10 @@
 //! - one input channel per group (depthwise): a direct kernel, parallel over output planes;
 //! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is; a
 //!   strided 1×1 convolution without padding gathers its sub-grid once and runs the same way;
-//! - on AVX2, kernels larger than 1×1 whose padded rows waste little (see `flat`): a gemm
-//!   reading B in place from a zero-padded, stride-phase-split copy of the input, through a
-//!   table of per-tap offsets — no im2col packing at all;
+//! - on AVX2, every kernel larger than 1×1 (see `flat`): a register tile of 6 outputs × 16
+//!   output channels that broadcasts each output's input values from a zero-padded,
+//!   stride-phase-split copy of the input through a table of per-tap offsets — no im2col
+//!   packing at all;
 //! - everything else: an implicit gemm per image and group, `out[O/g × OH·OW] =
 //!   W_g[O/g × C/g·KH·KW] · im2col(x)`, where the im2col matrix is produced panel by panel
 //!   by the gemm's B packer and never stored whole.
@@ -16,8 +17,8 @@
 //! [`WeightPin`] are packed into the gemm's panels once per path and reused (`prepack`). Work
 //! is split with rayon on the current pool: the implicit gemms into pieces of output columns
 //! (or of output channels) sized for the L2 cache and for load balance, computed in parallel
-//! each on its own thread's packed data (see `implicit`); the flat path into tasks of grid
-//! columns and weight panels, evened out over the threads; the direct kernel by output planes.
+//! each on its own thread's packed data (see `implicit`); the flat path into tasks of outputs
+//! and weight panels, evened out over the threads; the direct kernel by output planes.
 
 mod depthwise;
 #[cfg(target_arch = "x86_64")]

@@ -629,6 +629,29 @@ fn run_tile(
 fn apply_epilogue(e: &Epilogue<'_>, c: SharedC, row: usize, col: usize, rows: usize, cols: usize) {
     for i in 0..rows {
         let row_bias = e.row_bias.map_or(0.0, |b| b[row + i]);
+        if c.cs == 1 {
+            // SAFETY: columns col..col+cols of row row+i are inside the tile this task owns,
+            // and contiguous (unit column stride).
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(c.ptr.add((row + i) * c.rs + col), cols) };
+            // Over slices, with the bias and the ReLU decided per row, the loops vectorise.
+            match (e.col_bias, e.relu) {
+                (Some(b), relu) => {
+                    for (d, &cb) in dst.iter_mut().zip(&b[col..col + cols]) {
+                        let v = *d + row_bias + cb;
+                        *d = if relu && v < 0.0 { 0.0 } else { v };
+                    }
+                }
+                (None, true) => {
+                    for d in dst.iter_mut() {
+                        let v = *d + row_bias;
+                        *d = if v < 0.0 { 0.0 } else { v };
+                    }
+                }
+                (None, false) => dst.iter_mut().for_each(|d| *d += row_bias),
+            }
+            continue;
+        }
         for j in 0..cols {
             let col_bias = e.col_bias.map_or(0.0, |b| b[col + j]);
             // SAFETY: (row+i, col+j) is inside the tile this task owns.
