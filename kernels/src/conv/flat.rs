@@ -161,7 +161,12 @@ impl Layout {
     /// Every value of the layout is written, so `data` may come back from an earlier call
     /// with old values in it; it is only zero-filled where it has to grow.
     fn fill(&self, g: &Geometry, input: &[f32], data: &mut Vec<f32>) {
-        data.resize(self.len, 0.0);
+        // A buffer never shrinks, so one that held a larger layout before is not zero-filled
+        // again when it comes back to that size.
+        if data.len() < self.len {
+            data.resize(self.len, 0.0);
+        }
+        let data = &mut data[..self.len];
         let (channels, phases) = (g.c, self.phases.len());
         let fill_plane = |(index, dst): (usize, &mut [f32])| {
             let (n, phase, c) = (
@@ -252,7 +257,7 @@ impl Flat<'_> {
         let furthest = cols.iter().max().copied().unwrap_or(0)
             + layout.offsets.iter().max().copied().unwrap_or(0);
         assert!(
-            base + furthest < self.data.len(),
+            base + furthest < layout.len && layout.len <= self.data.len(),
             "flat convolution reads outside its layout"
         );
         let b = self.data[base..].as_ptr();
