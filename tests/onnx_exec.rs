@@ -1936,3 +1936,93 @@ fn residual_is_not_fused_when_the_conv_output_is_read_twice_or_broadcast() {
     assert_eq!(session.fused_count(), 0);
     assert_eq!(session.op_types(), ["Conv", "Add"]);
 }
+
+#[test]
+fn residual_with_a_free_batch_is_fused_and_checked_when_it_runs() {
+    let (w1, w2) = (rand(&[8, 5, 3, 3], 41), rand(&[8, 5, 1, 1], 42));
+    let free = |name: &str, rest: &[usize]| ValueInfo {
+        name: name.to_string(),
+        elem_type: ElemType::Float,
+        dims: Some(
+            std::iter::once(Dim::Symbolic("N".to_string()))
+                .chain(rest.iter().map(|&d| Dim::Known(d)))
+                .collect(),
+        ),
+    };
+    let conv = |x: &Tensor, w: &Tensor, wd: [usize; 4], pads: [usize; 4]| {
+        conv_ref(
+            &x.to_f64_vec(),
+            [3, 5, 6, 7],
+            &w.to_f64_vec(),
+            wd,
+            None,
+            [1, 1],
+            pads,
+            [1, 1],
+            1,
+        )
+    };
+    // relu(conv(x, w1) + conv(x, w2)) with a symbolic batch: fused at load, run at batch 3.
+    let x = rand(&[3, 5, 6, 7], 43);
+    let nodes = vec![
+        node(
+            "Conv",
+            &["x", "w1"],
+            &["main"],
+            vec![("pads", ints(&[1, 1, 1, 1]))],
+        ),
+        node("Conv", &["x", "w2"], &["short"], vec![]),
+        node("Add", &["main", "short"], &["s"], vec![]),
+        node("Relu", &["s"], &["y"], vec![]),
+    ];
+    let inits = vec![
+        ("w1", Value::Float(w1.clone())),
+        ("w2", Value::Float(w2.clone())),
+    ];
+    let session =
+        Session::new(model(11, nodes, inits, vec![free("x", &[5, 6, 7])], &["y"])).unwrap();
+    assert_eq!(session.fused_count(), 2);
+    let feed = HashMap::from([("x".to_string(), Value::Float(x.clone()))]);
+    let got = session.run(&dev(), &feed).unwrap().remove("y").unwrap();
+    let (main, yd) = conv(&x, &w1, [8, 5, 3, 3], [1; 4]);
+    let (short, _) = conv(&x, &w2, [8, 5, 1, 1], [0; 4]);
+    let want: Vec<f64> = main
+        .iter()
+        .zip(&short)
+        .map(|(a, b)| (a + b).max(0.0))
+        .collect();
+    assert_close(&got, &yd, &want, 1e-5);
+    // A residual input whose dims are open at load is fused too; fed one that broadcasts
+    // ([3, 8, 1, 1]), the step adds it apart.
+    let r = rand(&[3, 8, 1, 1], 44);
+    let nodes = vec![
+        node("Conv", &["x", "w2"], &["c"], vec![]),
+        node("Add", &["c", "r"], &["s"], vec![]),
+        node("Relu", &["s"], &["y"], vec![]),
+    ];
+    let inputs = vec![
+        free("x", &[5, 6, 7]),
+        ValueInfo {
+            name: "r".to_string(),
+            elem_type: ElemType::Float,
+            dims: None,
+        },
+    ];
+    let inits = vec![("w2", Value::Float(w2.clone()))];
+    let session = Session::new(model(11, nodes, inits, inputs, &["y"])).unwrap();
+    assert_eq!(session.fused_count(), 2);
+    let feed = HashMap::from([
+        ("x".to_string(), Value::Float(x.clone())),
+        ("r".to_string(), Value::Float(r.clone())),
+    ]);
+    let got = session.run(&dev(), &feed).unwrap().remove("y").unwrap();
+    let (c, yd) = conv(&x, &w2, [8, 5, 1, 1], [0; 4]);
+    let rs = r.to_f64_vec();
+    let plane = yd[2] * yd[3];
+    let want: Vec<f64> = c
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v + rs[i / plane]).max(0.0))
+        .collect();
+    assert_close(&got, &yd, &want, 1e-5);
+}

@@ -590,8 +590,9 @@ impl Session {
     /// Fuses each two-input Add or Sum fed by a convolution (its only consumer, Float, no
     /// fused ReLU yet) into that convolution as a residual: the convolution gets the other
     /// operand as a fourth input (a zero bias is added when it has none) and moves to the
-    /// Add's place, where that operand is ready. Only when both operands have the same known
-    /// dims (no broadcasting).
+    /// Add's place, where that operand is ready. Only for a 4-D weight, and when both
+    /// operands' dims are known, only when they match (no broadcasting); open dims are
+    /// compared when the step runs.
     fn fuse_residuals(&mut self) {
         let uses = self.use_counts();
         let producer = self.producers();
@@ -609,18 +610,23 @@ impl Session {
             let (Some(a), Some(b)) = (inputs[0], inputs[1]) else {
                 continue;
             };
-            let dims = |id: usize| {
-                let m = &self.metas[id];
-                (m.ty == Some(Ty::Float))
-                    .then_some(m.dims.as_ref())
-                    .flatten()
-            };
-            let (Some(da), Some(db)) = (dims(a), dims(b)) else {
-                continue;
-            };
-            if da != db || da.len() != 4 || a == b {
+            let float = |id: usize| self.metas[id].ty == Some(Ty::Float);
+            if !float(a) || !float(b) || a == b {
                 continue;
             }
+            // Dims known at load must match; dims left open (a free batch) are compared when
+            // the step runs, which adds apart when they differ.
+            if let (Some(da), Some(db)) = (&self.metas[a].dims, &self.metas[b].dims)
+                && (da != db || da.len() != 4)
+            {
+                continue;
+            }
+            // The convolution's output channels, from its 4-D weight.
+            let channels_of = |p: usize| {
+                let w = self.steps[p].inputs.get(1).copied().flatten()?;
+                let dims = self.metas[w].dims.as_ref()?;
+                (dims.len() == 4).then_some(dims[0])
+            };
             // The operand made by a plain convolution read only here; the other is the residual.
             let conv_of = |id: usize| {
                 let p = producer[id]?;
@@ -647,7 +653,9 @@ impl Session {
             else {
                 continue;
             };
-            let out_channels = da[1];
+            let Some(out_channels) = channels_of(p) else {
+                continue;
+            };
             let bias = self.steps[p].inputs.get(2).copied().flatten();
             let bias = match bias {
                 Some(id) => id,

@@ -4,7 +4,7 @@
 //! 1-D convolutions and poolings run as 2-D ones over a height of 1; 3-D ones are refused as
 //! [`Error::Unsupported`].
 
-use accelmesh_kernels::conv::Conv2dParams;
+use accelmesh_kernels::conv::{Conv2dParams, conv2d_output_dims};
 use accelmesh_kernels::norm::{self, Lrn};
 
 use super::data::{broadcast_dims, floats, norm_axis, numel};
@@ -636,6 +636,16 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
 /// other devices run the convolution, the Add and the ReLU apart.
 fn conv_residual(params: Conv2dParams, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
     let op = Op::Conv2d(params.clone());
+    // Fused at load with dims left open: a residual that turns out not to match the
+    // convolution's output is broadcast by a separate Add.
+    let (xd, wd) = (args.tensor(0)?.dims(), args.tensor(1)?.dims());
+    let out = conv2d_output_dims(as_4d(xd), as_4d(wd), &params)?;
+    if xd.len() != 4 || args.tensor(3)?.dims() != out {
+        let x = args.tensor(0)?;
+        let w = as_dtype(args.tensor(1)?, x.dtype());
+        let inputs = [x, w.as_ref(), args.tensor(2)?];
+        return conv_residual_apart(params, cx, &inputs, args.tensor(3)?);
+    }
     let owned = args.take_owned_f32(3);
     let x = args.tensor(0)?;
     let w = as_dtype(args.tensor(1)?, x.dtype());
