@@ -1,4 +1,4 @@
-//! The flat path (AVX2): a convolution as a gemm whose B rows are read in place from a
+//! The flat path (AVX2): a convolution as a gemm whose input operand is read in place from a
 //! zero-padded copy of the input, split by stride phase, so that nothing is packed per call.
 //!
 //! Output position `(oy, ox)` sits at grid column `q = oy·Wph + ox` of a grid as wide as one
@@ -103,7 +103,7 @@ struct Layout {
     image_len: usize,
     /// The grid column of each output, `oy·Wph + ox`, in output order.
     cols: Vec<usize>,
-    /// Per depth index of group 0: where its B row starts relative to the image.
+    /// Per depth index of group 0: where grid column 0 reads it, relative to the image.
     offsets: Vec<usize>,
     /// Values of the whole layout, with room for the last tiles' reads past the grid.
     len: usize,
