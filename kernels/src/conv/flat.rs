@@ -317,13 +317,17 @@ impl Flat<'_> {
             let bias = |j: usize| self.bias.map_or(0.0, |b| b[channel(j)]);
             // SAFETY: outputs first..first + count of this panel's channels belong to this
             // task alone (tasks own disjoint outputs and channels); each channel is taken once.
-            let mut rows: Vec<&mut [f32]> = (0..channels)
-                .map(|j| unsafe {
-                    out.slice((n * g.o + channel(j)) * g.out_plane() + first, count)
-                })
-                .collect();
-            for (j0, eight) in rows.chunks_exact_mut(8).enumerate() {
-                let j0 = j0 * 8;
+            let plane_of = |j: usize| unsafe {
+                out.slice((n * g.o + channel(j)) * g.out_plane() + first, count)
+            };
+            // Column `j` of the tile, from output `from` on, finished into `dst`.
+            let tail = |j: usize, from: usize, dst: &mut [f32]| {
+                let src = values[from * CHANNELS + j..].iter().step_by(CHANNELS);
+                finish(&mut dst[from..], src, bias(j), self.beta, g.relu);
+            };
+            let whole = channels / 8 * 8;
+            for j0 in (0..whole).step_by(8) {
+                let mut eight: [&mut [f32]; 8] = std::array::from_fn(|j| plane_of(j0 + j));
                 let biases: [f32; 8] = std::array::from_fn(|j| bias(j0 + j));
                 for i0 in (0..blocks).step_by(8) {
                     let dst: [*mut f32; 8] =
@@ -340,14 +344,16 @@ impl Flat<'_> {
                         );
                     }
                 }
-            }
-            // Outputs past the last block of 8, and channels past the last group of 8.
-            for (j, dst) in rows.iter_mut().enumerate() {
-                let from = if j < channels / 8 * 8 { blocks } else { 0 };
-                if from < count {
-                    let src = values[from * CHANNELS + j..].iter().step_by(CHANNELS);
-                    finish(&mut dst[from..], src, bias(j), self.beta, g.relu);
+                // Outputs past the last block of 8.
+                if blocks < count {
+                    for (j, dst) in eight.iter_mut().enumerate() {
+                        tail(j0 + j, blocks, dst);
+                    }
                 }
+            }
+            // Channels past the last group of 8.
+            for j in whole..channels {
+                tail(j, 0, plane_of(j));
             }
         }
     }
@@ -626,7 +632,7 @@ mod tests {
                 false,
                 1.0,
             ),
-            // Rows that share their padding and end on a narrow strip (7×7, 14×14 planes).
+            // Rows that share their padding (7×7, 14×14 planes), a narrow last channel panel.
             (
                 [1, 16, 7, 7],
                 [20, 8, 3, 3],

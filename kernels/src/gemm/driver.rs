@@ -634,21 +634,14 @@ fn apply_epilogue(e: &Epilogue<'_>, c: SharedC, row: usize, col: usize, rows: us
             // and contiguous (unit column stride).
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(c.ptr.add((row + i) * c.rs + col), cols) };
-            // Over slices, with the bias and the ReLU decided per row, the loops vectorise.
-            match (e.col_bias, e.relu) {
-                (Some(b), relu) => {
+            // Over slices, with the column bias decided per row, the loops vectorise.
+            match e.col_bias {
+                Some(b) => {
                     for (d, &cb) in dst.iter_mut().zip(&b[col..col + cols]) {
-                        let v = *d + row_bias + cb;
-                        *d = if relu && v < 0.0 { 0.0 } else { v };
+                        *d = e.activate(*d + row_bias + cb);
                     }
                 }
-                (None, true) => {
-                    for d in dst.iter_mut() {
-                        let v = *d + row_bias;
-                        *d = if v < 0.0 { 0.0 } else { v };
-                    }
-                }
-                (None, false) => dst.iter_mut().for_each(|d| *d += row_bias),
+                None => dst.iter_mut().for_each(|d| *d = e.activate(*d + row_bias)),
             }
             continue;
         }

@@ -640,16 +640,14 @@ fn conv_residual(params: Conv2dParams, cx: &Cx<'_>, args: &mut Args<'_>) -> Resu
     // convolution's output is broadcast by a separate Add.
     let (xd, wd) = (args.tensor(0)?.dims(), args.tensor(1)?.dims());
     let out = conv2d_output_dims(as_4d(xd), as_4d(wd), &params)?;
-    if xd.len() != 4 || args.tensor(3)?.dims() != out {
-        let x = args.tensor(0)?;
-        let w = as_dtype(args.tensor(1)?, x.dtype());
-        let inputs = [x, w.as_ref(), args.tensor(2)?];
-        return conv_residual_apart(params, cx, &inputs, args.tensor(3)?);
-    }
-    let owned = args.take_owned_f32(3);
+    let fits = xd.len() == 4 && args.tensor(3)?.dims() == out;
+    let owned = if fits { args.take_owned_f32(3) } else { None };
     let x = args.tensor(0)?;
     let w = as_dtype(args.tensor(1)?, x.dtype());
     let inputs = [x, w.as_ref(), args.tensor(2)?];
+    if !fits {
+        return conv_residual_apart(params, cx, &inputs, args.tensor(3)?);
+    }
     if let Some(mut residual) = owned {
         return match cx.dev.conv_accumulate(&op, &inputs, &mut residual) {
             Some(result) => result.map(|()| residual),
