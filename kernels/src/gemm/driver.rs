@@ -113,7 +113,8 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     let threads = p.threads;
     let parallel = threads > 1 && p.m.saturating_mul(p.n).saturating_mul(p.k) >= PARALLEL_MIN_MACS;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2
+    if matches!(isa, Isa::Avx2 | Isa::Avx512)
+        && Isa::Avx2.is_available()
         && p.m <= super::gemv::MAX_ROWS
         && let Some((data, cs)) = b.direct_columns()
         && block_fits(data.len(), &[(p.n, cs)], p.k)
@@ -270,7 +271,7 @@ fn run_gemv(plan: &Plan<'_>, data: &[f32], cs: usize, threads: usize) {
                         };
                     }
                 };
-                // SAFETY: the ISA is AVX2 (checked by the caller, and `isa` is available); `run`
+                // SAFETY: AVX2 and FMA are available (checked by the caller); `run`
                 // checked that B holds (n-1)·cs + k values, so every column of `cols` holds this
                 // block's kc steps from k0.
                 unsafe { super::gemv::columns(&block, cols.clone(), &mut store) };
