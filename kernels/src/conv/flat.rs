@@ -525,7 +525,28 @@ pub(super) fn run(
             );
         }
     };
-    if threads > 1 && jobs * units > 1 {
+    // Where a group's weights outweigh an image's input (deep layers on small planes), each
+    // thread takes an even share of the panels for every job: it reads only its share of the
+    // weights, which then stay in its L2, and both read the smaller input.
+    let weights_heavier = g.og * g.depth() > g.cg * g.h * g.w;
+    let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
+    if threads > 1 && weights_heavier && panels_split && units >= threads {
+        split(units, threads).into_par_iter().for_each(|share| {
+            let mut tile = Vec::new();
+            let panels = share.start * unit..(share.end * unit).min(panels);
+            for job in 0..jobs {
+                let (image_group, col) = (job / columns.len(), job % columns.len());
+                flat.task(
+                    image_group / g.groups,
+                    image_group % g.groups,
+                    columns[col].clone(),
+                    panels.clone(),
+                    &mut tile,
+                    out,
+                );
+            }
+        });
+    } else if threads > 1 && jobs * units > 1 {
         let cuts = even_cuts(jobs, units, threads, strips);
         (0..cuts.len() - 1)
             .into_par_iter()
