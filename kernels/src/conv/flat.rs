@@ -737,6 +737,17 @@ mod tests {
                 true,
                 1.0,
             ),
+            // Weights heavier than the input: threads split the panels.
+            (
+                [1, 32, 5, 6],
+                [64, 32, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                true,
+                1.0,
+            ),
             (
                 [1, 40, 12, 12],
                 [70, 40, 3, 3],
