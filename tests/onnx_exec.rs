@@ -2026,3 +2026,150 @@ fn residual_with_a_free_batch_is_fused_and_checked_when_it_runs() {
         .collect();
     assert_close(&got, &yd, &want, 1e-5);
 }
+
+/// `BN → Mul → Add` of per-channel constants (DenseNet's exports) folds into the convolution
+/// before it, or into the BatchNormalization when no convolution precedes it; a constant that
+/// varies along another axis stays a Mul.
+#[test]
+fn per_channel_mul_and_add_fold_into_conv_and_batch_norm() {
+    let x = rand(&[2, 3, 7, 9], 61);
+    let w = rand(&[5, 3, 3, 3], 62);
+    let b = rand(&[5], 63);
+    let (scale, shift, mean) = (rand(&[5], 64), rand(&[5], 65), rand(&[5], 66));
+    let var = Tensor::from_vec([5], vec![0.5f32, 1.0, 1.5, 0.25, 2.0]).unwrap();
+    let mul = rand(&[5, 1, 1], 67);
+    let add = Tensor::from_vec([1, 5, 1, 1], rand(&[5], 68).to_f32_vec()).unwrap();
+    let bn = |input: &str, out: &str| {
+        node(
+            "BatchNormalization",
+            &[input, "scale", "shift", "mean", "var"],
+            &[out],
+            vec![("epsilon", Attribute::Float(1e-3))],
+        )
+    };
+    let conv = node(
+        "Conv",
+        &["x", "w", "b"],
+        &["c"],
+        vec![
+            ("kernel_shape", ints(&[3, 3])),
+            ("pads", ints(&[1, 1, 1, 1])),
+        ],
+    );
+    let tail = |from: &str| {
+        vec![
+            node("Mul", &[from, "mul"], &["m"], vec![]),
+            node("Add", &["add", "m"], &["a"], vec![]),
+            node("Relu", &["a"], &["y"], vec![]),
+        ]
+    };
+    let inits = |c: usize| {
+        let mut v = vec![
+            ("scale", Value::Float(scale.clone())),
+            ("shift", Value::Float(shift.clone())),
+            ("mean", Value::Float(mean.clone())),
+            ("var", Value::Float(var.clone())),
+            (
+                "mul",
+                Value::Float(Tensor::from_vec([c, 1, 1], mul.to_f32_vec()[..c].to_vec()).unwrap()),
+            ),
+            (
+                "add",
+                Value::Float(
+                    Tensor::from_vec([1, c, 1, 1], add.to_f32_vec()[..c].to_vec()).unwrap(),
+                ),
+            ),
+        ];
+        v.push(("w", Value::Float(w.clone())));
+        v.push(("b", Value::Float(b.clone())));
+        v
+    };
+    // Per channel: y = relu(((v - mean)/sqrt(var + eps)·scale + shift)·mul + add).
+    let (s, sh, m, va) = (
+        scale.to_f64_vec(),
+        shift.to_f64_vec(),
+        mean.to_f64_vec(),
+        var.to_f64_vec(),
+    );
+    let (mu, ad) = (mul.to_f64_vec(), add.to_f64_vec());
+    let affine = |v: f64, ch: usize| {
+        let n = (v - m[ch]) / (va[ch] + f64::from(1e-3f32)).sqrt() * s[ch] + sh[ch];
+        (n * mu[ch] + ad[ch]).max(0.0)
+    };
+    let xv = Value::Float(x.clone());
+    let feed = HashMap::from([("x".to_string(), xv.clone())]);
+
+    // Conv → BN → Mul → Add → Relu: one convolution.
+    let mut nodes = vec![conv, bn("c", "n")];
+    nodes.extend(tail("n"));
+    let s1 = Session::new(model(13, nodes, inits(5), vec![info("x", &xv)], &["y"])).unwrap();
+    assert_eq!(s1.op_types(), ["Conv"]);
+    let got = s1.run(&dev(), &feed).unwrap().remove("y").unwrap();
+    let (c, cd) = conv_ref(
+        &x.to_f64_vec(),
+        [2, 3, 7, 9],
+        &w.to_f64_vec(),
+        [5, 3, 3, 3],
+        Some(&b.to_f64_vec()),
+        [1, 1],
+        [1, 1, 1, 1],
+        [1, 1],
+        1,
+    );
+    let plane = cd[2] * cd[3];
+    let want: Vec<f64> = c
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| affine(v, i / plane % 5))
+        .collect();
+    assert_close(&got, &[2, 5, 7, 9], &want, 1e-4);
+
+    // BN → Mul → Add → Relu on an input: the BN takes the Mul and the Add.
+    let (scale3, shift3, mean3, var3) = (
+        Tensor::from_vec([3], scale.to_f32_vec()[..3].to_vec()).unwrap(),
+        Tensor::from_vec([3], shift.to_f32_vec()[..3].to_vec()).unwrap(),
+        Tensor::from_vec([3], mean.to_f32_vec()[..3].to_vec()).unwrap(),
+        Tensor::from_vec([3], var.to_f32_vec()[..3].to_vec()).unwrap(),
+    );
+    let mut inits3 = inits(3);
+    for (name, t) in [
+        ("scale", &scale3),
+        ("shift", &shift3),
+        ("mean", &mean3),
+        ("var", &var3),
+    ] {
+        if let Some(entry) = inits3.iter_mut().find(|(n, _)| *n == name) {
+            entry.1 = Value::Float(t.clone());
+        }
+    }
+    let mut nodes = vec![bn("x", "n")];
+    nodes.extend(tail("n"));
+    let s2 = Session::new(model(
+        13,
+        nodes,
+        inits3.clone(),
+        vec![info("x", &xv)],
+        &["y"],
+    ))
+    .unwrap();
+    assert_eq!(s2.op_types(), ["BatchNormalization", "Relu"]);
+    let got = s2.run(&dev(), &feed).unwrap().remove("y").unwrap();
+    let plane = 7 * 9;
+    let want: Vec<f64> = x
+        .to_f64_vec()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| affine(v, i / plane % 3))
+        .collect();
+    assert_close(&got, &[2, 3, 7, 9], &want, 1e-5);
+
+    // A constant along the width does not fold (nor the Add after it).
+    let mut nodes = vec![bn("x", "n")];
+    nodes.extend(tail("n"));
+    let mut inits_w = inits3;
+    if let Some(entry) = inits_w.iter_mut().find(|(n, _)| *n == "mul") {
+        entry.1 = Value::Float(rand(&[1, 1, 9], 69));
+    }
+    let s3 = Session::new(model(13, nodes, inits_w, vec![info("x", &xv)], &["y"])).unwrap();
+    assert_eq!(s3.op_types(), ["BatchNormalization", "Mul", "Add", "Relu"]);
+}

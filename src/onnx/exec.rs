@@ -12,7 +12,8 @@
 //! 4. infers shapes from the declared input dims, so that a model whose layers do not fit
 //!    together fails at load;
 //! 5. folds an inference BatchNormalization into the convolution before it (constant
-//!    weights, the BN its only consumer); fuses a two-input Add or Sum of a convolution's
+//!    weights, the BN its only consumer), and a Mul or Add of a per-channel constant into
+//!    the convolution or BatchNormalization before it (DenseNet's `BN → Mul → Add`); fuses a two-input Add or Sum of a convolution's
 //!    output (its only consumer) and a value of the same dims into the convolution as a
 //!    residual input; then fuses a convolution followed by its only consumer, a Relu, into
 //!    one device op (the conv's ReLU epilogue) — a ResNet block's `Conv → Add → Relu` is one
@@ -310,6 +311,7 @@ impl Session {
         session.fold(ordered)?;
         session.infer()?;
         session.fold_batch_norms()?;
+        session.fold_channel_affines()?;
         session.fuse_residuals();
         session.fuse();
         session.plan();
@@ -543,14 +545,214 @@ impl Session {
             self.folded += 1;
         }
         self.drop_steps(&remove);
-        // Drop constants nothing reads any more (the weights before folding).
+        self.drop_unread_constants();
+        Ok(())
+    }
+
+    /// Folds each Mul or Add of a per-channel constant (dims `[C, 1, 1]` or `[1, C, 1, 1]`
+    /// against a 4-D value, or a single value) into the step that writes the other operand,
+    /// when this is that value's only reader: a Conv with constant weights and no fused ReLU
+    /// (a Mul scales its weights and bias, an Add shifts its bias) or an inference
+    /// BatchNormalization with constant parameters (a Mul scales its scale and shift, an Add
+    /// shifts its shift). A BatchNormalization written out as `BN → Mul → Add` (DenseNet's
+    /// exports) becomes one step, and a convolution's one more.
+    fn fold_channel_affines(&mut self) -> Result<()> {
+        let uses = self.use_counts();
+        let mut producer = self.producers();
+        let mut remove = vec![false; self.steps.len()];
+        for i in 0..self.steps.len() {
+            let Kind::Binary(b) = &self.steps[i].kind else {
+                continue;
+            };
+            let scales = match b.op {
+                ops::elementwise::BinOp::Mul if b.legacy_axis.is_none() => true,
+                ops::elementwise::BinOp::Add if b.legacy_axis.is_none() => false,
+                _ => continue,
+            };
+            let (Some(Some(lhs)), Some(Some(rhs))) = (
+                self.steps[i].inputs.first().copied(),
+                self.steps[i].inputs.get(1).copied(),
+            ) else {
+                continue;
+            };
+            // The variable operand and the constant one, in either order.
+            let (x, c) = match (&self.consts[lhs], &self.consts[rhs]) {
+                (None, Some(_)) => (lhs, rhs),
+                (Some(_), None) => (rhs, lhs),
+                _ => continue,
+            };
+            let (Some(p), Some(Value::Float(constant))) = (producer[x], &self.consts[c]) else {
+                continue;
+            };
+            let four_d = self.metas[x].dims.as_ref().is_some_and(|d| d.len() == 4);
+            if uses[x] != 1 || remove[p] || !four_d || self.metas[x].ty != Some(Ty::Float) {
+                continue;
+            }
+            let Some(channels) = self.affine_channels(p) else {
+                continue;
+            };
+            let Some(values) = per_channel(constant, channels) else {
+                continue;
+            };
+            let name = self.steps[p].node.display_name();
+            let folded = match &self.steps[p].kind {
+                Kind::Conv(_) => self.scale_conv(p, &values, scales, &name)?,
+                Kind::BatchNorm(_) => self.scale_batch_norm(p, &values, scales, &name)?,
+                _ => false,
+            };
+            if !folded {
+                continue;
+            }
+            let (out, out_name) = (
+                self.steps[i].outputs.clone(),
+                self.steps[i].node.outputs.clone(),
+            );
+            for &id in out.iter().flatten() {
+                producer[id] = Some(p);
+            }
+            let step = &mut self.steps[p];
+            step.outputs = out;
+            step.node.outputs = out_name;
+            remove[i] = true;
+            self.folded += 1;
+        }
+        self.drop_steps(&remove);
+        self.drop_unread_constants();
+        Ok(())
+    }
+
+    /// The output channels of step `p` if a per-channel affine can fold into it: a Conv with
+    /// constant 4-D weights, a constant bias or none, no residual and no fused ReLU, or a
+    /// BatchNormalization with constant parameters whose extra outputs nobody reads.
+    fn affine_channels(&self, p: usize) -> Option<usize> {
+        let step = &self.steps[p];
+        let float_const = |k: usize| match step.inputs.get(k).copied().flatten() {
+            Some(id) => match &self.consts[id] {
+                Some(Value::Float(t)) => Some(Some(t)),
+                _ => None,
+            },
+            None => Some(None),
+        };
+        match &step.kind {
+            Kind::Conv(a) if !a.relu && step.inputs.len() <= 3 => {
+                let w = float_const(1)??;
+                float_const(2)?;
+                (w.dims().len() == 4).then(|| w.dims()[0])
+            }
+            Kind::BatchNorm(_) if step.outputs.len() == 1 && step.inputs.len() == 5 => {
+                let params: Option<Vec<&Tensor>> =
+                    (1..5).map(|k| float_const(k).flatten()).collect();
+                let params = params?;
+                let channels = params[0].numel();
+                params
+                    .iter()
+                    .all(|t| t.numel() == channels)
+                    .then_some(channels)
+            }
+            _ => None,
+        }
+    }
+
+    /// Conv step `p` followed by `· values[o]` (`scales`) or `+ values[o]` per output
+    /// channel `o`: its weights and bias replaced by folded constants.
+    fn scale_conv(&mut self, p: usize, values: &[f64], scales: bool, name: &str) -> Result<bool> {
+        let step = &self.steps[p];
+        let (Some(w_id), b_id) = (
+            step.inputs.get(1).copied().flatten(),
+            step.inputs.get(2).copied().flatten(),
+        ) else {
+            return Ok(false);
+        };
+        let Some(Value::Float(wt)) = &self.consts[w_id] else {
+            return Ok(false);
+        };
+        let o = values.len();
+        let mut bias = match b_id.map(|id| &self.consts[id]) {
+            Some(Some(Value::Float(t))) => t.to_f64_vec(),
+            Some(_) => return Ok(false),
+            None => vec![0.0; o],
+        };
+        let mut w_id = w_id;
+        if scales {
+            let per = wt.numel() / o.max(1);
+            let mut new_w = wt.to_f32_vec();
+            for (chunk, &f) in new_w.chunks_mut(per.max(1)).zip(values) {
+                chunk
+                    .iter_mut()
+                    .for_each(|v| *v = (f64::from(*v) * f) as f32);
+            }
+            let w_value = Value::Float(Tensor::from_f32(wt.shape().clone(), wt.dtype(), &new_w)?);
+            let w_name = self.names[w_id].clone();
+            w_id = self.add_constant(&w_name, w_value);
+            bias.iter_mut().zip(values).for_each(|(b, f)| *b *= f);
+        } else {
+            bias.iter_mut().zip(values).for_each(|(b, d)| *b += d);
+        }
+        let bias: Vec<f32> = bias.into_iter().map(|v| v as f32).collect();
+        let b_id = self.add_constant(
+            &format!("{name}::bias"),
+            Value::Float(Tensor::from_vec([o], bias)?),
+        );
+        let step = &mut self.steps[p];
+        step.inputs.resize(3, None);
+        step.inputs[1] = Some(w_id);
+        step.inputs[2] = Some(b_id);
+        step.node.inputs.resize(3, String::new());
+        step.node.inputs[1] = self.names[w_id].clone();
+        step.node.inputs[2] = self.names[b_id].clone();
+        Ok(true)
+    }
+
+    /// BatchNormalization step `p` followed by `· values[c]` (`scales`) or `+ values[c]` per
+    /// channel: its scale and shift replaced by folded constants.
+    fn scale_batch_norm(
+        &mut self,
+        p: usize,
+        values: &[f64],
+        scales: bool,
+        name: &str,
+    ) -> Result<bool> {
+        let step = &self.steps[p];
+        let (Some(scale_id), Some(shift_id)) = (step.inputs[1], step.inputs[2]) else {
+            return Ok(false);
+        };
+        let (Some(Value::Float(scale)), Some(Value::Float(shift))) =
+            (&self.consts[scale_id], &self.consts[shift_id])
+        else {
+            return Ok(false);
+        };
+        let (mut scale, mut shift) = (scale.to_f64_vec(), shift.to_f64_vec());
+        if scales {
+            scale.iter_mut().zip(values).for_each(|(s, f)| *s *= f);
+            shift.iter_mut().zip(values).for_each(|(s, f)| *s *= f);
+        } else {
+            shift.iter_mut().zip(values).for_each(|(s, d)| *s += d);
+        }
+        let to_value = |v: Vec<f64>| -> Result<Value> {
+            let n = v.len();
+            Ok(Value::Float(Tensor::from_vec(
+                [n],
+                v.into_iter().map(|x| x as f32).collect(),
+            )?))
+        };
+        let scale_id = self.add_constant(&format!("{name}::scale"), to_value(scale)?);
+        let shift_id = self.add_constant(&format!("{name}::shift"), to_value(shift)?);
+        let step = &mut self.steps[p];
+        step.inputs[1] = Some(scale_id);
+        step.inputs[2] = Some(shift_id);
+        step.node.inputs[1] = self.names[scale_id].clone();
+        step.node.inputs[2] = self.names[shift_id].clone();
+        Ok(true)
+    }
+
+    /// Drops the constants nothing reads any more (weights before a fold), keeping inputs.
+    fn drop_unread_constants(&mut self) {
         let uses = self.use_counts();
         for (id, c) in self.consts.iter_mut().enumerate() {
             if c.is_some() && uses[id] == 0 && !self.input_ids.contains(&id) {
                 *c = None;
             }
         }
-        Ok(())
     }
 
     /// Fuses each Conv whose only consumer is a Relu into the convolution (`relu` epilogue).
@@ -1005,4 +1207,17 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// The per-channel values of a constant broadcast against a 4-D `[N, C, H, W]` value of
+/// `channels` channels: `[C, 1, 1]` or `[1, C, 1, 1]`, or one value for every channel (any
+/// rank up to 4, every dim 1). `None` for any other shape.
+fn per_channel(t: &Tensor, channels: usize) -> Option<Vec<f64>> {
+    let dims = t.dims();
+    let values = t.to_f64_vec();
+    if dims.len() <= 4 && dims.iter().all(|&d| d == 1) {
+        return Some(vec![values[0]; channels]);
+    }
+    let by_channel = matches!(dims, [c, 1, 1] | [1, c, 1, 1] if *c == channels);
+    by_channel.then_some(values)
 }
