@@ -2173,3 +2173,49 @@ fn per_channel_mul_and_add_fold_into_conv_and_batch_norm() {
     let s3 = Session::new(model(13, nodes, inits_w, vec![info("x", &xv)], &["y"])).unwrap();
     assert_eq!(s3.op_types(), ["BatchNormalization", "Mul", "Add", "Relu"]);
 }
+
+/// Transposes that keep trailing axes in place (a channel shuffle) move whole blocks: checked
+/// against an element-by-element reference on odd dims.
+#[test]
+fn transposes_keeping_trailing_axes_match_the_reference() {
+    let dims = [2usize, 3, 5, 7, 3];
+    let x = arange(&dims);
+    let xs = floats_of(&x);
+    let src_strides = [315usize, 105, 21, 3, 1];
+    for perm in [
+        [0usize, 2, 1, 3, 4],
+        [2, 0, 1, 3, 4],
+        [1, 2, 0, 3, 4],
+        [3, 1, 0, 2, 4],
+        [4, 3, 2, 1, 0],
+    ] {
+        let perm_attr: Vec<i64> = perm.iter().map(|&p| p as i64).collect();
+        let got = run_one(
+            13,
+            node(
+                "Transpose",
+                &["x0"],
+                &["y"],
+                vec![("perm", ints(&perm_attr))],
+            ),
+            vec![x.clone()],
+        )
+        .unwrap();
+        let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let total: usize = dims.iter().product();
+        let want: Vec<f64> = (0..total)
+            .map(|flat| {
+                // Output multi-index of `flat`, then the source offset it reads.
+                let mut rest = flat;
+                let mut from = 0;
+                for axis in (0..5).rev() {
+                    let i = rest % out_dims[axis];
+                    rest /= out_dims[axis];
+                    from += i * src_strides[perm[axis]];
+                }
+                xs[from]
+            })
+            .collect();
+        assert_close(&got, &out_dims, &want, 0.0);
+    }
+}

@@ -347,6 +347,20 @@ struct Permute<'a> {
 
 impl Rearrange for Permute<'_> {
     fn apply<T: Elem>(&self, src: &[T]) -> Result<Vec<T>> {
+        // The trailing axes the permutation leaves in place move as contiguous blocks (a
+        // channel shuffle `[N, G, C/G, H, W] → [N, C/G, G, H, W]` copies whole planes).
+        let rank = self.perm.len();
+        let kept = (0..rank).rev().take_while(|&i| self.perm[i] == i).count();
+        if kept > 0 && kept < rank {
+            let outer = rank - kept;
+            let inner: usize = self.dims[outer..].iter().product();
+            return Ok(permute_blocks(
+                src,
+                &self.dims[..outer],
+                &self.perm[..outer],
+                inner,
+            ));
+        }
         let st = strides(self.dims);
         let offsets: Vec<Vec<Option<usize>>> = self
             .perm
@@ -355,6 +369,32 @@ impl Rearrange for Permute<'_> {
             .collect();
         Ok(data::gather_offsets(src, &offsets, T::from_f64(0.0)))
     }
+}
+
+/// `src` as blocks of `inner` values indexed by `dims`, the blocks permuted by `perm`.
+fn permute_blocks<T: Elem>(src: &[T], dims: &[usize], perm: &[usize], inner: usize) -> Vec<T> {
+    let st = strides(dims);
+    // Per output axis: its length and the source stride (in blocks) it steps by.
+    let (out_dims, steps): (Vec<usize>, Vec<usize>) =
+        perm.iter().map(|&p| (dims[p], st[p])).unzip();
+    let blocks: usize = out_dims.iter().product();
+    let mut out = Vec::with_capacity(blocks * inner);
+    let mut index = vec![0usize; out_dims.len()];
+    let mut from = 0usize;
+    for _ in 0..blocks {
+        out.extend_from_slice(&src[from * inner..][..inner]);
+        // Odometer over the output's block index, last axis fastest.
+        for axis in (0..index.len()).rev() {
+            index[axis] += 1;
+            from += steps[axis];
+            if index[axis] < out_dims[axis] {
+                break;
+            }
+            from -= steps[axis] * out_dims[axis];
+            index[axis] = 0;
+        }
+    }
+    out
 }
 
 /// Concatenation of blocks: per outer index, each input's `chunk[i]` elements in turn.
