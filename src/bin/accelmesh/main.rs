@@ -204,6 +204,8 @@ fn parse_reps(text: &str) -> Result<usize> {
 }
 
 fn main() -> ExitCode {
+    // Activations are freed and allocated again every run: keep their memory in the process.
+    accelmesh_kernels::buffer::retain_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
