@@ -1919,7 +1919,8 @@ fn residual_is_not_fused_when_the_conv_output_is_read_twice_or_broadcast() {
     );
     let session = Session::new(m).unwrap();
     assert_eq!(session.fused_count(), 0);
-    // A broadcast operand ([1, 4, 1, 1]) is not a residual.
+    // A broadcast operand ([1, 4, 1, 1]) is not a residual: a constant one folds into the
+    // bias instead, a variable one stays an Add.
     let bias = rand(&[1, 4, 1, 1], 33);
     let nodes = vec![
         node("Conv", &["x", "w"], &["c"], vec![]),
@@ -1927,9 +1928,40 @@ fn residual_is_not_fused_when_the_conv_output_is_read_twice_or_broadcast() {
     ];
     let m = model(
         11,
-        nodes,
-        vec![("w", Value::Float(w.clone())), ("bb", Value::Float(bias))],
+        nodes.clone(),
+        vec![
+            ("w", Value::Float(w.clone())),
+            ("bb", Value::Float(bias.clone())),
+        ],
         vec![info("x", &xv)],
+        &["y"],
+    );
+    let session = Session::new(m).unwrap();
+    assert_eq!(session.fused_count(), 0);
+    assert_eq!(session.op_types(), ["Conv"]);
+    let got = session
+        .run(&dev(), &HashMap::from([("x".to_string(), xv.clone())]))
+        .unwrap()
+        .remove("y")
+        .unwrap();
+    let (want, _) = conv_ref(
+        &x.to_f64_vec(),
+        [1, 4, 5, 5],
+        &w.to_f64_vec(),
+        [4, 4, 1, 1],
+        Some(&bias.to_f64_vec()),
+        [1, 1],
+        [0; 4],
+        [1, 1],
+        1,
+    );
+    assert_close(&got, &[1, 4, 5, 5], &want, 1e-5);
+    let bv = Value::Float(bias);
+    let m = model(
+        11,
+        nodes,
+        vec![("w", Value::Float(w.clone()))],
+        vec![info("x", &xv), info("bb", &bv)],
         &["y"],
     );
     let session = Session::new(m).unwrap();
