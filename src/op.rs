@@ -54,10 +54,13 @@ pub enum Op {
     /// Mean over the spatial axes of one input `[x (N, C, D1, …)]`, giving `[N, C, 1, …]`.
     GlobalAvgPool,
     /// Batch normalisation in inference form with inputs `[x (N, C, …), scale, bias, mean,
-    /// var]` (each `[C]`): `y = (x - mean) / sqrt(var + epsilon) · scale + bias`.
+    /// var]` (each `[C]`): `y = (x - mean) / sqrt(var + epsilon) · scale + bias`, then
+    /// `max(y, 0)` with `relu`.
     BatchNorm {
         /// Added to the variance (finite, ≥ 0).
         epsilon: f32,
+        /// Whether a ReLU follows (NaN stays NaN).
+        relu: bool,
     },
 }
 
@@ -79,9 +82,16 @@ impl PartialEq for Op {
             }
             (Op::MaxPool(a), Op::MaxPool(b)) | (Op::AvgPool(a), Op::AvgPool(b)) => a == b,
             (Op::GlobalAvgPool, Op::GlobalAvgPool) => true,
-            (Op::BatchNorm { epsilon: a }, Op::BatchNorm { epsilon: b }) => {
-                a.to_bits() == b.to_bits()
-            }
+            (
+                Op::BatchNorm {
+                    epsilon: a,
+                    relu: ra,
+                },
+                Op::BatchNorm {
+                    epsilon: b,
+                    relu: rb,
+                },
+            ) => a.to_bits() == b.to_bits() && ra == rb,
             _ => false,
         }
     }
@@ -227,7 +237,7 @@ impl Op {
                 out.resize(inputs[0].rank(), 1);
                 Ok(Shape::new(out))
             }
-            Op::BatchNorm { epsilon } => {
+            Op::BatchNorm { epsilon, .. } => {
                 batch_norm_dims(*epsilon, inputs)?;
                 Ok(inputs[0].clone())
             }
@@ -269,7 +279,7 @@ impl Op {
                 let divs = product(self.name(), &[d[0], d[1]])?;
                 Ok(sums.saturating_add(divs))
             }
-            Op::BatchNorm { epsilon } => {
+            Op::BatchNorm { epsilon, .. } => {
                 batch_norm_dims(*epsilon, inputs)?;
                 // A subtraction and a multiply-add per element.
                 product(self.name(), &[inputs[0].numel()?, 3])
@@ -575,7 +585,10 @@ mod tests {
         assert!(err.to_string().contains("axis 4"), "{err}");
         let pool = Op::AvgPool(Pool2dParams::new([3, 3]).with_stride([2, 2]));
         assert_eq!(pool.output_shape(&[&x]).unwrap(), Shape::new([2, 3, 4, 4]));
-        let bn = Op::BatchNorm { epsilon: 1e-5 };
+        let bn = Op::BatchNorm {
+            epsilon: 1e-5,
+            relu: false,
+        };
         assert_eq!(bn.output_shape(&[&x, &c, &c, &c, &c]).unwrap(), x);
         let err = bn.output_shape(&[&x, &c, &c, &row, &c]).unwrap_err();
         assert!(err.to_string().contains("mean has shape [9]"), "{err}");
@@ -589,9 +602,9 @@ mod tests {
             Op::Unary(Unary::Clip { min: 0.0, max: 6.0 }),
             Op::Unary(Unary::Clip { min: 0.0, max: 6.0 })
         );
-        assert_ne!(
-            Op::BatchNorm { epsilon: 0.0 },
-            Op::BatchNorm { epsilon: -0.0 }
-        );
+        let bn = |epsilon: f32, relu: bool| Op::BatchNorm { epsilon, relu };
+        assert_ne!(bn(0.0, false), bn(-0.0, false));
+        assert_ne!(bn(1e-5, false), bn(1e-5, true));
+        assert_eq!(bn(1e-5, true), bn(1e-5, true));
     }
 }

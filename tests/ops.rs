@@ -727,17 +727,22 @@ fn batch_norm_matches_f64() {
                 let x = random(shape, dtype, seed, 3.0);
                 let p = bn_params(shape[1], seed + 1, dtype);
                 let eps = 1e-3;
-                let op = Op::BatchNorm { epsilon: eps };
-                let out = dev.execute(&op, &[&x, &p[0], &p[1], &p[2], &p[3]]).unwrap();
-                let pv = p.each_ref().map(Tensor::to_f64_vec);
-                let want = batch_norm_ref(
-                    &x.to_f64_vec(),
-                    shape,
-                    [&pv[0], &pv[1], &pv[2], &pv[3]],
-                    f64::from(eps),
-                );
-                let what = format!("{} batch_norm {shape:?} {dtype}", id(dev));
-                check(&what, &out[0], &want, 1e-5, 1e-5);
+                for relu in [false, true] {
+                    let op = Op::BatchNorm { epsilon: eps, relu };
+                    let out = dev.execute(&op, &[&x, &p[0], &p[1], &p[2], &p[3]]).unwrap();
+                    let pv = p.each_ref().map(Tensor::to_f64_vec);
+                    let mut want = batch_norm_ref(
+                        &x.to_f64_vec(),
+                        shape,
+                        [&pv[0], &pv[1], &pv[2], &pv[3]],
+                        f64::from(eps),
+                    );
+                    if relu {
+                        want.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
+                    let what = format!("{} batch_norm relu {relu} {shape:?} {dtype}", id(dev));
+                    check(&what, &out[0], &want, 1e-5, 1e-5);
+                }
             }
         }
     }
@@ -788,7 +793,10 @@ fn bad_inputs_give_typed_errors_naming_the_values() {
         let x = random(&[2, 3, 4, 4], DType::F32, 3, 1.0);
         let p = bn_params(3, 4, DType::F32);
         let short = random(&[4], DType::F32, 5, 1.0);
-        let bn = Op::BatchNorm { epsilon: 1e-5 };
+        let bn = Op::BatchNorm {
+            epsilon: 1e-5,
+            relu: false,
+        };
         let e = expect_err(
             dev,
             &bn,
@@ -800,7 +808,10 @@ fn bad_inputs_give_typed_errors_naming_the_values() {
         assert!(matches!(e, Error::Arity { got: 3, .. }), "{e:?}");
         let e = expect_err(
             dev,
-            &Op::BatchNorm { epsilon: -1.0 },
+            &Op::BatchNorm {
+                epsilon: -1.0,
+                relu: false,
+            },
             &[&x, &p[0], &p[1], &p[2], &p[3]],
             &["epsilon", "-1"],
         );
@@ -972,7 +983,10 @@ fn gpu_splits_tensors_larger_than_one_binding() {
         1e-6,
     );
     let bp = bn_params(5, 30, DType::F32);
-    let op = Op::BatchNorm { epsilon: 1e-5 };
+    let op = Op::BatchNorm {
+        epsilon: 1e-5,
+        relu: false,
+    };
     let out = dev
         .execute(&op, &[&x, &bp[0], &bp[1], &bp[2], &bp[3]])
         .unwrap();
@@ -998,7 +1012,10 @@ fn chain_ops() -> Vec<Op> {
             pads: [1, 1, 1, 1],
             ..Conv2dParams::default()
         }),
-        Op::BatchNorm { epsilon: 1e-5 },
+        Op::BatchNorm {
+            epsilon: 1e-5,
+            relu: false,
+        },
         Op::Unary(Unary::Relu),
         Op::MaxPool(
             Pool2dParams::new([3, 3])
@@ -1107,7 +1124,10 @@ fn ops_describe_themselves() {
     );
     assert_eq!(Op::MaxPool(p).flops(&[&x]).unwrap(), 2 * 3 * 16 * 4);
     assert_eq!(Op::AvgPool(p).flops(&[&x]).unwrap(), 2 * 3 * 16 * 5);
-    let bn = Op::BatchNorm { epsilon: 1e-5 };
+    let bn = Op::BatchNorm {
+        epsilon: 1e-5,
+        relu: false,
+    };
     assert_eq!(bn.flops(&[&x, &c, &c, &c, &c]).unwrap(), 3 * 384);
     assert_eq!(
         bn.bytes(&[&x, &c, &c, &c, &c], DType::F16).unwrap(),

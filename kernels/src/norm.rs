@@ -426,7 +426,7 @@ fn copy_checked(op: &'static str, x: &[f32], y: &mut [f32]) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 /// Per-channel parameters of batch normalisation in inference form:
-/// `y = (x - mean) / sqrt(var + epsilon) · scale + bias`.
+/// `y = (x - mean) / sqrt(var + epsilon) · scale + bias`, then `max(y, 0)` with `relu`.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchNorm<'a> {
     /// γ, one per channel.
@@ -439,6 +439,8 @@ pub struct BatchNorm<'a> {
     pub var: &'a [f32],
     /// Added to the variance (finite, ≥ 0).
     pub epsilon: f32,
+    /// Whether a ReLU follows (NaN stays NaN, as in the convolution epilogue).
+    pub relu: bool,
 }
 
 impl BatchNorm<'_> {
@@ -488,6 +490,7 @@ struct BatchNormPlanes<'a> {
     plane: usize,
     first_plane: usize,
     coef: &'a [[f32; 3]],
+    relu: bool,
 }
 
 impl Kernel for BatchNormPlanes<'_> {
@@ -511,6 +514,12 @@ impl Kernel for BatchNormPlanes<'_> {
                     for (v, &x) in dst.iter_mut().zip(src) {
                         *v = fmadd::<FMA>(x - mean, k, bias);
                     }
+                }
+            }
+            if self.relu {
+                // A second pass over the plane, still in L1: both loops stay branch-free.
+                for v in dst.iter_mut() {
+                    *v = if *v < 0.0 { 0.0 } else { *v };
                 }
             }
         }
@@ -553,6 +562,7 @@ fn batch_norm_impl(
                 plane,
                 first_plane: i * planes_per_task,
                 coef,
+                relu: p.relu,
             };
             dispatch(isa, k);
         });
@@ -563,6 +573,7 @@ fn batch_norm_impl(
             plane,
             first_plane: 0,
             coef: &coef,
+            relu: p.relu,
         };
         dispatch(isa, k);
     }

@@ -248,6 +248,7 @@ impl BnParams {
             mean: &self.mean,
             var: &self.var,
             epsilon,
+            relu: false,
         }
     }
 }
@@ -272,20 +273,28 @@ fn batch_norm_matches_reference() {
         let x = random_vec(&mut rng, len, -4.0, 4.0);
         let p = BnParams::random(&mut rng, c);
         let eps = 1e-5;
-        for isa in Isa::available() {
+        for (isa, relu) in Isa::available()
+            .into_iter()
+            .flat_map(|isa| [(isa, false), (isa, true)])
+        {
             let mut y = vec![f32::NAN; len];
+            let params = BatchNorm {
+                relu,
+                ..p.view(eps)
+            };
             threads
-                .install(|| batch_norm_with_isa(&x, dims, &p.view(eps), &mut y, isa))
+                .install(|| batch_norm_with_isa(&x, dims, &params, &mut y, isa))
                 .unwrap();
             for i in 0..len {
                 let ch = (i / plane) % c;
                 let k = p.scale[ch] as f64 / (p.var[ch] as f64 + eps as f64).sqrt();
                 let d = (x[i] as f64 - p.mean[ch] as f64) * k;
                 let r = d + p.bias[ch] as f64;
+                let r = if relu { r.max(0.0) } else { r };
                 let tol = 1e-6 * (d.abs() + (p.bias[ch] as f64).abs()) + 1e-30;
                 assert!(
                     (y[i] as f64 - r).abs() <= tol,
-                    "{isa} {dims:?} at {i}: {} vs {r}",
+                    "{isa} relu {relu} {dims:?} at {i}: {} vs {r}",
                     y[i]
                 );
             }

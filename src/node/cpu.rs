@@ -443,7 +443,7 @@ impl CpuDevice {
                 self.pool
                     .install(|| global_average_pool(&x, [n, c, plane, 1], out))?;
             }
-            Op::BatchNorm { epsilon } => {
+            Op::BatchNorm { epsilon, relu } => {
                 batch_norm_dims(*epsilon, shapes)?;
                 let x = f32_data(inputs[0]);
                 let [scale, bias, mean, var] = [1, 2, 3, 4].map(|i| f32_data(inputs[i]));
@@ -453,6 +453,7 @@ impl CpuDevice {
                     mean: &mean,
                     var: &var,
                     epsilon: *epsilon,
+                    relu: *relu,
                 };
                 let dims = shapes[0].dims();
                 self.pool

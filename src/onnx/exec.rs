@@ -13,11 +13,12 @@
 //!    together fails at load;
 //! 5. folds an inference BatchNormalization into the convolution before it (constant
 //!    weights, the BN its only consumer), and a Mul or Add of a per-channel constant into
-//!    the convolution or BatchNormalization before it (DenseNet's `BN → Mul → Add`); fuses a two-input Add or Sum of a convolution's
-//!    output (its only consumer) and a value of the same dims into the convolution as a
-//!    residual input; then fuses a convolution followed by its only consumer, a Relu, into
-//!    one device op (the conv's ReLU epilogue) — a ResNet block's `Conv → Add → Relu` is one
-//!    op;
+//!    the convolution or BatchNormalization before it (DenseNet's `BN → Mul → Add`); fuses
+//!    a two-input Add or Sum of a convolution's output (its only consumer) and a value of
+//!    the same dims into the convolution as a residual input; then fuses a convolution or
+//!    BatchNormalization followed by its only consumer, a Relu, into one device op (the
+//!    conv's ReLU epilogue, the BN's ReLU flag) — a ResNet block's `Conv → Add → Relu` is
+//!    one op;
 //! 6. records each value's last use, so a run drops intermediates as soon as they are dead
 //!    (and moves a value into the op that reads it last: reshapes do not copy);
 //! 7. pins the constant convolution weights (`accelmesh_kernels::conv::WeightPin`), so the
@@ -755,7 +756,8 @@ impl Session {
         }
     }
 
-    /// Fuses each Conv whose only consumer is a Relu into the convolution (`relu` epilogue).
+    /// Fuses each Conv or BatchNormalization whose (normalised) output only a Relu reads
+    /// into that step (its `relu` flag).
     fn fuse(&mut self) {
         let uses = self.use_counts();
         let producer = self.producers();
@@ -782,6 +784,28 @@ impl Session {
                 let conv = &mut self.steps[p];
                 conv.outputs = out;
                 conv.node.outputs = relu_name;
+                *removed = true;
+                self.fused += 1;
+            } else if let Kind::BatchNorm(a) = &self.steps[p].kind
+                && !a.relu
+                && self.steps[p].outputs.first() == Some(&Some(src))
+            {
+                // Only the normalised output changes; the statistics outputs stay.
+                let (out, relu_name) = (
+                    self.steps[i].outputs.first().copied().flatten(),
+                    self.steps[i]
+                        .node
+                        .outputs
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                if let Kind::BatchNorm(a) = &mut self.steps[p].kind {
+                    a.relu = true;
+                }
+                let bn = &mut self.steps[p];
+                bn.outputs[0] = out;
+                bn.node.outputs[0] = relu_name;
                 *removed = true;
                 self.fused += 1;
             }

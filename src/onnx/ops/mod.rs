@@ -216,6 +216,7 @@ impl Kind {
                 }
                 label
             }
+            Kind::BatchNorm(a) if a.relu => format!("{op_type}+Relu"),
             _ => op_type.to_string(),
         }
     }

@@ -236,6 +236,8 @@ pub(crate) struct PoolAttrs {
 pub(crate) struct BatchNormAttrs {
     /// Added to the variance.
     pub epsilon: f32,
+    /// A ReLU fused after it (never in a model; set when the session fuses one).
+    pub relu: bool,
 }
 
 /// Softmax / LogSoftmax attributes.
@@ -410,6 +412,7 @@ pub(crate) fn parse(node: &Node, opset: i64) -> Result<Option<Kind>> {
             }
             Kind::BatchNorm(BatchNormAttrs {
                 epsilon: node.attr_float("epsilon", 1e-5)?,
+                relu: false,
             })
         }
         "InstanceNormalization" => {
@@ -487,7 +490,10 @@ pub(crate) fn eval(kind: &Kind, cx: &Cx<'_>, mut args: Args<'_>) -> Result<Vec<O
             let x = args.tensor(0)?;
             let p: Vec<&Tensor> = (1..5).map(|i| args.tensor(i)).collect::<Result<_>>()?;
             let y = cx.run(
-                &Op::BatchNorm { epsilon: a.epsilon },
+                &Op::BatchNorm {
+                    epsilon: a.epsilon,
+                    relu: a.relu,
+                },
                 &[x, p[0], p[1], p[2], p[3]],
             )?;
             let mut out = vec![Some(Value::Float(y))];

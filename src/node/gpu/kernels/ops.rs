@@ -49,10 +49,14 @@ pub fn encode_op(
             let dims = global_pool_dims(&shapes)?;
             encode_global_avg_pool(shared, rec, inputs[0], y, dims)
         }
-        Op::BatchNorm { epsilon } => {
+        Op::BatchNorm { epsilon, relu } => {
             let dims = batch_norm_dims(*epsilon, &shapes)?;
             let params = [inputs[1], inputs[2], inputs[3], inputs[4]];
-            encode_batch_norm(shared, rec, inputs[0], params, y, dims, *epsilon)
+            let settings = BatchNormSettings {
+                epsilon: *epsilon,
+                relu: *relu,
+            };
+            encode_batch_norm(shared, rec, inputs[0], params, y, dims, settings)
         }
         Op::MatMul { .. } | Op::Conv2d(_) => Err(Error::shape(
             op.name(),
@@ -630,6 +634,15 @@ pub fn encode_global_avg_pool(
     Ok(())
 }
 
+/// What a batch normalisation applies besides its per-channel parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormSettings {
+    /// Added to the variance.
+    pub epsilon: f32,
+    /// Whether a ReLU follows (NaN kept).
+    pub relu: bool,
+}
+
 /// Batch normalisation (inference) of `x` `[N, C, plane]` with per-channel `[scale, bias,
 /// mean, var]`; pieces hold whole planes. The GPU does not inspect `var + epsilon`: where it
 /// is not positive the outputs are inf or NaN (the CPU node refuses such a variance).
@@ -640,7 +653,7 @@ pub fn encode_batch_norm(
     params: [&GpuTensor; 4],
     y: &GpuTensor,
     [n, c, plane]: [usize; 3],
-    epsilon: f32,
+    BatchNormSettings { epsilon, relu }: BatchNormSettings,
 ) -> Result<()> {
     let planes = n * c;
     if planes == 0 || plane == 0 {
@@ -650,7 +663,7 @@ pub fn encode_batch_norm(
     let sp = params.map(|t| storage(shared, t));
     let names = ["scale", "bias", "mean", "var"];
     let key = format!(
-        "batchnorm|{}|{}|{}|{}|{}",
+        "batchnorm|{}|{}|{}|{}|{}|{relu}",
         sx.key(),
         sp[0].key(),
         sp[1].key(),
@@ -668,7 +681,7 @@ pub fn encode_batch_norm(
                 &[include_str!("../../../../shaders/batchnorm.wgsl")],
             )
         },
-        &[("WG", f64::from(WG))],
+        &[("WG", f64::from(WG)), ("RELU", f64::from(u8::from(relu)))],
     )?;
     let pw = [0, 1, 2, 3]
         .map(|i| window(shared, params[i], sp[i], 0, c as u64))
