@@ -1,5 +1,6 @@
-//! The flat path (AVX2 and AVX-512): a convolution as a gemm whose input operand is read in place from a
-//! zero-padded copy of the input, split by stride phase, so that nothing is packed per call.
+//! The flat path (AVX2 and AVX-512): a convolution as a gemm whose input operand is read in
+//! place from a zero-padded copy of the input, split by stride phase, so that nothing is
+//! packed per call.
 //!
 //! Output position `(oy, ox)` sits at grid column `q = oy·Wph + ox` of a grid as wide as one
 //! padded phase row. Tap `(c, r, s)` reads, for every output,
@@ -302,11 +303,10 @@ impl Flat<'_> {
                     } else {
                         super::flat_x86::tile_for(pixels, g.og - panel * CHANNELS)
                     };
-                    // The panels of a block lie one after the other.
-                    let w = self.weights.panel(group, block, panel);
+                    let w = self.weights.panel_run(group, block, panel, covered);
                     // SAFETY: the caller of `run` checked AVX2 and FMA (and AVX-512F for the
-                    // wide tiles); `w` starts `covered` panels of CHANNELS values per depth
-                    // index of the block; `cols[first..]` holds `pixels` entries whose reads
+                    // wide tiles); `w` holds `covered` panels of CHANNELS values per depth
+                    // index of the block, one after the other; `cols[first..]` holds `pixels` entries whose reads
                     // at b + col + offset lie inside the layout (asserted above); the tile
                     // has `pixels` rows of CHANNELS values from row `first` of each of these
                     // panels, `count·CHANNELS` apart.

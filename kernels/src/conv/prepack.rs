@@ -131,15 +131,16 @@ impl PackedWeights {
         self.panels
     }
 
-    /// Panel `panel` of depth block `block` of group `group`: `mr` values per depth index of the
-    /// block, for its `kc` (or fewer, in the last block) depth indices.
-    pub fn panel(&self, group: usize, block: usize, panel: usize) -> &[f32] {
+    /// Panels `first..first + count` of depth block `block` of group `group`, one after the
+    /// other: each holds `mr` values per depth index of the block, for its `kc` (or fewer, in
+    /// the last block) depth indices.
+    pub fn panel_run(&self, group: usize, block: usize, first: usize, count: usize) -> &[f32] {
         let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
         let group_len = self.panels * self.mr * depth;
         let k0 = block * self.kc;
         let kcb = self.kc.min(depth - k0);
-        let start = group * group_len + k0 * self.panels * self.mr + panel * self.mr * kcb;
-        &self.data[self.start + start..][..self.mr * kcb]
+        let start = group * group_len + k0 * self.panels * self.mr + first * self.mr * kcb;
+        &self.data[self.start + start..][..count * self.mr * kcb]
     }
 }
 
