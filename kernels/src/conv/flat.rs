@@ -202,14 +202,16 @@ impl Layout {
                 .div_ceil(g.sw)
                 .min(self.wph)
                 .max(first);
-            // One fill for the plane's padding, then a copy per image row.
-            dst.fill(0.0);
+            // Each value written once: padding rows and columns zero, image rows copied.
             let x0 = first * g.sw + px - g.pads[1];
             for (i, row) in dst.chunks_exact_mut(self.wph).enumerate() {
                 let image_row = (i * g.sh + py).checked_sub(g.pads[0]);
                 let Some(y) = image_row.filter(|&y| y < g.h) else {
+                    row.fill(0.0);
                     continue;
                 };
+                row[..first].fill(0.0);
+                row[end..].fill(0.0);
                 let line = &src[y * g.w..][..g.w];
                 let image = &mut row[first..end];
                 if g.sw == 1 {

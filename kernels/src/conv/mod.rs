@@ -188,12 +188,11 @@ fn run<T: Element>(
         Cow::Owned(_) => None,
     };
     #[cfg(target_arch = "x86_64")]
-    let flat = match isa {
+    if match isa {
         Isa::Avx2 => flat::suits(&g),
         Isa::Avx512 => Isa::Avx2.is_available() && flat::suits_wide(&g),
         _ => false,
-    };
-    if flat {
+    } {
         let (kc, mr) = (
             flat::depth_block(&g, isa == Isa::Avx512),
             flat::PANEL_CHANNELS,
