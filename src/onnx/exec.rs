@@ -510,20 +510,13 @@ impl Session {
             let factor: Vec<f64> = (0..o)
                 .map(|c| scale[c] / (var[c] + epsilon).sqrt())
                 .collect();
-            let per = wt.numel() / o;
-            let mut new_w = wt.to_f32_vec();
-            for (chunk, &f) in new_w.chunks_mut(per.max(1)).zip(&factor) {
-                chunk
-                    .iter_mut()
-                    .for_each(|v| *v = (f64::from(*v) * f) as f32);
-            }
+            let w_value = scaled_by_output_channel(wt, &factor)?;
             let new_b: Vec<f32> = (0..o)
                 .map(|c| {
                     let b0 = bias.as_ref().map_or(0.0, |b| b[c]);
                     ((b0 - mean[c]) * factor[c] + shift[c]) as f32
                 })
                 .collect();
-            let w_value = Value::Float(Tensor::from_f32(wt.shape().clone(), wt.dtype(), &new_w)?);
             let b_value = Value::Float(Tensor::from_vec([o], new_b)?);
             let (w_name, conv_name) = (
                 self.names[w.expect("const weight")].clone(),
@@ -533,13 +526,8 @@ impl Session {
             let bn_out_name = step.node.outputs[0].clone();
             let w_id = self.add_constant(&w_name, w_value);
             let b_id = self.add_constant(&format!("{conv_name}::bias"), b_value);
+            self.set_conv_params(p, w_id, b_id);
             let conv = &mut self.steps[p];
-            conv.inputs.resize(3, None);
-            conv.inputs[1] = Some(w_id);
-            conv.inputs[2] = Some(b_id);
-            conv.node.inputs.resize(3, String::new());
-            conv.node.inputs[1] = self.names[w_id].clone();
-            conv.node.inputs[2] = self.names[b_id].clone();
             conv.outputs = vec![bn_out];
             conv.node.outputs = vec![bn_out_name];
             remove[i] = true;
@@ -675,14 +663,7 @@ impl Session {
         };
         let mut w_id = w_id;
         if scales {
-            let per = wt.numel() / o.max(1);
-            let mut new_w = wt.to_f32_vec();
-            for (chunk, &f) in new_w.chunks_mut(per.max(1)).zip(values) {
-                chunk
-                    .iter_mut()
-                    .for_each(|v| *v = (f64::from(*v) * f) as f32);
-            }
-            let w_value = Value::Float(Tensor::from_f32(wt.shape().clone(), wt.dtype(), &new_w)?);
+            let w_value = scaled_by_output_channel(wt, values)?;
             let w_name = self.names[w_id].clone();
             w_id = self.add_constant(&w_name, w_value);
             bias.iter_mut().zip(values).for_each(|(b, f)| *b *= f);
@@ -694,14 +675,20 @@ impl Session {
             &format!("{name}::bias"),
             Value::Float(Tensor::from_vec([o], bias)?),
         );
-        let step = &mut self.steps[p];
-        step.inputs.resize(3, None);
-        step.inputs[1] = Some(w_id);
-        step.inputs[2] = Some(b_id);
-        step.node.inputs.resize(3, String::new());
-        step.node.inputs[1] = self.names[w_id].clone();
-        step.node.inputs[2] = self.names[b_id].clone();
+        self.set_conv_params(p, w_id, b_id);
         Ok(true)
+    }
+
+    /// Makes the constants `w_id` and `b_id` the weights and bias of Conv step `p`.
+    fn set_conv_params(&mut self, p: usize, w_id: usize, b_id: usize) {
+        let (w_name, b_name) = (self.names[w_id].clone(), self.names[b_id].clone());
+        let conv = &mut self.steps[p];
+        conv.inputs.resize(3, None);
+        conv.inputs[1] = Some(w_id);
+        conv.inputs[2] = Some(b_id);
+        conv.node.inputs.resize(3, String::new());
+        conv.node.inputs[1] = w_name;
+        conv.node.inputs[2] = b_name;
     }
 
     /// BatchNormalization step `p` followed by `· values[c]` (`scales`) or `+ values[c]` per
@@ -1231,6 +1218,23 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// Convolution weights `wt` (output channels first) with output channel `o`'s values scaled
+/// by `factors[o]`, in `wt`'s dtype.
+fn scaled_by_output_channel(wt: &Tensor, factors: &[f64]) -> Result<Value> {
+    let per = wt.numel() / factors.len().max(1);
+    let mut new_w = wt.to_f32_vec();
+    for (chunk, &f) in new_w.chunks_mut(per.max(1)).zip(factors) {
+        chunk
+            .iter_mut()
+            .for_each(|v| *v = (f64::from(*v) * f) as f32);
+    }
+    Ok(Value::Float(Tensor::from_f32(
+        wt.shape().clone(),
+        wt.dtype(),
+        &new_w,
+    )?))
 }
 
 /// The per-channel values of a constant broadcast against a 4-D `[N, C, H, W]` value of

@@ -499,6 +499,21 @@ pub(super) fn run(
     // Work of one unit over job j's outputs, in tiles.
     let strips = |job: usize| columns[job % columns.len()].len().div_ceil(flat.pixels());
     let out = SharedOut::new(output);
+    // Units `units` of job `job`, accumulated in `tile`.
+    let run_job = |job: usize, units: Range<usize>, tile: &mut Vec<f32>| {
+        let (first, end) = (units.start * unit, (units.end * unit).min(panels));
+        if first < end {
+            let (image_group, col) = (job / columns.len(), job % columns.len());
+            flat.task(
+                image_group / g.groups,
+                image_group % g.groups,
+                columns[col].clone(),
+                first..end,
+                tile,
+                out,
+            );
+        }
+    };
     let run_share = |share: Range<(usize, usize)>| {
         let mut tile = Vec::new();
         for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
@@ -512,19 +527,7 @@ pub(super) fn run(
             } else {
                 units
             };
-            let (first, end) = (first * unit, (end * unit).min(panels));
-            if first >= end {
-                continue;
-            }
-            let (image_group, col) = (job / columns.len(), job % columns.len());
-            flat.task(
-                image_group / g.groups,
-                image_group % g.groups,
-                columns[col].clone(),
-                first..end,
-                &mut tile,
-                out,
-            );
+            run_job(job, first..end, &mut tile);
         }
     };
     // Where a group's weights outweigh an image's input (deep layers on small planes), each
@@ -535,17 +538,8 @@ pub(super) fn run(
     if threads > 1 && weights_heavier && panels_split && units >= threads {
         split(units, threads).into_par_iter().for_each(|share| {
             let mut tile = Vec::new();
-            let panels = share.start * unit..(share.end * unit).min(panels);
             for job in 0..jobs {
-                let (image_group, col) = (job / columns.len(), job % columns.len());
-                flat.task(
-                    image_group / g.groups,
-                    image_group % g.groups,
-                    columns[col].clone(),
-                    panels.clone(),
-                    &mut tile,
-                    out,
-                );
+                run_job(job, share.clone(), &mut tile);
             }
         });
     } else if threads > 1 && jobs * units > 1 {

@@ -178,6 +178,29 @@ pub(crate) fn strides(dims: &[usize]) -> Vec<usize> {
     s
 }
 
+/// `Σ index[k]·steps[k]` for every index of `dims` in row-major order (last axis fastest),
+/// walked with an odometer: where each element of a `dims` array lands when axis `k` steps
+/// by `steps[k]`.
+pub(crate) fn strided_offsets(dims: &[usize], steps: &[usize]) -> Vec<usize> {
+    let total: usize = dims.iter().product();
+    let mut offsets = Vec::with_capacity(total);
+    let mut index = vec![0usize; dims.len()];
+    let mut at = 0usize;
+    for _ in 0..total {
+        offsets.push(at);
+        for k in (0..dims.len()).rev() {
+            index[k] += 1;
+            at += steps[k];
+            if index[k] < dims[k] {
+                break;
+            }
+            at -= steps[k] * dims[k];
+            index[k] = 0;
+        }
+    }
+    offsets
+}
+
 /// The product of `dims` (1 for none), or an overflow error.
 pub(crate) fn numel(dims: &[usize]) -> Result<usize> {
     Shape::new(dims).numel()

@@ -147,21 +147,7 @@ pub(crate) fn eval(kind: &Kind, cx: &Cx<'_>, mut args: Args<'_>) -> Result<Vec<O
         .zip(&mask)
         .map(|(&s, &m)| if m { 0 } else { s })
         .collect();
-    let mut targets = Vec::with_capacity(src.len());
-    let mut idx = vec![0usize; d.len()];
-    let mut off = 0usize;
-    for _ in 0..src.len() {
-        targets.push(off);
-        for k in (0..d.len()).rev() {
-            idx[k] += 1;
-            off += ostride[k];
-            if idx[k] < d[k] {
-                break;
-            }
-            off -= ostride[k] * idx[k];
-            idx[k] = 0;
-        }
-    }
+    let targets = data::strided_offsets(&d, &ostride);
     let init = match a.op {
         ReduceOp::Max | ReduceOp::LogSumExp => f64::NEG_INFINITY,
         ReduceOp::Min => f64::INFINITY,

@@ -377,22 +377,10 @@ fn permute_blocks<T: Elem>(src: &[T], dims: &[usize], perm: &[usize], inner: usi
     // Per output axis: its length and the source stride (in blocks) it steps by.
     let (out_dims, steps): (Vec<usize>, Vec<usize>) =
         perm.iter().map(|&p| (dims[p], st[p])).unzip();
-    let blocks: usize = out_dims.iter().product();
-    let mut out = Vec::with_capacity(blocks * inner);
-    let mut index = vec![0usize; out_dims.len()];
-    let mut from = 0usize;
-    for _ in 0..blocks {
+    let froms = data::strided_offsets(&out_dims, &steps);
+    let mut out = Vec::with_capacity(froms.len() * inner);
+    for from in froms {
         out.extend_from_slice(&src[from * inner..][..inner]);
-        // Odometer over the output's block index, last axis fastest.
-        for axis in (0..index.len()).rev() {
-            index[axis] += 1;
-            from += steps[axis];
-            if index[axis] < out_dims[axis] {
-                break;
-            }
-            from -= steps[axis] * out_dims[axis];
-            index[axis] = 0;
-        }
     }
     out
 }
