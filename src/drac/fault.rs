@@ -136,6 +136,10 @@ impl Device for FaultyDevice {
         self.inner.info()
     }
 
+    fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
+        self.inner.run_batch(body)
+    }
+
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         self.run(|| self.inner.execute(op, inputs))
     }

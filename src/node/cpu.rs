@@ -319,6 +319,10 @@ impl Device for CpuDevice {
         &self.info
     }
 
+    fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
+        super::awake::run_awake(&self.pool, body)
+    }
+
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         let shape = Self::output_shape(op, &shapes)?;
