@@ -244,51 +244,69 @@ fn beta_zero_ignores_nan_in_c_and_nan_inputs_propagate() {
 
 #[test]
 fn epilogue_adds_biases_and_relu() {
-    let (m, n, k) = (19, 70, 23);
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let a = random_vec(&mut rng, m * k);
-    let b = random_vec(&mut rng, k * n);
-    let row_bias = random_vec(&mut rng, m);
-    let col_bias = random_vec(&mut rng, n);
     // Every combination the epilogue distinguishes: both biases, row bias with or without the
-    // ReLU, column bias alone.
+    // ReLU, the ReLU alone, column bias alone.
     let variants = [
         (true, true, true),
         (true, false, true),
         (true, false, false),
+        (false, false, true),
         (false, true, false),
     ];
-    for isa in Isa::available() {
-        for (rows, cols, relu) in variants {
-            let mut c = vec![0.0; m * n];
-            let epi = Epilogue {
-                row_bias: rows.then_some(&row_bias[..]),
-                col_bias: cols.then_some(&col_bias[..]),
-                relu,
-            };
-            gemm(
-                isa,
-                1.0,
-                MatRef::row_major(&a, m, k).unwrap(),
-                MatRef::row_major(&b, k, n).unwrap(),
-                0.0,
-                MatMut::row_major(&mut c, m, n).unwrap(),
-                &epi,
-            )
-            .unwrap();
-            for i in 0..m {
-                for j in 0..n {
-                    let dot: f64 = (0..k)
-                        .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                        .sum();
-                    let biased = dot
-                        + if rows { row_bias[i] as f64 } else { 0.0 }
-                        + if cols { col_bias[j] as f64 } else { 0.0 };
-                    let expected = if relu { biased.max(0.0) } else { biased };
-                    assert!(
-                        (c[i * n + j] as f64 - expected).abs() < 1e-5,
-                        "{isa} ({i},{j}) rows {rows} cols {cols} relu {relu}"
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // A small product (one depth block, one thread), and one over several depth blocks and
+    // threads, where only the last block may add the bias and clamp; each with and without a
+    // residual (beta), into C row-major and transposed (non-unit column stride).
+    for (m, n, k, seed) in [(19, 70, 23, 9), (37, 97, 1100, 10)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let a = random_vec(&mut rng, m * k);
+        let b = random_vec(&mut rng, k * n);
+        let old = random_vec(&mut rng, m * n);
+        let row_bias = random_vec(&mut rng, m);
+        let col_bias = random_vec(&mut rng, n);
+        for isa in Isa::available() {
+            for (rows, cols, relu) in variants {
+                for (beta, transposed) in [(0.0, false), (0.5, false), (0.5, true)] {
+                    let mut c = old.clone();
+                    let epi = Epilogue {
+                        row_bias: rows.then_some(&row_bias[..]),
+                        col_bias: cols.then_some(&col_bias[..]),
+                        relu,
+                    };
+                    // Transposed: C's element (i, j) lives at j·m + i.
+                    let view = if transposed {
+                        MatMut::new(&mut c, m, n, 1, m).unwrap()
+                    } else {
+                        MatMut::row_major(&mut c, m, n).unwrap()
+                    };
+                    let (ar, br) = (
+                        MatRef::row_major(&a, m, k).unwrap(),
+                        MatRef::row_major(&b, k, n).unwrap(),
                     );
+                    pool.install(|| gemm(isa, 1.0, ar, br, beta, view, &epi))
+                        .unwrap();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let at = if transposed { j * m + i } else { i * n + j };
+                            let dot: f64 = (0..k)
+                                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                                .sum();
+                            let biased = dot
+                                + beta as f64 * old[at] as f64
+                                + if rows { row_bias[i] as f64 } else { 0.0 }
+                                + if cols { col_bias[j] as f64 } else { 0.0 };
+                            let expected = if relu { biased.max(0.0) } else { biased };
+                            assert!(
+                                (c[at] as f64 - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                                "{isa} {m}x{n}x{k} ({i},{j}) rows {rows} cols {cols} relu \
+                                 {relu} beta {beta} transposed {transposed}: {} vs {expected}",
+                                c[at]
+                            );
+                        }
+                    }
                 }
             }
         }

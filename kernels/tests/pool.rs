@@ -424,3 +424,36 @@ fn absurd_windows_are_refused_or_cheap() {
     max_pool2d(&[2.5], [1, 1, 1, 1], &p, &mut y).unwrap();
     assert_eq!(y[0], 2.5);
 }
+
+#[test]
+fn size_keeping_windows_over_many_planes() {
+    // Unit stride, pads adding up to the kernel less one: the output keeps the plane's size
+    // and all of a task's planes are reduced as one line, so plane and row borders matter.
+    let mut rng = ChaCha8Rng::seed_from_u64(44);
+    let threads = pool(2);
+    for &(h, w) in &[(1, 1), (2, 3), (6, 6), (13, 13), (7, 17), (33, 1)] {
+        for &(kernel, pads) in &[
+            ([3, 3], [1, 1, 1, 1]),
+            ([3, 3], [0, 2, 2, 0]),
+            ([5, 5], [2, 2, 2, 2]),
+            ([2, 4], [1, 3, 0, 0]),
+            ([1, 3], [0, 1, 0, 1]),
+        ] {
+            let dims = [2, 37, h, w];
+            let mut x = random_vec(&mut rng, dims.iter().product());
+            // NaN on the last value of some planes: it must not leak into the next plane.
+            for plane in (0..74).step_by(9) {
+                x[(plane + 1) * h * w - 1] = f32::NAN;
+            }
+            for count_include_pad in [false, true] {
+                let p = Pool2dParams::new(kernel)
+                    .with_pads(pads)
+                    .with_count_include_pad(count_include_pad);
+                assert_eq!(pool2d_output_dims(dims, &p).unwrap(), dims);
+                for isa in Isa::available() {
+                    check(&x, dims, &p, isa, &threads);
+                }
+            }
+        }
+    }
+}

@@ -594,6 +594,10 @@ fn run_tile(
     col_end: usize,
 ) {
     let (p, c) = (plan.p, plan.c);
+    // The kernel finishes the tile itself (row bias, ReLU) on the last depth block; a column
+    // bias (dense layers) takes the separate pass.
+    let finished_in_kernel = step.last && p.epilogue.col_bias.is_none();
+    let mr_eff = plan.kernel.mr.min(p.m - row);
     let args = TileArgs {
         kc: step.kc,
         a: a_panel.ptr,
@@ -607,10 +611,15 @@ fn run_tile(
         c: unsafe { c.ptr.add(row * c.rs + col * c.cs) },
         rs_c: c.rs,
         cs_c: c.cs,
-        mr_eff: plan.kernel.mr.min(p.m - row),
+        mr_eff,
         nr_eff: plan.kernel.nr.min(col_end - col),
         alpha: p.alpha,
         beta: step.beta,
+        row_bias: match p.epilogue.row_bias {
+            Some(b) if finished_in_kernel => b[row..row + mr_eff].as_ptr(),
+            _ => std::ptr::null(),
+        },
+        relu: finished_in_kernel && p.epilogue.relu,
     };
     // SAFETY: the A panel holds kc·mr packed floats, or is A in place (only for direct_a
     // kernels, with `a_packed` false: they read its mr_eff rows alone; `run` checked
@@ -618,10 +627,11 @@ fn run_tile(
     // B is a packed panel of kc·nr floats (sliced by `BSource::panel`), or B in place, whose
     // rows k0..k0+kc hold nr_eff columns from `col` (`run` checked (k-1)·row_stride + n
     // against its length) and which only direct_b kernels get, reading those columns alone
-    // (`b_packed` false); the tile is inside C and only this task writes it; the kernel
+    // (`b_packed` false); the row bias, when set, is a slice of mr_eff values; the tile is
+    // inside C and only this task writes it; the kernel
     // matches the selected, available ISA.
     unsafe { (plan.kernel.run)(&args) };
-    if step.last && !p.epilogue.is_identity() {
+    if step.last && !finished_in_kernel && !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, row, col, args.mr_eff, args.nr_eff);
     }
 }

@@ -128,7 +128,10 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
         // Rows are contiguous: vector stores, masked for a partial tile's columns.
         let beta = _mm256_set1_ps(args.beta);
         let live = [cols.min(LANES), cols.saturating_sub(LANES)];
+        let zero = _mm256_setzero_ps();
         for (i, row) in acc.iter().enumerate().take(args.mr_eff) {
+            // SAFETY: i < mr_eff rows of the bias.
+            let bias = _mm256_set1_ps(unsafe { args.bias(i) });
             for (v, sum) in row.iter().enumerate() {
                 if live[v] == 0 {
                     continue;
@@ -139,16 +142,22 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 unsafe {
                     let c = args.c.add(i * args.rs_c + LANES * v);
                     let mut out = _mm256_mul_ps(alpha, *sum);
+                    if args.beta != 0.0 {
+                        let old = if live[v] == LANES {
+                            _mm256_loadu_ps(c)
+                        } else {
+                            _mm256_maskload_ps(c, masks[v])
+                        };
+                        out = _mm256_fmadd_ps(beta, old, out);
+                    }
+                    out = _mm256_add_ps(out, bias);
+                    if args.relu {
+                        // max(0, x) returns its second operand for NaN and for -0.0.
+                        out = _mm256_max_ps(zero, out);
+                    }
                     if live[v] == LANES {
-                        if args.beta != 0.0 {
-                            out = _mm256_fmadd_ps(beta, _mm256_loadu_ps(c), out);
-                        }
                         _mm256_storeu_ps(c, out);
                     } else {
-                        if args.beta != 0.0 {
-                            let old = _mm256_maskload_ps(c, masks[v]);
-                            out = _mm256_fmadd_ps(beta, old, out);
-                        }
                         _mm256_maskstore_ps(c, masks[v], out);
                     }
                 }

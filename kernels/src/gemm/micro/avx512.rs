@@ -125,11 +125,32 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
             }
         }
     }
+    // SAFETY: as for this function.
+    unsafe { store::<R, V>(acc, args, masks) };
+}
+
+/// Writes the finished accumulators `acc` (times alpha, plus beta times the old C, then the
+/// row bias and the ReLU) into the C tile. A function of its own, taking the accumulators by
+/// value: the depth loop then keeps them in registers (with the finishing code inlined into
+/// the loop's function, LLVM kept them in memory too, storing each after every FMA).
+///
+/// # Safety
+/// As [`MicroKernel::run`](super::MicroKernel); `masks` cover the tile's `nr_eff` columns.
+#[inline(never)]
+#[target_feature(enable = "avx512f")]
+unsafe fn store<const R: usize, const V: usize>(
+    acc: [[__m512; V]; R],
+    args: &TileArgs,
+    masks: [__mmask16; 2],
+) {
     let alpha = _mm512_set1_ps(args.alpha);
     if args.cs_c == 1 {
         // Rows are contiguous: masked vector stores cover a partial tile's columns too.
         let beta = _mm512_set1_ps(args.beta);
+        let zero = _mm512_setzero_ps();
         for (i, row) in acc.iter().enumerate().take(args.mr_eff) {
+            // SAFETY: i < mr_eff rows of the bias.
+            let bias = _mm512_set1_ps(unsafe { args.bias(i) });
             for (v, sum) in row.iter().enumerate() {
                 if masks[v] == 0 {
                     continue;
@@ -142,6 +163,11 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                     if args.beta != 0.0 {
                         let old = _mm512_maskz_loadu_ps(masks[v], c);
                         out = _mm512_fmadd_ps(beta, old, out);
+                    }
+                    out = _mm512_add_ps(out, bias);
+                    if args.relu {
+                        // max(0, x) returns its second operand for NaN and for -0.0.
+                        out = _mm512_max_ps(zero, out);
                     }
                     _mm512_mask_storeu_ps(c, masks[v], out);
                 }

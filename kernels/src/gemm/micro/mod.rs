@@ -1,4 +1,5 @@
-//! Register-blocked microkernels: `C[mr×nr] = alpha·A_panel·B_panel + beta·C` over a packed depth.
+//! Register-blocked microkernels: `C[mr×nr] = alpha·A_panel·B_panel + beta·C` over a packed depth,
+//! then, on a product's last depth block, a per-row bias and a ReLU.
 //!
 //! One kernel per instruction set; the driver picks one with [`for_isa`] and never looks inside.
 
@@ -49,6 +50,27 @@ pub(crate) struct TileArgs {
     pub alpha: f32,
     /// Scale of the old C; exactly 0 means C is not read (NaN in C does not leak).
     pub beta: f32,
+    /// The tile's rows of a per-row bias added after the product (`mr_eff` values), or null:
+    /// set on the last depth block, when the kernel finishes the tile itself.
+    pub row_bias: *const f32,
+    /// Clamp negatives to zero after the bias (NaN and -0.0 stay), on the last depth block.
+    pub relu: bool,
+}
+
+impl TileArgs {
+    /// Row `i`'s bias (0 without one).
+    ///
+    /// # Safety
+    /// `i < mr_eff`; `row_bias`, when not null, points to `mr_eff` readable floats.
+    #[inline(always)]
+    pub(crate) unsafe fn bias(&self, i: usize) -> f32 {
+        if self.row_bias.is_null() {
+            0.0
+        } else {
+            // SAFETY: as the caller promises.
+            unsafe { *self.row_bias.add(i) }
+        }
+    }
 }
 
 /// A microkernel and its register tile.
@@ -71,6 +93,7 @@ pub(crate) struct MicroKernel {
     /// `kc` steps of `nr` readable floats `b_stride` apart (only `nr_eff` of them for
     /// `direct_b` kernels with `b_packed` false); the `mr_eff × nr_eff`
     /// tile of C at `c` with strides `rs_c`, `cs_c` must be valid and written by nobody else;
+    /// `row_bias`, when not null, must point to `mr_eff` readable floats;
     /// the instruction set of the kernel must be available.
     pub run: unsafe fn(&TileArgs),
 }
@@ -88,7 +111,8 @@ pub(crate) fn for_isa(isa: Isa) -> MicroKernel {
     }
 }
 
-/// Writes a finished `mr × nr` accumulator tile (row-major in `tile`) into C, element by element.
+/// Writes a finished `mr × nr` accumulator tile (row-major in `tile`) into C, element by
+/// element, with the row bias and the ReLU of `args`.
 ///
 /// # Safety
 /// Same contract on `args.c` as [`MicroKernel::run`]; `tile` holds at least `mr_eff` rows of `nr`.
@@ -97,14 +121,16 @@ pub(crate) unsafe fn store_tile_scalar(tile: &[f32], nr: usize, args: &TileArgs)
     for i in 0..args.mr_eff {
         for j in 0..args.nr_eff {
             let product = args.alpha * tile[i * nr + j];
-            // SAFETY: (i, j) is inside the mr_eff × nr_eff tile the caller owns.
+            // SAFETY: (i, j) is inside the mr_eff × nr_eff tile the caller owns, and i < mr_eff
+            // rows of the bias.
             unsafe {
                 let dst = args.c.add(i * args.rs_c + j * args.cs_c);
-                *dst = if args.beta == 0.0 {
+                let sum = if args.beta == 0.0 {
                     product
                 } else {
                     product + args.beta * *dst
-                };
+                } + args.bias(i);
+                *dst = if args.relu && sum < 0.0 { 0.0 } else { sum };
             }
         }
     }
