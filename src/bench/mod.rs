@@ -3,7 +3,8 @@
 //!
 //! Each case runs untimed warm-ups ([`warm_up`]), then `reps` timed repetitions; a repetition's time is
 //! the wall time of splitting the inputs, running the parts concurrently and assembling the
-//! output (for a GPU: uploads, kernels and downloads). On a single GPU node the kernels are
+//! output (for a GPU: uploads, kernels and downloads). On a single node the repetitions run as
+//! one batch of the node's work, back to back as a model's steps ([`measure_on`]). On a single GPU node the kernels are
 //! also timed alone with the inputs resident. Inputs are seeded random tensors in [-1, 1).
 
 pub mod case;
@@ -93,7 +94,7 @@ pub fn run_matmul(
     let shared = Arc::new(vec![a, b]);
     let (a, b) = (&shared[0], &shared[1]);
     let inputs = [a, b];
-    let (times, out, report) = measure(drac, &op, &shared, reps)?;
+    let (times, out, report) = measure_on(nodes, drac, &op, &shared, reps)?;
     let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
         .then(|| check::matmul_max_rel_err(a, b, (false, false), &out, CHECK_SEED))
@@ -138,7 +139,7 @@ pub fn run_conv2d(
     // nodes pack f32 weights into their kernels' panels once (parts that cut the weights
     // still pack theirs per run).
     let _pin = w.as_f32().ok().map(WeightPin::new);
-    let (times, out, report) = measure(drac, &op, &shared, reps)?;
+    let (times, out, report) = measure_on(nodes, drac, &op, &shared, reps)?;
     let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
         .then(|| check::conv2d_max_rel_err(x, w, None, &params, &out, CHECK_SEED))
@@ -177,6 +178,28 @@ fn check_fits(nodes: &NodeSet, op: &Op, shapes: &[&Shape], dtype: DType) -> Resu
         ));
     }
     Ok(())
+}
+
+/// [`measure`], on a single node as one batch of that node's work ([`Device::run_batch`]):
+/// the repetitions follow one another as a model's steps do, with the node's workers awake
+/// in between, so a repetition's time is the op's and not the hand-over of each call from
+/// this thread to the node's pool (two thread wake-ups, tens of microseconds on a virtual
+/// machine). Several nodes run each repetition as split parts, as before.
+///
+/// [`Device::run_batch`]: crate::node::Device::run_batch
+fn measure_on(
+    nodes: &NodeSet,
+    drac: &Drac,
+    op: &Op,
+    inputs: &Arc<Vec<Tensor>>,
+    reps: usize,
+) -> Result<(Vec<f64>, Tensor, Report)> {
+    let [device] = nodes.devices() else {
+        return measure(drac, op, inputs, reps);
+    };
+    let mut result = None;
+    device.run_batch(&mut || result = Some(measure(drac, op, inputs, reps)));
+    result.unwrap_or_else(|| Err(Error::device(device.info().id.clone(), "ran no batch")))
 }
 
 /// Warm-up runs, then `reps` timed runs through the DRAC; returns the times in ms, the last

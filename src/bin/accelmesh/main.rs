@@ -130,6 +130,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Square matrix multiplies M = N = K.
+    ///
+    /// On a single node a case's runs follow one another as a model's steps do (one batch of
+    /// the node's work): the time is the product's, not the hand-over of each call to the
+    /// node's threads.
     Matmul {
         /// Matrix sizes, comma-separated.
         #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = parse_size,
@@ -141,7 +145,8 @@ enum BenchCommand {
     /// 2-D convolutions (NCHW, f32 output).
     ///
     /// The weights stay the same over a case's runs, as an inference session's do: CPU nodes
-    /// pack f32 weights into their kernels' panels once per case, not per run.
+    /// pack f32 weights into their kernels' panels once per case, not per run. On a single
+    /// node the runs follow one another as a model's steps do (one batch of the node's work).
     Conv2d {
         /// A named set of cases (the default when no --shapes are given).
         #[arg(long, value_parser = ["resnet"])]
