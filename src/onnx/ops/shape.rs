@@ -393,14 +393,12 @@ struct Join {
 
 impl RearrangeMany for Join {
     fn apply<T: Elem>(&self, srcs: &[&[T]]) -> Result<Vec<T>> {
-        let total: usize = self.chunks.iter().sum::<usize>() * self.outer;
-        let mut out = Vec::with_capacity(total);
-        for o in 0..self.outer {
-            for (s, &c) in srcs.iter().zip(&self.chunks) {
-                out.extend_from_slice(&s[o * c..(o + 1) * c]);
-            }
-        }
-        Ok(out)
+        // Large joins are copied by the threads of the current pool (the node's).
+        Ok(accelmesh_kernels::concat::concat(
+            srcs,
+            &self.chunks,
+            self.outer,
+        )?)
     }
 }
 
