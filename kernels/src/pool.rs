@@ -327,12 +327,29 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
     } else {
         &plan.rows.valid
     };
-    let divide = |out: &mut [f32], r: usize| {
+    // An average's scale per output of a plane (one over its taps, counted per axis),
+    // applied to whole planes at once, so it vectorises even on planes narrower than a
+    // vector (a division per row of 14 values ran one at a time: 40 % of a 14×14 pooling).
+    let scales: Vec<f32> = if plan.mode == Mode::Avg {
+        row_div[..oh]
+            .iter()
+            .flat_map(|&rd| {
+                col_div[..ow]
+                    .iter()
+                    .map(move |&cd| 1.0 / (rd as f32 * cd as f32))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let divide = |planes: &mut [f32]| {
         if plan.mode == Mode::Avg {
-            let rd = row_div[r] as f32;
-            for (a, &cd) in out.iter_mut().zip(col_div) {
-                // 0/0 = NaN for a window with no valid tap, which needs dilation.
-                *a /= rd * cd as f32;
+            for plane in planes.chunks_exact_mut(oh * ow) {
+                for (a, &scale) in plane.iter_mut().zip(&scales) {
+                    // A window with no valid tap (which needs dilation) sums to 0 and scales
+                    // by 1/0: NaN, as 0/0.
+                    *a *= scale;
+                }
             }
         }
     };
@@ -372,8 +389,8 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
             } else {
                 horizontal.run::<A>(&line, out);
             }
-            divide(out, r);
         }
+        divide(y);
     }
 }
 
@@ -382,7 +399,7 @@ fn pool_planes<A: Acc>(k: PoolPlanes<'_>) {
 /// single contiguous reductions over the plane, the windows' rows `WP` values apart and
 /// their columns 1 apart, with no per-row work but copying the real columns out.
 #[inline(always)]
-fn unit_stride<A: Acc>(k: PoolPlanes<'_>, col_taps: &[usize], divide: impl Fn(&mut [f32], usize)) {
+fn unit_stride<A: Acc>(k: PoolPlanes<'_>, col_taps: &[usize], divide: impl Fn(&mut [f32])) {
     let plan = k.plan;
     let (rows, cols) = (&plan.rows, &plan.cols);
     let (h, w, oh, ow) = (rows.len, cols.len, rows.out, cols.out);
@@ -404,8 +421,8 @@ fn unit_stride<A: Acc>(k: PoolPlanes<'_>, col_taps: &[usize], divide: impl Fn(&m
         reduce_rows::<A>(&mut horizontal, &vertical, col_taps);
         for (r, out) in y.chunks_exact_mut(ow).enumerate() {
             out.copy_from_slice(&horizontal[r * wp..r * wp + ow]);
-            divide(out, r);
         }
+        divide(y);
     }
 }
 
