@@ -197,9 +197,7 @@ fn measure_on(
     let [device] = nodes.devices() else {
         return measure(drac, op, inputs, reps);
     };
-    let mut result = None;
-    device.run_batch(&mut || result = Some(measure(drac, op, inputs, reps)));
-    result.unwrap_or_else(|| Err(Error::device(device.info().id.clone(), "ran no batch")))
+    crate::node::in_batch(device.as_ref(), || measure(drac, op, inputs, reps))
 }
 
 /// Warm-up runs, then `reps` timed runs through the DRAC; returns the times in ms, the last

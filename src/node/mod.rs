@@ -84,6 +84,23 @@ pub trait Device: Send + Sync {
     fn inject_device_loss(&self) {}
 }
 
+/// Runs `f` as one batch of `device`'s work ([`Device::run_batch`]) and returns what it
+/// returns (running it here if the device did not).
+pub fn in_batch<R: Send>(device: &dyn Device, f: impl FnOnce() -> R + Send) -> R {
+    let mut f = Some(f);
+    let mut result = None;
+    device.run_batch(&mut || {
+        if let Some(f) = f.take() {
+            result = Some(f());
+        }
+    });
+    match (result, f) {
+        (Some(result), _) => result,
+        (None, Some(f)) => f(),
+        (None, None) => unreachable!("the body ran but left no result"),
+    }
+}
+
 /// [`Device::execute_view`] through owned copies: the views become tensors, `execute` runs,
 /// and its one f32 output is copied into `out` after its size is checked.
 pub fn execute_view_by_copy<D: Device + ?Sized>(

@@ -1121,14 +1121,10 @@ impl Session {
         &self,
         device: &dyn Device,
         inputs: &HashMap<String, Value>,
-        mut profile: Option<&mut Vec<StepProfile>>,
+        profile: Option<&mut Vec<StepProfile>>,
     ) -> Result<HashMap<String, Value>> {
         self.check_inputs(inputs)?;
-        let mut result = None;
-        device.run_batch(&mut || {
-            result = Some(self.run_steps(device, inputs, profile.as_deref_mut()));
-        });
-        result.unwrap_or_else(|| Err(Error::shape("ONNX session", "the device ran no steps")))
+        crate::node::in_batch(device, || self.run_steps(device, inputs, profile))
     }
 
     /// The steps of [`Session::run_with`], on the thread the device chose.
