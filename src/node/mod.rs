@@ -72,9 +72,10 @@ pub trait Device: Send + Sync {
     }
 
     /// Runs `body`, a sequence of this device's ops, where they follow one another cheapest:
-    /// a CPU node runs it on a worker of its own pool, so each op starts on a thread of the
-    /// pool instead of being handed over from the caller's (two thread wake-ups per op saved).
-    /// The default runs it on the calling thread.
+    /// a CPU node runs it on a worker of its own pool while its other workers poll for the
+    /// work the ops split off, so each op starts on a thread of the pool instead of being
+    /// handed over from the caller's, and no worker sleeps between ops. The default runs it on
+    /// the calling thread.
     fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
         body()
     }
