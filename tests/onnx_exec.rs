@@ -184,6 +184,18 @@ fn conv_ref(
     (y, [n, o, oh, ow])
 }
 
+/// [`conv_ref`] at unit stride and dilation, in one group.
+fn plain_conv_ref(
+    x: &[f64],
+    xd: [usize; 4],
+    w: &[f64],
+    wd: [usize; 4],
+    b: Option<&[f64]>,
+    pads: [usize; 4],
+) -> (Vec<f64>, [usize; 4]) {
+    conv_ref(x, xd, w, wd, b, [1, 1], pads, [1, 1], 1)
+}
+
 /// NCHW pooling with ONNX semantics (ceil mode, count_include_pad).
 #[allow(clippy::too_many_arguments)]
 fn pool_ref(
@@ -330,16 +342,13 @@ fn conv_bn_relu_maxpool_gemm_softmax_chain() {
     let feed = HashMap::from([("x".to_string(), xv)]);
     let got = session.run(&dev(), &feed).unwrap().remove("y").unwrap();
 
-    let (c, cd) = conv_ref(
+    let (c, cd) = plain_conv_ref(
         &x.to_f64_vec(),
         [2, 3, 8, 8],
         &w.to_f64_vec(),
         [4, 3, 3, 3],
         Some(&b.to_f64_vec()),
-        [1, 1],
         [1, 1, 1, 1],
-        [1, 1],
-        1,
     );
     let (s, bi, m, v) = (
         scale.to_f64_vec(),
@@ -432,16 +441,13 @@ fn conv_1d_and_pool_1d_run_as_2d() {
         vec![Value::Float(x.clone()), Value::Float(w.clone())],
     )
     .unwrap();
-    let (y, _) = conv_ref(
+    let (y, _) = plain_conv_ref(
         &x.to_f64_vec(),
         [2, 3, 1, 10],
         &w.to_f64_vec(),
         [4, 3, 1, 3],
         None,
-        [1, 1],
         [0, 1, 0, 1],
-        [1, 1],
-        1,
     );
     assert_close(&got, &[2, 4, 10], &y, 1e-5);
 
@@ -1868,27 +1874,21 @@ fn residual_add_and_relu_are_fused_into_the_conv() {
         let ops: Vec<&str> = profile.steps.iter().map(|s| s.op.as_str()).collect();
         assert_eq!(ops, ["Conv", "Conv+Add+Relu"], "{add}");
         let xs = x.to_f64_vec();
-        let (main, yd) = conv_ref(
+        let (main, yd) = plain_conv_ref(
             &xs,
             [1, 5, 6, 7],
             &w1.to_f64_vec(),
             [8, 5, 3, 3],
             None,
-            [1, 1],
             [1, 1, 1, 1],
-            [1, 1],
-            1,
         );
-        let (short, _) = conv_ref(
+        let (short, _) = plain_conv_ref(
             &xs,
             [1, 5, 6, 7],
             &w2.to_f64_vec(),
             [8, 5, 1, 1],
             Some(&b2.to_f64_vec()),
-            [1, 1],
             [0; 4],
-            [1, 1],
-            1,
         );
         let y: Vec<f64> = main
             .iter()
@@ -1944,16 +1944,13 @@ fn residual_is_not_fused_when_the_conv_output_is_read_twice_or_broadcast() {
         .unwrap()
         .remove("y")
         .unwrap();
-    let (want, _) = conv_ref(
+    let (want, _) = plain_conv_ref(
         &x.to_f64_vec(),
         [1, 4, 5, 5],
         &w.to_f64_vec(),
         [4, 4, 1, 1],
         Some(&bias.to_f64_vec()),
-        [1, 1],
         [0; 4],
-        [1, 1],
-        1,
     );
     assert_close(&got, &[1, 4, 5, 5], &want, 1e-5);
     let bv = Value::Float(bias);
@@ -1982,16 +1979,13 @@ fn residual_with_a_free_batch_is_fused_and_checked_when_it_runs() {
         ),
     };
     let conv = |x: &Tensor, w: &Tensor, wd: [usize; 4], pads: [usize; 4]| {
-        conv_ref(
+        plain_conv_ref(
             &x.to_f64_vec(),
             [3, 5, 6, 7],
             &w.to_f64_vec(),
             wd,
             None,
-            [1, 1],
             pads,
-            [1, 1],
-            1,
         )
     };
     // relu(conv(x, w1) + conv(x, w2)) with a symbolic batch: fused at load, run at batch 3.
@@ -2137,16 +2131,13 @@ fn per_channel_mul_and_add_fold_into_conv_and_batch_norm() {
     let s1 = Session::new(model(13, nodes, inits(5), vec![info("x", &xv)], &["y"])).unwrap();
     assert_eq!(s1.op_types(), ["Conv"]);
     let got = s1.run(&dev(), &feed).unwrap().remove("y").unwrap();
-    let (c, cd) = conv_ref(
+    let (c, cd) = plain_conv_ref(
         &x.to_f64_vec(),
         [2, 3, 7, 9],
         &w.to_f64_vec(),
         [5, 3, 3, 3],
         Some(&b.to_f64_vec()),
-        [1, 1],
         [1, 1, 1, 1],
-        [1, 1],
-        1,
     );
     let plane = cd[2] * cd[3];
     let want: Vec<f64> = c

@@ -68,6 +68,17 @@ pub(super) fn tile_wide_for(pixels: usize, panels: usize) -> TileFn {
     }
 }
 
+/// Where each of a tile's `P` pixels reads its input: `b + cols[i]`.
+///
+/// # Safety
+/// `cols` must hold `P` entries, and `b + cols[i]` must stay inside the allocation `b` points
+/// into.
+#[inline(always)]
+unsafe fn pixel_bases<const P: usize>(b: *const f32, cols: *const usize) -> [*const f32; P] {
+    // SAFETY: i < P entries of `cols`; each base is inside the layout by the contract.
+    std::array::from_fn(|i| unsafe { b.add(*cols.add(i)) })
+}
+
 /// `c[0..P][0..8·V] (+)= X · w`: pixel `i` reads its value of depth index `k` at
 /// `b + cols[i] + offsets[k]`, and `w` is a packed panel ([`CHANNELS`] values per depth index,
 /// of which the first `8·V` are used). Row `i` of `c` (pixel `i`) starts at `c + i·CHANNELS`.
@@ -89,11 +100,8 @@ pub(super) unsafe fn tile<const V: usize, const P: usize>(
     _c_step: usize,
     accumulate: bool,
 ) {
-    let mut bases = [b; P];
-    for (i, base) in bases.iter_mut().enumerate() {
-        // SAFETY: i < P entries of `cols`; the pixel's reads are in bounds by the contract.
-        *base = unsafe { b.add(*cols.add(i)) };
-    }
+    // SAFETY: `cols` holds P entries, each a column inside the layout (the contract).
+    let bases = unsafe { pixel_bases::<P>(b, cols) };
     let mut acc = [[_mm256_setzero_ps(); V]; P];
     for k in 0..kc {
         // SAFETY: k < kc: the offset, the input values it points to and the panel step are in
@@ -151,11 +159,8 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
     c_step: usize,
     accumulate: bool,
 ) {
-    let mut bases = [b; P];
-    for (i, base) in bases.iter_mut().enumerate() {
-        // SAFETY: i < P entries of `cols`; the pixel's reads are in bounds by the contract.
-        *base = unsafe { b.add(*cols.add(i)) };
-    }
+    // SAFETY: `cols` holds P entries, each a column inside the layout (the contract).
+    let bases = unsafe { pixel_bases::<P>(b, cols) };
     let mut acc = [[_mm512_setzero_ps(); V]; P];
     for k in 0..kc {
         // SAFETY: k < kc: the offset, the input values it points to and each panel's step
