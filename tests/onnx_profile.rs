@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use accelmesh::CpuDevice;
-use accelmesh::onnx::exec::Session;
+use accelmesh::onnx::exec::{Profile, Session, StepProfile};
 use accelmesh::onnx::infer::random_inputs;
 use accelmesh::onnx::model::Model;
 
@@ -38,6 +38,58 @@ fn profile_covers_every_step() {
     for (name, value) in &plain {
         assert_eq!(value, &profiled[name], "output {name}");
     }
+}
+
+/// A profile of made-up steps `(node, seconds)` and total seconds.
+fn made_up(steps: &[(&str, f64)], total: f64) -> Profile {
+    Profile {
+        steps: steps
+            .iter()
+            .map(|&(node, seconds)| StepProfile {
+                node: node.to_string(),
+                op: "Conv".to_string(),
+                input_shapes: vec![vec![1, 3, 7, 7]],
+                output_shapes: vec![vec![1, 5, 7, 7]],
+                seconds,
+            })
+            .collect(),
+        total_seconds: total,
+    }
+}
+
+#[test]
+fn median_profile_takes_each_steps_median() {
+    let runs = [
+        made_up(&[("a", 3.0), ("b", 0.5)], 4.0),
+        made_up(&[("a", 1.0), ("b", 0.7)], 2.0),
+        made_up(&[("a", 2.0), ("b", 9.0)], 11.5),
+    ];
+    let m = Profile::median(&runs).unwrap();
+    let got: Vec<(&str, f64)> = m
+        .steps
+        .iter()
+        .map(|s| (s.node.as_str(), s.seconds))
+        .collect();
+    assert_eq!(got, [("a", 2.0), ("b", 0.7)]);
+    assert_eq!(m.total_seconds, 4.0);
+    assert_eq!(m.steps[0].input_shapes, runs[0].steps[0].input_shapes);
+    // An even count takes the mean of the middle two.
+    assert_eq!(Profile::median(&runs[..2]).unwrap().steps[1].seconds, 0.6);
+}
+
+#[test]
+fn median_profile_rejects_runs_that_differ() {
+    let err = Profile::median(&[]).unwrap_err().to_string();
+    assert!(err.contains("no runs"), "{err}");
+    let a = made_up(&[("a", 1.0), ("b", 1.0)], 2.0);
+    let shorter = made_up(&[("a", 1.0)], 1.0);
+    let err = Profile::median(&[a.clone(), shorter])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("run 1 has 1 steps"), "{err}");
+    let renamed = made_up(&[("a", 1.0), ("c", 1.0)], 2.0);
+    let err = Profile::median(&[a, renamed]).unwrap_err().to_string();
+    assert!(err.contains("step 1 of run 1 is `c`"), "{err}");
 }
 
 /// `name` in the `onnx` package's light models, if the package is installed.

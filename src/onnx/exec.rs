@@ -95,6 +95,64 @@ impl Profile {
         })
     }
 
+    /// The step-by-step median of several profiles of one session's runs: each step's
+    /// seconds and the total are the medians over `runs`. Errors when `runs` is empty or the
+    /// runs' steps differ (another session, or a step that ran elsewhere), naming the first
+    /// step that differs.
+    pub fn median(runs: &[Profile]) -> Result<Profile> {
+        let first = runs
+            .first()
+            .ok_or_else(|| Error::shape("profile median", "no runs to take the median of"))?;
+        for (r, run) in runs.iter().enumerate().skip(1) {
+            if run.steps.len() != first.steps.len() {
+                return Err(Error::shape(
+                    "profile median",
+                    format!(
+                        "run {r} has {} steps, run 0 has {}",
+                        run.steps.len(),
+                        first.steps.len()
+                    ),
+                ));
+            }
+            if let Some((i, s)) = run
+                .steps
+                .iter()
+                .enumerate()
+                .find(|(i, s)| s.node != first.steps[*i].node)
+            {
+                return Err(Error::shape(
+                    "profile median",
+                    format!(
+                        "step {i} of run {r} is `{}`, of run 0 `{}`",
+                        s.node, first.steps[i].node
+                    ),
+                ));
+            }
+        }
+        let median = |mut xs: Vec<f64>| {
+            xs.sort_by(f64::total_cmp);
+            let m = xs.len() / 2;
+            if xs.len() % 2 == 1 {
+                xs[m]
+            } else {
+                0.5 * (xs[m - 1] + xs[m])
+            }
+        };
+        let steps = first
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepProfile {
+                seconds: median(runs.iter().map(|r| r.steps[i].seconds).collect()),
+                ..s.clone()
+            })
+            .collect();
+        Ok(Profile {
+            steps,
+            total_seconds: median(runs.iter().map(|r| r.total_seconds).collect()),
+        })
+    }
+
     fn group(&self, key: impl Fn(&StepProfile) -> String) -> Vec<(String, f64, usize)> {
         let mut groups: HashMap<String, (f64, usize)> = HashMap::new();
         for s in &self.steps {

@@ -73,8 +73,9 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// After the timed runs, profile one run on the node the median run used first and
-        /// print the time per operator and per operator and shape.
+        /// After the timed runs, profile `--reps` more runs on the node the median run used
+        /// first and print the time per operator and per operator and shape (each step's
+        /// median over those runs).
         #[arg(long)]
         profile: bool,
     },
@@ -316,8 +317,14 @@ fn run(cli: Cli) -> Result<()> {
                     .first()
                     .and_then(|id| nodes.devices().iter().find(|d| &d.info().id == id))
                     .ok_or_else(|| Error::spec(nodes.label(), "no node ran the model"))?;
-                let (_, steps) = model.session().run_profiled(device.as_ref(), &values)?;
-                print::profile(&mut out, &device.info().id, &steps, json)?;
+                let runs = (0..reps)
+                    .map(|_| {
+                        let (_, run) = model.session().run_profiled(device.as_ref(), &values)?;
+                        Ok(run)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let steps = accelmesh::onnx::exec::Profile::median(&runs)?;
+                print::profile(&mut out, &device.info().id, &steps, json, reps)?;
             }
         }
         Some(Command::Run {

@@ -321,9 +321,15 @@ pub fn demo(
     Ok(())
 }
 
-/// Writes a per-step profile: time per operator, then the ten slowest operator and shape
-/// groups (JSON: one object with both lists).
-pub fn profile(out: &mut impl Write, node: &str, p: &Profile, json: bool) -> Result<()> {
+/// Writes a per-step profile (the median of `runs` runs): time per operator, then the ten
+/// slowest operator and shape groups (JSON: one object with both lists).
+pub fn profile(
+    out: &mut impl Write,
+    node: &str,
+    p: &Profile,
+    json: bool,
+    runs: usize,
+) -> Result<()> {
     let rows = |groups: Vec<(String, f64, usize)>| -> Vec<serde_json::Value> {
         groups
             .into_iter()
@@ -333,6 +339,7 @@ pub fn profile(out: &mut impl Write, node: &str, p: &Profile, json: bool) -> Res
     if json {
         let v = serde_json::json!({
             "profile_node": node,
+            "profile_runs": runs,
             "total_ms": p.total_seconds * 1e3,
             "by_op": rows(p.by_op()),
             "by_op_and_shape": rows(p.by_op_and_shape().into_iter().take(10).collect()),
@@ -342,7 +349,7 @@ pub fn profile(out: &mut impl Write, node: &str, p: &Profile, json: bool) -> Res
     }
     writeln!(
         out,
-        "profile on {node}: {:.3} ms, {:.3} ms in {} steps",
+        "profile on {node} (median of {runs} runs per step): {:.3} ms, {:.3} ms in {} steps",
         p.total_seconds * 1e3,
         p.step_seconds() * 1e3,
         p.steps.len()
