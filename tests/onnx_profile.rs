@@ -122,15 +122,14 @@ fn profile_model() {
     let dev = CpuDevice::with_threads(threads).unwrap();
     let inputs = random_inputs(&session, 1).unwrap();
     session.run(&dev, &inputs).unwrap();
-    let mut profiles: Vec<_> = (0..reps)
+    let profiles: Vec<_> = (0..reps)
         .map(|_| session.run_profiled(&dev, &inputs).unwrap().1)
         .collect();
-    profiles.sort_by(|a, b| a.total_seconds.total_cmp(&b.total_seconds));
     let totals: Vec<f64> = profiles.iter().map(|p| p.total_seconds * 1e3).collect();
-    let p = &profiles[profiles.len() / 2];
+    let p = &Profile::median(&profiles).unwrap();
     println!("runs (ms): {totals:.1?}");
     println!(
-        "median run {:.2} ms, steps {:.2} ms, {} steps",
+        "medians: run {:.2} ms, steps {:.2} ms, {} steps",
         p.total_seconds * 1e3,
         p.step_seconds() * 1e3,
         p.steps.len()

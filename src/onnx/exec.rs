@@ -129,15 +129,7 @@ impl Profile {
                 ));
             }
         }
-        let median = |mut xs: Vec<f64>| {
-            xs.sort_by(f64::total_cmp);
-            let m = xs.len() / 2;
-            if xs.len() % 2 == 1 {
-                xs[m]
-            } else {
-                0.5 * (xs[m - 1] + xs[m])
-            }
-        };
+        let median = |xs: Vec<f64>| crate::bench::median(&xs);
         let steps = first
             .steps
             .iter()
