@@ -124,6 +124,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer sizes and reps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["sgemm", "dtypes", "conv2d"], help="run one table")
+    parser.add_argument("--conv-shapes", help="conv2d cases N-C-H-K-R-stride-pad, comma-separated "
+                        "(default: the resnet preset)")
     args = parser.parse_args()
     sizes = [256, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     nodes = f"cpu:1x{args.threads}"
@@ -161,7 +163,10 @@ def main():
         table("matmul n=1024 by operand dtype (accelmesh)", ["dtype", "ms", "GFLOP/s"], rows)
 
     rows = []
-    shapes = RESNET[:3] if args.quick else RESNET
+    if args.conv_shapes:
+        shapes = [s.strip() for s in args.conv_shapes.split(",") if s.strip()]
+    else:
+        shapes = RESNET[:3] if args.quick else RESNET
     for shape in shapes if run("conv2d") else []:
         flops = conv_dims(shape)[-1]
         reps = max(10, min(100, int(4e9 / flops)))
@@ -176,7 +181,8 @@ def main():
         rows.append([shape, f"{a:.3f}", f"{flops / a / 1e6:.1f}", f"{b:.3f}",
                      f"{flops / b / 1e6:.1f}", f"{b / a:.2f}"])
     if rows:
-        table("conv2d f32, resnet preset N-C-H-K-R-stride-pad (ms median; GFLOP/s)",
+        which = "custom cases" if args.conv_shapes else "resnet preset"
+        table(f"conv2d f32, {which} N-C-H-K-R-stride-pad (ms median; GFLOP/s)",
               ["layer", "accelmesh ms", "GFLOP/s", "onnxruntime ms", "GFLOP/s", "ort/accelmesh"],
               rows)
 

@@ -544,6 +544,11 @@ fn pool2d(
     if planes == 0 {
         return Ok(());
     }
+    if (oh, ow) == (1, 1) && p.kernel == [h, w] && p.pads == [0; 4] && p.dilation == [1, 1] {
+        // One window over each whole plane (a classifier's average pooling): a global pooling,
+        // one vectorised pass per plane instead of the separable passes' per-plane set-up.
+        return global_planes(mode, x, y, h * w, isa);
+    }
     let rows = AxisPlan::new(p, 0, h, oh);
     let cols = AxisPlan::new(p, 1, w, ow);
     let plan = PoolPlan {
@@ -655,8 +660,11 @@ fn global_pool(mode: Mode, x: &[f32], dims: [usize; 4], y: &mut [f32]) -> Result
     if y.is_empty() {
         return Ok(());
     }
-    let isa = Isa::selected();
-    let plane = h * w;
+    global_planes(mode, x, y, h * w, Isa::selected())
+}
+
+/// The global pooling of whole planes of `plane` values of `x` into one value each of `y`.
+fn global_planes(mode: Mode, x: &[f32], y: &mut [f32], plane: usize, isa: Isa) -> Result<()> {
     if go_parallel(x.len()) {
         let planes_per_task = (PAR_CHUNK / plane).max(1);
         x.par_chunks(planes_per_task * plane)

@@ -387,6 +387,87 @@ fn each_path_and_blocking_edge() {
 }
 
 #[test]
+fn few_input_channels_with_deep_kernels() {
+    // First layers of image networks and their kin (on AVX-512, the lanes path): few input
+    // channels per group, a depth of 64 or more, output rows of 16 and wider, so that vectors
+    // of outputs wrap from one output row into the next past the padding columns.
+    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    let cases = [
+        // A 7×7 stride-2 stem, 64 channels (five panels of 12 and one of 4).
+        Case::new(
+            [1, 3, 45, 47],
+            [64, 3, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3; 4],
+            1,
+            true,
+            true,
+        ),
+        // 11×11 at stride 4, asymmetric pads, 13 channels, batch 2; outputs exactly 16 wide.
+        Case::new(
+            [2, 3, 71, 70],
+            [13, 3, 11, 11],
+            [4, 4],
+            [1, 1],
+            [2, 1, 3, 0],
+            1,
+            false,
+            true,
+        ),
+        // Two groups of two channels, a dilated 5×7 kernel, no bias.
+        Case::new(
+            [1, 4, 20, 40],
+            [10, 2, 5, 7],
+            [1, 1],
+            [2, 1],
+            [1, 2, 0, 3],
+            2,
+            true,
+            false,
+        ),
+        // Depthwise with a channel multiplier of 8 (beyond the direct kernel's).
+        Case::new(
+            [1, 2, 17, 33],
+            [16, 1, 9, 9],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            2,
+            false,
+            true,
+        ),
+        // Outputs 16 wide in a grid 20 wide; 5 output channels.
+        Case::new(
+            [1, 3, 18, 18],
+            [5, 3, 5, 5],
+            [1, 1],
+            [1, 1],
+            [1; 4],
+            1,
+            true,
+            true,
+        ),
+        // Strides differing per axis.
+        Case::new(
+            [1, 2, 30, 61],
+            [7, 2, 6, 6],
+            [3, 2],
+            [1, 1],
+            [2; 4],
+            1,
+            false,
+            true,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, case, Some(n * c * h * w / 2 + w / 3));
+    }
+}
+
+#[test]
 fn half_precision_inputs() {
     let mut rng = ChaCha8Rng::seed_from_u64(0x16);
     for i in 0..24 {

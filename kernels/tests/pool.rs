@@ -457,3 +457,31 @@ fn size_keeping_windows_over_many_planes() {
         }
     }
 }
+
+#[test]
+fn whole_plane_windows_match_reference() {
+    // A window exactly the plane's size, no padding: one output per plane, taken as a global
+    // pooling; strides and ceil mode cannot add outputs. NaN stays in its own plane.
+    let mut rng = ChaCha8Rng::seed_from_u64(45);
+    let threads = pool(2);
+    for &(n, c, h, w) in &[
+        (1, 1, 1, 1),
+        (1, 7, 7, 7),
+        (3, 17, 5, 9),
+        (8, 129, 7, 7),
+        (1, 33, 17, 1),
+    ] {
+        let dims = [n, c, h, w];
+        let mut x = random_vec(&mut rng, dims.iter().product());
+        x[h * w - 1] = f32::NAN;
+        for (stride, ceil_mode) in [([1, 1], false), ([2, 3], true)] {
+            let p = Pool2dParams::new([h, w])
+                .with_stride(stride)
+                .with_ceil_mode(ceil_mode);
+            assert_eq!(pool2d_output_dims(dims, &p).unwrap(), [n, c, 1, 1]);
+            for isa in Isa::available() {
+                check(&x, dims, &p, isa, &threads);
+            }
+        }
+    }
+}

@@ -71,7 +71,7 @@ pub(super) fn suits_wide(g: &Geometry) -> bool {
 /// Neighbouring rows share their padding: a tap that reads past the end of a row reads the
 /// start of the next one, which is left padding (zero) in every plane. So a row holds only
 /// its image columns and the wider of the two paddings, not both of them.
-fn grid_width(g: &Geometry) -> usize {
+pub(super) fn grid_width(g: &Geometry) -> usize {
     // Phase column j of column phase px holds padded column j·sw + px; these bound the image.
     let first = |px: usize| g.pads[1].saturating_sub(px).div_ceil(g.sw);
     let end = |px: usize| (g.pads[1] + g.w).saturating_sub(px).div_ceil(g.sw);
@@ -111,19 +111,19 @@ pub(super) fn depth_block(g: &Geometry, wide: bool) -> usize {
 }
 
 /// Where the flat path reads: the input's padded phase planes and the offset of each tap.
-struct Layout {
+pub(super) struct Layout {
     /// The (row, column) stride phases some tap reads, in layout order.
     phases: Vec<(usize, usize)>,
     /// Columns of a phase plane: the grid's width.
-    wph: usize,
+    pub(super) wph: usize,
     /// Values of one phase plane of one channel.
-    plane: usize,
+    pub(super) plane: usize,
     /// Values of one image (every phase of every channel).
-    image_len: usize,
+    pub(super) image_len: usize,
     /// The grid column of each output, `oy·Wph + ox`, in output order.
     cols: Vec<usize>,
     /// Per depth index of group 0: where grid column 0 reads it, relative to the image.
-    offsets: Vec<usize>,
+    pub(super) offsets: Vec<usize>,
     /// Values of the whole layout, with room for the last tiles' reads past the grid.
     len: usize,
 }
@@ -237,6 +237,27 @@ impl Layout {
                 .for_each(fill_plane);
         }
     }
+}
+
+/// Runs `f` on `input` laid out for `g` (in this thread's reusable layout buffer), with at
+/// least `extra` readable values past the end of the layout.
+pub(super) fn with_layout<R>(
+    g: &Geometry,
+    input: &[f32],
+    extra: usize,
+    f: impl FnOnce(&Layout, &[f32]) -> R,
+) -> R {
+    let layout = Layout::new(g);
+    let mut data = LAYOUT_BUFFER.take();
+    layout.fill(g, input, &mut data);
+    if data.len() < layout.len + extra {
+        data.resize(layout.len + extra, 0.0);
+    }
+    let result = f(&layout, &data);
+    if data.capacity() <= KEEP_LAYOUT_MAX {
+        LAYOUT_BUFFER.set(data);
+    }
+    result
 }
 
 /// Everything the tasks of one convolution share.

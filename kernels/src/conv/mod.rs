@@ -30,6 +30,10 @@ mod flat_x86;
 mod im2col;
 mod implicit;
 #[cfg(target_arch = "x86_64")]
+mod lanes;
+#[cfg(target_arch = "x86_64")]
+mod lanes_x86;
+#[cfg(target_arch = "x86_64")]
 mod pack_x86;
 mod params;
 mod prepack;
@@ -203,6 +207,18 @@ fn run<T: Element>(
         };
         if let Some(weights) = weights {
             flat::run(isa == Isa::Avx512, &g, &input, &weights, bias, output, beta);
+            return Ok(());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && lanes::suits(&g) {
+        let (kc, mr) = (g.depth(), lanes::PANEL_ROWS);
+        let weights = match pinned(kc, mr) {
+            Some(p) => Some(p),
+            None => prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new),
+        };
+        if let Some(weights) = weights {
+            lanes::run(&g, &input, &weights, bias, output, beta);
             return Ok(());
         }
     }

@@ -32,6 +32,20 @@ impl<'a> SharedOut<'a> {
     }
 }
 
+impl SharedOut<'_> {
+    /// A raw pointer to element `start`, for a piece that writes only elements it owns
+    /// through it, all inside `start..start + len`.
+    ///
+    /// # Safety
+    /// The range must be inside the output, and the elements the caller writes through the
+    /// pointer must be written by no other piece while it runs.
+    pub(super) unsafe fn element(self, start: usize, len: usize) -> *mut f32 {
+        assert!(start + len <= self.len, "piece outside the output");
+        // SAFETY: in bounds (checked).
+        unsafe { self.ptr.add(start) }
+    }
+}
+
 // SAFETY: pieces sharing one SharedOut write pairwise disjoint elements (their `run` cuts them),
 // and the `&mut` borrow it comes from outlives them all.
 unsafe impl Send for SharedOut<'_> {}

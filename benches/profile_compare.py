@@ -1,0 +1,83 @@
+"""accelmesh's and onnxruntime's time per operator and input shapes on one model, side by side.
+
+Runs `accelmesh infer MODEL --profile --json` (each step's median over `--reps` profiled runs)
+and then onnxruntime with its profiler (benches/ort_profile.py: each node's median over as
+many runs), one after the other, and joins the two by input shapes: accelmesh's fused steps
+(`Conv+Add+Relu`) and onnxruntime's fused nodes (`Conv` with a summed input) list the same
+shapes. Rows are sorted by the time accelmesh loses (ours - ort); the ratio is ours / ort
+(above 1: onnxruntime faster). Both engines run on the same cores in the same minute, so the
+ratios hold on a noisy machine better than times taken apart.
+
+    benches/.venv/bin/python benches/profile_compare.py MODEL.onnx [--batch 8] [--reps 10]
+        [--threads 2] [--nodes cpu] [--bin target/release/accelmesh]
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ort_profile  # noqa: E402
+
+
+def ours(args):
+    """{input shapes: (ms, steps, label)} from accelmesh's profile, and its step total."""
+    cmd = [args.bin, "infer", args.model, "--profile", "--json", "--reps", str(args.reps),
+           "--batch", str(args.batch), "--nodes", args.nodes]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    prof = next(json.loads(line) for line in out.splitlines()
+                if line.startswith("{") and "by_op_and_shape" in line)
+    rows = {}
+    for r in prof["by_op_and_shape"]:
+        op, _, shapes = r["op"].partition(" ")
+        rows[shapes] = (r["ms"], r["steps"], op)
+    return rows, sum(r["ms"] for r in prof["by_op"])
+
+
+def theirs(args):
+    """{input shapes: (ms, nodes, op)} from onnxruntime's profile, and its node total."""
+    nodes = ort_profile.profile(args)
+    rows = {}
+    for ms, op, types in nodes.values():
+        key = ort_profile.shapes(types)
+        old = rows.get(key, (0.0, 0, op))
+        rows[key] = (old[0] + ms, old[1] + 1, op)
+    return rows, sum(ms for ms, _, _ in nodes.values())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--bin", default="target/release/accelmesh")
+    parser.add_argument("--reps", type=int, default=10, help="profiled runs of each engine")
+    parser.add_argument("--warmup", type=int, default=3, help="onnxruntime warm-up runs")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--nodes", default="cpu", help="accelmesh --nodes")
+    parser.add_argument("--batch", type=int, default=1, help="batch of a symbolic first dim")
+    parser.add_argument("--top", type=int, default=30, help="rows to print")
+    args = parser.parse_args()
+
+    a, a_total = ours(args)
+    o, o_total = theirs(args)
+    print(f"{os.path.basename(args.model)}, batch {args.batch}: accelmesh {a_total:.2f} ms in "
+          f"steps (--nodes {args.nodes}), onnxruntime {o_total:.2f} ms in nodes "
+          f"({args.threads} threads); medians of {args.reps} profiled runs each")
+    rows = []
+    for key in set(a) | set(o):
+        ams, asteps, aop = a.get(key, (0.0, 0, "-"))
+        oms, osteps, oop = o.get(key, (0.0, 0, "-"))
+        rows.append((ams - oms, ams, oms, asteps, aop, oop, key))
+    rows.sort(key=lambda r: -r[0])
+    print(f"  {'ours-ort':>9} {'ours ms':>9} {'ort ms':>9} {'ratio':>6} {'n':>3}  op (ours / ort) "
+          "and input shapes")
+    for lost, ams, oms, n, aop, oop, key in rows[: args.top]:
+        ratio = f"{ams / oms:6.2f}" if oms > 0 else "     -"
+        shapes = re.sub(r"\s+", " ", key)
+        print(f"  {lost:>9.3f} {ams:>9.3f} {oms:>9.3f} {ratio} {n:>3}  {aop} / {oop}  {shapes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+//! The lanes path (AVX-512): convolutions with few input channels per group and a kernel
+//! larger than 1×1 — the first layer of an image network (3 channels, 7×7 at stride 2, 11×11
+//! at stride 4, …) — as a gemm whose input operand is read in place, with the output columns
+//! on the vector lanes.
+//!
+//! The input is laid out as the flat path lays it out (zero-padded, split by stride phase; see
+//! `flat`), so the 16 consecutive grid columns `q..q + 16` read their value of depth index `k`
+//! as 16 consecutive floats at `q + offset[k]`: one plain vector load, no packing, whatever
+//! the stride. A register tile holds 12 output channels × 32 columns; per depth index it loads
+//! two such vectors and broadcasts 12 packed weights (the gemm's A panels). The grid is as wide
+//! as a padded phase row, so a vector may cover a few padding columns and wrap into the next
+//! output row: it is stored as at most two masked runs, one per output row, straight into the
+//! NCHW output with the epilogue — no tile buffer and no transposition. The flat tile (outputs
+//! broadcast, channels on the lanes) transposes every output on the way out: on a 7×7 stem
+//! (depth 147) that write-out took 28 % of its time in a sampling profile.
+//!
+//! Work is cut into tasks of (image, group, a range of vectors), each running every weight
+//! panel over its vectors (a panel's weights stay in L1 across them).
+
+use rayon::prelude::*;
+
+use super::flat;
+use super::lanes_x86::{Finish, LANES, ROWS, Spans, VECTORS, tile_for};
+use super::params::Geometry;
+use super::prepack::PackedWeights;
+use super::shared::SharedOut;
+
+/// Output channels of a weight panel of the lanes path.
+pub(super) const PANEL_ROWS: usize = ROWS;
+/// Vectors of grid columns per task.
+const TASK_VECTORS: usize = 16;
+/// Most input channels per group the path takes: with more, the flat tiles (whose
+/// transposition then costs little against the depth) run as fast.
+const MAX_CHANNELS: usize = 15;
+/// Least depth the path takes: below it, the masked stores weigh too much against the
+/// multiply-adds. Measured against the im2col gemm: 3×3 over 3 channels (depth 27) ran
+/// 0.81–0.90× its speed, 7×7 at stride 2 (147) 1.05–1.14×, 11×11 at stride 4 (363) 1.04–1.12×.
+const MIN_DEPTH: usize = 64;
+
+/// Whether the lanes path suits `g`: a kernel larger than 1×1 over at most [`MAX_CHANNELS`]
+/// input channels per group, a depth of at least [`MIN_DEPTH`], and output rows at least a
+/// vector wide (so that a vector spans at most two of them).
+pub(super) fn suits(g: &Geometry) -> bool {
+    g.kh * g.kw > 1 && g.cg <= MAX_CHANNELS && g.depth() >= MIN_DEPTH && g.ow >= LANES && g.og >= 2
+}
+
+/// The lanes-path convolution of the f32 `input` into `output`, shapes validated, with the
+/// weights packed in panels of [`PANEL_ROWS`] channels and one depth block:
+/// `output = relu?(conv + bias + beta·output)`.
+///
+/// The caller must have checked that AVX-512F is available.
+pub(super) fn run(
+    g: &Geometry,
+    input: &[f32],
+    weights: &PackedWeights,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    beta: f32,
+) {
+    assert!(
+        weights.mr() == ROWS && weights.kc() >= g.depth(),
+        "lanes path needs panels of {ROWS} channels in one depth block"
+    );
+    let out_plane = g.out_plane();
+    // Grid columns of the outputs: up to the last output's, rounded up to whole vectors.
+    let vectors = ((g.oh - 1) * flat::grid_width(g) + g.ow).div_ceil(LANES);
+    let finish = Finish { beta, relu: g.relu };
+    let zeros = vec![0.0f32; g.o];
+    let bias = bias.unwrap_or(&zeros);
+    let out = SharedOut::new(output);
+    flat::with_layout(g, input, VECTORS * LANES, |layout, data| {
+        let tasks_per_job = vectors.div_ceil(TASK_VECTORS);
+        let jobs = g.n * g.groups;
+        let task = |t: usize| {
+            let (job, part) = (t / tasks_per_job, t % tasks_per_job);
+            let (n, group) = (job / g.groups, job % g.groups);
+            let first = part * TASK_VECTORS;
+            let end = (first + TASK_VECTORS).min(vectors);
+            let base = n * layout.image_len + group * g.cg * layout.plane;
+            let spans: Vec<Spans> = (first..end)
+                .map(|v| spans_of(v * LANES, layout.wph, g.ow, g.oh))
+                .collect();
+            for panel in 0..weights.panels() {
+                let rows = (g.og - panel * ROWS).min(ROWS);
+                let channel = group * g.og + panel * ROWS;
+                let w = weights.panel_run(group, 0, panel, 1);
+                let mut v = first;
+                while v < end {
+                    let count = (end - v).min(VECTORS);
+                    let kernel = tile_for(rows, count);
+                    let q = v * LANES;
+                    assert!(
+                        base + q
+                            + layout.offsets.iter().max().copied().unwrap_or(0)
+                            + count * LANES
+                            <= data.len(),
+                        "lanes convolution reads outside its layout"
+                    );
+                    // SAFETY: AVX-512F was checked by the caller; `w` holds ROWS values per
+                    // depth index of the whole depth; every read at base + q + offset + lane
+                    // lies inside `data` (asserted above); the spans' lanes address positions
+                    // inside the planes of image n's channels `channel..channel + rows`
+                    // (`spans_of`), positions of these vectors that no other task writes.
+                    unsafe {
+                        kernel(
+                            layout.offsets.len(),
+                            w.as_ptr(),
+                            data.as_ptr().add(base + q),
+                            layout.offsets.as_ptr(),
+                            out.element((n * g.o + channel) * out_plane, rows * out_plane),
+                            out_plane,
+                            &spans[v - first..v - first + count],
+                            &bias[channel..channel + rows],
+                            finish,
+                        );
+                    }
+                    v += count;
+                }
+            }
+        };
+        let tasks = jobs * tasks_per_job;
+        if rayon::current_num_threads() > 1 && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    });
+}
+
+/// Where the 16 grid columns from `q` go in an output plane of `oh` rows of `ow` (grid rows
+/// `wph` wide, `ow ≥ 16`): the lanes before the row's end, and those that wrap into the next
+/// row past its padding columns (none past the last row).
+fn spans_of(q: usize, wph: usize, ow: usize, oh: usize) -> Spans {
+    let (oy, ox) = (q / wph, q % wph);
+    let lanes = |from: usize, to: usize| -> u16 {
+        let bits = |n: usize| {
+            if n >= LANES {
+                u16::MAX
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        bits(to.min(LANES)) & !bits(from.min(LANES))
+    };
+    let mut spans = Spans::default();
+    if oy < oh && ox < ow {
+        spans.offsets[0] = (oy * ow + ox) as isize;
+        spans.masks[0] = lanes(0, ow - ox);
+    }
+    // Lane l lands on column ox + l - wph of the next row when ox + l >= wph.
+    if oy + 1 < oh {
+        spans.offsets[1] = ((oy + 1) * ow) as isize + ox as isize - wph as isize;
+        spans.masks[1] = lanes(wph - ox, wph - ox + ow);
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every output of a plane is covered by exactly one lane of one vector, and no lane
+    /// writes outside the plane.
+    #[test]
+    fn spans_cover_each_output_once() {
+        for (ow, pad, oh) in [(16, 0, 3), (16, 3, 2), (17, 1, 5), (112, 3, 4), (33, 20, 3)] {
+            let wph = ow + pad;
+            let mut hits = vec![0u32; ow * oh];
+            let vectors = ((oh - 1) * wph + ow).div_ceil(LANES);
+            for v in 0..vectors {
+                let s = spans_of(v * LANES, wph, ow, oh);
+                for run in 0..2 {
+                    for lane in 0..LANES {
+                        if s.masks[run] >> lane & 1 == 1 {
+                            let at = s.offsets[run] + lane as isize;
+                            assert!(at >= 0 && (at as usize) < ow * oh, "{ow} {pad} {oh} {v}");
+                            hits[at as usize] += 1;
+                        }
+                    }
+                }
+            }
+            assert!(hits.iter().all(|&h| h == 1), "{ow} {pad} {oh}: {hits:?}");
+        }
+    }
+}
