@@ -468,6 +468,61 @@ fn few_input_channels_with_deep_kernels() {
 }
 
 #[test]
+fn pointwise_widening_on_small_planes() {
+    // Pointwise layers that widen the channels fourfold or more on planes of up to 64 outputs
+    // (on AVX-512, the flat tiles): a plane of 49, depths below and above one depth block
+    // (288), two groups, odd channel counts.
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let cases = [
+        Case::new(
+            [2, 24, 7, 7],
+            [100, 24, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [1, 300, 5, 9],
+            [1210, 300, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 32, 6, 6],
+            [130, 16, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            2,
+            true,
+            false,
+        ),
+        Case::new(
+            [3, 17, 1, 7],
+            [69, 17, 1, 1],
+            [1, 1],
+            [1, 1],
+            [0; 4],
+            1,
+            false,
+            true,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, case, Some(n * c * h * w / 3));
+    }
+}
+
+#[test]
 fn half_precision_inputs() {
     let mut rng = ChaCha8Rng::seed_from_u64(0x16);
     for i in 0..24 {

@@ -7,7 +7,13 @@
 //! - on AVX2 and AVX-512, every kernel larger than 1×1 (see `flat`): a register tile (6
 //!   outputs × 16 output channels on AVX2, 8 outputs × 32 channels on AVX-512) that
 //!   broadcasts each output's input values from a zero-padded, stride-phase-split copy of
-//!   the input through a table of per-tap offsets — no im2col packing at all;
+//!   the input through a table of per-tap offsets — no im2col packing at all; on AVX-512 only
+//!   at stride 1 with 16 or more input channels per group, and for pointwise layers that
+//!   widen the channels on small planes;
+//! - on AVX-512, kernels larger than 1×1 over at most 15 input channels per group with a
+//!   depth of 64 or more (an image network's first layer; see `lanes`): the same layout read
+//!   as vectors of 16 consecutive outputs, 12 output channels broadcast from packed weights,
+//!   stored straight into the NCHW output;
 //! - everything else: an implicit gemm per image and group, `out[O/g × OH·OW] =
 //!   W_g[O/g × C/g·KH·KW] · im2col(x)`, where the im2col matrix is produced panel by panel
 //!   by the gemm's B packer and never stored whole.
