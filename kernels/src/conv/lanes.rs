@@ -69,6 +69,7 @@ pub(super) fn run(
     let bias = bias.unwrap_or(&zeros);
     let out = SharedOut::new(output);
     flat::with_layout(g, input, VECTORS * LANES, |layout, data| {
+        let furthest = layout.offsets.iter().max().copied().unwrap_or(0);
         let tasks_per_job = vectors.div_ceil(TASK_VECTORS);
         let jobs = g.n * g.groups;
         let task = |t: usize| {
@@ -90,10 +91,7 @@ pub(super) fn run(
                     let kernel = tile_for(rows, count);
                     let q = v * LANES;
                     assert!(
-                        base + q
-                            + layout.offsets.iter().max().copied().unwrap_or(0)
-                            + count * LANES
-                            <= data.len(),
+                        base + q + furthest + count * LANES <= data.len(),
                         "lanes convolution reads outside its layout"
                     );
                     // SAFETY: AVX-512F was checked by the caller; `w` holds ROWS values per
