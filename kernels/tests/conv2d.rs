@@ -231,6 +231,18 @@ fn each_path_and_blocking_edge() {
             true,
             true,
         ),
+        // 16+ channels at stride 1 (AVX-512 flat tiles) over 667 outputs: two tasks of outputs
+        // per image, two images, strips of unequal width.
+        Case::new(
+            [2, 32, 23, 29],
+            [40, 32, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
         // 1089 columns: several packed column blocks; large enough for the parallel gemm.
         Case::new(
             [1, 8, 33, 33],

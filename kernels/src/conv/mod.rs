@@ -197,6 +197,13 @@ fn run<T: Element>(
         Cow::Borrowed(w) => prepack::packed(isa, &g, w, kc, mr),
         Cow::Owned(_) => None,
     };
+    // The panels of a path that packs its own (pinned ones, or packed for this call).
+    #[cfg(target_arch = "x86_64")]
+    let pinned_or_packed = |kc: usize, mr: usize| {
+        pinned(kc, mr).or_else(|| {
+            prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new)
+        })
+    };
     #[cfg(target_arch = "x86_64")]
     if match isa {
         Isa::Avx2 => flat::suits(&g),
@@ -207,11 +214,7 @@ fn run<T: Element>(
             flat::depth_block(&g, isa == Isa::Avx512),
             flat::PANEL_CHANNELS,
         );
-        let weights = match pinned(kc, mr) {
-            Some(p) => Some(p),
-            None => prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new),
-        };
-        if let Some(weights) = weights {
+        if let Some(weights) = pinned_or_packed(kc, mr) {
             flat::run(isa == Isa::Avx512, &g, &input, &weights, bias, output, beta);
             return Ok(());
         }
@@ -219,11 +222,7 @@ fn run<T: Element>(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && lanes::suits(&g) {
         let (kc, mr) = (g.depth(), lanes::PANEL_ROWS);
-        let weights = match pinned(kc, mr) {
-            Some(p) => Some(p),
-            None => prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new),
-        };
-        if let Some(weights) = weights {
+        if let Some(weights) = pinned_or_packed(kc, mr) {
             lanes::run(&g, &input, &weights, bias, output, beta);
             return Ok(());
         }

@@ -32,6 +32,7 @@ impl<'a> SharedOut<'a> {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl SharedOut<'_> {
     /// A raw pointer to element `start`, for a piece that writes only elements it owns
     /// through it, all inside `start..start + len`.
