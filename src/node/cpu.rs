@@ -17,7 +17,7 @@ use crate::op::{
     Conv2dDims, MatMulDims, Op, batch_norm_dims, conv2d_dims, global_pool_dims, matmul_dims,
     pool2d_dims, softmax_dims,
 };
-use crate::tensor::{DType, Shape, Tensor, TensorElement, TensorView, try_zeros_f32};
+use crate::tensor::{DType, Shape, Tensor, TensorElement, TensorView};
 use crate::{Error, Result};
 
 /// Memory assumed when /proc/meminfo cannot be read: 4 GiB.
@@ -326,7 +326,7 @@ impl Device for CpuDevice {
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         let shape = Self::output_shape(op, &shapes)?;
-        let values = try_zeros_f32(shape.numel()?)?;
+        let values = super::recycle::output_f32(shape.numel()?)?;
         let mut outputs = vec![Tensor::from_vec(shape, values)?];
         self.execute_into(op, inputs, &mut outputs)?;
         Ok(outputs)
@@ -477,6 +477,8 @@ impl CpuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use accelmesh_kernels::elementwise::{BinaryOp, Unary};
+    use accelmesh_kernels::pool::Pool2dParams;
 
     #[test]
     fn info_describes_the_node() {
@@ -488,6 +490,97 @@ mod tests {
         assert!(!info.name.is_empty());
         assert_eq!(info.dtypes, DType::ALL);
         assert!(CpuDevice::new(0, 0, 1).is_err());
+    }
+
+    /// `op` on `inputs` run into an output full of NaN gives bit for bit what it gives into
+    /// a zeroed one: each kernel overwrites every element, which recycled outputs rely on.
+    fn overwrites_every_element(dev: &CpuDevice, op: &Op, inputs: &[&Tensor]) {
+        let expected = dev.execute(op, inputs).unwrap().remove(0);
+        let garbage = vec![f32::NAN; expected.numel()];
+        let mut outputs = [Tensor::from_vec(expected.shape().clone(), garbage).unwrap()];
+        dev.execute_into(op, inputs, &mut outputs).unwrap();
+        let bits = |t: &Tensor| {
+            t.to_f32_vec()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&outputs[0]), bits(&expected), "{op:?}");
+    }
+
+    /// A convolution case: input dims, weight dims, stride, padding, groups.
+    type Case = (&'static [usize], &'static [usize], usize, usize, usize);
+
+    #[test]
+    fn every_op_overwrites_a_reused_output() {
+        let dev = CpuDevice::with_threads(2).unwrap();
+        let t = |dims: &[usize], seed| Tensor::random(dims.to_vec(), DType::F32, seed).unwrap();
+        let (a, b) = (t(&[7, 33], 1), t(&[33, 17], 2));
+        overwrites_every_element(&dev, &Op::matmul(), &[&a, &b]);
+        let conv = |stride, pad, groups| {
+            Op::Conv2d(Conv2dParams {
+                stride: [stride; 2],
+                pads: [pad; 4],
+                groups,
+                relu: true,
+                ..Conv2dParams::default()
+            })
+        };
+        // The lanes path (7×7/2 over 3 channels), the flat tiles (3×3 over 17 channels, and a
+        // pointwise widening on a 7×7 plane), the im2col gemm (strided 3×3), the plain gemm
+        // (1×1) and the depthwise kernel; with a bias and a residual.
+        let cases: [Case; 6] = [
+            (&[1, 3, 33, 33], &[16, 3, 7, 7], 2, 3, 1),
+            (&[1, 17, 17, 17], &[33, 17, 3, 3], 1, 1, 1),
+            (&[1, 64, 7, 7], &[256, 64, 1, 1], 1, 0, 1),
+            (&[2, 16, 15, 15], &[24, 16, 3, 3], 2, 1, 1),
+            (&[1, 31, 9, 9], &[7, 31, 1, 1], 1, 0, 1),
+            (&[1, 8, 17, 17], &[8, 1, 3, 3], 1, 1, 8),
+        ];
+        for (i, (x, w, stride, pad, groups)) in cases.into_iter().enumerate() {
+            let seed = 10 * i as u64;
+            let (x, w, bias) = (t(x, seed), t(w, seed + 1), t(&[w[0]], seed + 2));
+            let op = conv(stride, pad, groups);
+            overwrites_every_element(&dev, &op, &[&x, &w, &bias]);
+            let out = dev.execute(&op, &[&x, &w, &bias]).unwrap().remove(0);
+            let residual = t(out.dims(), seed + 3);
+            overwrites_every_element(&dev, &op, &[&x, &w, &bias, &residual]);
+        }
+        let x = t(&[2, 5, 17, 13], 40);
+        let row = t(&[13], 41);
+        let channel = t(&[5], 42);
+        for u in [Unary::Relu, Unary::Sigmoid, Unary::Tanh, Unary::Gelu] {
+            overwrites_every_element(&dev, &Op::Unary(u), &[&x]);
+        }
+        for b in [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Div] {
+            overwrites_every_element(&dev, &Op::Binary(b), &[&x, &row]);
+            overwrites_every_element(&dev, &Op::Binary(b), &[&x, &x]);
+        }
+        for log in [false, true] {
+            overwrites_every_element(&dev, &Op::Softmax { axis: 3, log }, &[&x]);
+            overwrites_every_element(&dev, &Op::Softmax { axis: 1, log }, &[&x]);
+        }
+        let pool = Pool2dParams {
+            kernel: [3, 3],
+            stride: [2, 2],
+            pads: [1, 0, 1, 1],
+            ceil_mode: true,
+            ..Pool2dParams::new([3, 3])
+        };
+        let whole = Pool2dParams::new([17, 13]);
+        for p in [pool, whole, Pool2dParams::new([2, 2])] {
+            overwrites_every_element(&dev, &Op::MaxPool(p), &[&x]);
+            overwrites_every_element(&dev, &Op::AvgPool(p), &[&x]);
+        }
+        overwrites_every_element(&dev, &Op::GlobalAvgPool, &[&x]);
+        let var = Tensor::from_f32([5], DType::F32, &[0.5, 1.0, 2.0, 0.25, 3.0]).unwrap();
+        for relu in [false, true] {
+            let op = Op::BatchNorm {
+                epsilon: 1e-5,
+                relu,
+            };
+            overwrites_every_element(&dev, &op, &[&x, &channel, &channel, &channel, &var]);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod awake;
 mod cpu;
 pub mod gpu;
+pub(crate) mod recycle;
 pub mod sim;
 
 use std::fmt;

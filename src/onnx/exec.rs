@@ -38,7 +38,7 @@ use crate::node::{CpuDevice, Device};
 use crate::onnx::model::{Dim, Model, Node, ValueInfo};
 use crate::onnx::ops::{self, Args, Cx, Kind, Meta, Ty};
 use crate::onnx::value::Value;
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{Shape, Tensor, TensorData};
 use crate::{Error, Result};
 
 /// Whether the executor runs operator `op_type` of `domain` (`""` / `ai.onnx`) at `opset`.
@@ -1174,7 +1174,9 @@ impl Session {
         profile: Option<&mut Vec<StepProfile>>,
     ) -> Result<HashMap<String, Value>> {
         self.check_inputs(inputs)?;
-        crate::node::in_batch(device, || self.run_steps(device, inputs, profile))
+        crate::node::in_batch(device, || {
+            crate::node::recycle::scope(|| self.run_steps(device, inputs, profile))
+        })
     }
 
     /// The steps of [`Session::run_with`], on the thread the device chose.
@@ -1257,8 +1259,11 @@ impl Session {
                 }
             }
             for &id in &self.frees[i] {
-                if self.consts[id].is_none() {
-                    env[id] = None;
+                if self.consts[id].is_none()
+                    && let Some(Cow::Owned(Value::Float(t))) = env[id].take()
+                    && let TensorData::F32(values) = t.into_data()
+                {
+                    crate::node::recycle::give_back(values);
                 }
             }
         }

@@ -21,7 +21,7 @@ use crate::node::Device;
 use crate::onnx::model::{ElemType, Node};
 use crate::onnx::value::Value;
 use crate::op::Op;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 use crate::{Error, Result};
 
 /// The oldest default-domain opset the executor accepts (6: the pytorch-converted test data;
@@ -383,6 +383,20 @@ pub(crate) struct Args<'a> {
     vals: Vec<Option<Cow<'a, Value>>>,
     ctx: String,
     names: &'a [String],
+}
+
+impl Drop for Args<'_> {
+    /// Gives the float inputs the op was handed to own (read for the last time) and did not
+    /// keep back for recycling: the next output of the same size reuses their memory.
+    fn drop(&mut self) {
+        for v in self.vals.drain(..) {
+            if let Some(Cow::Owned(Value::Float(t))) = v
+                && let TensorData::F32(values) = t.into_data()
+            {
+                crate::node::recycle::give_back(values);
+            }
+        }
+    }
 }
 
 impl<'a> Args<'a> {
