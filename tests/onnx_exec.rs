@@ -2244,3 +2244,67 @@ fn transposes_keeping_trailing_axes_match_the_reference() {
         assert_close(&got, &out_dims, &want, 0.0);
     }
 }
+
+/// A session's later runs reuse the buffers of its earlier runs' dead values: each run's
+/// outputs are bit for bit those of a fresh session, whatever the earlier inputs were.
+#[test]
+fn later_runs_reusing_buffers_match_a_fresh_session() {
+    let nodes = vec![
+        node(
+            "Conv",
+            &["x", "w1"],
+            &["a"],
+            vec![("pads", ints(&[1, 1, 1, 1]))],
+        ),
+        node("Relu", &["a"], &["b"], vec![]),
+        node(
+            "Conv",
+            &["b", "w2"],
+            &["c"],
+            vec![("pads", ints(&[1, 1, 1, 1]))],
+        ),
+        node("Add", &["c", "b"], &["d"], vec![]),
+        node("Relu", &["d"], &["e"], vec![]),
+        node(
+            "MaxPool",
+            &["e"],
+            &["f"],
+            vec![("kernel_shape", ints(&[3, 3])), ("strides", ints(&[2, 2]))],
+        ),
+        node("Conv", &["f", "w3"], &["g"], vec![]),
+        node("Sigmoid", &["g"], &["y"], vec![]),
+    ];
+    let inits = || {
+        vec![
+            ("w1", Value::Float(rand(&[17, 3, 3, 3], 71))),
+            ("w2", Value::Float(rand(&[17, 17, 3, 3], 72))),
+            ("w3", Value::Float(rand(&[33, 17, 1, 1], 73))),
+        ]
+    };
+    let x = |seed| Value::Float(rand(&[2, 3, 33, 31], seed));
+    let make = || {
+        Session::new(model(
+            13,
+            nodes.clone(),
+            inits(),
+            vec![info("x", &x(0))],
+            &["y"],
+        ))
+    };
+    let bits = |session: &Session, seed| {
+        let feed = HashMap::from([("x".to_string(), x(seed))]);
+        let out = session.run(&dev(), &feed).unwrap().remove("y").unwrap();
+        let Value::Float(t) = out else {
+            panic!("a float output")
+        };
+        t.to_f32_vec()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    let reused = make().unwrap();
+    for seed in [81, 82, 83, 81] {
+        let fresh = make().unwrap();
+        assert_eq!(bits(&reused, seed), bits(&fresh, seed), "input seed {seed}");
+    }
+}

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use accelmesh_kernels::conv::WeightPin;
 
+use crate::node::recycle::Recycler;
 use crate::node::{CpuDevice, Device};
 use crate::onnx::model::{Dim, Model, Node, ValueInfo};
 use crate::onnx::ops::{self, Args, Cx, Kind, Meta, Ty};
@@ -187,6 +188,8 @@ pub struct Session {
     last_use: Vec<Option<usize>>,
     folded: usize,
     fused: usize,
+    /// Dead values' buffers, reused for outputs of the same size in this and later runs.
+    recycler: Recycler,
 }
 
 /// An [`Error::Parse`] about the graph.
@@ -354,6 +357,7 @@ impl Session {
             last_use: Vec::new(),
             folded: 0,
             fused: 0,
+            recycler: Recycler::default(),
         };
         let ordered: Vec<Step> = order
             .into_iter()
@@ -1175,7 +1179,8 @@ impl Session {
     ) -> Result<HashMap<String, Value>> {
         self.check_inputs(inputs)?;
         crate::node::in_batch(device, || {
-            crate::node::recycle::scope(|| self.run_steps(device, inputs, profile))
+            self.recycler
+                .scope(|| self.run_steps(device, inputs, profile))
         })
     }
 
