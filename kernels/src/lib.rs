@@ -8,6 +8,7 @@
 //! a kernel on a share of the machine's cores runs it inside `pool.install(|| …)`.
 
 pub mod buffer;
+pub mod claim;
 pub mod concat;
 pub mod conv;
 pub mod element;

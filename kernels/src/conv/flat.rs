@@ -24,6 +24,7 @@ use super::flat_x86::{CHANNELS, PANELS_WIDE, PIXELS, PIXELS_WIDE};
 use super::params::Geometry;
 use super::prepack::PackedWeights;
 use super::shared::SharedOut;
+use crate::claim::for_each_claimed;
 
 /// Output channels of a packed weight panel of the flat path.
 pub(super) const PANEL_CHANNELS: usize = CHANNELS;
@@ -42,6 +43,8 @@ const ROWS_PER_BLOCK: usize = 96;
 /// [`ROWS_PER_BLOCK`] of the AVX-512 tiles, whose panel pairs take twice the cache: measured
 /// on the resnet preset, 48 runs the 56×56 layers 5–10 % faster than 96.
 const ROWS_PER_BLOCK_WIDE: usize = 48;
+/// Shares of the work per thread.
+const SHARES_PER_THREAD: usize = 4;
 /// Largest layout buffer (in values) a thread keeps for its next convolution: 16 MiB.
 const KEEP_LAYOUT_MAX: usize = 1 << 22;
 
@@ -552,8 +555,7 @@ pub(super) fn run(
             );
         }
     };
-    let run_share = |share: Range<(usize, usize)>| {
-        let mut tile = Vec::new();
+    let run_share = |share: Range<(usize, usize)>, tile: &mut Vec<f32>| {
         for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
             let first = if job == share.start.0 {
                 share.start.1
@@ -565,7 +567,7 @@ pub(super) fn run(
             } else {
                 units
             };
-            run_job(job, first..end, &mut tile);
+            run_job(job, first..end, tile);
         }
     };
     // Where a group's weights outweigh an image's input (deep layers on small planes), each
@@ -573,20 +575,22 @@ pub(super) fn run(
     // weights, which then stay in its L2, and both read the smaller input.
     let weights_heavier = g.og * g.depth() > g.cg * g.h * g.w;
     let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
+    // Either way the work is cut into a few shares per thread, which the threads claim one
+    // at a time (`for_each_claimed`), so a slower or stalled core holds back one share at most.
     if threads > 1 && weights_heavier && panels_split && units >= threads {
-        split(units, threads).into_par_iter().for_each(|share| {
-            let mut tile = Vec::new();
+        let shares = split(units, (threads * SHARES_PER_THREAD).min(units));
+        for_each_claimed(shares.len(), Vec::new, |tile, s| {
             for job in 0..jobs {
-                run_job(job, share.clone(), &mut tile);
+                run_job(job, shares[s].clone(), tile);
             }
         });
     } else if threads > 1 && jobs * units > 1 {
-        let cuts = even_cuts(jobs, units, threads, strips);
-        (0..cuts.len() - 1)
-            .into_par_iter()
-            .for_each(|t| run_share(cuts[t]..cuts[t + 1]));
+        let cuts = even_cuts(jobs, units, threads * SHARES_PER_THREAD, strips);
+        for_each_claimed(cuts.len() - 1, Vec::new, |tile, t| {
+            run_share(cuts[t]..cuts[t + 1], tile)
+        });
     } else {
-        run_share((0, 0)..(jobs, 0));
+        run_share((0, 0)..(jobs, 0), &mut Vec::new());
     }
     if flat.data.capacity() <= KEEP_LAYOUT_MAX {
         LAYOUT_BUFFER.set(flat.data);
