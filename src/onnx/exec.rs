@@ -39,7 +39,7 @@ use crate::node::{CpuDevice, Device};
 use crate::onnx::model::{Dim, Model, Node, ValueInfo};
 use crate::onnx::ops::{self, Args, Cx, Kind, Meta, Ty};
 use crate::onnx::value::Value;
-use crate::tensor::{Shape, Tensor, TensorData};
+use crate::tensor::{Shape, Tensor};
 use crate::{Error, Result};
 
 /// Whether the executor runs operator `op_type` of `domain` (`""` / `ai.onnx`) at `opset`.
@@ -1264,11 +1264,8 @@ impl Session {
                 }
             }
             for &id in &self.frees[i] {
-                if self.consts[id].is_none()
-                    && let Some(Cow::Owned(Value::Float(t))) = env[id].take()
-                    && let TensorData::F32(values) = t.into_data()
-                {
-                    crate::node::recycle::give_back(values);
+                if self.consts[id].is_none() {
+                    ops::recycle(env[id].take());
                 }
             }
         }

@@ -85,7 +85,7 @@ const SMALL_PLANE: usize = 64;
 /// Neighbouring rows share their padding: a tap that reads past the end of a row reads the
 /// start of the next one, which is left padding (zero) in every plane. So a row holds only
 /// its image columns and the wider of the two paddings, not both of them.
-pub(super) fn grid_width(g: &Geometry) -> usize {
+fn grid_width(g: &Geometry) -> usize {
     // Phase column j of column phase px holds padded column j·sw + px; these bound the image.
     let first = |px: usize| g.pads[1].saturating_sub(px).div_ceil(g.sw);
     let end = |px: usize| (g.pads[1] + g.w).saturating_sub(px).div_ceil(g.sw);
@@ -283,9 +283,9 @@ pub(super) fn with_layout<R>(
 /// Everything the tasks of one convolution share.
 struct Flat<'a> {
     g: &'a Geometry,
-    layout: Layout,
+    layout: &'a Layout,
     /// The input as phase planes ([`Layout::fill`]).
-    data: Vec<f32>,
+    data: &'a [f32],
     weights: &'a PackedWeights,
     bias: Option<&'a [f32]>,
     /// Scale of the output's old values added to the convolution.
@@ -311,7 +311,7 @@ impl Flat<'_> {
         tile: &mut Vec<f32>,
         out: SharedOut<'_>,
     ) {
-        let (g, layout) = (self.g, &self.layout);
+        let (g, layout) = (self.g, self.layout);
         let count = outputs.len();
         // The first depth block overwrites the tile: old values need no clearing.
         let tile_len = panels.len() * count * CHANNELS;
@@ -518,83 +518,79 @@ pub(super) fn run(
         CHANNELS,
         "flat path needs panels of 16 channels"
     );
-    let layout = Layout::new(g);
-    let mut data = LAYOUT_BUFFER.take();
-    layout.fill(g, input, &mut data);
-    let flat = Flat {
-        g,
-        layout,
-        data,
-        weights,
-        bias,
-        beta,
-        wide,
-    };
-    let threads = rayon::current_num_threads();
-    let columns = output_ranges(g.out_plane());
-    let jobs = g.n * g.groups * columns.len();
-    // Shares are cut between units of the panels a tile covers.
-    let unit = if wide { PANELS_WIDE } else { 1 };
-    let panels = weights.panels();
-    let units = panels.div_ceil(unit);
-    // Work of one unit over job j's outputs, in tiles.
-    let strips = |job: usize| columns[job % columns.len()].len().div_ceil(flat.pixels());
-    let out = SharedOut::new(output);
-    // Units `units` of job `job`, accumulated in `tile`.
-    let run_job = |job: usize, units: Range<usize>, tile: &mut Vec<f32>| {
-        let (first, end) = (units.start * unit, (units.end * unit).min(panels));
-        if first < end {
-            let (image_group, col) = (job / columns.len(), job % columns.len());
-            flat.task(
-                image_group / g.groups,
-                image_group % g.groups,
-                columns[col].clone(),
-                first..end,
-                tile,
-                out,
-            );
-        }
-    };
-    let run_share = |share: Range<(usize, usize)>, tile: &mut Vec<f32>| {
-        for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
-            let first = if job == share.start.0 {
-                share.start.1
-            } else {
-                0
-            };
-            let end = if job == share.end.0 {
-                share.end.1
-            } else {
-                units
-            };
-            run_job(job, first..end, tile);
-        }
-    };
-    // Where a group's weights outweigh an image's input (deep layers on small planes), each
-    // thread takes an even share of the panels for every job: it reads only its share of the
-    // weights, which then stay in its L2, and both read the smaller input.
-    let weights_heavier = g.og * g.depth() > g.cg * g.h * g.w;
-    let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
-    // Either way the work is cut into a few shares per thread, which the threads claim one
-    // at a time (`for_each_claimed`), so a slower or stalled core holds back one share at most.
-    if threads > 1 && weights_heavier && panels_split && units >= threads {
-        let shares = split(units, (threads * SHARES_PER_THREAD).min(units));
-        for_each_claimed(shares.len(), Vec::new, |tile, s| {
-            for job in 0..jobs {
-                run_job(job, shares[s].clone(), tile);
+    with_layout(g, input, 0, |layout, data| {
+        let flat = Flat {
+            g,
+            layout,
+            data,
+            weights,
+            bias,
+            beta,
+            wide,
+        };
+        let threads = rayon::current_num_threads();
+        let columns = output_ranges(g.out_plane());
+        let jobs = g.n * g.groups * columns.len();
+        // Shares are cut between units of the panels a tile covers.
+        let unit = if wide { PANELS_WIDE } else { 1 };
+        let panels = weights.panels();
+        let units = panels.div_ceil(unit);
+        // Work of one unit over job j's outputs, in tiles.
+        let strips = |job: usize| columns[job % columns.len()].len().div_ceil(flat.pixels());
+        let out = SharedOut::new(output);
+        // Units `units` of job `job`, accumulated in `tile`.
+        let run_job = |job: usize, units: Range<usize>, tile: &mut Vec<f32>| {
+            let (first, end) = (units.start * unit, (units.end * unit).min(panels));
+            if first < end {
+                let (image_group, col) = (job / columns.len(), job % columns.len());
+                flat.task(
+                    image_group / g.groups,
+                    image_group % g.groups,
+                    columns[col].clone(),
+                    first..end,
+                    tile,
+                    out,
+                );
             }
-        });
-    } else if threads > 1 && jobs * units > 1 {
-        let cuts = even_cuts(jobs, units, threads * SHARES_PER_THREAD, strips);
-        for_each_claimed(cuts.len() - 1, Vec::new, |tile, t| {
-            run_share(cuts[t]..cuts[t + 1], tile)
-        });
-    } else {
-        run_share((0, 0)..(jobs, 0), &mut Vec::new());
-    }
-    if flat.data.capacity() <= KEEP_LAYOUT_MAX {
-        LAYOUT_BUFFER.set(flat.data);
-    }
+        };
+        let run_share = |share: Range<(usize, usize)>, tile: &mut Vec<f32>| {
+            for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
+                let first = if job == share.start.0 {
+                    share.start.1
+                } else {
+                    0
+                };
+                let end = if job == share.end.0 {
+                    share.end.1
+                } else {
+                    units
+                };
+                run_job(job, first..end, tile);
+            }
+        };
+        // Where a group's weights outweigh an image's input (deep layers on small planes), each
+        // thread takes an even share of the panels for every job: it reads only its share of the
+        // weights, which then stay in its L2, and both read the smaller input.
+        let weights_heavier = g.og * g.depth() > g.cg * g.h * g.w;
+        let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
+        // Either way the work is cut into a few shares per thread, which the threads claim one
+        // at a time (`for_each_claimed`), so a slower or stalled core holds back one share at most.
+        if threads > 1 && weights_heavier && panels_split && units >= threads {
+            let shares = split(units, (threads * SHARES_PER_THREAD).min(units));
+            for_each_claimed(shares.len(), Vec::new, |tile, s| {
+                for job in 0..jobs {
+                    run_job(job, shares[s].clone(), tile);
+                }
+            });
+        } else if threads > 1 && jobs * units > 1 {
+            let cuts = even_cuts(jobs, units, threads * SHARES_PER_THREAD, strips);
+            for_each_claimed(cuts.len() - 1, Vec::new, |tile, t| {
+                run_share(cuts[t]..cuts[t + 1], tile)
+            });
+        } else {
+            run_share((0, 0)..(jobs, 0), &mut Vec::new());
+        }
+    });
 }
 
 #[cfg(test)]

@@ -62,13 +62,13 @@ pub(super) fn run(
         "lanes path needs panels of {ROWS} channels in one depth block"
     );
     let out_plane = g.out_plane();
-    // Grid columns of the outputs: up to the last output's, rounded up to whole vectors.
-    let vectors = ((g.oh - 1) * flat::grid_width(g) + g.ow).div_ceil(LANES);
     let finish = Finish { beta, relu: g.relu };
     let zeros = vec![0.0f32; g.o];
     let bias = bias.unwrap_or(&zeros);
     let out = SharedOut::new(output);
     flat::with_layout(g, input, VECTORS * LANES, |layout, data| {
+        // Grid columns of the outputs: up to the last output's, rounded up to whole vectors.
+        let vectors = ((g.oh - 1) * layout.wph + g.ow).div_ceil(LANES);
         let furthest = layout.offsets.iter().max().copied().unwrap_or(0);
         let tasks_per_job = vectors.div_ceil(TASK_VECTORS);
         let jobs = g.n * g.groups;

@@ -385,17 +385,20 @@ pub(crate) struct Args<'a> {
     names: &'a [String],
 }
 
+/// Gives a value the run owned (read for the last time) back for recycling if it is an f32
+/// tensor, so the next output of the same size reuses its memory; drops anything else.
+pub(crate) fn recycle(value: Option<Cow<'_, Value>>) {
+    if let Some(Cow::Owned(Value::Float(t))) = value
+        && let TensorData::F32(values) = t.into_data()
+    {
+        crate::node::recycle::give_back(values);
+    }
+}
+
 impl Drop for Args<'_> {
-    /// Gives the float inputs the op was handed to own (read for the last time) and did not
-    /// keep back for recycling: the next output of the same size reuses their memory.
+    /// Recycles the inputs the op was handed to own and did not keep.
     fn drop(&mut self) {
-        for v in self.vals.drain(..) {
-            if let Some(Cow::Owned(Value::Float(t))) = v
-                && let TensorData::F32(values) = t.into_data()
-            {
-                crate::node::recycle::give_back(values);
-            }
-        }
+        self.vals.drain(..).for_each(recycle);
     }
 }
 
