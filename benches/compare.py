@@ -9,12 +9,17 @@ bench), so the times are the kernels', not the allocators'.
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine_peak  # noqa: E402
 
 RESNET = [
     "1-64-56-64-3-1-1",
@@ -131,6 +136,7 @@ def main():
     nodes = f"cpu:1x{args.threads}"
     print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads: {args.threads}")
+    print(f"at the start: {machine_peak.describe(machine_peak.measure(args.bin))}", flush=True)
 
     run = lambda table_name: args.only in (None, table_name)  # noqa: E731
     rows = []
@@ -157,10 +163,17 @@ def main():
                                     "--dtype", dtype, "--nodes", nodes])[0]
         rows.append([dtype, f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
     if rows:
+        before = machine_peak.measure(args.bin, [1]).get(1)
         line = accelmesh(args.bin, ["bench", "matmul", "--sizes", "1024", "--reps", "5",
                                     "--nodes", "cpu:1x1"])[0]
+        after = machine_peak.measure(args.bin, [1]).get(1)
         rows.append(["f32, 1 thread", f"{line['ms_median']:.3f}", f"{line['gflops']:.1f}"])
         table("matmul n=1024 by operand dtype (accelmesh)", ["dtype", "ms", "GFLOP/s"], rows)
+        if before and after:
+            peak = (before["gflops"] + after["gflops"]) / 2
+            print(f"\none thread: {line['gflops']:.1f} GFLOP/s = {100 * line['gflops'] / peak:.0f} % "
+                  f"of the one-thread FMA peak measured just before and after "
+                  f"({before['gflops']:.0f} and {after['gflops']:.0f} GFLOP/s)")
 
     rows = []
     if args.conv_shapes:
@@ -185,6 +198,7 @@ def main():
         table(f"conv2d f32, {which} N-C-H-K-R-stride-pad (ms median; GFLOP/s)",
               ["layer", "accelmesh ms", "GFLOP/s", "onnxruntime ms", "GFLOP/s", "ort/accelmesh"],
               rows)
+    print(f"\nat the end: {machine_peak.describe(machine_peak.measure(args.bin))}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine_peak  # noqa: E402
+
 LIGHT_MODELS = [
     "bvlc_alexnet",
     "densenet121",
@@ -340,6 +343,7 @@ def main():
           f"accelmesh --nodes {args.nodes}")
     print(f"models: {data}/light_<name>.onnx, input 1x3x224x224 f32; "
           f"median of {reps} runs after 1 warm-up", flush=True)
+    print(f"at the start: {machine_peak.describe(machine_peak.measure(args.bin))}", flush=True)
 
     results = {}
     errors = []
@@ -381,6 +385,8 @@ def main():
 
     baseline = measure("onnxruntime", ort_cmd(args, "-", 1, 1) + ["--baseline"], 120)
     floor = measure("true", ["true"], 60)
+
+    print(f"at the end: {machine_peak.describe(machine_peak.measure(args.bin))}")
 
     # ---- tables
     print()

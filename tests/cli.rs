@@ -163,6 +163,26 @@ fn bench_conv2d_json_with_check() {
 }
 
 #[test]
+fn bench_peak_reports_each_thread_count() {
+    let lines = json_lines(&["bench", "peak", "--threads", "1,2", "--reps", "1", "--json"]);
+    assert_eq!(lines.len(), 2);
+    for (line, threads) in lines.iter().zip([1, 2]) {
+        assert_eq!(line["op"], "peak");
+        assert_eq!(line["threads"], threads);
+        let gflops = line["gflops"].as_f64().unwrap();
+        let (slowest, fastest) = (
+            line["thread_min"].as_f64().unwrap(),
+            line["thread_max"].as_f64().unwrap(),
+        );
+        assert!(
+            gflops > 0.0 && 0.0 < slowest && slowest <= fastest,
+            "{line:?}"
+        );
+        assert!(["scalar", "avx2", "avx512", "neon"].contains(&line["isa"].as_str().unwrap()));
+    }
+}
+
+#[test]
 fn bench_table_is_aligned() {
     let out = accelmesh(&[
         "bench", "matmul", "--sizes", "8,100", "--reps", "1", "--check",
@@ -200,6 +220,8 @@ fn bad_arguments_fail_cleanly() {
         "1-8-17-16-3-1",
     );
     assert_clean_failure(&["bench", "matmul", "--reps", "0"], "repetition count");
+    assert_clean_failure(&["bench", "peak", "--threads", "1,0"], "thread count");
+    assert_clean_failure(&["bench", "peak", "--threads", "x"], "thread count");
     assert_clean_failure(&["frobnicate"], "frobnicate");
 }
 

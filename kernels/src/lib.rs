@@ -18,6 +18,7 @@ pub mod gemm;
 pub mod isa;
 mod math;
 pub mod norm;
+pub mod peak;
 pub mod pool;
 
 pub use element::Element;

@@ -10,6 +10,7 @@
 
 pub mod case;
 pub mod check;
+pub mod peak;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

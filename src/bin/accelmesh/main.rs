@@ -158,6 +158,20 @@ enum BenchCommand {
         #[command(flatten)]
         flags: BenchFlags,
     },
+    /// The cores' multiply-add rate: a register-only loop of fused multiply-adds in the
+    /// kernels' instruction set, on each thread count at once (the ceiling of every kernel;
+    /// a shared host moves it from minute to minute).
+    Peak {
+        /// Thread counts, comma-separated (default: 1 and every core).
+        #[arg(long, value_name = "T,...", value_delimiter = ',', value_parser = parse_threads)]
+        threads: Vec<usize>,
+        /// Timed repetitions per thread count (50 ms each).
+        #[arg(long, default_value_t = 5, value_parser = parse_reps)]
+        reps: usize,
+        /// Print one JSON object per thread count instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags every benchmark takes.
@@ -192,6 +206,11 @@ fn parse_positive(what: &'static str, text: &str) -> Result<usize> {
 /// Parses one matrix size of `--sizes`.
 fn parse_size(text: &str) -> Result<usize> {
     parse_positive("matrix size", text)
+}
+
+/// Parses one thread count of `bench peak --threads`.
+fn parse_threads(text: &str) -> Result<usize> {
+    parse_positive("thread count", text)
 }
 
 /// Parses `--batch`.
@@ -426,6 +445,20 @@ fn run(cli: Cli) -> Result<()> {
                         flags.check,
                     )?;
                     table.row(&mut out, &result)?;
+                }
+            }
+            BenchCommand::Peak {
+                mut threads,
+                reps,
+                json,
+            } => {
+                if threads.is_empty() {
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    threads = if cores > 1 { vec![1, cores] } else { vec![1] };
+                }
+                print::peak_header(&mut out, json)?;
+                for t in threads {
+                    print::peak(&mut out, &bench::peak::run_peak(t, reps)?, json)?;
                 }
             }
         },

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use accelmesh::bench::CaseResult;
+use accelmesh::bench::peak::PeakResult;
 use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::SimSummary;
 use accelmesh::model::demo::DemoReport;
@@ -139,6 +140,33 @@ pub fn simulation(out: &mut impl Write, s: &SimSummary, json: bool) -> Result<()
             s.replanned_parts,
             s.mean_nodes_per_job,
             s.decisions_per_s
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes the header of the peak table (nothing in JSON mode).
+pub fn peak_header(out: &mut impl Write, json: bool) -> Result<()> {
+    if !json {
+        writeln!(
+            out,
+            "{:<7}  {:>7}  {:>10}  {:>12}  {:>13}  {:>13}",
+            "isa", "threads", "GFLOP/s", "per thread", "slowest thread", "fastest thread"
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes one thread count's multiply-add rate: a table row, or one JSON object.
+pub fn peak(out: &mut impl Write, r: &PeakResult, json: bool) -> Result<()> {
+    if json {
+        writeln!(out, "{}", to_json(r)?)?;
+    } else {
+        writeln!(
+            out,
+            "{:<7}  {:>7}  {:>10.1}  {:>12.1}  {:>14.1}  {:>14.1}",
+            r.isa, r.threads, r.gflops, r.gflops_per_thread, r.thread_min, r.thread_max
         )?;
     }
     out.flush()?;

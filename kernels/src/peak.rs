@@ -1,0 +1,328 @@
+//! The cores' multiply-add rate: a loop of independent fused multiply-adds on registers alone,
+//! the ceiling every kernel's GFLOP/s is measured against.
+//!
+//! A shared host can slow a virtual machine's cores by several times for minutes at a time;
+//! a benchmark that measures this rate beside its kernels says what the machine could do in
+//! those same minutes.
+
+use std::time::{Duration, Instant};
+
+use crate::{Isa, Result};
+
+/// Independent accumulator chains of the loop: enough to cover the multiply-add latency on
+/// both FMA ports (4 cycles × 2 ports) with room to spare, and few enough to stay in registers.
+const CHAINS: usize = 24;
+
+/// What one thread measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThreadRate {
+    /// Floating-point operations done (a multiply-add counts two).
+    pub flops: u64,
+    /// How long they took.
+    pub elapsed: Duration,
+}
+
+impl ThreadRate {
+    /// The rate in GFLOP/s (0 when nothing was timed).
+    pub fn gflops(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.flops as f64 / secs / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Runs `passes` passes of `isa`'s multiply-add loop on the calling thread and returns the
+/// operations done and the time taken, or an error naming an ISA this machine lacks.
+pub fn fma_loop(isa: Isa, passes: u64) -> Result<ThreadRate> {
+    let isa = isa.require()?;
+    let start = Instant::now();
+    let (flops, checksum) = run(isa, passes);
+    let elapsed = start.elapsed();
+    std::hint::black_box(checksum);
+    Ok(ThreadRate { flops, elapsed })
+}
+
+/// Every thread of the current rayon pool runs `isa`'s loop at the same time for about
+/// `duration`; one rate per thread, in thread order.
+pub fn measure(isa: Isa, duration: Duration) -> Result<Vec<ThreadRate>> {
+    let isa = isa.require()?;
+    // Passes that take about a millisecond on this thread, so the timed run's length is set
+    // by `duration`, not by a guess at the machine's speed.
+    let mut passes = 1u64 << 10;
+    loop {
+        let rate = fma_loop(isa, passes)?;
+        if rate.elapsed >= Duration::from_millis(1) || passes >= 1 << 40 {
+            let per_ms = passes as f64 / rate.elapsed.as_secs_f64().max(1e-9) / 1e3;
+            passes = ((per_ms * duration.as_secs_f64() * 1e3) as u64).max(1);
+            break;
+        }
+        passes *= 4;
+    }
+    rayon::broadcast(|_| fma_loop(isa, passes))
+        .into_iter()
+        .collect()
+}
+
+/// The loop of `isa` (available on this machine): (flops, a value that depends on every one).
+fn run(isa: Isa, passes: u64) -> (u64, f32) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa.require()` confirmed AVX-512F before this call.
+        Isa::Avx512 => unsafe { x86::avx512(passes) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa.require()` confirmed AVX2 and FMA before this call.
+        Isa::Avx2 => unsafe { x86::avx2(passes) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `isa.require()` confirmed NEON before this call.
+        Isa::Neon => unsafe { neon(passes) },
+        _ => scalar(passes),
+    }
+}
+
+/// The portable loop: a multiply and an add per step (two operations), in `CHAINS` chains.
+fn scalar(passes: u64) -> (u64, f32) {
+    let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+    let mut acc: [f32; CHAINS] = std::array::from_fn(|i| i as f32);
+    for _ in 0..passes {
+        for a in &mut acc {
+            *a = *a * b + c;
+        }
+    }
+    (passes * CHAINS as u64 * 2, acc.iter().sum())
+}
+
+/// The NEON loop: `CHAINS` chains of 4-lane fused multiply-adds.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn neon(passes: u64) -> (u64, f32) {
+    use std::arch::aarch64::*;
+    let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+    let (b, c) = (vdupq_n_f32(b), vdupq_n_f32(c));
+    let mut acc: [float32x4_t; CHAINS] = std::array::from_fn(|i| vdupq_n_f32(i as f32));
+    for _ in 0..passes {
+        for a in &mut acc {
+            *a = vfmaq_f32(c, *a, b);
+        }
+    }
+    let sum = acc.iter().map(|&a| vaddvq_f32(a)).sum();
+    (passes * CHAINS as u64 * 4 * 2, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    use super::CHAINS;
+
+    // The loops are written in assembly with every register named: from intrinsics, LLVM
+    // keeps some of the 24 chains on the stack and rotates the others through registers each
+    // pass (half the rate of the same loop in C), and its register class for assembly
+    // operands stops at zmm15.
+
+    /// `CHAINS` chains of 16-lane fused multiply-adds in zmm0–zmm23.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(passes: u64) -> (u64, f32) {
+        let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+        let (b, c) = (_mm512_set1_ps(b), _mm512_set1_ps(c));
+        let mut acc: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+        if passes == 0 {
+            return (0, 0.0);
+        }
+        // SAFETY: registers only (no memory, no stack); every register written is an operand;
+        // the caller confirmed AVX-512F; `n` counts down from `passes` ≥ 1 to 0.
+        unsafe {
+            asm!(
+            "2:",
+            "vfmadd213ps zmm0, zmm24, zmm25",
+            "vfmadd213ps zmm1, zmm24, zmm25",
+            "vfmadd213ps zmm2, zmm24, zmm25",
+            "vfmadd213ps zmm3, zmm24, zmm25",
+            "vfmadd213ps zmm4, zmm24, zmm25",
+            "vfmadd213ps zmm5, zmm24, zmm25",
+            "vfmadd213ps zmm6, zmm24, zmm25",
+            "vfmadd213ps zmm7, zmm24, zmm25",
+            "vfmadd213ps zmm8, zmm24, zmm25",
+            "vfmadd213ps zmm9, zmm24, zmm25",
+            "vfmadd213ps zmm10, zmm24, zmm25",
+            "vfmadd213ps zmm11, zmm24, zmm25",
+            "vfmadd213ps zmm12, zmm24, zmm25",
+            "vfmadd213ps zmm13, zmm24, zmm25",
+            "vfmadd213ps zmm14, zmm24, zmm25",
+            "vfmadd213ps zmm15, zmm24, zmm25",
+            "vfmadd213ps zmm16, zmm24, zmm25",
+            "vfmadd213ps zmm17, zmm24, zmm25",
+            "vfmadd213ps zmm18, zmm24, zmm25",
+            "vfmadd213ps zmm19, zmm24, zmm25",
+            "vfmadd213ps zmm20, zmm24, zmm25",
+            "vfmadd213ps zmm21, zmm24, zmm25",
+            "vfmadd213ps zmm22, zmm24, zmm25",
+            "vfmadd213ps zmm23, zmm24, zmm25",
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) passes => _,
+            in("zmm24") b,
+            in("zmm25") c,
+            inout("zmm0") acc[0],
+            inout("zmm1") acc[1],
+            inout("zmm2") acc[2],
+            inout("zmm3") acc[3],
+            inout("zmm4") acc[4],
+            inout("zmm5") acc[5],
+            inout("zmm6") acc[6],
+            inout("zmm7") acc[7],
+            inout("zmm8") acc[8],
+            inout("zmm9") acc[9],
+            inout("zmm10") acc[10],
+            inout("zmm11") acc[11],
+            inout("zmm12") acc[12],
+            inout("zmm13") acc[13],
+            inout("zmm14") acc[14],
+            inout("zmm15") acc[15],
+            inout("zmm16") acc[16],
+            inout("zmm17") acc[17],
+            inout("zmm18") acc[18],
+            inout("zmm19") acc[19],
+            inout("zmm20") acc[20],
+            inout("zmm21") acc[21],
+            inout("zmm22") acc[22],
+            inout("zmm23") acc[23],
+            options(nomem, nostack),
+            );
+        }
+        let sum = acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum();
+        (passes * CHAINS as u64 * 16 * 2, sum)
+    }
+
+    /// Chains of 8-lane fused multiply-adds in ymm0–ymm11 (of the 16 ymm registers), each
+    /// stepped twice per pass.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(passes: u64) -> (u64, f32) {
+        const YMM_CHAINS: usize = 12;
+        let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+        let (b, c) = (_mm256_set1_ps(b), _mm256_set1_ps(c));
+        let mut acc: [__m256; YMM_CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(i as f32));
+        if passes == 0 {
+            return (0, 0.0);
+        }
+        // SAFETY: registers only (no memory, no stack); every register written is an operand;
+        // the caller confirmed AVX2 and FMA; `n` counts down from `passes` ≥ 1 to 0.
+        unsafe {
+            asm!(
+            "2:",
+            "vfmadd213ps ymm0, ymm12, ymm13",
+            "vfmadd213ps ymm1, ymm12, ymm13",
+            "vfmadd213ps ymm2, ymm12, ymm13",
+            "vfmadd213ps ymm3, ymm12, ymm13",
+            "vfmadd213ps ymm4, ymm12, ymm13",
+            "vfmadd213ps ymm5, ymm12, ymm13",
+            "vfmadd213ps ymm6, ymm12, ymm13",
+            "vfmadd213ps ymm7, ymm12, ymm13",
+            "vfmadd213ps ymm8, ymm12, ymm13",
+            "vfmadd213ps ymm9, ymm12, ymm13",
+            "vfmadd213ps ymm10, ymm12, ymm13",
+            "vfmadd213ps ymm11, ymm12, ymm13",
+            "vfmadd213ps ymm0, ymm12, ymm13",
+            "vfmadd213ps ymm1, ymm12, ymm13",
+            "vfmadd213ps ymm2, ymm12, ymm13",
+            "vfmadd213ps ymm3, ymm12, ymm13",
+            "vfmadd213ps ymm4, ymm12, ymm13",
+            "vfmadd213ps ymm5, ymm12, ymm13",
+            "vfmadd213ps ymm6, ymm12, ymm13",
+            "vfmadd213ps ymm7, ymm12, ymm13",
+            "vfmadd213ps ymm8, ymm12, ymm13",
+            "vfmadd213ps ymm9, ymm12, ymm13",
+            "vfmadd213ps ymm10, ymm12, ymm13",
+            "vfmadd213ps ymm11, ymm12, ymm13",
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) passes => _,
+            in("ymm12") b,
+            in("ymm13") c,
+            inout("ymm0") acc[0],
+            inout("ymm1") acc[1],
+            inout("ymm2") acc[2],
+            inout("ymm3") acc[3],
+            inout("ymm4") acc[4],
+            inout("ymm5") acc[5],
+            inout("ymm6") acc[6],
+            inout("ymm7") acc[7],
+            inout("ymm8") acc[8],
+            inout("ymm9") acc[9],
+            inout("ymm10") acc[10],
+            inout("ymm11") acc[11],
+            options(nomem, nostack),
+            );
+        }
+        let mut lanes = [0f32; 8];
+        let mut sum = 0.0;
+        for a in acc {
+            // SAFETY: `lanes` holds the 8 floats an unaligned store writes.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+            sum += lanes.iter().sum::<f32>();
+        }
+        (passes * CHAINS as u64 * 8 * 2, sum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's result, computed in f64 for one chain starting at `start`.
+    fn chain(start: f64, passes: u64) -> f64 {
+        let (b, c) = (0.999_999_9f32 as f64, 1e-7f32 as f64);
+        (0..passes).fold(start, |a, _| a * b + c)
+    }
+
+    #[test]
+    fn every_path_counts_its_operations_and_computes_the_chains() {
+        let passes = 1001;
+        for isa in Isa::available() {
+            // The AVX2 loop runs 12 chains, each twice per pass.
+            let (chains, steps) = match isa {
+                Isa::Avx2 => (12, passes * 2),
+                _ => (CHAINS, passes),
+            };
+            let expected: f64 = (0..chains).map(|i| chain(i as f64, steps)).sum();
+            let lanes = match isa {
+                Isa::Avx512 => 16,
+                Isa::Avx2 => 8,
+                Isa::Neon => 4,
+                Isa::Scalar => 1,
+            };
+            let (flops, sum) = run(isa, passes);
+            assert_eq!(flops, passes * CHAINS as u64 * lanes * 2, "{isa}");
+            let got = sum as f64 / lanes as f64;
+            assert!(
+                (got - expected).abs() <= 1e-4 * expected.abs(),
+                "{isa}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn measure_reports_one_positive_rate_per_thread() {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let rates = pool
+                .install(|| measure(Isa::selected(), Duration::from_millis(5)))
+                .unwrap();
+            assert_eq!(rates.len(), threads);
+            assert!(rates.iter().all(|r| r.flops > 0 && r.gflops() > 0.0));
+        }
+    }
+
+    #[test]
+    fn a_missing_isa_is_an_error() {
+        if let Some(&missing) = Isa::ALL.iter().find(|isa| !isa.is_available()) {
+            assert!(fma_loop(missing, 1).is_err());
+        }
+    }
+}
