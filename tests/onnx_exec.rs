@@ -1421,6 +1421,47 @@ fn shape_constants_identity_dropout() {
     }
 }
 
+#[test]
+fn identity_and_inference_dropout_are_dropped_at_load() {
+    let x = Value::Float(rand(&[2, 3, 5, 7], 41));
+    let nodes = vec![
+        node("Relu", &["x"], &["r"], vec![]),
+        node("Dropout", &["r"], &["d"], vec![]),
+        node("Identity", &["d"], &["i"], vec![]),
+        node("Sigmoid", &["i"], &["y"], vec![]),
+        // A pass-through that writes a graph output stays, so the output keeps its name.
+        node("Identity", &["r"], &["z"], vec![]),
+    ];
+    let s = Session::new(model(13, nodes, vec![], vec![info("x", &x)], &["y", "z"])).unwrap();
+    assert_eq!(
+        s.node_count(),
+        3,
+        "Relu, Sigmoid and the output's Identity run"
+    );
+    let out = s
+        .run(&dev(), &HashMap::from([("x".to_string(), x.clone())]))
+        .unwrap();
+    let relu: Vec<f64> = f64s(&x).iter().map(|&v| v.max(0.0)).collect();
+    let sigmoid: Vec<f64> = relu.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+    assert_close(&out["y"], &[2, 3, 5, 7], &sigmoid, 1e-6);
+    assert_close(&out["z"], &[2, 3, 5, 7], &relu, 0.0);
+
+    // A Dropout whose mask is read runs.
+    let nodes = vec![
+        node("Dropout", &["x"], &["d", "m"], vec![]),
+        node("Cast", &["m"], &["y"], vec![("to", Attribute::Int(1))]),
+        node("Neg", &["d"], &["z"], vec![]),
+    ];
+    let s = Session::new(model(13, nodes, vec![], vec![info("x", &x)], &["y", "z"])).unwrap();
+    assert_eq!(s.node_count(), 3);
+    let out = s
+        .run(&dev(), &HashMap::from([("x".to_string(), x.clone())]))
+        .unwrap();
+    assert_close(&out["y"], &[2, 3, 5, 7], &[1.0; 210], 0.0);
+    let neg: Vec<f64> = f64s(&x).iter().map(|&v| -v).collect();
+    assert_close(&out["z"], &[2, 3, 5, 7], &neg, 0.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Opset differences.
 // ---------------------------------------------------------------------------------------------

@@ -365,6 +365,7 @@ impl Session {
             .collect();
         session.fold(ordered)?;
         session.infer()?;
+        session.drop_pass_throughs();
         session.fold_batch_norms()?;
         session.fold_channel_affines()?;
         session.fuse_residuals();
@@ -489,6 +490,47 @@ impl Session {
             }
         }
         producer
+    }
+
+    /// Drops Identity steps and inference Dropout steps (no mask read, no training_mode
+    /// input): their readers read the step's input instead, so no step copies or hands it on.
+    /// A step whose output is a graph output stays, so that the output keeps its own name.
+    fn drop_pass_throughs(&mut self) {
+        let uses = self.use_counts();
+        // The value each value id is read as from now on.
+        let mut read_as: Vec<usize> = (0..self.names.len()).collect();
+        let mut remove = vec![false; self.steps.len()];
+        for (step, removed) in self.steps.iter().zip(remove.iter_mut()) {
+            let passes = match step.kind {
+                Kind::Identity => true,
+                Kind::Dropout { .. } => {
+                    let training_input = step.inputs.get(2).copied().flatten().is_some();
+                    let mask_read = step
+                        .outputs
+                        .get(1)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|m| uses[m] > 0);
+                    !training_input && !mask_read
+                }
+                _ => false,
+            };
+            let (Some(&Some(src)), Some(&Some(dst))) = (step.inputs.first(), step.outputs.first())
+            else {
+                continue;
+            };
+            if passes && !self.output_ids.contains(&dst) {
+                read_as[dst] = read_as[src];
+                *removed = true;
+                self.folded += 1;
+            }
+        }
+        for step in &mut self.steps {
+            for id in step.inputs.iter_mut().flatten() {
+                *id = read_as[*id];
+            }
+        }
+        self.drop_steps(&remove);
     }
 
     /// Removes the steps whose flag in `remove` is set, keeping the others in order.
@@ -1041,7 +1083,8 @@ impl Session {
         self.steps.len()
     }
 
-    /// Number of nodes folded into constants at load.
+    /// Number of nodes folded away at load: into constants, into a convolution's weights and
+    /// bias, or dropped as pass-throughs (Identity, inference Dropout).
     pub fn folded_count(&self) -> usize {
         self.folded
     }
