@@ -118,6 +118,14 @@ mod x86 {
 
     use super::CHAINS;
 
+    /// One `vfmadd213ps` line per listed register `<kind><i>`: `reg = reg · b + c`, with `b`
+    /// and `c` the two registers named in `$bc`.
+    macro_rules! fma_each {
+        ($kind:literal, $bc:literal; $($i:literal)*) => {
+            concat!($("vfmadd213ps ", $kind, stringify!($i), ", ", $bc, "\n",)*)
+        };
+    }
+
     // The loops are written in assembly with every register named: from intrinsics, LLVM
     // keeps some of the 24 chains on the stack and rotates the others through registers each
     // pass (half the rate of the same loop in C), and its register class for assembly
@@ -137,30 +145,7 @@ mod x86 {
         unsafe {
             asm!(
             "2:",
-            "vfmadd213ps zmm0, zmm24, zmm25",
-            "vfmadd213ps zmm1, zmm24, zmm25",
-            "vfmadd213ps zmm2, zmm24, zmm25",
-            "vfmadd213ps zmm3, zmm24, zmm25",
-            "vfmadd213ps zmm4, zmm24, zmm25",
-            "vfmadd213ps zmm5, zmm24, zmm25",
-            "vfmadd213ps zmm6, zmm24, zmm25",
-            "vfmadd213ps zmm7, zmm24, zmm25",
-            "vfmadd213ps zmm8, zmm24, zmm25",
-            "vfmadd213ps zmm9, zmm24, zmm25",
-            "vfmadd213ps zmm10, zmm24, zmm25",
-            "vfmadd213ps zmm11, zmm24, zmm25",
-            "vfmadd213ps zmm12, zmm24, zmm25",
-            "vfmadd213ps zmm13, zmm24, zmm25",
-            "vfmadd213ps zmm14, zmm24, zmm25",
-            "vfmadd213ps zmm15, zmm24, zmm25",
-            "vfmadd213ps zmm16, zmm24, zmm25",
-            "vfmadd213ps zmm17, zmm24, zmm25",
-            "vfmadd213ps zmm18, zmm24, zmm25",
-            "vfmadd213ps zmm19, zmm24, zmm25",
-            "vfmadd213ps zmm20, zmm24, zmm25",
-            "vfmadd213ps zmm21, zmm24, zmm25",
-            "vfmadd213ps zmm22, zmm24, zmm25",
-            "vfmadd213ps zmm23, zmm24, zmm25",
+            fma_each!("zmm", "zmm24, zmm25"; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23),
             "dec {n}",
             "jnz 2b",
             n = inout(reg) passes => _,
@@ -213,30 +198,8 @@ mod x86 {
         unsafe {
             asm!(
             "2:",
-            "vfmadd213ps ymm0, ymm12, ymm13",
-            "vfmadd213ps ymm1, ymm12, ymm13",
-            "vfmadd213ps ymm2, ymm12, ymm13",
-            "vfmadd213ps ymm3, ymm12, ymm13",
-            "vfmadd213ps ymm4, ymm12, ymm13",
-            "vfmadd213ps ymm5, ymm12, ymm13",
-            "vfmadd213ps ymm6, ymm12, ymm13",
-            "vfmadd213ps ymm7, ymm12, ymm13",
-            "vfmadd213ps ymm8, ymm12, ymm13",
-            "vfmadd213ps ymm9, ymm12, ymm13",
-            "vfmadd213ps ymm10, ymm12, ymm13",
-            "vfmadd213ps ymm11, ymm12, ymm13",
-            "vfmadd213ps ymm0, ymm12, ymm13",
-            "vfmadd213ps ymm1, ymm12, ymm13",
-            "vfmadd213ps ymm2, ymm12, ymm13",
-            "vfmadd213ps ymm3, ymm12, ymm13",
-            "vfmadd213ps ymm4, ymm12, ymm13",
-            "vfmadd213ps ymm5, ymm12, ymm13",
-            "vfmadd213ps ymm6, ymm12, ymm13",
-            "vfmadd213ps ymm7, ymm12, ymm13",
-            "vfmadd213ps ymm8, ymm12, ymm13",
-            "vfmadd213ps ymm9, ymm12, ymm13",
-            "vfmadd213ps ymm10, ymm12, ymm13",
-            "vfmadd213ps ymm11, ymm12, ymm13",
+            fma_each!("ymm", "ymm12, ymm13"; 0 1 2 3 4 5 6 7 8 9 10 11),
+            fma_each!("ymm", "ymm12, ymm13"; 0 1 2 3 4 5 6 7 8 9 10 11),
             "dec {n}",
             "jnz 2b",
             n = inout(reg) passes => _,
