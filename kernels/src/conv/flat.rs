@@ -406,20 +406,19 @@ impl Flat<'_> {
             for j0 in (0..whole).step_by(8) {
                 let mut eight: [&mut [f32]; 8] = std::array::from_fn(|j| plane_of(j0 + j));
                 let biases: [f32; 8] = std::array::from_fn(|j| bias(j0 + j));
-                for i0 in (0..blocks).step_by(8) {
-                    let dst: [*mut f32; 8] =
-                        std::array::from_fn(|j| eight[j][i0..i0 + 8].as_mut_ptr());
-                    // SAFETY: the caller of `run` checked AVX2; the tile holds 8 outputs of
-                    // 16 channels from (i0, j0); each destination row has 8 values from i0.
-                    unsafe {
-                        super::flat_x86::finish_block(
-                            values[i0 * CHANNELS + j0..].as_ptr(),
-                            dst,
-                            biases,
-                            self.beta,
-                            g.relu,
-                        );
-                    }
+                let dst: [*mut f32; 8] = std::array::from_fn(|j| eight[j].as_mut_ptr());
+                // SAFETY: the caller of `run` checked AVX2; the tile holds `count` ≥ `blocks`
+                // outputs of CHANNELS channels from channel j0 on; each destination row holds
+                // `count` values.
+                unsafe {
+                    super::flat_x86::finish_blocks(
+                        values[j0..].as_ptr(),
+                        dst,
+                        blocks / 8,
+                        biases,
+                        self.beta,
+                        g.relu,
+                    );
                 }
                 // Outputs past the last block of 8.
                 if blocks < count {

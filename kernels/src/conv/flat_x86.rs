@@ -195,6 +195,31 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
     }
 }
 
+/// [`finish_block`] on `blocks` consecutive blocks of 8 outputs: block `b` reads the tile
+/// from `src + b·8·CHANNELS` and writes `dst[j] + b·8`. One call per 8 channels of a task,
+/// so the destinations and biases are set up once, not once per block.
+///
+/// # Safety
+/// AVX2 must be available; `src` must be readable for `8·blocks` rows of 8 floats `CHANNELS`
+/// apart, and each `dst[j]` readable and writable for `8·blocks` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn finish_blocks(
+    src: *const f32,
+    dst: [*mut f32; 8],
+    blocks: usize,
+    bias: [f32; 8],
+    beta: f32,
+    relu: bool,
+) {
+    for b in 0..blocks {
+        // SAFETY: block b < blocks lies inside `src` and every `dst[j]` by the contract.
+        unsafe {
+            let rows = dst.map(|d| d.add(b * 8));
+            finish_block(src.add(b * 8 * CHANNELS), rows, bias, beta, relu);
+        }
+    }
+}
+
 /// Writes 8 outputs × 8 channels of a tile to the output:
 /// `dst[j][i] = relu?(src[i·CHANNELS + j] + beta·dst[j][i] + bias[j])` for `i, j < 8`, the
 /// tile's values transposed in registers.
@@ -203,13 +228,8 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
 /// AVX2 must be available; `src` must be readable for 8 rows of 8 floats `CHANNELS` apart,
 /// and each `dst[j]` readable and writable for 8 floats.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn finish_block(
-    src: *const f32,
-    dst: [*mut f32; 8],
-    bias: [f32; 8],
-    beta: f32,
-    relu: bool,
-) {
+#[inline]
+unsafe fn finish_block(src: *const f32, dst: [*mut f32; 8], bias: [f32; 8], beta: f32, relu: bool) {
     // SAFETY: the 8 rows of `src` are readable by the caller's contract.
     let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * CHANNELS)) });
     let t = [
