@@ -13,6 +13,12 @@ use crate::{Isa, Result};
 /// both FMA ports (4 cycles × 2 ports) with room to spare, and few enough to stay in registers.
 const CHAINS: usize = 24;
 
+/// Each step computes `a·MUL + ADD`: the chains stay finite and normal however long they run
+/// (they approach `ADD / (1 − MUL)`).
+const MUL: f32 = 0.999_999_9;
+/// See [`MUL`].
+const ADD: f32 = 1e-7;
+
 /// What one thread measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThreadRate {
@@ -84,7 +90,7 @@ fn run(isa: Isa, passes: u64) -> (u64, f32) {
 
 /// The portable loop: a multiply and an add per step (two operations), in `CHAINS` chains.
 fn scalar(passes: u64) -> (u64, f32) {
-    let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+    let (b, c) = std::hint::black_box((MUL, ADD));
     let mut acc: [f32; CHAINS] = std::array::from_fn(|i| i as f32);
     for _ in 0..passes {
         for a in &mut acc {
@@ -99,7 +105,7 @@ fn scalar(passes: u64) -> (u64, f32) {
 #[target_feature(enable = "neon")]
 unsafe fn neon(passes: u64) -> (u64, f32) {
     use std::arch::aarch64::*;
-    let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+    let (b, c) = std::hint::black_box((MUL, ADD));
     let (b, c) = (vdupq_n_f32(b), vdupq_n_f32(c));
     let mut acc: [float32x4_t; CHAINS] = std::array::from_fn(|i| vdupq_n_f32(i as f32));
     for _ in 0..passes {
@@ -116,7 +122,7 @@ mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::CHAINS;
+    use super::{ADD, CHAINS, MUL};
 
     /// One `vfmadd213ps` line per listed register `<kind><i>`: `reg = reg · b + c`, with `b`
     /// and `c` the two registers named in `$bc`.
@@ -134,7 +140,7 @@ mod x86 {
     /// `CHAINS` chains of 16-lane fused multiply-adds in zmm0–zmm23.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(passes: u64) -> (u64, f32) {
-        let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+        let (b, c) = std::hint::black_box((MUL, ADD));
         let (b, c) = (_mm512_set1_ps(b), _mm512_set1_ps(c));
         let mut acc: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
         if passes == 0 {
@@ -187,7 +193,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(passes: u64) -> (u64, f32) {
         const YMM_CHAINS: usize = 12;
-        let (b, c) = std::hint::black_box((0.999_999_9f32, 1e-7f32));
+        let (b, c) = std::hint::black_box((MUL, ADD));
         let (b, c) = (_mm256_set1_ps(b), _mm256_set1_ps(c));
         let mut acc: [__m256; YMM_CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(i as f32));
         if passes == 0 {
@@ -237,7 +243,7 @@ mod tests {
 
     /// The loop's result, computed in f64 for one chain starting at `start`.
     fn chain(start: f64, passes: u64) -> f64 {
-        let (b, c) = (0.999_999_9f32 as f64, 1e-7f32 as f64);
+        let (b, c) = (MUL as f64, ADD as f64);
         (0..passes).fold(start, |a, _| a * b + c)
     }
 

@@ -11,6 +11,7 @@ use accelmesh_kernels::Isa;
 use accelmesh_kernels::peak;
 use serde::Serialize;
 
+use super::median;
 use crate::{Error, Result};
 
 /// How long each thread runs the loop per repetition.
@@ -60,8 +61,8 @@ pub fn run_peak(threads: usize, reps: usize) -> Result<PeakResult> {
             all.push(rate.gflops());
         }
     }
-    let medians: Vec<f64> = per_thread.into_iter().map(median).collect();
-    let gflops = median(totals);
+    let medians: Vec<f64> = per_thread.iter().map(|rates| median(rates)).collect();
+    let gflops = median(&totals);
     Ok(PeakResult {
         op: "peak".into(),
         isa: isa.name().into(),
@@ -72,17 +73,6 @@ pub fn run_peak(threads: usize, reps: usize) -> Result<PeakResult> {
         thread_min: medians.iter().copied().fold(f64::INFINITY, f64::min),
         thread_max: medians.iter().copied().fold(0.0, f64::max),
     })
-}
-
-/// The median of `values` (not empty).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }
 
 #[cfg(test)]
@@ -103,11 +93,5 @@ mod tests {
         assert!(e.contains("thread count") && e.contains('0'), "{e}");
         let e = run_peak(1, 0).unwrap_err().to_string();
         assert!(e.contains("repetitions"), "{e}");
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }
