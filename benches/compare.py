@@ -131,11 +131,13 @@ def main():
     parser.add_argument("--only", choices=["sgemm", "dtypes", "conv2d"], help="run one table")
     parser.add_argument("--conv-shapes", help="conv2d cases N-C-H-K-R-stride-pad, comma-separated "
                         "(default: the resnet preset)")
+    machine_peak.add_cpus_option(parser)
     args = parser.parse_args()
     sizes = [256, 512, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
     nodes = f"cpu:1x{args.threads}"
     print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, threads: {args.threads}")
+    machine_peak.apply_cpus_option(args)
     print(f"at the start: {machine_peak.describe(machine_peak.measure(args.bin))}", flush=True)
 
     run = lambda table_name: args.only in (None, table_name)  # noqa: E731

@@ -309,6 +309,7 @@ def main():
     parser.add_argument("--nodes", default="cpu", help="accelmesh --nodes")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per measurement")
     parser.add_argument("--no-batch8", action="store_true", help="skip the ResNet-50 batch 8 row")
+    machine_peak.add_cpus_option(parser)
     # Child mode.
     parser.add_argument("--ort-worker", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -343,6 +344,7 @@ def main():
           f"accelmesh --nodes {args.nodes}")
     print(f"models: {data}/light_<name>.onnx, input 1x3x224x224 f32; "
           f"median of {reps} runs after 1 warm-up", flush=True)
+    machine_peak.apply_cpus_option(args)
     print(f"at the start: {machine_peak.describe(machine_peak.measure(args.bin))}", flush=True)
 
     results = {}

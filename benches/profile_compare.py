@@ -9,7 +9,7 @@ shapes. Rows are sorted by the time accelmesh loses (ours - ort); the ratio is o
 ratios hold on a noisy machine better than times taken apart.
 
     benches/.venv/bin/python benches/profile_compare.py MODEL.onnx [--batch 8] [--reps 10]
-        [--threads 2] [--nodes cpu] [--bin target/release/accelmesh]
+        [--threads 2] [--nodes cpu] [--bin target/release/accelmesh] [--cpus 1]
 """
 
 import argparse
@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine_peak  # noqa: E402
 import ort_profile  # noqa: E402
 
 
@@ -58,7 +59,9 @@ def main():
     parser.add_argument("--nodes", default="cpu", help="accelmesh --nodes")
     parser.add_argument("--batch", type=int, default=1, help="batch of a symbolic first dim")
     parser.add_argument("--top", type=int, default=30, help="rows to print")
+    machine_peak.add_cpus_option(parser)
     args = parser.parse_args()
+    machine_peak.apply_cpus_option(args)
 
     a, a_total = ours(args)
     o, o_total = theirs(args)
