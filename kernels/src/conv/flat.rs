@@ -8,7 +8,9 @@
 //! depth index, the same for all outputs. The register tile takes up to 6 outputs and 16
 //! output channels (AVX2), or 8 outputs and two panels of 16 channels (AVX-512): per depth
 //! index it broadcasts each output's input value (at its own grid column plus the offset) and
-//! multiplies it with a cache line of packed weights per panel. Only real
+//! multiplies it with a cache line of packed weights per panel. On rows of 9 outputs or more,
+//! the AVX-512 tiles take pieces of one row, up to 14 consecutive outputs read from one base
+//! (28 accumulators: each cache line of weights feeds 14 outputs, not 8). Only real
 //! outputs are computed; the grid's padding columns are read, never computed.
 //!
 //! Work is cut into tasks of (image, group, outputs, weight panels), one contiguous share of
@@ -22,7 +24,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::flat_x86::{CHANNELS, PANELS_WIDE, PIXELS, PIXELS_WIDE};
+use super::flat_x86::{CHANNELS, PANELS_WIDE, PIXELS, PIXELS_ROW, PIXELS_WIDE};
 use super::params::Geometry;
 use super::prepack::PackedWeights;
 use super::shared::SharedOut;
@@ -46,6 +48,8 @@ const ROWS_PER_BLOCK: usize = 96;
 /// [`ROWS_PER_BLOCK`] of the AVX-512 tiles, whose panel pairs take twice the cache: measured
 /// on the resnet preset, 48 runs the 56×56 layers 5–10 % faster than 96.
 const ROWS_PER_BLOCK_WIDE: usize = 48;
+/// Narrowest output rows that the AVX-512 row tiles take.
+const ROW_TILE_MIN: usize = 9;
 /// Shares of the work per thread.
 const SHARES_PER_THREAD: usize = 4;
 /// Largest layout buffer (in values) a thread keeps for its next convolution: 16 MiB.
@@ -305,6 +309,38 @@ impl Flat<'_> {
         if self.wide { PIXELS_WIDE } else { PIXELS }
     }
 
+    /// The strips of a task's `outputs`, as (first output within the task, outputs): with
+    /// the AVX-512 tiles on rows of at least [`ROW_TILE_MIN`] outputs, pieces of whole rows of
+    /// equal size to within one output (row tiles up to [`PIXELS_ROW`] wide, the pieces the
+    /// task cuts from its first and last rows as they come); otherwise pieces of the whole
+    /// range of equal size to within one output, none wider than a tile.
+    fn strips(&self, outputs: &Range<usize>) -> Vec<(usize, usize)> {
+        let ow = self.g.ow;
+        if self.wide && ow >= ROW_TILE_MIN {
+            let mut strips = Vec::new();
+            let mut at = outputs.start;
+            while at < outputs.end {
+                let end = ((at / ow + 1) * ow).min(outputs.end);
+                let len = end - at;
+                let pieces = len.div_ceil(PIXELS_ROW);
+                strips.extend((0..pieces).map(|p| {
+                    let first = len * p / pieces;
+                    (at - outputs.start + first, len * (p + 1) / pieces - first)
+                }));
+                at = end;
+            }
+            return strips;
+        }
+        let count = outputs.len();
+        let pieces = count.div_ceil(self.pixels());
+        (0..pieces)
+            .map(|p| {
+                let first = count * p / pieces;
+                (first, count * (p + 1) / pieces - first)
+            })
+            .collect()
+    }
+
     /// Outputs `outputs` of output channel panels `panels` of (image `n`, group `group`),
     /// accumulated in `tile` and written to `out` (elements no other task writes).
     fn task(
@@ -335,25 +371,25 @@ impl Flat<'_> {
             "flat convolution reads outside its layout"
         );
         let b = self.data[base..].as_ptr();
-        let strips = count.div_ceil(self.pixels());
+        let strips = self.strips(&outputs);
         let step = if self.wide { PANELS_WIDE } else { 1 };
         let units = panels.len().div_ceil(step);
         let panel_outer = weights_outgrow(kc, panels.len(), self.l2);
         for (block, k0) in (0..depth).step_by(kc).enumerate() {
             let offsets = &layout.offsets[k0..(k0 + kc).min(depth)];
-            for i in 0..strips * units {
+            for i in 0..strips.len() * units {
                 let (strip, unit) = if panel_outer {
-                    (i % strips, i / strips)
+                    (i % strips.len(), i / strips.len())
                 } else {
                     (i / units, i % units)
                 };
-                // Strips of equal size to within one output, none wider than a tile.
-                let first = count * strip / strips;
-                let pixels = count * (strip + 1) / strips - first;
+                let (first, pixels) = strips[strip];
                 let panel = panels.start + unit * step;
                 let row = panel - panels.start;
                 let covered = step.min(panels.end - panel);
-                let kernel = if self.wide {
+                let kernel = if self.wide && pixels > PIXELS_WIDE {
+                    super::flat_x86::tile_row_for(pixels, covered)
+                } else if self.wide {
                     super::flat_x86::tile_wide_for(pixels, covered)
                 } else {
                     super::flat_x86::tile_for(pixels, g.og - panel * CHANNELS)
@@ -364,7 +400,8 @@ impl Flat<'_> {
                 // of the block, one after the other; `cols[first..]` holds `pixels` entries
                 // whose reads at b + col + offset lie inside the layout (asserted above); the
                 // tile has `pixels` rows of CHANNELS values from row `first` of each of these
-                // panels, `count·CHANNELS` apart.
+                // panels, `count·CHANNELS` apart. A strip wider than PIXELS_WIDE lies in one
+                // output row, so its columns are consecutive, as the row tile requires.
                 unsafe {
                     kernel(
                         offsets.len(),
@@ -807,6 +844,28 @@ mod tests {
                 1,
                 true,
                 1.0,
+            ),
+            // Rows cut into pieces of 10 and 11 outputs for the row tiles; tasks that start
+            // and end inside rows (800 outputs in three tasks).
+            (
+                [1, 16, 6, 31],
+                [18, 16, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                true,
+                1.0,
+            ),
+            (
+                [1, 5, 20, 40],
+                [33, 5, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                false,
+                0.0,
             ),
             // Weights heavier than the input: threads split the panels.
             (
