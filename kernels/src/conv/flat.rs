@@ -10,7 +10,8 @@
 //! index it broadcasts each output's input value (at its own grid column plus the offset) and
 //! multiplies it with a cache line of packed weights per panel. On rows of 9 outputs or more,
 //! the AVX-512 tiles take pieces of one row, up to 14 consecutive outputs read from one base
-//! (28 accumulators: each cache line of weights feeds 14 outputs, not 8). Only real
+//! (28 accumulators: each cache line of weights feeds 14 outputs, not 8), and on rows of 5 to
+//! 7 outputs pairs of whole rows, one base each. Only real
 //! outputs are computed; the grid's padding columns are read, never computed.
 //!
 //! Work is cut into tasks of (image, group, outputs, weight panels), one contiguous share of
@@ -50,6 +51,8 @@ const ROWS_PER_BLOCK: usize = 96;
 const ROWS_PER_BLOCK_WIDE: usize = 48;
 /// Narrowest output rows that the AVX-512 row tiles take.
 const ROW_TILE_MIN: usize = 9;
+/// Narrowest output rows that the AVX-512 two-row tiles take.
+const TWO_ROWS_MIN: usize = 5;
 /// Shares of the work per thread.
 const SHARES_PER_THREAD: usize = 4;
 /// Largest layout buffer (in values) a thread keeps for its next convolution: 16 MiB.
@@ -309,15 +312,27 @@ impl Flat<'_> {
         if self.wide { PIXELS_WIDE } else { PIXELS }
     }
 
-    /// The strips of a task's `outputs`, as (first output within the task, outputs): with
-    /// the AVX-512 tiles on rows of at least [`ROW_TILE_MIN`] outputs, pieces of whole rows of
-    /// equal size to within one output (row tiles up to [`PIXELS_ROW`] wide, the pieces the
-    /// task cuts from its first and last rows as they come); otherwise pieces of the whole
-    /// range of equal size to within one output, none wider than a tile.
-    fn strips(&self, outputs: &Range<usize>) -> Vec<(usize, usize)> {
+    /// The strips of a task's `outputs`. With the AVX-512 tiles: on rows of at least
+    /// [`ROW_TILE_MIN`] outputs, pieces of one row of equal size to within one output (up to
+    /// [`PIXELS_ROW`] wide; the task's first and last rows cut as they come); on rows of 5 to
+    /// 7 outputs, pairs of whole rows, the task's other outputs in strips of at most
+    /// [`PIXELS_WIDE`]. Otherwise pieces of the whole range of equal size to within one
+    /// output, none wider than a tile.
+    fn strips(&self, outputs: &Range<usize>) -> Vec<Strip> {
         let ow = self.g.ow;
+        let mut strips = Vec::new();
+        let scattered = |strips: &mut Vec<Strip>, range: Range<usize>| {
+            let pieces = range.len().div_ceil(self.pixels());
+            strips.extend((0..pieces).map(|p| {
+                let first = range.len() * p / pieces;
+                Strip {
+                    first: range.start - outputs.start + first,
+                    pixels: range.len() * (p + 1) / pieces - first,
+                    shape: StripShape::Scattered,
+                }
+            }));
+        };
         if self.wide && ow >= ROW_TILE_MIN {
-            let mut strips = Vec::new();
             let mut at = outputs.start;
             while at < outputs.end {
                 let end = ((at / ow + 1) * ow).min(outputs.end);
@@ -325,20 +340,30 @@ impl Flat<'_> {
                 let pieces = len.div_ceil(PIXELS_ROW);
                 strips.extend((0..pieces).map(|p| {
                     let first = len * p / pieces;
-                    (at - outputs.start + first, len * (p + 1) / pieces - first)
+                    Strip {
+                        first: at - outputs.start + first,
+                        pixels: len * (p + 1) / pieces - first,
+                        shape: StripShape::Row,
+                    }
                 }));
                 at = end;
             }
-            return strips;
+        } else if self.wide && (TWO_ROWS_MIN..=PIXELS_ROW / 2).contains(&ow) {
+            // Pairs of whole rows from the task's first row start on; the rest scattered.
+            let first_pair = outputs.start.next_multiple_of(ow);
+            let pairs = outputs.end.saturating_sub(first_pair) / (2 * ow);
+            let pairs_end = first_pair + pairs * 2 * ow;
+            scattered(&mut strips, outputs.start..first_pair.min(outputs.end));
+            strips.extend((0..pairs).map(|p| Strip {
+                first: first_pair - outputs.start + p * 2 * ow,
+                pixels: 2 * ow,
+                shape: StripShape::TwoRows,
+            }));
+            scattered(&mut strips, pairs_end.max(outputs.start)..outputs.end);
+        } else {
+            scattered(&mut strips, outputs.clone());
         }
-        let count = outputs.len();
-        let pieces = count.div_ceil(self.pixels());
-        (0..pieces)
-            .map(|p| {
-                let first = count * p / pieces;
-                (first, count * (p + 1) / pieces - first)
-            })
-            .collect()
+        strips
     }
 
     /// Outputs `outputs` of output channel panels `panels` of (image `n`, group `group`),
@@ -383,14 +408,24 @@ impl Flat<'_> {
                 } else {
                     (i / units, i % units)
                 };
-                let (first, pixels) = strips[strip];
+                let Strip {
+                    first,
+                    pixels,
+                    shape,
+                } = strips[strip];
                 let panel = panels.start + unit * step;
                 let row = panel - panels.start;
                 let covered = step.min(panels.end - panel);
-                let kernel = if self.wide && pixels > PIXELS_WIDE {
-                    super::flat_x86::tile_row_for(pixels, covered)
-                } else if self.wide {
-                    super::flat_x86::tile_wide_for(pixels, covered)
+                let kernel = if self.wide {
+                    match shape {
+                        StripShape::Row if pixels > PIXELS_WIDE => {
+                            super::flat_x86::tile_row_for(pixels, covered)
+                        }
+                        StripShape::TwoRows => {
+                            super::flat_x86::tile_two_rows_for(pixels / 2, covered)
+                        }
+                        _ => super::flat_x86::tile_wide_for(pixels, covered),
+                    }
                 } else {
                     super::flat_x86::tile_for(pixels, g.og - panel * CHANNELS)
                 };
@@ -400,8 +435,9 @@ impl Flat<'_> {
                 // of the block, one after the other; `cols[first..]` holds `pixels` entries
                 // whose reads at b + col + offset lie inside the layout (asserted above); the
                 // tile has `pixels` rows of CHANNELS values from row `first` of each of these
-                // panels, `count·CHANNELS` apart. A strip wider than PIXELS_WIDE lies in one
-                // output row, so its columns are consecutive, as the row tile requires.
+                // panels, `count·CHANNELS` apart. A row strip lies in one output row and a
+                // two-row strip is two whole rows, so their columns run consecutively within
+                // each row, as the row tiles require.
                 unsafe {
                     kernel(
                         offsets.len(),
@@ -481,6 +517,28 @@ impl Flat<'_> {
             }
         }
     }
+}
+
+/// A strip of a task's outputs, computed by one register tile per panel unit.
+#[derive(Clone, Copy)]
+struct Strip {
+    /// Its first output, counted from the task's first.
+    first: usize,
+    /// Its outputs.
+    pixels: usize,
+    /// How its outputs lie on the grid, which chooses the tile.
+    shape: StripShape,
+}
+
+/// How a strip's outputs lie on the grid.
+#[derive(Clone, Copy)]
+enum StripShape {
+    /// Anywhere: each output read from a base of its own.
+    Scattered,
+    /// Consecutive outputs of one row.
+    Row,
+    /// Two whole rows, each read from one base.
+    TwoRows,
 }
 
 /// Whether a depth block of `kc` indices over `panels` weight panels outgrows half of an L2
@@ -860,6 +918,28 @@ mod tests {
             (
                 [1, 5, 20, 40],
                 [33, 5, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                false,
+                0.0,
+            ),
+            // Rows of 7 and of 5 in pairs for the two-row tiles; tasks that start inside a row
+            // (399 outputs in two tasks).
+            (
+                [1, 3, 57, 7],
+                [21, 3, 3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1, 1, 1],
+                1,
+                true,
+                1.0,
+            ),
+            (
+                [2, 4, 9, 5],
+                [35, 4, 3, 3],
                 [1, 1],
                 [1, 1],
                 [1, 1, 1, 1],

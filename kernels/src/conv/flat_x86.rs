@@ -69,7 +69,7 @@ pub(super) fn tile_wide_for(pixels: usize, panels: usize) -> TileFn {
     }
 }
 
-/// Most output pixels of an AVX-512 row tile ([`tile_row`]): read from one base, 14 pixels
+/// Most output pixels of an AVX-512 row tile ([`tile_rows`]): read from one base, 14 pixels
 /// × 2 panels take 28 accumulators, 2 weight and 1 broadcast register and compile without
 /// spills (12 pixels with a base each did not: see [`PIXELS_WIDE`]). Against the 8-pixel
 /// tile, alternating in one process: resnet-preset 3×3 layers 1.01–1.19× by median, one
@@ -79,15 +79,19 @@ pub(super) const PIXELS_ROW: usize = 14;
 /// The AVX-512 row tile for `pixels` consecutive outputs of one row (9 to [`PIXELS_ROW`]) and
 /// `panels` weight panels (1 or 2).
 pub(super) fn tile_row_for(pixels: usize, panels: usize) -> TileFn {
+    debug_assert!(
+        (9..=PIXELS_ROW).contains(&pixels),
+        "row tile of {pixels} outputs"
+    );
     macro_rules! by_pixels {
         ($v:literal) => {
             match pixels {
-                ..=9 => tile_row::<$v, 9>,
-                10 => tile_row::<$v, 10>,
-                11 => tile_row::<$v, 11>,
-                12 => tile_row::<$v, 12>,
-                13 => tile_row::<$v, 13>,
-                _ => tile_row::<$v, 14>,
+                ..=9 => tile_rows::<$v, 9, 1>,
+                10 => tile_rows::<$v, 10, 1>,
+                11 => tile_rows::<$v, 11, 1>,
+                12 => tile_rows::<$v, 12, 1>,
+                13 => tile_rows::<$v, 13, 1>,
+                _ => tile_rows::<$v, 14, 1>,
             }
         };
     }
@@ -95,6 +99,29 @@ pub(super) fn tile_row_for(pixels: usize, panels: usize) -> TileFn {
         by_pixels!(2)
     } else {
         by_pixels!(1)
+    }
+}
+
+/// The AVX-512 tile for two rows of `width` consecutive outputs each (5 to
+/// [`PIXELS_ROW`] / 2) and `panels` weight panels (1 or 2).
+pub(super) fn tile_two_rows_for(width: usize, panels: usize) -> TileFn {
+    debug_assert!(
+        (5..=PIXELS_ROW / 2).contains(&width),
+        "two-row tile {width} wide"
+    );
+    macro_rules! by_width {
+        ($v:literal) => {
+            match width {
+                ..=5 => tile_rows::<$v, 5, 2>,
+                6 => tile_rows::<$v, 6, 2>,
+                _ => tile_rows::<$v, 7, 2>,
+            }
+        };
+    }
+    if panels >= PANELS_WIDE {
+        by_width!(2)
+    } else {
+        by_width!(1)
     }
 }
 
@@ -225,16 +252,17 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
     }
 }
 
-/// [`tile_wide`] for `P` consecutive outputs of one row: pixel `i` reads at
-/// `b + cols[0] + i + offsets[k]`, so one base serves the whole tile and up to 14 pixels
-/// (28 accumulators) fit the registers, each panel's cache line of weights feeding 14
+/// [`tile_wide`] for `R` rows of `L` consecutive outputs each: pixel `r·L + i` reads at
+/// `b + cols[r·L] + i + offsets[k]`, so one base per row serves the whole tile and up to 14
+/// pixels (28 accumulators) fit the registers, each panel's cache line of weights feeding 14
 /// multiply-adds instead of 8.
 ///
 /// # Safety
-/// As [`tile_wide`], with `cols[i] = cols[0] + i` for every `i < P` (only `cols[0]` is read).
+/// As [`tile_wide`] for `R·L` pixels, with `cols[r·L + i] = cols[r·L] + i` for every `r < R`
+/// and `i < L` (only `cols[r·L]` is read).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_row<const V: usize, const P: usize>(
+pub(super) unsafe fn tile_rows<const V: usize, const L: usize, const R: usize>(
     kc: usize,
     w: *const f32,
     b: *const f32,
@@ -244,37 +272,42 @@ pub(super) unsafe fn tile_row<const V: usize, const P: usize>(
     c_step: usize,
     accumulate: bool,
 ) {
-    // SAFETY: `cols[0]` is a column inside the layout (the contract).
-    let base = unsafe { b.add(*cols) };
-    let mut acc = [[_mm512_setzero_ps(); V]; P];
+    // SAFETY: each `cols[r·L]` is a column inside the layout (the contract).
+    let bases: [*const f32; R] = std::array::from_fn(|r| unsafe { b.add(*cols.add(r * L)) });
+    let mut acc = [[[_mm512_setzero_ps(); V]; L]; R];
     for k in 0..kc {
-        // SAFETY: k < kc: the offset, the P consecutive input values it points to and each
-        // panel's step are in bounds by the caller's contract.
+        // SAFETY: k < kc: the offset, the L consecutive input values it points to in each
+        // row and each panel's step are in bounds by the caller's contract.
         unsafe {
-            let row = base.add(*offsets.add(k));
+            let offset = *offsets.add(k);
             let mut wv = [_mm512_setzero_ps(); V];
             for (v, value) in wv.iter_mut().enumerate() {
                 *value = _mm512_loadu_ps(w.add(CHANNELS * (v * kc + k)));
             }
-            for (i, sum) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*row.add(i));
-                for (s, &wv) in sum.iter_mut().zip(&wv) {
-                    *s = _mm512_fmadd_ps(x, wv, *s);
+            for (row_acc, base) in acc.iter_mut().zip(&bases) {
+                let row = base.add(offset);
+                for (i, sum) in row_acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*row.add(i));
+                    for (s, &wv) in sum.iter_mut().zip(&wv) {
+                        *s = _mm512_fmadd_ps(x, wv, *s);
+                    }
                 }
             }
         }
     }
-    for (i, sum) in acc.iter().enumerate() {
-        for (v, &value) in sum.iter().enumerate() {
-            // SAFETY: row i of panel v's tile is inside C by the caller's contract.
-            unsafe {
-                let row = c.add(v * c_step + i * CHANNELS);
-                let value = if accumulate {
-                    _mm512_add_ps(_mm512_loadu_ps(row), value)
-                } else {
-                    value
-                };
-                _mm512_storeu_ps(row, value);
+    for (r, row_acc) in acc.iter().enumerate() {
+        for (l, sum) in row_acc.iter().enumerate() {
+            for (v, &value) in sum.iter().enumerate() {
+                // SAFETY: pixel r·L + l of panel v's tile is inside C by the caller's contract.
+                unsafe {
+                    let row = c.add(v * c_step + (r * L + l) * CHANNELS);
+                    let value = if accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(row), value)
+                    } else {
+                        value
+                    };
+                    _mm512_storeu_ps(row, value);
+                }
             }
         }
     }
