@@ -490,14 +490,61 @@ impl Horizontal {
 /// `line[i] = reduction over rows of x[row + i]` (INIT where `rows` is empty), in blocks of
 /// 16, 8 and 4 values held in registers and stored once (a reduction in place in `line`
 /// compiles to masked stores, which some CPUs run slowly), the last few one at a time.
+///
+/// Windows of two and three rows (2×2 and 3×3 pools) take [`reduce_fixed`], whose tap loop
+/// unrolls and whose reads are bounds-checked once per row rather than once per block.
 #[inline(always)]
 fn reduce_rows<A: Acc>(line: &mut [f32], x: &[f32], rows: &[usize]) {
+    match *rows {
+        [a, b, c] => return reduce_fixed::<A, 3>(line, x, [a, b, c]),
+        [a, b] => return reduce_fixed::<A, 2>(line, x, [a, b]),
+        _ => {}
+    }
     let mut done = reduce_blocks::<A, BLOCK>(line, x, rows, 0);
     done = reduce_blocks::<A, { BLOCK / 2 }>(line, x, rows, done);
     done = reduce_blocks::<A, { BLOCK / 4 }>(line, x, rows, done);
     for (i, dst) in line.iter_mut().enumerate().skip(done) {
         *dst = rows.iter().fold(A::INIT, |a, &row| A::acc(a, x[row + i]));
     }
+}
+
+/// [`reduce_rows`] over exactly `K` rows: each row's `line.len()` values sliced once, then
+/// blocks of 16, 8 and 4 values and the last few one at a time.
+#[inline(always)]
+fn reduce_fixed<A: Acc, const K: usize>(line: &mut [f32], x: &[f32], rows: [usize; K]) {
+    let len = line.len();
+    let sources: [&[f32]; K] = rows.map(|row| &x[row..row + len]);
+    let mut done = reduce_fixed_blocks::<A, K, BLOCK>(line, &sources, 0);
+    done = reduce_fixed_blocks::<A, K, { BLOCK / 2 }>(line, &sources, done);
+    done = reduce_fixed_blocks::<A, K, { BLOCK / 4 }>(line, &sources, done);
+    for (i, dst) in line.iter_mut().enumerate().skip(done) {
+        *dst = sources.iter().fold(A::INIT, |a, src| A::acc(a, src[i]));
+    }
+}
+
+/// [`reduce_fixed`] for the whole blocks of `N` values from `first` on; returns where they
+/// end. Every source holds `line.len()` values.
+#[inline(always)]
+fn reduce_fixed_blocks<A: Acc, const K: usize, const N: usize>(
+    line: &mut [f32],
+    sources: &[&[f32]; K],
+    first: usize,
+) -> usize {
+    let blocks = (line.len() - first) / N;
+    let end = first + blocks * N;
+    let mut reads = sources.map(|src| src[first..end].chunks_exact(N));
+    for dst in line[first..end].chunks_exact_mut(N) {
+        let mut acc = [A::INIT; N];
+        for read in reads.iter_mut() {
+            if let Some(src) = read.next() {
+                for (a, &v) in acc.iter_mut().zip(src) {
+                    *a = A::acc(*a, v);
+                }
+            }
+        }
+        dst.copy_from_slice(&acc);
+    }
+    end
 }
 
 /// [`reduce_rows`] for the whole blocks of `N` values from `first` on; returns where they end.
