@@ -321,31 +321,28 @@ impl Flat<'_> {
     fn strips(&self, outputs: &Range<usize>) -> Vec<Strip> {
         let ow = self.g.ow;
         let mut strips = Vec::new();
-        let scattered = |strips: &mut Vec<Strip>, range: Range<usize>| {
-            let pieces = range.len().div_ceil(self.pixels());
-            strips.extend((0..pieces).map(|p| {
-                let first = range.len() * p / pieces;
-                Strip {
-                    first: range.start - outputs.start + first,
-                    pixels: range.len() * (p + 1) / pieces - first,
-                    shape: StripShape::Scattered,
-                }
-            }));
+        // `range` in pieces of equal size to within one output, none longer than `most`.
+        let pieces = |strips: &mut Vec<Strip>, range: Range<usize>, most: usize, shape| {
+            if range.is_empty() {
+                return;
+            }
+            let len = range.len();
+            strips.extend(
+                split(len, len.div_ceil(most))
+                    .into_iter()
+                    .map(|piece| Strip {
+                        first: range.start - outputs.start + piece.start,
+                        pixels: piece.len(),
+                        shape,
+                    }),
+            );
         };
+        let scattered = StripShape::Scattered;
         if self.wide && ow >= ROW_TILE_MIN {
             let mut at = outputs.start;
             while at < outputs.end {
                 let end = ((at / ow + 1) * ow).min(outputs.end);
-                let len = end - at;
-                let pieces = len.div_ceil(PIXELS_ROW);
-                strips.extend((0..pieces).map(|p| {
-                    let first = len * p / pieces;
-                    Strip {
-                        first: at - outputs.start + first,
-                        pixels: len * (p + 1) / pieces - first,
-                        shape: StripShape::Row,
-                    }
-                }));
+                pieces(&mut strips, at..end, PIXELS_ROW, StripShape::Row);
                 at = end;
             }
         } else if self.wide && (TWO_ROWS_MIN..=PIXELS_ROW / 2).contains(&ow) {
@@ -353,15 +350,17 @@ impl Flat<'_> {
             let first_pair = outputs.start.next_multiple_of(ow);
             let pairs = outputs.end.saturating_sub(first_pair) / (2 * ow);
             let pairs_end = first_pair + pairs * 2 * ow;
-            scattered(&mut strips, outputs.start..first_pair.min(outputs.end));
+            let leading = outputs.start..first_pair.min(outputs.end);
+            pieces(&mut strips, leading, self.pixels(), scattered);
             strips.extend((0..pairs).map(|p| Strip {
                 first: first_pair - outputs.start + p * 2 * ow,
                 pixels: 2 * ow,
                 shape: StripShape::TwoRows,
             }));
-            scattered(&mut strips, pairs_end.max(outputs.start)..outputs.end);
+            let trailing = pairs_end.max(outputs.start)..outputs.end;
+            pieces(&mut strips, trailing, self.pixels(), scattered);
         } else {
-            scattered(&mut strips, outputs.clone());
+            pieces(&mut strips, outputs.clone(), self.pixels(), scattered);
         }
         strips
     }

@@ -224,10 +224,7 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
         // are in bounds by the caller's contract.
         unsafe {
             let offset = *offsets.add(k);
-            let mut wv = [_mm512_setzero_ps(); V];
-            for (v, value) in wv.iter_mut().enumerate() {
-                *value = _mm512_loadu_ps(w.add(CHANNELS * (v * kc + k)));
-            }
+            let wv = panel_weights::<V>(w, kc, k);
             for (sum, base) in acc.iter_mut().zip(&bases) {
                 let x = _mm512_set1_ps(*base.add(offset));
                 for (s, &wv) in sum.iter_mut().zip(&wv) {
@@ -237,18 +234,8 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
         }
     }
     for (i, sum) in acc.iter().enumerate() {
-        for (v, &value) in sum.iter().enumerate() {
-            // SAFETY: row i of panel v's tile is inside C by the caller's contract.
-            unsafe {
-                let row = c.add(v * c_step + i * CHANNELS);
-                let value = if accumulate {
-                    _mm512_add_ps(_mm512_loadu_ps(row), value)
-                } else {
-                    value
-                };
-                _mm512_storeu_ps(row, value);
-            }
-        }
+        // SAFETY: row i of each panel's tile is inside C by the caller's contract.
+        unsafe { store_pixel(sum, c, c_step, i, accumulate) };
     }
 }
 
@@ -280,10 +267,7 @@ pub(super) unsafe fn tile_rows<const V: usize, const L: usize, const R: usize>(
         // row and each panel's step are in bounds by the caller's contract.
         unsafe {
             let offset = *offsets.add(k);
-            let mut wv = [_mm512_setzero_ps(); V];
-            for (v, value) in wv.iter_mut().enumerate() {
-                *value = _mm512_loadu_ps(w.add(CHANNELS * (v * kc + k)));
-            }
+            let wv = panel_weights::<V>(w, kc, k);
             for (row_acc, base) in acc.iter_mut().zip(&bases) {
                 let row = base.add(offset);
                 for (i, sum) in row_acc.iter_mut().enumerate() {
@@ -297,18 +281,49 @@ pub(super) unsafe fn tile_rows<const V: usize, const L: usize, const R: usize>(
     }
     for (r, row_acc) in acc.iter().enumerate() {
         for (l, sum) in row_acc.iter().enumerate() {
-            for (v, &value) in sum.iter().enumerate() {
-                // SAFETY: pixel r·L + l of panel v's tile is inside C by the caller's contract.
-                unsafe {
-                    let row = c.add(v * c_step + (r * L + l) * CHANNELS);
-                    let value = if accumulate {
-                        _mm512_add_ps(_mm512_loadu_ps(row), value)
-                    } else {
-                        value
-                    };
-                    _mm512_storeu_ps(row, value);
-                }
-            }
+            // SAFETY: pixel r·L + l of each panel's tile is inside C by the caller's contract.
+            unsafe { store_pixel(sum, c, c_step, r * L + l, accumulate) };
+        }
+    }
+}
+
+/// The weight vectors of depth index `k` of `V` panels packed one after the other
+/// (`CHANNELS·kc` floats each).
+///
+/// # Safety
+/// AVX-512F must be available; `w` must hold `V·CHANNELS·kc` floats and `k < kc`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn panel_weights<const V: usize>(w: *const f32, kc: usize, k: usize) -> [__m512; V] {
+    // SAFETY: panel v's step k lies inside `w` by the contract.
+    std::array::from_fn(|v| unsafe { _mm512_loadu_ps(w.add(CHANNELS * (v * kc + k))) })
+}
+
+/// Writes pixel `i`'s accumulators, one vector per panel, to `c + v·c_step + i·CHANNELS`
+/// (added to the values there if `accumulate`).
+///
+/// # Safety
+/// AVX-512F must be available; each of those rows of [`CHANNELS`] floats must be writable
+/// (and readable with `accumulate`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_pixel<const V: usize>(
+    sum: &[__m512; V],
+    c: *mut f32,
+    c_step: usize,
+    i: usize,
+    accumulate: bool,
+) {
+    for (v, &value) in sum.iter().enumerate() {
+        // SAFETY: the row is inside C by the contract.
+        unsafe {
+            let row = c.add(v * c_step + i * CHANNELS);
+            let value = if accumulate {
+                _mm512_add_ps(_mm512_loadu_ps(row), value)
+            } else {
+                value
+            };
+            _mm512_storeu_ps(row, value);
         }
     }
 }
