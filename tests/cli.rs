@@ -328,6 +328,21 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
     );
     let step_ms: f64 = by_op.iter().map(|r| r["ms"].as_f64().unwrap()).sum();
     assert!(step_ms > 0.0 && step_ms <= lines[1]["total_ms"].as_f64().unwrap() * 1.0001);
+
+    // A batch above the model's fixed batch of 1 profiles the chunks it runs as.
+    let lines = json_lines(&[
+        "infer",
+        &model,
+        "--batch",
+        "2",
+        "--reps",
+        "1",
+        "--profile",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["batch"], 2);
+    assert!(!lines[1]["by_op"].as_array().expect("by_op").is_empty());
 }
 
 #[test]

@@ -40,6 +40,27 @@ fn profile_covers_every_step() {
     }
 }
 
+#[test]
+fn a_fixed_batch_model_profiles_its_chunks() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(path) = light_model(dir, "light_squeezenet.onnx") else {
+        eprintln!("no ONNX light models found; skipping");
+        return;
+    };
+    // SqueezeNet declares a batch of 1: three samples run as three chunks.
+    let model = accelmesh::Model::load(&path).unwrap();
+    let dev = CpuDevice::with_threads(2).unwrap();
+    let inputs = random_inputs(model.session(), 3).unwrap();
+    let (profiled, profile) = model.run_profiled_on(&dev, &inputs).unwrap();
+    let plain = model.run_on(&dev, &inputs).unwrap();
+    assert_eq!(profile.steps.len(), model.session().node_count());
+    assert!(profile.step_seconds() <= profile.total_seconds);
+    for (name, value) in &plain {
+        assert_eq!(value, &profiled[name], "output {name}");
+        assert_eq!(value.dims()[0], 3);
+    }
+}
+
 /// A profile of made-up steps `(node, seconds)` and total seconds.
 fn made_up(steps: &[(&str, f64)], total: f64) -> Profile {
     Profile {
@@ -75,6 +96,26 @@ fn median_profile_takes_each_steps_median() {
     assert_eq!(m.steps[0].input_shapes, runs[0].steps[0].input_shapes);
     // An even count takes the mean of the middle two.
     assert_eq!(Profile::median(&runs[..2]).unwrap().steps[1].seconds, 0.6);
+}
+
+#[test]
+fn chained_profile_sums_each_step() {
+    let chunks = [
+        made_up(&[("a", 3.0), ("b", 0.5)], 4.0),
+        made_up(&[("a", 1.0), ("b", 0.25)], 1.5),
+    ];
+    let c = Profile::chained(&chunks).unwrap();
+    let got: Vec<(&str, f64)> = c
+        .steps
+        .iter()
+        .map(|s| (s.node.as_str(), s.seconds))
+        .collect();
+    assert_eq!(got, [("a", 4.0), ("b", 0.75)]);
+    assert_eq!(c.total_seconds, 5.5);
+    let err = Profile::chained(&[chunks[0].clone(), made_up(&[("a", 1.0)], 1.0)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("run 1 has 1 steps"), "{err}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::drac::power::PowerState;
 use crate::drac::{Drac, Lease, MovedPart, NodeUse};
 use crate::node::Device;
 use crate::onnx::Value;
-use crate::onnx::exec::Session;
+use crate::onnx::exec::{Profile, Session};
 use crate::{Error, Result};
 
 /// Runs `inputs` on `device`: as given, or chunk by chunk for a fixed-batch model.
@@ -35,6 +35,29 @@ pub(super) fn run_on_device(
             batch::join_outputs(pieces)
         }
         _ => session.run(device, inputs),
+    }
+}
+
+/// [`run_on_device`], timing every step; a run in chunks sums their profiles.
+pub(super) fn run_profiled_on_device(
+    session: &Session,
+    device: &dyn Device,
+    inputs: &HashMap<String, Value>,
+    layout: Option<BatchLayout>,
+) -> Result<(HashMap<String, Value>, Profile)> {
+    match layout {
+        Some(l) if !l.is_single_run() => {
+            let mut pieces = Vec::with_capacity(l.units());
+            let mut profiles = Vec::with_capacity(l.units());
+            for start in (0..l.samples).step_by(l.unit()) {
+                let chunk = batch::slice_inputs(inputs, start..start + l.unit())?;
+                let (outputs, profile) = session.run_profiled(device, &chunk)?;
+                pieces.push(outputs);
+                profiles.push(profile);
+            }
+            Ok((batch::join_outputs(pieces)?, Profile::chained(&profiles)?))
+        }
+        _ => session.run_profiled(device, inputs),
     }
 }
 

@@ -20,7 +20,7 @@ pub use report::{ModelReport, PartReport};
 
 use crate::drac::Drac;
 use crate::node::Device;
-use crate::onnx::exec::Session;
+use crate::onnx::exec::{Profile, Session};
 use crate::onnx::{Dim, Model as OnnxModel, Value, ValueInfo};
 use crate::tensor::{Shape, Tensor};
 use crate::{Error, Result};
@@ -166,6 +166,16 @@ impl Model {
         inputs: &HashMap<String, Value>,
     ) -> Result<HashMap<String, Value>> {
         exec::run_on_device(&self.session, device, inputs, self.layout(inputs))
+    }
+
+    /// [`Model::run_on`], timing every step: a fixed-batch model fed several chunks reports
+    /// each step's time summed over the chunks ([`Profile::chained`]).
+    pub fn run_profiled_on(
+        &self,
+        device: &dyn Device,
+        inputs: &HashMap<String, Value>,
+    ) -> Result<(HashMap<String, Value>, Profile)> {
+        exec::run_profiled_on_device(&self.session, device, inputs, self.layout(inputs))
     }
 
     /// How `inputs` divide along the batch axis (`None`: they run whole, as given).

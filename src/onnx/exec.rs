@@ -101,13 +101,26 @@ impl Profile {
     /// runs' steps differ (another session, or a step that ran elsewhere), naming the first
     /// step that differs.
     pub fn median(runs: &[Profile]) -> Result<Profile> {
+        let median = |xs: Vec<f64>| crate::bench::median(&xs);
+        Self::combine("profile median", runs, median)
+    }
+
+    /// The profile of one request that ran as consecutive runs of a session (a fixed-batch
+    /// model fed its samples chunk by chunk): each step's seconds and the total are summed
+    /// over `runs`. Errors as [`Profile::median`] does.
+    pub fn chained(runs: &[Profile]) -> Result<Profile> {
+        Self::combine("chained profile", runs, |xs| xs.iter().sum())
+    }
+
+    /// Profiles with the same steps, each step's seconds and the total combined by `how`.
+    fn combine(what: &str, runs: &[Profile], how: impl Fn(Vec<f64>) -> f64) -> Result<Profile> {
         let first = runs
             .first()
-            .ok_or_else(|| Error::shape("profile median", "no runs to take the median of"))?;
+            .ok_or_else(|| Error::shape(what, "no runs to combine"))?;
         for (r, run) in runs.iter().enumerate().skip(1) {
             if run.steps.len() != first.steps.len() {
                 return Err(Error::shape(
-                    "profile median",
+                    what,
                     format!(
                         "run {r} has {} steps, run 0 has {}",
                         run.steps.len(),
@@ -122,7 +135,7 @@ impl Profile {
                 .find(|(i, s)| s.node != first.steps[*i].node)
             {
                 return Err(Error::shape(
-                    "profile median",
+                    what,
                     format!(
                         "step {i} of run {r} is `{}`, of run 0 `{}`",
                         s.node, first.steps[i].node
@@ -130,19 +143,18 @@ impl Profile {
                 ));
             }
         }
-        let median = |xs: Vec<f64>| crate::bench::median(&xs);
         let steps = first
             .steps
             .iter()
             .enumerate()
             .map(|(i, s)| StepProfile {
-                seconds: median(runs.iter().map(|r| r.steps[i].seconds).collect()),
+                seconds: how(runs.iter().map(|r| r.steps[i].seconds).collect()),
                 ..s.clone()
             })
             .collect();
         Ok(Profile {
             steps,
-            total_seconds: median(runs.iter().map(|r| r.total_seconds).collect()),
+            total_seconds: how(runs.iter().map(|r| r.total_seconds).collect()),
         })
     }
 

@@ -338,7 +338,7 @@ fn run(cli: Cli) -> Result<()> {
                     .ok_or_else(|| Error::spec(nodes.label(), "no node ran the model"))?;
                 let runs = (0..reps)
                     .map(|_| {
-                        let (_, run) = model.session().run_profiled(device.as_ref(), &values)?;
+                        let (_, run) = model.run_profiled_on(device.as_ref(), &values)?;
                         Ok(run)
                     })
                     .collect::<Result<Vec<_>>>()?;
