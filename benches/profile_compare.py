@@ -5,8 +5,13 @@ and then onnxruntime with its profiler (benches/ort_profile.py: each node's medi
 many runs), one after the other, and joins the two by input shapes: accelmesh's fused steps
 (`Conv+Add+Relu`) and onnxruntime's fused nodes (`Conv` with a summed input) list the same
 shapes. Rows are sorted by the time accelmesh loses (ours - ort); the ratio is ours / ort
-(above 1: onnxruntime faster). Both engines run on the same cores in the same minute, so the
-ratios hold on a noisy machine better than times taken apart.
+(above 1: onnxruntime faster); `n` counts the steps behind a row on each side. Both engines
+run on the same cores in the same minute, so the ratios hold on a noisy machine better than
+times taken apart.
+
+With `--batch` above 1 on a model that fixes its batch (the light models declare 1), both
+engines profile one batch-B inference of the batch-N copy that onnx_compare.py makes (batch
+dimension symbolic, Reshape shapes copying it), not B runs of one sample.
 
     benches/.venv/bin/python benches/profile_compare.py MODEL.onnx [--batch 8] [--reps 10]
         [--threads 2] [--nodes cpu] [--bin target/release/accelmesh] [--cpus 1]
@@ -18,10 +23,23 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine_peak  # noqa: E402
+import onnx_compare  # noqa: E402
 import ort_profile  # noqa: E402
+
+
+def fixes_batch(path):
+    """Whether the model's first graph input declares a fixed batch dimension."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    first = next(i for i in graph.input if i.name not in inits)
+    dims = first.type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value")
 
 
 def ours(args):
@@ -63,8 +81,12 @@ def main():
     args = parser.parse_args()
     machine_peak.apply_cpus_option(args)
 
-    a, a_total = ours(args)
-    o, o_total = theirs(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.batch > 1 and fixes_batch(args.model):
+            args.model = onnx_compare.batched_copy(args.model, tmp)
+            print(f"(the model fixes its batch: both engines run {os.path.basename(args.model)})")
+        a, a_total = ours(args)
+        o, o_total = theirs(args)
     print(f"{os.path.basename(args.model)}, batch {args.batch}: accelmesh {a_total:.2f} ms in "
           f"steps (--nodes {args.nodes}), onnxruntime {o_total:.2f} ms in nodes "
           f"({args.threads} threads); medians of {args.reps} profiled runs each")
@@ -72,14 +94,14 @@ def main():
     for key in set(a) | set(o):
         ams, asteps, aop = a.get(key, (0.0, 0, "-"))
         oms, osteps, oop = o.get(key, (0.0, 0, "-"))
-        rows.append((ams - oms, ams, oms, asteps, aop, oop, key))
+        rows.append((ams - oms, ams, oms, f"{asteps}/{osteps}", aop, oop, key))
     rows.sort(key=lambda r: -r[0])
-    print(f"  {'ours-ort':>9} {'ours ms':>9} {'ort ms':>9} {'ratio':>6} {'n':>3}  op (ours / ort) "
+    print(f"  {'ours-ort':>9} {'ours ms':>9} {'ort ms':>9} {'ratio':>6} {'n':>5}  op (ours / ort) "
           "and input shapes")
     for lost, ams, oms, n, aop, oop, key in rows[: args.top]:
         ratio = f"{ams / oms:6.2f}" if oms > 0 else "     -"
         shapes = re.sub(r"\s+", " ", key)
-        print(f"  {lost:>9.3f} {ams:>9.3f} {oms:>9.3f} {ratio} {n:>3}  {aop} / {oop}  {shapes}")
+        print(f"  {lost:>9.3f} {ams:>9.3f} {oms:>9.3f} {ratio} {n:>5}  {aop} / {oop}  {shapes}")
 
 
 if __name__ == "__main__":
