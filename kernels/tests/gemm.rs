@@ -386,6 +386,25 @@ fn short_and_wide_products() {
 }
 
 #[test]
+fn few_columns_split_in_half_tiles_over_threads() {
+    // Column tasks on two threads with fewer than four tiles of columns per thread: the
+    // columns are cut at half tiles, so tasks start and end mid-tile.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for isa in Isa::available() {
+            let mut rng = ChaCha8Rng::seed_from_u64(41);
+            for (m, n, k) in [(256, 196, 300), (257, 129, 97), (33, 200, 1001)] {
+                check_case::<f32>(isa, &mut rng, m, n, k, false, false, 0, 1.0, 0.0, 2e-5);
+                check_case::<f32>(isa, &mut rng, m, n, k, true, false, 5, 0.5, 2.0, 2e-5);
+            }
+        }
+    });
+}
+
+#[test]
 fn b_with_row_stride_of_a_panel_width_is_read_in_place_safely() {
     // A row stride equal to the AVX-512 panel width (32) once made the in-place path look
     // packed; the slice ends right after the last live element.

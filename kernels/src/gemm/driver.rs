@@ -186,11 +186,12 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         };
         let packed_a = &packed_a;
         if parallel {
-            let panels = p.n.div_ceil(kernel.nr);
-            let tasks = panels.min(threads * TASKS_PER_THREAD);
+            let unit = column_unit(p.n, kernel.nr, threads);
+            let units = p.n.div_ceil(unit);
+            let tasks = units.min(threads * TASKS_PER_THREAD);
             (0..tasks).into_par_iter().for_each(|t| {
-                let share = even_share(panels, tasks, t);
-                let cols = share.start * kernel.nr..(share.end * kernel.nr).min(p.n);
+                let share = even_share(units, tasks, t);
+                let cols = share.start * unit..(share.end * unit).min(p.n);
                 run_column_task(&plan, packed_a, b, cols);
             });
         } else {
@@ -217,6 +218,26 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     }
     B_BUFFER.set(Some(b_buf));
 }
+
+/// Columns of the units that column tasks are cut in, for `n` columns, microkernel tiles `nr`
+/// wide and `threads` threads: whole tiles, or half tiles (one vector of the AVX-512 kernel)
+/// when there are fewer than [`HALF_TILE_PANELS_PER_THREAD`] tiles per thread, whose cuts
+/// would leave the threads uneven shares: 196 columns (a 14×14 plane) in tiles of 32 split
+/// 128/68 between two threads, in units of 16 split 112/84 or, as claimed, about 100/96.
+/// Measured alternating in one process, two threads: pointwise layers on 14×14 0.88–1.00× the
+/// time (576 → 96 and 576 → 128: 0.88–0.89×); whole models Inception v2 0.97×, ResNet-50
+/// 0.97–0.99×, DenseNet-121 0.99–1.01×, Inception v1 0.99×. On 28×28 and 56×56 (more tiles
+/// per thread) half tiles ran 0.97–1.03×, so they keep whole ones.
+fn column_unit(n: usize, nr: usize, threads: usize) -> usize {
+    if nr >= 2 && n.div_ceil(nr) < HALF_TILE_PANELS_PER_THREAD * threads {
+        nr / 2
+    } else {
+        nr
+    }
+}
+
+/// Tiles per thread below which column tasks are cut in half tiles ([`column_unit`]).
+const HALF_TILE_PANELS_PER_THREAD: usize = 4;
 
 /// Whether `len` values hold a strided block read in place: `count` lines `stride` apart per
 /// axis (counts at least 1), the last line `run` values long; false on overflow.
@@ -701,7 +722,17 @@ fn scale_only(p: &Problem<'_>, c: SharedC) {
 
 #[cfg(test)]
 mod tests {
-    use super::even_share;
+    use super::{column_unit, even_share};
+
+    #[test]
+    fn few_columns_are_cut_in_half_tiles() {
+        // A 14×14 plane on two threads: 7 tiles of 32, fewer than 4 per thread.
+        assert_eq!(column_unit(196, 32, 2), 16);
+        // A 28×28 plane: 25 tiles, enough for whole ones.
+        assert_eq!(column_unit(784, 32, 2), 32);
+        assert_eq!(column_unit(196, 32, 1), 32);
+        assert_eq!(column_unit(40, 1, 8), 1);
+    }
 
     #[test]
     fn even_shares_cover_and_balance() {
