@@ -61,6 +61,14 @@ fn a_fixed_batch_model_profiles_its_chunks() {
     }
 }
 
+/// Each step's node and seconds, in run order.
+fn seconds_by_node(p: &Profile) -> Vec<(&str, f64)> {
+    p.steps
+        .iter()
+        .map(|s| (s.node.as_str(), s.seconds))
+        .collect()
+}
+
 /// A profile of made-up steps `(node, seconds)` and total seconds.
 fn made_up(steps: &[(&str, f64)], total: f64) -> Profile {
     Profile {
@@ -86,12 +94,7 @@ fn median_profile_takes_each_steps_median() {
         made_up(&[("a", 2.0), ("b", 9.0)], 11.5),
     ];
     let m = Profile::median(&runs).unwrap();
-    let got: Vec<(&str, f64)> = m
-        .steps
-        .iter()
-        .map(|s| (s.node.as_str(), s.seconds))
-        .collect();
-    assert_eq!(got, [("a", 2.0), ("b", 0.7)]);
+    assert_eq!(seconds_by_node(&m), [("a", 2.0), ("b", 0.7)]);
     assert_eq!(m.total_seconds, 4.0);
     assert_eq!(m.steps[0].input_shapes, runs[0].steps[0].input_shapes);
     // An even count takes the mean of the middle two.
@@ -105,12 +108,7 @@ fn chained_profile_sums_each_step() {
         made_up(&[("a", 1.0), ("b", 0.25)], 1.5),
     ];
     let c = Profile::chained(&chunks).unwrap();
-    let got: Vec<(&str, f64)> = c
-        .steps
-        .iter()
-        .map(|s| (s.node.as_str(), s.seconds))
-        .collect();
-    assert_eq!(got, [("a", 4.0), ("b", 0.75)]);
+    assert_eq!(seconds_by_node(&c), [("a", 4.0), ("b", 0.75)]);
     assert_eq!(c.total_seconds, 5.5);
     let err = Profile::chained(&[chunks[0].clone(), made_up(&[("a", 1.0)], 1.0)])
         .unwrap_err()

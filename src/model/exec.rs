@@ -25,17 +25,8 @@ pub(super) fn run_on_device(
     inputs: &HashMap<String, Value>,
     layout: Option<BatchLayout>,
 ) -> Result<HashMap<String, Value>> {
-    match layout {
-        Some(l) if !l.is_single_run() => {
-            let mut pieces = Vec::with_capacity(l.units());
-            for start in (0..l.samples).step_by(l.unit()) {
-                let chunk = batch::slice_inputs(inputs, start..start + l.unit())?;
-                pieces.push(session.run(device, &chunk)?);
-            }
-            batch::join_outputs(pieces)
-        }
-        _ => session.run(device, inputs),
-    }
+    let pieces = each_chunk(inputs, layout, |chunk| session.run(device, chunk))?;
+    joined(pieces)
 }
 
 /// [`run_on_device`], timing every step; a run in chunks sums their profiles.
@@ -45,20 +36,33 @@ pub(super) fn run_profiled_on_device(
     inputs: &HashMap<String, Value>,
     layout: Option<BatchLayout>,
 ) -> Result<(HashMap<String, Value>, Profile)> {
+    let pieces = each_chunk(inputs, layout, |chunk| session.run_profiled(device, chunk))?;
+    let (outputs, profiles): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
+    Ok((joined(outputs)?, Profile::chained(&profiles)?))
+}
+
+/// `run` on `inputs` as given (one result), or on each chunk of a fixed-batch model's
+/// samples in order.
+fn each_chunk<T>(
+    inputs: &HashMap<String, Value>,
+    layout: Option<BatchLayout>,
+    mut run: impl FnMut(&HashMap<String, Value>) -> Result<T>,
+) -> Result<Vec<T>> {
     match layout {
-        Some(l) if !l.is_single_run() => {
-            let mut pieces = Vec::with_capacity(l.units());
-            let mut profiles = Vec::with_capacity(l.units());
-            for start in (0..l.samples).step_by(l.unit()) {
-                let chunk = batch::slice_inputs(inputs, start..start + l.unit())?;
-                let (outputs, profile) = session.run_profiled(device, &chunk)?;
-                pieces.push(outputs);
-                profiles.push(profile);
-            }
-            Ok((batch::join_outputs(pieces)?, Profile::chained(&profiles)?))
-        }
-        _ => session.run_profiled(device, inputs),
+        Some(l) if !l.is_single_run() => (0..l.samples)
+            .step_by(l.unit())
+            .map(|start| run(&batch::slice_inputs(inputs, start..start + l.unit())?))
+            .collect(),
+        _ => Ok(vec![run(inputs)?]),
     }
+}
+
+/// The outputs of one run as they are, or those of several chunks joined in sample order.
+fn joined(mut pieces: Vec<HashMap<String, Value>>) -> Result<HashMap<String, Value>> {
+    if pieces.len() == 1 {
+        return Ok(pieces.remove(0));
+    }
+    batch::join_outputs(pieces)
 }
 
 /// What a part thread sends back: part index, leased node index, outputs and seconds.
