@@ -859,6 +859,31 @@ fn splits_stay_exact_on_a_multithreaded_node() {
         let got = run_parts(&dev, &op, &[&a, &b], parts);
         assert_bits(&format!("threaded matmul {strategy}"), &got, &whole);
     }
+    // A 5×5 kernel: the paths whose per-output order does not depend on the tiles.
+    let x = Tensor::random([2, 64, 33, 33], DType::F32, 33).unwrap();
+    let w = Tensor::random([128, 64, 5, 5], DType::F32, 34).unwrap();
+    let bias = Tensor::random([128], DType::F32, 35).unwrap();
+    let op = Op::Conv2d(Conv2dParams {
+        pads: [2, 2, 2, 2],
+        relu: true,
+        ..Conv2dParams::default()
+    });
+    let inputs = [&x, &w, &bias];
+    let shapes = [x.shape(), w.shape(), bias.shape()];
+    let whole = run_whole(&dev, &op, &inputs);
+    for strategy in [Strategy::Batch, Strategy::OutChannels, Strategy::OutRows] {
+        let parts = partition(&op, &shapes, DType::F32, strategy, &[1.0, 3.0, 0.5]).unwrap();
+        let got = run_parts(&dev, &op, &inputs, parts);
+        assert_bits(&format!("threaded conv {strategy}"), &got, &whole);
+    }
+}
+
+#[test]
+fn winograd_convolutions_split_exactly_by_batch_and_closely_otherwise() {
+    // A 3×3 stride-1 layer takes the Winograd path on AVX-512, whose rounding depends on
+    // where an output sits in its 2×2 tile: a split by output rows or into parts of fewer than
+    // 16 channels (another path) agrees to float rounding, a batch split bit for bit.
+    let dev = CpuDevice::with_threads(3).unwrap();
     let x = Tensor::random([2, 64, 33, 33], DType::F32, 33).unwrap();
     let w = Tensor::random([128, 64, 3, 3], DType::F32, 34).unwrap();
     let bias = Tensor::random([128], DType::F32, 35).unwrap();
@@ -870,10 +895,21 @@ fn splits_stay_exact_on_a_multithreaded_node() {
     let inputs = [&x, &w, &bias];
     let shapes = [x.shape(), w.shape(), bias.shape()];
     let whole = run_whole(&dev, &op, &inputs);
-    for strategy in [Strategy::Batch, Strategy::OutChannels, Strategy::OutRows] {
+    let parts = partition(&op, &shapes, DType::F32, Strategy::Batch, &[1.0, 3.0]).unwrap();
+    let got = run_parts(&dev, &op, &inputs, parts);
+    assert_bits("threaded conv batch", &got, &whole);
+    let want = whole.to_f32_vec();
+    let scale = want.iter().map(|v| v.abs() as f64).sum::<f64>() / want.len() as f64;
+    for strategy in [Strategy::OutChannels, Strategy::OutRows] {
         let parts = partition(&op, &shapes, DType::F32, strategy, &[1.0, 3.0, 0.5]).unwrap();
-        let got = run_parts(&dev, &op, &inputs, parts);
-        assert_bits(&format!("threaded conv {strategy}"), &got, &whole);
+        let got = run_parts(&dev, &op, &inputs, parts).to_f32_vec();
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            let err = (a as f64 - b as f64).abs() / (b.abs() as f64 + scale);
+            assert!(
+                err < 1e-5,
+                "conv {strategy}: element {i} is {a}, whole gives {b}"
+            );
+        }
     }
 }
 

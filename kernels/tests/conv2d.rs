@@ -480,6 +480,62 @@ fn few_input_channels_with_deep_kernels() {
 }
 
 #[test]
+fn winograd_tiles_odd_planes_and_pads() {
+    // 3×3 stride-1 layers with at least 16 channels and as many tiles (2×2 outputs) per image
+    // as input channels (on AVX-512, the Winograd path): odd output rows and columns (a last
+    // tile half outside), asymmetric padding, odd channel counts, several images, and planes
+    // cut into several blocks of tile rows run in parallel.
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let cases = [
+        Case::new(
+            [1, 16, 17, 33],
+            [16, 16, 3, 3],
+            [1, 1],
+            [1, 1],
+            [0, 2, 1, 0],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [3, 20, 9, 7],
+            [33, 20, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 33, 15, 17],
+            [17, 33, 3, 3],
+            [1, 1],
+            [1, 1],
+            [2, 0, 0, 2],
+            1,
+            true,
+            false,
+        ),
+        Case::new(
+            [2, 64, 34, 30],
+            [48, 64, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, case, Some(n * c * h * w / 3 + w / 2));
+    }
+}
+
+#[test]
 fn pointwise_widening_on_small_planes() {
     // Pointwise layers that widen the channels fourfold or more on planes of up to 64 outputs
     // (on AVX-512, the flat tiles): a plane of 49, depths below and above one depth block

@@ -2,6 +2,9 @@
 //!
 //! Paths, chosen from the geometry:
 //! - one input channel per group (depthwise): a direct kernel, parallel over output planes;
+//! - on AVX-512, 3×3 stride-1 layers with at least 16 channels and at least as many 2×2
+//!   output tiles per image as input channels: Winograd F(2×2, 3×3) (see `winograd`), 16
+//!   gemms of depth C per block of tiles instead of one of depth 9·C;
 //! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is; a
 //!   strided 1×1 convolution without padding gathers its sub-grid once and runs the same way;
 //! - on AVX2 and AVX-512, every kernel larger than 1×1 (see `flat`): a register tile (6
@@ -44,6 +47,10 @@ mod pack_x86;
 mod params;
 mod prepack;
 mod shared;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod winograd_x86;
 
 use std::borrow::Cow;
 
@@ -204,6 +211,17 @@ fn run<T: Element>(
             prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new)
         })
     };
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && winograd::suits(&g) {
+        let weights = match &weight {
+            Cow::Borrowed(w) => prepack::packed_winograd(isa, &g, w),
+            Cow::Owned(_) => None,
+        }
+        .or_else(|| prepack::PackedWeights::winograd(isa, &g, &weight).map(std::sync::Arc::new));
+        if let Some(weights) = weights {
+            return winograd::run(isa, &g, &input, &weights, bias, output, beta);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if match isa {
         Isa::Avx2 => flat::suits(&g),

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::params::Geometry;
+#[cfg(target_arch = "x86_64")]
+use super::winograd;
 use crate::Isa;
 use crate::gemm::{Blocking, CacheSizes, MatRef, PackA, PrepackedA, micro_kernel};
 
@@ -30,6 +32,9 @@ pub(crate) struct PackedWeights {
     data: Vec<f32>,
     /// Where the packed values start in `data`.
     start: usize,
+    /// For Winograd-transformed weights ([`PackedWeights::winograd`]), the OIHW dims of the
+    /// weights they were transformed from.
+    winograd_of: Option<[usize; 4]>,
 }
 
 /// Floats in a cache line: packed data starts on one, so that panels of 16 rows read one
@@ -87,12 +92,28 @@ impl PackedWeights {
             panels,
             data,
             start,
+            winograd_of: None,
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    /// The Winograd-transformed weights of `g` (3×3, one group), packed as the gemm packs the
+    /// A of [`winograd::transformed_geometry`]: one `O × C` matrix per transform position.
+    pub fn winograd(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<PackedWeights> {
+        let transformed = winograd::transformed_geometry(g);
+        let rows = winograd::transform_weights(weight, g.o, g.c);
+        let kc = Self::gemm_depth_block(isa, &transformed);
+        let pack = Self::pack(isa, &transformed, &rows, kc, Self::gemm_rows(isa))?;
+        Some(PackedWeights {
+            winograd_of: Some([g.o, g.cg, g.kh, g.kw]),
+            ..pack
         })
     }
 
     /// Whether these are the panels of `g` on `isa` in depth blocks of `kc`, `mr` rows each.
     fn fits(&self, isa: Isa, g: &Geometry, kc: usize, mr: usize) -> bool {
-        self.isa == isa
+        self.winograd_of.is_none()
+            && self.isa == isa
             && self.weight_dims == [g.o, g.cg, g.kh, g.kw]
             && self.groups == g.groups
             && self.kc == kc.max(1)
@@ -199,16 +220,46 @@ pub(crate) fn packed(
     kc: usize,
     mr: usize,
 ) -> Option<Arc<PackedWeights>> {
+    cached(
+        weight,
+        |p| p.fits(isa, g, kc, mr),
+        || PackedWeights::pack(isa, g, weight, kc, mr),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+/// [`PackedWeights::winograd`] of a pinned `weight`, made on the first call; `None` for a
+/// buffer that is not pinned.
+pub(crate) fn packed_winograd(
+    isa: Isa,
+    g: &Geometry,
+    weight: &[f32],
+) -> Option<Arc<PackedWeights>> {
+    let dims = Some([g.o, g.cg, g.kh, g.kw]);
+    cached(
+        weight,
+        |p| p.winograd_of == dims && p.isa == isa,
+        || PackedWeights::winograd(isa, g, weight),
+    )
+}
+
+/// The pack of pinned `weight` that `matches`, made with `make` if there is none yet; `None`
+/// for a buffer that is not pinned.
+fn cached(
+    weight: &[f32],
+    matches: impl Fn(&PackedWeights) -> bool,
+    make: impl FnOnce() -> Option<PackedWeights>,
+) -> Option<Arc<PackedWeights>> {
     let key = (weight.as_ptr() as usize, weight.len());
     let slot = {
         let map = registry().lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(&map.get(&key)?.1)
     };
     let mut packs = slot.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = packs.iter().find(|p| p.fits(isa, g, kc, mr)) {
+    if let Some(found) = packs.iter().find(|p| matches(p)) {
         return Some(Arc::clone(found));
     }
-    let pack = Arc::new(PackedWeights::pack(isa, g, weight, kc, mr)?);
+    let pack = Arc::new(make()?);
     packs.push(Arc::clone(&pack));
     Some(pack)
 }

@@ -1,0 +1,215 @@
+//! AVX-512 row transforms of the Winograd path (`winograd.rs`): sixteen tiles per vector.
+
+use std::arch::x86_64::*;
+
+use super::winograd::POSITIONS;
+
+/// Floats per vector.
+const LANES: usize = 16;
+
+/// A mask of the first `n` (at most 16) lanes.
+#[inline(always)]
+fn mask(n: usize) -> __mmask16 {
+    if n >= LANES {
+        0xFFFF
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// Columns `x - left` of `line` (zero outside it) for `x = 2i` into `even[i]` and `2i + 1`
+/// into `odd[i]`, for every `i` of `even` (as long as `odd`).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn split_columns(line: &[f32], left: usize, even: &mut [f32], odd: &mut [f32]) {
+    let len = even.len().min(odd.len());
+    let at = |x: usize| match x.checked_sub(left) {
+        Some(x) if x < line.len() => line[x],
+        _ => 0.0,
+    };
+    // Pairs whose 32 source values (from 2i - left) all lie in the line are deinterleaved
+    // sixteen at a time; the rest one by one.
+    let first = left.div_ceil(2);
+    let mut i = 0;
+    while i < first.min(len) {
+        (even[i], odd[i]) = (at(2 * i), at(2 * i + 1));
+        i += 1;
+    }
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    while i + LANES <= len && 2 * (i + LANES) - left <= line.len() {
+        let src = &line[2 * i - left..][..2 * LANES];
+        // SAFETY: `src` holds 32 values; `even` and `odd` hold 16 from `i` (loop bound).
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr());
+            let hi = _mm512_loadu_ps(src.as_ptr().add(LANES));
+            _mm512_storeu_ps(
+                even[i..].as_mut_ptr(),
+                _mm512_permutex2var_ps(lo, evens, hi),
+            );
+            _mm512_storeu_ps(odd[i..].as_mut_ptr(), _mm512_permutex2var_ps(lo, odds, hi));
+        }
+        i += LANES;
+    }
+    while i < len {
+        (even[i], odd[i]) = (at(2 * i), at(2 * i + 1));
+        i += 1;
+    }
+}
+
+/// One tile row's input transform: the 4×4 patch `d[r][j]` of tile `tx` is `even[r][tx]`,
+/// `odd[r][tx]`, `even[r][tx+1]`, `odd[r][tx+1]`; `dst[ξ][tx] = (Bᵀ·d·B)[ξ]` with
+/// `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`, for every `tx` of `dst[0]`.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn input_row(even: [&[f32]; 4], odd: [&[f32]; 4], dst: [&mut [f32]; POSITIONS]) {
+    let tw = dst[0].len();
+    assert!(
+        even.iter().chain(&odd).all(|line| line.len() > tw)
+            && dst.iter().all(|run| run.len() == tw),
+        "winograd input rows are too short"
+    );
+    let dst = dst.map(|run| run.as_mut_ptr());
+    let mut tx = 0;
+    while tx < tw {
+        let m = mask(tw - tx);
+        // SAFETY: lanes tx.. under mask `m` lie inside the `tw` values of each output and
+        // the `tw + 1` of each input (asserted), the inputs also at tx + 1.
+        unsafe {
+            let load = |line: &[f32], at: usize| _mm512_maskz_loadu_ps(m, line.as_ptr().add(at));
+            // Bᵀ·d for each column j: 0 even tx, 1 odd tx, 2 even tx+1, 3 odd tx+1.
+            let column = |lines: [&[f32]; 4], at: usize| {
+                let [a0, a1, a2, a3] = lines.map(|line| load(line, at));
+                [
+                    _mm512_sub_ps(a0, a2),
+                    _mm512_add_ps(a1, a2),
+                    _mm512_sub_ps(a2, a1),
+                    _mm512_sub_ps(a1, a3),
+                ]
+            };
+            let q = [
+                column(even, tx),
+                column(odd, tx),
+                column(even, tx + 1),
+                column(odd, tx + 1),
+            ];
+            // (Bᵀ·d)·B for each row a: position a·4 + b.
+            for a in 0..4 {
+                let (q0, q1, q2, q3) = (q[0][a], q[1][a], q[2][a], q[3][a]);
+                let out = [
+                    _mm512_sub_ps(q0, q2),
+                    _mm512_add_ps(q1, q2),
+                    _mm512_sub_ps(q2, q1),
+                    _mm512_sub_ps(q1, q3),
+                ];
+                for (b, value) in out.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(dst[a * 4 + b].add(tx), m, value);
+                }
+            }
+        }
+        tx += LANES;
+    }
+}
+
+/// One tile row's output transform: `Aᵀ·m·A` with `Aᵀ = [1 1 1 0; 0 1 -1 -1]`, `m[ξ][tx]` the
+/// products of tile `tx`; `lines` get output row 0's even and odd columns, then row 1's.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) {
+    let tw = lines[0].len();
+    assert!(
+        m.iter().all(|run| run.len() >= tw) && lines.iter().all(|line| line.len() == tw),
+        "winograd output rows are too short"
+    );
+    let lines = lines.map(|line| line.as_mut_ptr());
+    let mut tx = 0;
+    while tx < tw {
+        let k = mask(tw - tx);
+        // SAFETY: lanes tx.. under mask `k` lie inside the `tw` values of every run (asserted).
+        unsafe {
+            let at = |xi: usize| _mm512_maskz_loadu_ps(k, m[xi].as_ptr().add(tx));
+            // Aᵀ·m for each column b: rows 0 and 1.
+            let p = [0, 1, 2, 3].map(|b| {
+                let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+                [
+                    _mm512_add_ps(_mm512_add_ps(m0, m1), m2),
+                    _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3),
+                ]
+            });
+            // (Aᵀ·m)·A for rows 0 and 1: even and odd columns.
+            for i in 0..2 {
+                let (p0, p1, p2, p3) = (p[0][i], p[1][i], p[2][i], p[3][i]);
+                let even = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
+                let odd = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
+                _mm512_mask_storeu_ps(lines[2 * i].add(tx), k, even);
+                _mm512_mask_storeu_ps(lines[2 * i + 1].add(tx), k, odd);
+            }
+        }
+        tx += LANES;
+    }
+}
+
+/// Writes one output row from its even and odd columns: `relu?(y + bias + beta·old)`.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn finish_row(
+    dst: &mut [f32],
+    even: &[f32],
+    odd: &[f32],
+    bias: f32,
+    beta: f32,
+    relu: bool,
+) {
+    assert!(
+        even.len() >= dst.len().div_ceil(2) && odd.len() >= dst.len() / 2,
+        "winograd output columns are too few"
+    );
+    let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let (bias_v, beta_v, zero) = (
+        _mm512_set1_ps(bias),
+        _mm512_set1_ps(beta),
+        _mm512_setzero_ps(),
+    );
+    let len = dst.len();
+    let mut x = 0;
+    while x < len {
+        // Output columns x..x + 32 come from tiles x/2..x/2 + 16.
+        let tile = x / 2;
+        let (e_mask, o_mask) = (
+            mask(even.len().min(tile + LANES) - tile),
+            mask(odd.len().min(tile + LANES).max(tile) - tile),
+        );
+        // SAFETY: the masks keep the loads inside `even` and `odd`, and the stores' masks
+        // inside `dst` (columns x.. below `len`).
+        unsafe {
+            let e = _mm512_maskz_loadu_ps(e_mask, even.as_ptr().add(tile));
+            let o = _mm512_maskz_loadu_ps(o_mask, odd.as_ptr().add(tile));
+            for (half, index) in [low, high].into_iter().enumerate() {
+                let start = x + half * LANES;
+                if start >= len {
+                    break;
+                }
+                let store = mask(len - start);
+                let ptr = dst.as_mut_ptr().add(start);
+                let mut v = _mm512_add_ps(_mm512_permutex2var_ps(e, index, o), bias_v);
+                if beta != 0.0 {
+                    v = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(store, ptr), v);
+                }
+                if relu {
+                    v = _mm512_max_ps(zero, v);
+                }
+                _mm512_mask_storeu_ps(ptr, store, v);
+            }
+        }
+        x += 2 * LANES;
+    }
+}
