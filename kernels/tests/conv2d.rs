@@ -481,8 +481,8 @@ fn few_input_channels_with_deep_kernels() {
 
 #[test]
 fn winograd_tiles_odd_planes_and_pads() {
-    // 3×3 stride-1 layers with at least 16 channels and as many tiles (2×2 outputs) per image
-    // as input channels (on AVX-512, the Winograd path): odd output rows and columns (a last
+    // 3×3 stride-1 layers with at least 16 channels and 32 tiles (2×2 outputs) per image
+    // (on AVX-512, the Winograd path): odd output rows and columns (a last
     // tile half outside), asymmetric padding, odd channel counts, several images, and planes
     // cut into several blocks of tile rows run in parallel.
     let mut rng = ChaCha8Rng::seed_from_u64(23);
@@ -520,6 +520,18 @@ fn winograd_tiles_odd_planes_and_pads() {
         Case::new(
             [2, 64, 34, 30],
             [48, 64, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+        // More than 512 channels in and out: each image one block, transforms split by
+        // channels over the threads.
+        Case::new(
+            [2, 272, 12, 13],
+            [257, 272, 3, 3],
             [1, 1],
             [1, 1],
             [1, 1, 1, 1],

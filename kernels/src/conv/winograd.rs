@@ -11,7 +11,13 @@
 //! transformed inputs and products stay in L2. Each block transforms its inputs, runs the 16
 //! gemms on the calling thread (the blocks run in parallel) with the transformed weights
 //! packed once into the gemm's panels, and transforms the products back, adding the bias and
-//! the residual and applying the ReLU as it writes the output.
+//! the residual and applying the ReLU as it writes the output. Layers with many channels,
+//! whose blocks in L2 would be too narrow, run each image as one block instead: transforms
+//! split over the threads by channels, each gemm split by the gemm itself.
+//!
+//! Transformed values are stored channel-major, `v[c][ξ][t]` and `m[o][ξ][t]`: a channel's
+//! values are contiguous for the transforms, and position ξ's matrix is read by the gemms
+//! with a row stride of 16 blocks.
 //!
 //! F(2×2, 3×3)'s transforms use only ±1 and ½: its rounding error is that of the direct
 //! convolution's order of summation, not the larger one of the bigger Winograd tiles.
@@ -32,10 +38,16 @@ use crate::{Isa, Result};
 pub(super) const POSITIONS: usize = 16;
 /// Fewest input and output channels: below, the transforms outweigh the saved multiplies.
 const MIN_CHANNELS: usize = 16;
+/// Fewest tiles per image of a layer whose images run whole (a 28×28 plane has 196).
+const MIN_WHOLE_TILES: usize = 128;
 /// Floats of transformed inputs and products a block aims to keep (in L2): 1 MiB.
 const BLOCK_FLOATS: usize = 1 << 18;
 /// Fewest tiles per block, so that the gemms keep some width.
 const MIN_BLOCK_TILES: usize = 32;
+/// Fewest tiles of a block in L2 below which images run whole ([`whole_images`]).
+const WHOLE_BELOW_TILES: usize = 32;
+/// Channels per parallel piece of a whole image's transforms.
+const CHANNELS_PER_PIECE: usize = 16;
 /// Blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
 
@@ -45,13 +57,17 @@ thread_local! {
 }
 
 /// Whether `g` runs through the Winograd path: a 3×3 kernel at stride 1 and dilation 1, one
-/// group, at least [`MIN_CHANNELS`] input and output channels, and at least as many tiles
-/// per image as input channels. Measured against the flat path (two threads, alternating in
-/// one process): 64 channels on 56×56 (784 tiles) and 128 on 28×28 (196) ran 1.25–1.27×
-/// faster, but 256 on 14×14 (49) 0.68× and 512 on 7×7 (16) 0.34×: with few tiles the gemms
-/// are narrow and every block reads all the transformed weights again.
+/// group, at least [`MIN_CHANNELS`] input and output channels, and at least as many tiles per
+/// image as input channels — or, for layers whose images run whole ([`whole_images`]), at
+/// least [`MIN_WHOLE_TILES`]. Measured against the flat path (two threads, alternating in one
+/// process, Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128 on
+/// 112×112 0.74, on 28×28 0.88; 256 on 56×56 0.86; 512 on 28×28 0.72. Fewer tiles lost or
+/// barely won alone (256 on 14×14 in L2-sized blocks 0.68×, whole 0.95; 512 on 7×7 1.04) and
+/// lost inside the models: with them, ResNet-50 ran 1.07× and Inception v1 1.20× the time
+/// of the flat path.
 pub(super) fn suits(g: &Geometry) -> bool {
     let (th, tw) = tiles(g);
+    let tiles = th * tw;
     g.kh == 3
         && g.kw == 3
         && g.sh == 1
@@ -61,7 +77,7 @@ pub(super) fn suits(g: &Geometry) -> bool {
         && g.groups == 1
         && g.cg >= MIN_CHANNELS
         && g.og >= MIN_CHANNELS
-        && th * tw >= g.c
+        && (tiles >= g.c || (whole_images(g) && tiles >= MIN_WHOLE_TILES))
 }
 
 /// The geometry whose "weights" are the transformed ones: 16 groups (one per position), each
@@ -139,6 +155,15 @@ fn row_blocks(g: &Geometry, threads: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Whether `g` runs image by image, each whole image one block with threaded gemms: when a
+/// block that stays in L2 would hold fewer than [`WHOLE_BELOW_TILES`] tiles (C + O above 512),
+/// so narrow that every block would read all the transformed weights again for little work.
+/// Measured on 512 channels at 14×14 and 28×28, blocks in L2 ran no faster than the flat path
+/// (1.00, 0.96–1.11); whole images 0.72–0.77 of its time.
+fn whole_images(g: &Geometry) -> bool {
+    BLOCK_FLOATS / (POSITIONS * (g.c + g.o)) < WHOLE_BELOW_TILES
+}
+
 /// Runs the convolution `g` (see [`suits`]) with `weights`, the transformed weights packed as
 /// [`transformed_geometry`]'s: `output = relu?(conv + bias + beta·output)`.
 pub(super) fn run(
@@ -150,11 +175,6 @@ pub(super) fn run(
     output: &mut [f32],
     beta: f32,
 ) -> Result<()> {
-    let blocks = row_blocks(g, rayon::current_num_threads());
-    let jobs: Vec<(usize, Range<usize>)> = (0..g.n)
-        .flat_map(|n| blocks.iter().map(move |rows| (n, rows.clone())))
-        .collect();
-    let out = SharedOut::new(output);
     let block = Block {
         isa,
         g,
@@ -163,6 +183,18 @@ pub(super) fn run(
         bias,
         beta,
     };
+    if whole_images(g) {
+        let out = SharedOut::new(output);
+        let mut buffer = BLOCK_BUFFER.take();
+        let result = (0..g.n).try_for_each(|n| block.run_image(n, &mut buffer, out));
+        BLOCK_BUFFER.set(buffer);
+        return result;
+    }
+    let blocks = row_blocks(g, rayon::current_num_threads());
+    let jobs: Vec<(usize, Range<usize>)> = (0..g.n)
+        .flat_map(|n| blocks.iter().map(move |rows| (n, rows.clone())))
+        .collect();
+    let out = SharedOut::new(output);
     let run_job = |(n, tile_rows): &(usize, Range<usize>)| {
         let mut buffer = BLOCK_BUFFER.take();
         let result = block.run(*n, tile_rows.clone(), &mut buffer, out);
@@ -205,7 +237,43 @@ impl Block<'_> {
         }
         let (v, m) = buffer.split_at_mut(v_len);
         let m = &mut m[..m_len];
-        self.transform_input(n, &tile_rows, v);
+        self.transform_input(n, &tile_rows, 0..g.c, v);
+        self.gemms(v, m, count, Threading::Single)?;
+        self.transform_output(n, &tile_rows, 0..g.o, m, out);
+        Ok(())
+    }
+
+    /// Image `n` as one block: its transforms split over the threads by channels, its 16
+    /// gemms each split by the gemm itself.
+    fn run_image(&self, n: usize, buffer: &mut Vec<f32>, out: SharedOut<'_>) -> Result<()> {
+        let g = self.g;
+        let (th, tw) = tiles(g);
+        let count = th * tw;
+        let (v_len, m_len) = (POSITIONS * g.c * count, POSITIONS * g.o * count);
+        if buffer.len() < v_len + m_len {
+            buffer.resize(v_len + m_len, 0.0);
+        }
+        let (v, m) = buffer.split_at_mut(v_len);
+        let m = &mut m[..m_len];
+        let piece = CHANNELS_PER_PIECE * POSITIONS * count;
+        v.par_chunks_mut(piece).enumerate().for_each(|(p, v)| {
+            let first = p * CHANNELS_PER_PIECE;
+            let channels = first..(first + CHANNELS_PER_PIECE).min(g.c);
+            self.transform_input(n, &(0..th), channels, v);
+        });
+        self.gemms(v, m, count, Threading::CurrentPool)?;
+        m.par_chunks(piece).enumerate().for_each(|(p, m)| {
+            let first = p * CHANNELS_PER_PIECE;
+            let channels = first..(first + CHANNELS_PER_PIECE).min(g.o);
+            self.transform_output(n, &(0..th), channels, m, out);
+        });
+        Ok(())
+    }
+
+    /// `m[o][ξ][t] = Σ_c U[ξ][o][c]·v[c][ξ][t]` for the block's `count` tiles: 16 gemms.
+    fn gemms(&self, v: &[f32], m: &mut [f32], count: usize, threading: Threading) -> Result<()> {
+        let g = self.g;
+        let stride = POSITIONS * count;
         for xi in 0..POSITIONS {
             let a = Panels {
                 pre: self
@@ -214,11 +282,11 @@ impl Block<'_> {
                     .expect("position panels start at row 0"),
                 depth: g.c,
             };
-            let b = MatRef::row_major(&v[xi * g.c * count..][..g.c * count], g.c, count)?;
-            let c = MatMut::row_major(&mut m[xi * g.o * count..][..g.o * count], g.o, count)?;
+            let b = MatRef::new(&v[xi * count..], g.c, count, stride, 1)?;
+            let c = MatMut::new(&mut m[xi * count..], g.o, count, stride, 1)?;
             gemm_packed(
                 self.isa,
-                Threading::Single,
+                threading,
                 g.c,
                 1.0,
                 &a,
@@ -228,12 +296,18 @@ impl Block<'_> {
                 &Epilogue::NONE,
             )?;
         }
-        self.transform_output(n, &tile_rows, m, out);
         Ok(())
     }
 
-    /// `v[ξ][c][t] = (Bᵀ·d·B)[ξ]` for every channel and tile `t` of the block.
-    fn transform_input(&self, n: usize, tile_rows: &Range<usize>, v: &mut [f32]) {
+    /// `v[c][ξ][t] = (Bᵀ·d·B)[ξ]` for channels `channels` (`v` starts at the first) and every
+    /// tile `t` of the block.
+    fn transform_input(
+        &self,
+        n: usize,
+        tile_rows: &Range<usize>,
+        channels: Range<usize>,
+        v: &mut [f32],
+    ) {
         let g = self.g;
         let (_, tw) = tiles(g);
         let count = tile_rows.len() * tw;
@@ -242,7 +316,7 @@ impl Block<'_> {
         // tx reads even and odd columns tx and tx + 1): the transform then reads contiguously.
         let half = tw + 1;
         let mut split = vec![0.0f32; 8 * half];
-        for c in 0..g.c {
+        for (c, v) in channels.zip(v.chunks_exact_mut(POSITIONS * count)) {
             let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
             for (row_index, ty) in tile_rows.clone().enumerate() {
                 let (even, odd) = split.split_at_mut(4 * half);
@@ -260,8 +334,8 @@ impl Block<'_> {
                     }
                 }
                 let first = row_index * tw;
-                let mut dst = v.chunks_exact_mut(g.c * count).map(|position| {
-                    let run: &mut [f32] = &mut position[c * count + first..][..tw];
+                let mut dst = v.chunks_exact_mut(count).map(|position| {
+                    let run: &mut [f32] = &mut position[first..][..tw];
                     run
                 });
                 let dst: [&mut [f32]; POSITIONS] =
@@ -277,18 +351,25 @@ impl Block<'_> {
 
     /// Output rows of the block's tiles: `Aᵀ·m·A` per tile, with the bias, `beta` times the
     /// old output and the ReLU.
-    fn transform_output(&self, n: usize, tile_rows: &Range<usize>, m: &[f32], out: SharedOut<'_>) {
+    fn transform_output(
+        &self,
+        n: usize,
+        tile_rows: &Range<usize>,
+        channels: Range<usize>,
+        m: &[f32],
+        out: SharedOut<'_>,
+    ) {
         let g = self.g;
         let (_, tw) = tiles(g);
         let count = tile_rows.len() * tw;
         // Output rows 2·ty and 2·ty + 1, each as its even and odd columns.
         let mut lines = vec![0.0f32; 4 * tw];
-        for o in 0..g.o {
+        for (o, m) in channels.zip(m.chunks_exact(POSITIONS * count)) {
             let bias = self.bias.map_or(0.0, |b| b[o]);
             for (row_index, ty) in tile_rows.clone().enumerate() {
                 let first = row_index * tw;
                 let m: [&[f32]; POSITIONS] =
-                    std::array::from_fn(|xi| &m[(xi * g.o + o) * count + first..][..tw]);
+                    std::array::from_fn(|xi| &m[xi * count + first..][..tw]);
                 let mut parts = lines.chunks_exact_mut(tw);
                 let parts: [&mut [f32]; 4] =
                     std::array::from_fn(|_| parts.next().expect("four lines"));

@@ -29,33 +29,36 @@ pub(super) unsafe fn split_columns(line: &[f32], left: usize, even: &mut [f32], 
         Some(x) if x < line.len() => line[x],
         _ => 0.0,
     };
-    // Pairs whose 32 source values (from 2i - left) all lie in the line are deinterleaved
-    // sixteen at a time; the rest one by one.
-    let first = left.div_ceil(2);
-    let mut i = 0;
-    while i < first.min(len) {
+    // From the first pair at or right of the line's start on, sixteen pairs at a time: the
+    // 32 source values from 2i - left, those past the line's end read as zero (its right
+    // padding) by masked loads.
+    let first = left.div_ceil(2).min(len);
+    for i in 0..first {
         (even[i], odd[i]) = (at(2 * i), at(2 * i + 1));
-        i += 1;
     }
     let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    while i + LANES <= len && 2 * (i + LANES) - left <= line.len() {
-        let src = &line[2 * i - left..][..2 * LANES];
-        // SAFETY: `src` holds 32 values; `even` and `odd` hold 16 from `i` (loop bound).
+    let mut i = first;
+    while i < len {
+        let start = 2 * i - left;
+        let live = line.len().saturating_sub(start);
+        let (lo_mask, hi_mask) = (mask(live), mask(live.saturating_sub(LANES)));
+        let out_mask = mask(len - i);
+        // SAFETY: the loads' masks keep them inside `line` (values start.. below its length;
+        // a masked-off lane is never read, so an address past the end is not touched), and
+        // the stores' inside the `len` values of `even` and `odd` from `i`.
         unsafe {
-            let lo = _mm512_loadu_ps(src.as_ptr());
-            let hi = _mm512_loadu_ps(src.as_ptr().add(LANES));
-            _mm512_storeu_ps(
-                even[i..].as_mut_ptr(),
+            let src = line.as_ptr().wrapping_add(start);
+            let lo = _mm512_maskz_loadu_ps(lo_mask, src);
+            let hi = _mm512_maskz_loadu_ps(hi_mask, src.wrapping_add(LANES));
+            let (e, o) = (
                 _mm512_permutex2var_ps(lo, evens, hi),
+                _mm512_permutex2var_ps(lo, odds, hi),
             );
-            _mm512_storeu_ps(odd[i..].as_mut_ptr(), _mm512_permutex2var_ps(lo, odds, hi));
+            _mm512_mask_storeu_ps(even.as_mut_ptr().add(i), out_mask, e);
+            _mm512_mask_storeu_ps(odd.as_mut_ptr().add(i), out_mask, o);
         }
         i += LANES;
-    }
-    while i < len {
-        (even[i], odd[i]) = (at(2 * i), at(2 * i + 1));
-        i += 1;
     }
 }
 
@@ -133,15 +136,17 @@ pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) 
         let k = mask(tw - tx);
         // SAFETY: lanes tx.. under mask `k` lie inside the `tw` values of every run (asserted).
         unsafe {
-            let at = |xi: usize| _mm512_maskz_loadu_ps(k, m[xi].as_ptr().add(tx));
+            let mut v = [_mm512_setzero_ps(); POSITIONS];
+            for (value, run) in v.iter_mut().zip(&m) {
+                *value = _mm512_maskz_loadu_ps(k, run.as_ptr().add(tx));
+            }
             // Aᵀ·m for each column b: rows 0 and 1.
-            let p = [0, 1, 2, 3].map(|b| {
-                let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
-                [
-                    _mm512_add_ps(_mm512_add_ps(m0, m1), m2),
-                    _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3),
-                ]
-            });
+            let mut p = [[_mm512_setzero_ps(); 2]; 4];
+            for (b, column) in p.iter_mut().enumerate() {
+                let (m0, m1, m2, m3) = (v[b], v[4 + b], v[8 + b], v[12 + b]);
+                column[0] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                column[1] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
             // (Aᵀ·m)·A for rows 0 and 1: even and odd columns.
             for i in 0..2 {
                 let (p0, p1, p2, p3) = (p[0][i], p[1][i], p[2][i], p[3][i]);
