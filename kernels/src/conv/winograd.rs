@@ -40,11 +40,13 @@ pub(super) const POSITIONS: usize = 16;
 const MIN_CHANNELS: usize = 16;
 /// Fewest tiles per image of a layer whose images run whole (a 28×28 plane has 196).
 const MIN_WHOLE_TILES: usize = 128;
+/// Most transformed values of a group of whole images: 32 MiB.
+const WHOLE_MAX_FLOATS: usize = 1 << 23;
 /// Floats of transformed inputs and products a block aims to keep (in L2): 1 MiB.
 const BLOCK_FLOATS: usize = 1 << 18;
 /// Fewest tiles per block, so that the gemms keep some width.
 const MIN_BLOCK_TILES: usize = 32;
-/// Fewest tiles of a block in L2 below which images run whole ([`whole_images`]).
+/// Fewest tiles of a block in L2 below which images run whole ([`in_blocks`]).
 const WHOLE_BELOW_TILES: usize = 32;
 /// Channels per parallel piece of a whole image's transforms.
 const CHANNELS_PER_PIECE: usize = 16;
@@ -57,17 +59,17 @@ thread_local! {
 }
 
 /// Whether `g` runs through the Winograd path: a 3×3 kernel at stride 1 and dilation 1, one
-/// group, at least [`MIN_CHANNELS`] input and output channels, and at least as many tiles per
-/// image as input channels — or, for layers whose images run whole ([`whole_images`]), at
-/// least [`MIN_WHOLE_TILES`]. Measured against the flat path (two threads, alternating in one
-/// process, Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128 on
-/// 112×112 0.74, on 28×28 0.88; 256 on 56×56 0.86; 512 on 28×28 0.72. Fewer tiles lost or
-/// barely won alone (256 on 14×14 in L2-sized blocks 0.68×, whole 0.95; 512 on 7×7 1.04) and
-/// lost inside the models: with them, ResNet-50 ran 1.07× and Inception v1 1.20× the time
-/// of the flat path.
+/// group, at least [`MIN_CHANNELS`] input and output channels, and enough tiles: as many per
+/// image as input channels for blocks in L2 ([`in_blocks`]), or at least [`MIN_WHOLE_TILES`]
+/// per image when whole images run as blocks. Measured against the flat path (two threads, alternating in
+/// one process, Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128
+/// on 112×112 0.74, on 28×28 0.88; 256 on 56×56 0.86; 512 on 28×28 0.72. Fewer tiles lost or
+/// barely won alone (256 on 14×14, batch 1, in L2-sized blocks 0.68×, whole 0.95; 512 on 7×7
+/// 1.04) and lost inside the models: with them, ResNet-50 ran 1.07× and Inception v1 1.20×
+/// the time of the flat path. A batch does not make up for small planes: eight 14×14 planes
+/// of 256 channels (392 tiles in one group) ran 0.88 and 1.17 in two runs, eight 7×7 planes
+/// of 512 channels 1.18.
 pub(super) fn suits(g: &Geometry) -> bool {
-    let (th, tw) = tiles(g);
-    let tiles = th * tw;
     g.kh == 3
         && g.kw == 3
         && g.sh == 1
@@ -77,7 +79,7 @@ pub(super) fn suits(g: &Geometry) -> bool {
         && g.groups == 1
         && g.cg >= MIN_CHANNELS
         && g.og >= MIN_CHANNELS
-        && (tiles >= g.c || (whole_images(g) && tiles >= MIN_WHOLE_TILES))
+        && (in_blocks(g) || image_tiles(g) >= MIN_WHOLE_TILES)
 }
 
 /// The geometry whose "weights" are the transformed ones: 16 groups (one per position), each
@@ -137,6 +139,29 @@ fn tiles(g: &Geometry) -> (usize, usize) {
     (g.oh.div_ceil(2), g.ow.div_ceil(2))
 }
 
+/// Tiles of one image.
+fn image_tiles(g: &Geometry) -> usize {
+    let (th, tw) = tiles(g);
+    th * tw
+}
+
+/// Whether `g` runs in blocks of tile rows sized for L2: when such a block holds at least
+/// [`WHOLE_BELOW_TILES`] tiles (C + O at most 512) and an image has at least as many tiles
+/// as input channels. Otherwise groups of whole images run as one block each, with threaded
+/// gemms: blocks in L2 would be so narrow that each would read all the transformed weights
+/// again for little work. Measured on 512 channels at 14×14 and 28×28, blocks in L2 ran no
+/// faster than the flat path (1.00, 0.96–1.11); whole images 0.72–0.77 of its time.
+fn in_blocks(g: &Geometry) -> bool {
+    BLOCK_FLOATS / (POSITIONS * (g.c + g.o)) >= WHOLE_BELOW_TILES && image_tiles(g) >= g.c
+}
+
+/// Images per group when whole images run as one block: as many as keep its transformed
+/// values within [`WHOLE_MAX_FLOATS`], at least one, at most the batch.
+fn group_images(g: &Geometry) -> usize {
+    let per_image = POSITIONS * (g.c + g.o) * image_tiles(g);
+    (WHOLE_MAX_FLOATS / per_image.max(1)).clamp(1, g.n.max(1))
+}
+
 /// The blocks of tile rows of one image on `threads` threads: each small enough for its
 /// transformed data to stay in L2 ([`BLOCK_FLOATS`]), and enough of them over the batch
 /// for [`BLOCKS_PER_THREAD`] per thread.
@@ -153,15 +178,6 @@ fn row_blocks(g: &Geometry, threads: usize) -> Vec<Range<usize>> {
         .map(|b| (b * th / blocks)..((b + 1) * th / blocks))
         .filter(|r| !r.is_empty())
         .collect()
-}
-
-/// Whether `g` runs image by image, each whole image one block with threaded gemms: when a
-/// block that stays in L2 would hold fewer than [`WHOLE_BELOW_TILES`] tiles (C + O above 512),
-/// so narrow that every block would read all the transformed weights again for little work.
-/// Measured on 512 channels at 14×14 and 28×28, blocks in L2 ran no faster than the flat path
-/// (1.00, 0.96–1.11); whole images 0.72–0.77 of its time.
-fn whole_images(g: &Geometry) -> bool {
-    BLOCK_FLOATS / (POSITIONS * (g.c + g.o)) < WHOLE_BELOW_TILES
 }
 
 /// Runs the convolution `g` (see [`suits`]) with `weights`, the transformed weights packed as
@@ -183,21 +199,29 @@ pub(super) fn run(
         bias,
         beta,
     };
-    if whole_images(g) {
-        let out = SharedOut::new(output);
+    let (th, _) = tiles(g);
+    let out = SharedOut::new(output);
+    if !in_blocks(g) {
+        let group = group_images(g);
         let mut buffer = BLOCK_BUFFER.take();
-        let result = (0..g.n).try_for_each(|n| block.run_image(n, &mut buffer, out));
+        let result = (0..g.n).step_by(group).try_for_each(|first| {
+            let rows = first * th..(first + group).min(g.n) * th;
+            block.run_whole(rows, &mut buffer, out)
+        });
         BLOCK_BUFFER.set(buffer);
         return result;
     }
     let blocks = row_blocks(g, rayon::current_num_threads());
-    let jobs: Vec<(usize, Range<usize>)> = (0..g.n)
-        .flat_map(|n| blocks.iter().map(move |rows| (n, rows.clone())))
+    let jobs: Vec<Range<usize>> = (0..g.n)
+        .flat_map(|n| {
+            blocks
+                .iter()
+                .map(move |rows| n * th + rows.start..n * th + rows.end)
+        })
         .collect();
-    let out = SharedOut::new(output);
-    let run_job = |(n, tile_rows): &(usize, Range<usize>)| {
+    let run_job = |rows: &Range<usize>| {
         let mut buffer = BLOCK_BUFFER.take();
-        let result = block.run(*n, tile_rows.clone(), &mut buffer, out);
+        let result = block.run(rows.clone(), &mut buffer, out);
         BLOCK_BUFFER.set(buffer);
         result
     };
@@ -206,6 +230,15 @@ pub(super) fn run(
     } else {
         jobs.iter().try_for_each(run_job)
     }
+}
+
+/// `buffer` as the transformed inputs (`v_len` values) and products (`m_len`), grown if needed.
+fn split_buffer(buffer: &mut Vec<f32>, v_len: usize, m_len: usize) -> (&mut [f32], &mut [f32]) {
+    if buffer.len() < v_len + m_len {
+        buffer.resize(v_len + m_len, 0.0);
+    }
+    let (v, m) = buffer[..v_len + m_len].split_at_mut(v_len);
+    (v, m)
 }
 
 /// What the blocks of one convolution share.
@@ -219,53 +252,41 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// Tile rows `tile_rows` of image `n`: transform, 16 gemms, transform back into `out`
-    /// (whose output rows `2·tile_rows` of image `n` this block alone writes).
-    fn run(
+    /// Tile rows `rows` (counted over the batch: row `ty` of image `n` is `n·th + ty`):
+    /// transform, 16 gemms on this thread, transform back into `out` (whose output rows of
+    /// these tile rows this block alone writes).
+    fn run(&self, rows: Range<usize>, buffer: &mut Vec<f32>, out: SharedOut<'_>) -> Result<()> {
+        let g = self.g;
+        let count = rows.len() * tiles(g).1;
+        let (v, m) = split_buffer(buffer, g.c * POSITIONS * count, g.o * POSITIONS * count);
+        self.transform_input(&rows, 0..g.c, v);
+        self.gemms(v, m, count, Threading::Single)?;
+        self.transform_output(&rows, 0..g.o, m, out);
+        Ok(())
+    }
+
+    /// Tile rows `rows` (whole images) as one block: its transforms split over the threads by
+    /// channels, its 16 gemms each split by the gemm itself.
+    fn run_whole(
         &self,
-        n: usize,
-        tile_rows: Range<usize>,
+        rows: Range<usize>,
         buffer: &mut Vec<f32>,
         out: SharedOut<'_>,
     ) -> Result<()> {
         let g = self.g;
-        let (_, tw) = tiles(g);
-        let count = tile_rows.len() * tw;
-        let (v_len, m_len) = (POSITIONS * g.c * count, POSITIONS * g.o * count);
-        if buffer.len() < v_len + m_len {
-            buffer.resize(v_len + m_len, 0.0);
-        }
-        let (v, m) = buffer.split_at_mut(v_len);
-        let m = &mut m[..m_len];
-        self.transform_input(n, &tile_rows, 0..g.c, v);
-        self.gemms(v, m, count, Threading::Single)?;
-        self.transform_output(n, &tile_rows, 0..g.o, m, out);
-        Ok(())
-    }
-
-    /// Image `n` as one block: its transforms split over the threads by channels, its 16
-    /// gemms each split by the gemm itself.
-    fn run_image(&self, n: usize, buffer: &mut Vec<f32>, out: SharedOut<'_>) -> Result<()> {
-        let g = self.g;
-        let (th, tw) = tiles(g);
-        let count = th * tw;
-        let (v_len, m_len) = (POSITIONS * g.c * count, POSITIONS * g.o * count);
-        if buffer.len() < v_len + m_len {
-            buffer.resize(v_len + m_len, 0.0);
-        }
-        let (v, m) = buffer.split_at_mut(v_len);
-        let m = &mut m[..m_len];
+        let count = rows.len() * tiles(g).1;
+        let (v, m) = split_buffer(buffer, g.c * POSITIONS * count, g.o * POSITIONS * count);
         let piece = CHANNELS_PER_PIECE * POSITIONS * count;
         v.par_chunks_mut(piece).enumerate().for_each(|(p, v)| {
             let first = p * CHANNELS_PER_PIECE;
             let channels = first..(first + CHANNELS_PER_PIECE).min(g.c);
-            self.transform_input(n, &(0..th), channels, v);
+            self.transform_input(&rows, channels, v);
         });
         self.gemms(v, m, count, Threading::CurrentPool)?;
         m.par_chunks(piece).enumerate().for_each(|(p, m)| {
             let first = p * CHANNELS_PER_PIECE;
             let channels = first..(first + CHANNELS_PER_PIECE).min(g.o);
-            self.transform_output(n, &(0..th), channels, m, out);
+            self.transform_output(&rows, channels, m, out);
         });
         Ok(())
     }
@@ -301,24 +322,19 @@ impl Block<'_> {
 
     /// `v[c][ξ][t] = (Bᵀ·d·B)[ξ]` for channels `channels` (`v` starts at the first) and every
     /// tile `t` of the block.
-    fn transform_input(
-        &self,
-        n: usize,
-        tile_rows: &Range<usize>,
-        channels: Range<usize>,
-        v: &mut [f32],
-    ) {
+    fn transform_input(&self, rows: &Range<usize>, channels: Range<usize>, v: &mut [f32]) {
         let g = self.g;
-        let (_, tw) = tiles(g);
-        let count = tile_rows.len() * tw;
+        let (th, tw) = tiles(g);
+        let count = rows.len() * tw;
         let (top, left) = (g.pads[0], g.pads[1]);
         // Each padded input row under a tile row, split into its even and odd columns (tile
         // tx reads even and odd columns tx and tx + 1): the transform then reads contiguously.
         let half = tw + 1;
         let mut split = vec![0.0f32; 8 * half];
         for (c, v) in channels.zip(v.chunks_exact_mut(POSITIONS * count)) {
-            let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
-            for (row_index, ty) in tile_rows.clone().enumerate() {
+            for (row_index, row) in rows.clone().enumerate() {
+                let (n, ty) = (row / th, row % th);
+                let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
                 let (even, odd) = split.split_at_mut(4 * half);
                 for r in 0..4 {
                     let (even, odd) = (&mut even[r * half..][..half], &mut odd[r * half..][..half]);
@@ -353,20 +369,20 @@ impl Block<'_> {
     /// old output and the ReLU.
     fn transform_output(
         &self,
-        n: usize,
-        tile_rows: &Range<usize>,
+        rows: &Range<usize>,
         channels: Range<usize>,
         m: &[f32],
         out: SharedOut<'_>,
     ) {
         let g = self.g;
-        let (_, tw) = tiles(g);
-        let count = tile_rows.len() * tw;
+        let (th, tw) = tiles(g);
+        let count = rows.len() * tw;
         // Output rows 2·ty and 2·ty + 1, each as its even and odd columns.
         let mut lines = vec![0.0f32; 4 * tw];
         for (o, m) in channels.zip(m.chunks_exact(POSITIONS * count)) {
             let bias = self.bias.map_or(0.0, |b| b[o]);
-            for (row_index, ty) in tile_rows.clone().enumerate() {
+            for (row_index, row) in rows.clone().enumerate() {
+                let (n, ty) = (row / th, row % th);
                 let first = row_index * tw;
                 let m: [&[f32]; POSITIONS] =
                     std::array::from_fn(|xi| &m[xi * count + first..][..tw]);
