@@ -11,6 +11,9 @@ use super::{MicroKernel, TileArgs, store_tile_scalar};
 const MR: usize = 12;
 const NR: usize = 32;
 const LANES: usize = 16;
+/// Rows ahead that the unpacked-B loop asks for: measured on the Winograd path's gemms (rows
+/// 7 KiB apart), 1.02–1.08× faster 3×3 layers than without.
+const PREFETCH_ROWS: usize = 6;
 
 /// The AVX-512 kernel.
 pub(crate) const KERNEL: MicroKernel = MicroKernel {
@@ -88,10 +91,16 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
     let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(LANES))];
     if !args.b_packed {
         // Unpacked B: each step is a row of B; masked loads never touch columns past nr_eff.
+        let ahead = PREFETCH_ROWS * args.b_stride;
         for _ in 0..args.kc {
             // SAFETY: A stays inside its packed panel; the masked loads read only the nr_eff
             // columns of one row of B, which the caller guarantees readable.
             unsafe {
+                // Rows of B in place may lie far apart (the Winograd path's are 16 blocks
+                // apart): ask for them ahead, past the strides the prefetchers follow. A
+                // prefetch is a hint and never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(ahead) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(ahead + LANES) as *const i8);
                 let bv = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.add(LANES * v)));
                 step::<R, V>(&mut acc, a, bv);
                 a = a.add(MR);
