@@ -2,9 +2,10 @@
 //!
 //! Paths, chosen from the geometry:
 //! - one input channel per group (depthwise): a direct kernel, parallel over output planes;
-//! - on AVX-512, 3×3 stride-1 layers with at least 16 channels and at least as many 2×2
-//!   output tiles per image as input channels: Winograd F(2×2, 3×3) (see `winograd`), 16
-//!   gemms of depth C per block of tiles instead of one of depth 9·C;
+//! - on AVX-512, 3×3 stride-1 single-group layers with at least 16 channels and enough 2×2
+//!   output tiles per image (as many as input channels, or 128 for layers run image by
+//!   image): Winograd F(2×2, 3×3) (see `winograd`), 16 gemms of depth C per block of tiles
+//!   instead of one of depth 9·C;
 //! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is; a
 //!   strided 1×1 convolution without padding gathers its sub-grid once and runs the same way;
 //! - on AVX2 and AVX-512, every kernel larger than 1×1 (see `flat`): a register tile (6
