@@ -67,8 +67,8 @@ thread_local! {
 /// per image when whole images run as blocks. Measured against the flat path (two threads, alternating in
 /// one process, Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128
 /// on 112×112 0.74, on 28×28 0.88; 256 on 56×56 0.86; 512 on 28×28 0.72. Fewer tiles lost or
-/// barely won alone (256 on 14×14, batch 1, in L2-sized blocks 0.68×, whole 0.95; 512 on 7×7
-/// 1.04) and lost inside the models: with them, ResNet-50 ran 1.07× and Inception v1 1.20×
+/// barely won alone (256 on 14×14, batch 1: 1.46 in L2-sized blocks, 0.95 whole; 512 on 7×7:
+/// 2.95 in blocks, 1.04 whole) and lost inside the models: with them, ResNet-50 ran 1.07× and Inception v1 1.20×
 /// the time of the flat path. A batch does not make up for small planes: eight 14×14 planes
 /// of 256 channels (392 tiles in one group) ran 0.88 and 1.17 in two runs, eight 7×7 planes
 /// of 512 channels 1.18.
@@ -152,8 +152,9 @@ fn image_tiles(g: &Geometry) -> usize {
 /// [`WHOLE_BELOW_TILES`] tiles (C + O at most 512) and an image has at least as many tiles
 /// as input channels. Otherwise groups of whole images run as one block each, with threaded
 /// gemms: blocks in L2 would be so narrow that each would read all the transformed weights
-/// again for little work. Measured on 512 channels at 14×14 and 28×28, blocks in L2 ran no
-/// faster than the flat path (1.00, 0.96–1.11); whole images 0.72–0.77 of its time.
+/// again for little work. Measured against the flat path (Winograd time / flat time): 256
+/// channels on 14×14 1.46 in blocks, 0.95 whole; 512 on 7×7 2.95 in blocks, 1.04 whole; whole
+/// images of 512 channels on 28×28 and 14×14 0.72 and 0.77.
 fn in_blocks(g: &Geometry) -> bool {
     BLOCK_FLOATS / (POSITIONS * (g.c + g.o)) >= WHOLE_BELOW_TILES && image_tiles(g) >= g.c
 }
