@@ -860,14 +860,7 @@ fn splits_stay_exact_on_a_multithreaded_node() {
         assert_bits(&format!("threaded matmul {strategy}"), &got, &whole);
     }
     // A 5×5 kernel: the paths whose per-output order does not depend on the tiles.
-    let x = Tensor::random([2, 64, 33, 33], DType::F32, 33).unwrap();
-    let w = Tensor::random([128, 64, 5, 5], DType::F32, 34).unwrap();
-    let bias = Tensor::random([128], DType::F32, 35).unwrap();
-    let op = Op::Conv2d(Conv2dParams {
-        pads: [2, 2, 2, 2],
-        relu: true,
-        ..Conv2dParams::default()
-    });
+    let (op, [x, w, bias]) = threaded_conv(5);
     let inputs = [&x, &w, &bias];
     let shapes = [x.shape(), w.shape(), bias.shape()];
     let whole = run_whole(&dev, &op, &inputs);
@@ -878,20 +871,29 @@ fn splits_stay_exact_on_a_multithreaded_node() {
     }
 }
 
+/// A same-size, ReLU convolution of 64 → 128 channels with a `kernel × kernel` kernel on two
+/// 33×33 images, large enough for the kernels' own thread splits: the op and its input,
+/// weight and bias.
+fn threaded_conv(kernel: usize) -> (Op, [Tensor; 3]) {
+    let pad = kernel / 2;
+    let op = Op::Conv2d(Conv2dParams {
+        pads: [pad; 4],
+        relu: true,
+        ..Conv2dParams::default()
+    });
+    let x = Tensor::random([2, 64, 33, 33], DType::F32, 33).unwrap();
+    let w = Tensor::random([128, 64, kernel, kernel], DType::F32, 34).unwrap();
+    let bias = Tensor::random([128], DType::F32, 35).unwrap();
+    (op, [x, w, bias])
+}
+
 #[test]
 fn winograd_convolutions_split_exactly_by_batch_and_closely_otherwise() {
     // A 3×3 stride-1 layer takes the Winograd path on AVX-512, whose rounding depends on
     // where an output sits in its 2×2 tile: a split by output rows or into parts of fewer than
     // 16 channels (another path) agrees to float rounding, a batch split bit for bit.
     let dev = CpuDevice::with_threads(3).unwrap();
-    let x = Tensor::random([2, 64, 33, 33], DType::F32, 33).unwrap();
-    let w = Tensor::random([128, 64, 3, 3], DType::F32, 34).unwrap();
-    let bias = Tensor::random([128], DType::F32, 35).unwrap();
-    let op = Op::Conv2d(Conv2dParams {
-        pads: [1, 1, 1, 1],
-        relu: true,
-        ..Conv2dParams::default()
-    });
+    let (op, [x, w, bias]) = threaded_conv(3);
     let inputs = [&x, &w, &bias];
     let shapes = [x.shape(), w.shape(), bias.shape()];
     let whole = run_whole(&dev, &op, &inputs);

@@ -3,19 +3,10 @@
 use std::arch::x86_64::*;
 
 use super::winograd::POSITIONS;
+use crate::gemm::lane_mask;
 
 /// Floats per vector.
 const LANES: usize = 16;
-
-/// A mask of the first `n` (at most 16) lanes.
-#[inline(always)]
-fn mask(n: usize) -> __mmask16 {
-    if n >= LANES {
-        0xFFFF
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
 
 /// Columns `x - left` of `line` (zero outside it) for `x = 2i` into `even[i]` and `2i + 1`
 /// into `odd[i]`, for every `i` of `even` (as long as `odd`).
@@ -42,8 +33,8 @@ pub(super) unsafe fn split_columns(line: &[f32], left: usize, even: &mut [f32], 
     while i < len {
         let start = 2 * i - left;
         let live = line.len().saturating_sub(start);
-        let (lo_mask, hi_mask) = (mask(live), mask(live.saturating_sub(LANES)));
-        let out_mask = mask(len - i);
+        let (lo_mask, hi_mask) = (lane_mask(live), lane_mask(live.saturating_sub(LANES)));
+        let out_mask = lane_mask(len - i);
         // SAFETY: the loads' masks keep them inside `line` (values start.. below its length;
         // a masked-off lane is never read, so an address past the end is not touched), and
         // the stores' inside the `len` values of `even` and `odd` from `i`.
@@ -79,7 +70,7 @@ pub(super) unsafe fn input_row(even: [&[f32]; 4], odd: [&[f32]; 4], dst: [&mut [
     let dst = dst.map(|run| run.as_mut_ptr());
     let mut tx = 0;
     while tx < tw {
-        let m = mask(tw - tx);
+        let m = lane_mask(tw - tx);
         // SAFETY: lanes tx.. under mask `m` lie inside the `tw` values of each output and
         // the `tw + 1` of each input (asserted), the inputs also at tx + 1.
         unsafe {
@@ -133,7 +124,7 @@ pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) 
     let lines = lines.map(|line| line.as_mut_ptr());
     let mut tx = 0;
     while tx < tw {
-        let k = mask(tw - tx);
+        let k = lane_mask(tw - tx);
         // SAFETY: lanes tx.. under mask `k` lie inside the `tw` values of every run (asserted).
         unsafe {
             let mut v = [_mm512_setzero_ps(); POSITIONS];
@@ -190,8 +181,8 @@ pub(super) unsafe fn finish_row(
         // Output columns x..x + 32 come from tiles x/2..x/2 + 16.
         let tile = x / 2;
         let (e_mask, o_mask) = (
-            mask(even.len().min(tile + LANES) - tile),
-            mask(odd.len().min(tile + LANES).max(tile) - tile),
+            lane_mask(even.len().min(tile + LANES) - tile),
+            lane_mask(odd.len().min(tile + LANES).max(tile) - tile),
         );
         // SAFETY: the masks keep the loads inside `even` and `odd`, and the stores' masks
         // inside `dst` (columns x.. below `len`).
@@ -203,7 +194,7 @@ pub(super) unsafe fn finish_row(
                 if start >= len {
                     break;
                 }
-                let store = mask(len - start);
+                let store = lane_mask(len - start);
                 let ptr = dst.as_mut_ptr().add(start);
                 let mut v = _mm512_add_ps(_mm512_permutex2var_ps(e, index, o), bias_v);
                 if beta != 0.0 {

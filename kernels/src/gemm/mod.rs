@@ -16,6 +16,8 @@ pub use blocking::CacheSizes;
 pub use driver::{PARALLEL_MIN_MACS, PARALLEL_MIN_MACS_AVX512, stays_single};
 pub use matrix::{MatMut, MatRef};
 pub(crate) use micro::for_isa as micro_kernel;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use micro::lane_mask;
 pub(crate) use pack::{PackA, PackB, PrepackedA};
 
 use crate::{Element, Isa, KernelError, Result};

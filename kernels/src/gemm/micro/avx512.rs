@@ -197,7 +197,7 @@ unsafe fn store<const R: usize, const V: usize>(
 
 /// A mask with the low `lanes` (at most 16) bits set.
 #[inline(always)]
-fn lane_mask(lanes: usize) -> __mmask16 {
+pub(crate) fn lane_mask(lanes: usize) -> __mmask16 {
     if lanes >= LANES {
         0xFFFF
     } else {

@@ -13,6 +13,9 @@ mod scalar;
 
 use crate::Isa;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::lane_mask;
+
 /// Arguments of one microkernel call.
 pub(crate) struct TileArgs {
     /// Depth of the packed panels.
