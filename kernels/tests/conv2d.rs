@@ -549,6 +549,53 @@ fn winograd_tiles_odd_planes_and_pads() {
 }
 
 #[test]
+fn winograd_four_by_four_tiles() {
+    // 3×3 stride-1 layers with at least 128 tiles of 4×4 outputs per image (on AVX-512,
+    // Winograd F(4×4, 3×3)): planes whose last tile row and column are partly outside,
+    // asymmetric padding, odd channel counts, a batch, several channels per block, and a
+    // wide layer whose blocks hold one tile row. NaN inputs reach only the outputs whose
+    // windows hold them, although they spread over the transformed tile.
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let cases = [
+        Case::new(
+            [1, 17, 45, 47],
+            [19, 17, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [2, 16, 50, 61],
+            [33, 16, 3, 3],
+            [1, 1],
+            [1, 1],
+            [2, 0, 1, 2],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 200, 46, 46],
+            [208, 200, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            false,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, case, Some(n * c * h * w / 3 + w / 2 + 1));
+    }
+}
+
+#[test]
 fn pointwise_widening_on_small_planes() {
     // Pointwise layers that widen the channels fourfold or more on planes of up to 64 outputs
     // (on AVX-512, the flat tiles): a plane of 49, depths below and above one depth block

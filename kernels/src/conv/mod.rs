@@ -5,7 +5,8 @@
 //! - on AVX-512, 3×3 stride-1 single-group layers with at least 16 channels and enough 2×2
 //!   output tiles per image (as many as input channels, or 128 for layers run image by
 //!   image): Winograd F(2×2, 3×3) (see `winograd`), 16 gemms of depth C per block of tiles
-//!   instead of one of depth 9·C;
+//!   instead of one of depth 9·C; on planes with 128 or more 4×4 tiles and up to 910
+//!   channels in and out, F(4×4, 3×3), 36 gemms per block of 4×4 tiles;
 //! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is; a
 //!   strided 1×1 convolution without padding gathers its sub-grid once and runs the same way;
 //! - on AVX2 and AVX-512, every kernel larger than 1×1 (see `flat`): a register tile (6
@@ -213,14 +214,18 @@ fn run<T: Element>(
         })
     };
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && winograd::suits(&g) {
+    if isa == Isa::Avx512
+        && let Some(tile) = winograd::variant(&g)
+    {
         let weights = match &weight {
-            Cow::Borrowed(w) => prepack::packed_winograd(isa, &g, w),
+            Cow::Borrowed(w) => prepack::packed_winograd(isa, &g, w, tile),
             Cow::Owned(_) => None,
         }
-        .or_else(|| prepack::PackedWeights::winograd(isa, &g, &weight).map(std::sync::Arc::new));
+        .or_else(|| {
+            prepack::PackedWeights::winograd(isa, &g, &weight, tile).map(std::sync::Arc::new)
+        });
         if let Some(weights) = weights {
-            return winograd::run(isa, &g, &input, &weights, bias, output, beta);
+            return winograd::run(isa, &g, tile, &input, &weight, &weights, bias, output, beta);
         }
     }
     #[cfg(target_arch = "x86_64")]

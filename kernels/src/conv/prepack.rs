@@ -33,8 +33,8 @@ pub(crate) struct PackedWeights {
     /// Where the packed values start in `data`.
     start: usize,
     /// For Winograd-transformed weights ([`PackedWeights::winograd`]), the OIHW dims of the
-    /// weights they were transformed from.
-    winograd_of: Option<[usize; 4]>,
+    /// weights they were transformed from and the positions of the transform.
+    winograd_of: Option<([usize; 4], usize)>,
 }
 
 /// Floats in a cache line: packed data starts on one, so that panels of 16 rows read one
@@ -99,13 +99,18 @@ impl PackedWeights {
     #[cfg(target_arch = "x86_64")]
     /// The Winograd-transformed weights of `g` (3×3, one group), packed as the gemm packs the
     /// A of [`winograd::transformed_geometry`]: one `O × C` matrix per transform position.
-    pub fn winograd(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<PackedWeights> {
-        let transformed = winograd::transformed_geometry(g);
-        let rows = winograd::transform_weights(weight, g.o, g.c);
+    pub fn winograd(
+        isa: Isa,
+        g: &Geometry,
+        weight: &[f32],
+        tile: winograd::Tile,
+    ) -> Option<PackedWeights> {
+        let transformed = winograd::transformed_geometry(g, tile);
+        let rows = winograd::transform_weights(weight, g.o, g.c, tile);
         let kc = Self::gemm_depth_block(isa, &transformed);
         let pack = Self::pack(isa, &transformed, &rows, kc, Self::gemm_rows(isa))?;
         Some(PackedWeights {
-            winograd_of: Some([g.o, g.cg, g.kh, g.kw]),
+            winograd_of: Some(([g.o, g.cg, g.kh, g.kw], tile.positions())),
             ..pack
         })
     }
@@ -234,12 +239,13 @@ pub(crate) fn packed_winograd(
     isa: Isa,
     g: &Geometry,
     weight: &[f32],
+    tile: winograd::Tile,
 ) -> Option<Arc<PackedWeights>> {
-    let dims = Some([g.o, g.cg, g.kh, g.kw]);
+    let of = Some(([g.o, g.cg, g.kh, g.kw], tile.positions()));
     cached(
         weight,
-        |p| p.winograd_of == dims && p.isa == isa,
-        || PackedWeights::winograd(isa, g, weight),
+        |p| p.winograd_of == of && p.isa == isa,
+        || PackedWeights::winograd(isa, g, weight, tile),
     )
 }
 

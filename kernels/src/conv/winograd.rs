@@ -1,27 +1,32 @@
-//! Winograd F(2×2, 3×3): 3×3 stride-1 convolutions with 2.25× fewer multiplies.
+//! Winograd F(2×2, 3×3) and F(4×4, 3×3): 3×3 stride-1 convolutions with 2.25× and 4× fewer
+//! multiplies.
 //!
-//! Each 2×2 block of outputs (a *tile*) of channel `o` is `Aᵀ·[Σ_c U[o][c] ⊙ V[c]]·A`, where
-//! `V[c] = Bᵀ·d·B` is the 4×4 input patch `d` of channel `c` under the tile, transformed, and
-//! `U[o][c] = G·g·Gᵀ` the transformed 3×3 weights (Lavin and Gray, 2016). Summing over `c`
-//! for each of the 16 positions `ξ` of a 4×4 transform is a matrix product,
-//! `M[ξ] (O × tiles) = U[ξ] (O × C) · V[ξ] (C × tiles)`: 16 gemms of depth C replace one of
-//! depth 9·C, and the transforms cost a few additions per input and output value.
+//! Each m×m block of outputs (a *tile*, m = 2 or 4) of channel `o` is
+//! `Aᵀ·[Σ_c U[o][c] ⊙ V[c]]·A`, where `V[c] = Bᵀ·d·B` is the (m+2)×(m+2) input patch `d` of
+//! channel `c` under the tile, transformed, and `U[o][c] = G·g·Gᵀ` the transformed 3×3
+//! weights (Lavin and Gray, 2016). Summing over `c` for each position `ξ` of the transform
+//! is a matrix product, `M[ξ] (O × tiles) = U[ξ] (O × C) · V[ξ] (C × tiles)`: 16 (or 36)
+//! gemms of depth C replace one of depth 9·C, and the transforms cost a few additions per
+//! input and output value.
 //!
 //! The work is cut into blocks of whole tile rows of one image, sized so that a block's
-//! transformed inputs and products stay in L2. Each block transforms its inputs, runs the 16
+//! transformed inputs and products stay in L2. Each block transforms its inputs, runs the
 //! gemms on the calling thread (the blocks run in parallel) with the transformed weights
 //! packed once into the gemm's panels, and transforms the products back, adding the bias and
 //! the residual and applying the ReLU as it writes the output. Layers with many channels,
-//! whose blocks in L2 would be too narrow, run groups of whole images as one block instead:
-//! transforms split over the threads by channels, each gemm split by the gemm itself.
+//! whose F(2×2, 3×3) blocks in L2 would be too narrow, run groups of whole images as one
+//! block instead: transforms split over the threads by channels, each gemm split by the gemm
+//! itself.
 //!
 //! Transformed values are stored channel-major, `v[c][ξ][t]` and `m[o][ξ][t]`: a channel's
 //! values are contiguous for the transforms, and position ξ's matrix is read by the gemms
-//! with a row stride of 16 blocks.
+//! with a row stride of one block per position.
 //!
 //! F(2×2, 3×3)'s transforms use only ±1 and ½, so its rounding stays close to the direct
-//! convolution's (the tests hold it to the same 2·10⁻⁵ of Σ|w·x|); larger Winograd tiles
-//! scale values by up to 4 and 8 in their transforms and lose more.
+//! convolution's; F(4×4, 3×3)'s scale values by up to 5 and 8 and lose more, still within the
+//! tests' 2·10⁻⁵ of Σ|w·x| (weights are transformed in f64 and rounded once). A NaN or an
+//! infinity in a patch spreads over the whole transformed tile: outputs whose transform is
+//! not finite are computed directly instead.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -35,8 +40,6 @@ use super::winograd_x86;
 use crate::gemm::{Epilogue, MatMut, MatRef, PackA, PrepackedA, Threading, gemm_packed};
 use crate::{Isa, Result};
 
-/// Positions of a 4×4 transform: the number of gemms per block.
-pub(super) const POSITIONS: usize = 16;
 /// Fewest input and output channels: below, the transforms outweigh the saved multiplies.
 const MIN_CHANNELS: usize = 16;
 /// Fewest tiles per image of a layer whose images run whole (a 28×28 plane has 196).
@@ -51,17 +54,70 @@ const BLOCK_FLOATS: usize = 1 << 18;
 const MIN_BLOCK_TILES: usize = 32;
 /// Fewest tiles of a block in L2 below which images run whole ([`in_blocks`]).
 const WHOLE_BELOW_TILES: usize = 32;
+/// Fewest F(4×4, 3×3) tiles per image for that variant (a 56×56 plane has 196).
+const F4_MIN_TILES: usize = 128;
+/// Fewest F(4×4, 3×3) tiles a block in L2 holds (C + O at most 910).
+const F4_MIN_BLOCK_TILES: usize = 8;
 /// Channels per parallel piece of a whole image's transforms.
 const CHANNELS_PER_PIECE: usize = 16;
 /// Blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
+
+/// A Winograd variant, named by its output tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tile {
+    /// F(2×2, 3×3): 4×4 transforms, 16 gemms.
+    F2,
+    /// F(4×4, 3×3): 6×6 transforms, 36 gemms.
+    F4,
+}
+
+impl Tile {
+    /// Outputs along each side of a tile.
+    pub(super) fn out(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Inputs along each side of a tile's patch (and of its transform).
+    fn span(self) -> usize {
+        self.out() + 2
+    }
+
+    /// Positions of the transform: the number of gemms per block.
+    pub(super) fn positions(self) -> usize {
+        self.span() * self.span()
+    }
+
+    /// The rows of G, the weight transform (`U = G·g·Gᵀ`).
+    fn g_rows(self) -> &'static [[f64; 3]] {
+        match self {
+            Tile::F2 => &[
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ],
+            Tile::F4 => &[
+                [0.25, 0.0, 0.0],
+                [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ],
+        }
+    }
+}
 
 thread_local! {
     /// A block's transformed inputs and products, kept for this thread's next block.
     static BLOCK_BUFFER: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Whether `g` runs through the Winograd path: a 3×3 kernel at stride 1 and dilation 1, one
+/// The Winograd variant `g` runs with, if any: a 3×3 kernel at stride 1 and dilation 1, one
 /// group, at least [`MIN_CHANNELS`] input and output channels, and enough tiles: as many per
 /// image as input channels for blocks in L2 ([`in_blocks`]), or at least [`MIN_WHOLE_TILES`]
 /// per image when whole images run as blocks. Measured against the flat path (two threads, alternating in
@@ -72,8 +128,10 @@ thread_local! {
 /// the time of the flat path. A batch does not make up for small planes: eight 14×14 planes
 /// of 256 channels (392 tiles in one group) ran 0.88 and 1.17 in two runs, eight 7×7 planes
 /// of 512 channels 1.18.
-pub(super) fn suits(g: &Geometry) -> bool {
-    g.kh == 3
+///
+/// F(4×4, 3×3) where its blocks fit in L2 ([`suits_f4`]), F(2×2, 3×3) otherwise.
+pub(super) fn variant(g: &Geometry) -> Option<Tile> {
+    let suits = g.kh == 3
         && g.kw == 3
         && g.sh == 1
         && g.sw == 1
@@ -82,23 +140,42 @@ pub(super) fn suits(g: &Geometry) -> bool {
         && g.groups == 1
         && g.cg >= MIN_CHANNELS
         && g.og >= MIN_CHANNELS
-        && (in_blocks(g) || image_tiles(g) >= MIN_WHOLE_TILES)
+        && (in_blocks(g) || image_tiles(g, Tile::F2) >= MIN_WHOLE_TILES);
+    if !suits {
+        None
+    } else if suits_f4(g) {
+        Some(Tile::F4)
+    } else {
+        Some(Tile::F2)
+    }
 }
 
-/// The geometry whose "weights" are the transformed ones: 16 groups (one per position), each
-/// an `O × C` matrix, so that they pack into the gemm's panels as a pointwise convolution's.
-pub(super) fn transformed_geometry(g: &Geometry) -> Geometry {
+/// Whether F(4×4, 3×3) runs `g` (which suits the Winograd path): at least
+/// [`F4_MIN_TILES`] of its tiles per image, and blocks in L2 of at least
+/// [`F4_MIN_BLOCK_TILES`]. Measured against F(2×2, 3×3) (two threads, alternating in one
+/// process, F(4×4) time / F(2×2) time): 64 channels on 56×56 0.77–0.80 (batch 8: 0.84), on
+/// 224×224 0.67–0.73; 128 on 112×112 0.74–0.78, on 56×56 0.68–0.71; 64 → 192 on 56×56 0.73;
+/// 256 on 56×56 0.73–0.75. On 28×28 planes (49 tiles) it lost: 1.32–1.43.
+fn suits_f4(g: &Geometry) -> bool {
+    image_tiles(g, Tile::F4) >= F4_MIN_TILES
+        && BLOCK_FLOATS / (Tile::F4.positions() * (g.c + g.o)) >= F4_MIN_BLOCK_TILES
+}
+
+/// The geometry whose "weights" are the transformed ones: one group per position, each an
+/// `O × C` matrix, so that they pack into the gemm's panels as a pointwise convolution's.
+pub(super) fn transformed_geometry(g: &Geometry, tile: Tile) -> Geometry {
+    let positions = tile.positions();
     Geometry {
         n: 1,
-        c: POSITIONS * g.c,
+        c: positions * g.c,
         h: 1,
         w: 1,
-        o: POSITIONS * g.o,
+        o: positions * g.o,
         kh: 1,
         kw: 1,
         oh: 1,
         ow: 1,
-        groups: POSITIONS,
+        groups: positions,
         cg: g.c,
         og: g.o,
         sh: 1,
@@ -110,70 +187,76 @@ pub(super) fn transformed_geometry(g: &Geometry) -> Geometry {
     }
 }
 
-/// `U[ξ][o][c] = (G·g·Gᵀ)[ξ]` for OIHW 3×3 weights `weight` of `o × c` channels, position-major.
-pub(super) fn transform_weights(weight: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; POSITIONS * o * c];
+/// `U[ξ][o][c] = (G·g·Gᵀ)[ξ]` for OIHW 3×3 weights `weight` of `o × c` channels,
+/// position-major, computed in f64 and rounded once.
+pub(super) fn transform_weights(weight: &[f32], o: usize, c: usize, tile: Tile) -> Vec<f32> {
+    let (rows, positions) = (tile.g_rows(), tile.positions());
+    let mut u = vec![0.0f32; positions * o * c];
     for (index, g) in weight.chunks_exact(9).take(o * c).enumerate() {
-        // G·g (4 × 3), then (G·g)·Gᵀ (4 × 4); G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
-        let gg: [[f32; 3]; 4] = std::array::from_fn(|a| {
-            std::array::from_fn(|s| {
-                let (g0, g1, g2) = (g[s], g[3 + s], g[6 + s]);
-                match a {
-                    0 => g0,
-                    1 => 0.5 * (g0 + g1 + g2),
-                    2 => 0.5 * (g0 - g1 + g2),
-                    _ => g2,
-                }
-            })
-        });
-        for (a, row) in gg.iter().enumerate() {
-            let [r0, r1, r2] = *row;
-            let out = [r0, 0.5 * (r0 + r1 + r2), 0.5 * (r0 - r1 + r2), r2];
-            for (b, value) in out.into_iter().enumerate() {
-                u[(a * 4 + b) * o * c + index] = value;
+        let g = |r: usize, s: usize| f64::from(g[3 * r + s]);
+        // G·g (span × 3), then (G·g)·Gᵀ (span × span).
+        let gg: Vec<[f64; 3]> = rows
+            .iter()
+            .map(|row| std::array::from_fn(|s| (0..3).map(|r| row[r] * g(r, s)).sum()))
+            .collect();
+        for (a, left) in gg.iter().enumerate() {
+            for (b, row) in rows.iter().enumerate() {
+                let value: f64 = (0..3).map(|s| left[s] * row[s]).sum();
+                u[(a * rows.len() + b) * o * c + index] = value as f32;
             }
         }
     }
     u
 }
 
-/// Tiles along each axis: 2×2 outputs each.
-fn tiles(g: &Geometry) -> (usize, usize) {
-    (g.oh.div_ceil(2), g.ow.div_ceil(2))
+/// Tiles along each axis.
+fn tiles(g: &Geometry, tile: Tile) -> (usize, usize) {
+    (g.oh.div_ceil(tile.out()), g.ow.div_ceil(tile.out()))
 }
 
 /// Tiles of one image.
-fn image_tiles(g: &Geometry) -> usize {
-    let (th, tw) = tiles(g);
+fn image_tiles(g: &Geometry, tile: Tile) -> usize {
+    let (th, tw) = tiles(g, tile);
     th * tw
 }
 
-/// Whether `g` runs in blocks of tile rows sized for L2: when such a block holds at least
-/// [`WHOLE_BELOW_TILES`] tiles (C + O at most 512) and an image has at least as many tiles
-/// as input channels. Otherwise groups of whole images run as one block each, with threaded
-/// gemms: blocks in L2 would be so narrow that each would read all the transformed weights
-/// again for little work. Measured against the flat path (Winograd time / flat time): 256
-/// channels on 14×14 1.46 in blocks, 0.95 whole; 512 on 7×7 2.95 in blocks, 1.04 whole; whole
-/// images of 512 channels on 28×28 and 14×14 0.72 and 0.77.
+/// Whether `g` runs F(2×2, 3×3) in blocks of tile rows sized for L2: when such a block holds
+/// at least [`WHOLE_BELOW_TILES`] tiles (C + O at most 512) and an image has at least as many
+/// tiles as input channels. Otherwise groups of whole images run as one block each,
+/// with threaded gemms: blocks in L2 would be so narrow that each would read all the
+/// transformed weights again for little work. Measured against the flat path (Winograd time
+/// / flat time): 256 channels on 14×14 1.46 in blocks, 0.95 whole; 512 on 7×7 2.95 in blocks,
+/// 1.04 whole; whole images of 512 channels on 28×28 and 14×14 0.72 and 0.77.
 fn in_blocks(g: &Geometry) -> bool {
-    BLOCK_FLOATS / (POSITIONS * (g.c + g.o)) >= WHOLE_BELOW_TILES && image_tiles(g) >= g.c
+    BLOCK_FLOATS / (Tile::F2.positions() * (g.c + g.o)) >= WHOLE_BELOW_TILES
+        && image_tiles(g, Tile::F2) >= g.c
+}
+
+/// Whether `g` runs with `tile` as groups of whole images: F(2×2, 3×3) outside
+/// [`in_blocks`]; F(4×4, 3×3) always runs in blocks ([`suits_f4`]).
+fn runs_whole(g: &Geometry, tile: Tile) -> bool {
+    tile == Tile::F2 && !in_blocks(g)
 }
 
 /// Images per group when whole images run as one block: as many as keep its transformed
 /// values within [`WHOLE_MAX_FLOATS`], at least one, at most the batch.
-fn group_images(g: &Geometry) -> usize {
-    let per_image = POSITIONS * (g.c + g.o) * image_tiles(g);
+fn group_images(g: &Geometry, tile: Tile) -> usize {
+    let per_image = tile.positions() * (g.c + g.o) * image_tiles(g, tile);
     (WHOLE_MAX_FLOATS / per_image.max(1)).clamp(1, g.n.max(1))
 }
 
 /// The blocks of tile rows of one image on `threads` threads: each small enough for its
 /// transformed data to stay in L2 ([`BLOCK_FLOATS`]), and enough of them over the batch
 /// for [`BLOCKS_PER_THREAD`] per thread.
-fn row_blocks(g: &Geometry, threads: usize) -> Vec<Range<usize>> {
-    let (th, tw) = tiles(g);
-    let per_tile = POSITIONS * (g.c + g.o);
+fn row_blocks(g: &Geometry, tile: Tile, threads: usize) -> Vec<Range<usize>> {
+    let (th, tw) = tiles(g, tile);
+    let per_tile = tile.positions() * (g.c + g.o);
+    let least = match tile {
+        Tile::F2 => MIN_BLOCK_TILES,
+        Tile::F4 => F4_MIN_BLOCK_TILES,
+    };
     let rows_by_cache = (BLOCK_FLOATS / per_tile / tw)
-        .max(MIN_BLOCK_TILES.div_ceil(tw))
+        .max(least.div_ceil(tw))
         .clamp(1, th);
     let by_cache = th.div_ceil(rows_by_cache);
     let by_threads = (BLOCKS_PER_THREAD * threads).div_ceil(g.n);
@@ -184,12 +267,17 @@ fn row_blocks(g: &Geometry, threads: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Runs the convolution `g` (see [`suits`]) with `weights`, the transformed weights packed as
-/// [`transformed_geometry`]'s: `output = relu?(conv + bias + beta·output)`.
+/// Runs the convolution `g` with `tile` (see [`variant`]) and `weights`, the transformed
+/// weights packed as [`transformed_geometry`]'s: `output = relu?(conv + bias + beta·output)`.
+/// `weight` (OIHW) computes directly the outputs of tiles whose transform is not finite, so
+/// that NaN and infinities reach exactly the outputs whose windows hold them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     isa: Isa,
     g: &Geometry,
+    tile: Tile,
     input: &[f32],
+    weight: &[f32],
     weights: &PackedWeights,
     bias: Option<&[f32]>,
     output: &mut [f32],
@@ -198,15 +286,17 @@ pub(super) fn run(
     let block = Block {
         isa,
         g,
+        tile,
         input,
+        weight,
         weights,
         bias,
         beta,
     };
-    let (th, _) = tiles(g);
+    let (th, _) = tiles(g, tile);
     let out = SharedOut::new(output);
-    if !in_blocks(g) {
-        let group = group_images(g);
+    if runs_whole(g, tile) {
+        let group = group_images(g, tile);
         let mut buffer = BLOCK_BUFFER.take();
         let result = (0..g.n).step_by(group).try_for_each(|first| {
             let rows = first * th..(first + group).min(g.n) * th;
@@ -217,7 +307,7 @@ pub(super) fn run(
         }
         return result;
     }
-    let blocks = row_blocks(g, rayon::current_num_threads());
+    let blocks = row_blocks(g, tile, rayon::current_num_threads());
     let jobs: Vec<Range<usize>> = (0..g.n)
         .flat_map(|n| {
             blocks
@@ -247,11 +337,28 @@ fn split_buffer(buffer: &mut Vec<f32>, v_len: usize, m_len: usize) -> (&mut [f32
     (v, m)
 }
 
+/// The `P` runs of `tw` values from `first` in each position's `count` values of `v`.
+fn position_runs<const P: usize>(
+    v: &mut [f32],
+    count: usize,
+    first: usize,
+    tw: usize,
+) -> [&mut [f32]; P] {
+    let mut runs = v.chunks_exact_mut(count).map(|position| {
+        let run: &mut [f32] = &mut position[first..][..tw];
+        run
+    });
+    std::array::from_fn(|_| runs.next().expect("a block holds every position"))
+}
+
 /// What the blocks of one convolution share.
 struct Block<'a> {
     isa: Isa,
     g: &'a Geometry,
+    tile: Tile,
     input: &'a [f32],
+    /// The untransformed OIHW weights.
+    weight: &'a [f32],
     weights: &'a PackedWeights,
     bias: Option<&'a [f32]>,
     beta: f32,
@@ -259,12 +366,13 @@ struct Block<'a> {
 
 impl Block<'_> {
     /// Tile rows `rows` (counted over the batch: row `ty` of image `n` is `n·th + ty`):
-    /// transform, 16 gemms on this thread, transform back into `out` (whose output rows of
+    /// transform, the gemms on this thread, transform back into `out` (whose output rows of
     /// these tile rows this block alone writes).
     fn run(&self, rows: Range<usize>, buffer: &mut Vec<f32>, out: SharedOut<'_>) -> Result<()> {
         let g = self.g;
-        let count = rows.len() * tiles(g).1;
-        let (v, m) = split_buffer(buffer, g.c * POSITIONS * count, g.o * POSITIONS * count);
+        let positions = self.tile.positions();
+        let count = rows.len() * tiles(g, self.tile).1;
+        let (v, m) = split_buffer(buffer, g.c * positions * count, g.o * positions * count);
         self.transform_input(&rows, 0..g.c, v);
         self.gemms(v, m, count, Threading::Single)?;
         self.transform_output(&rows, 0..g.o, m, out);
@@ -272,7 +380,7 @@ impl Block<'_> {
     }
 
     /// Tile rows `rows` (whole images) as one block: its transforms split over the threads by
-    /// channels, its 16 gemms each split by the gemm itself.
+    /// channels, its gemms each split by the gemm itself.
     fn run_whole(
         &self,
         rows: Range<usize>,
@@ -280,9 +388,10 @@ impl Block<'_> {
         out: SharedOut<'_>,
     ) -> Result<()> {
         let g = self.g;
-        let count = rows.len() * tiles(g).1;
-        let (v, m) = split_buffer(buffer, g.c * POSITIONS * count, g.o * POSITIONS * count);
-        let piece = CHANNELS_PER_PIECE * POSITIONS * count;
+        let positions = self.tile.positions();
+        let count = rows.len() * tiles(g, self.tile).1;
+        let (v, m) = split_buffer(buffer, g.c * positions * count, g.o * positions * count);
+        let piece = CHANNELS_PER_PIECE * positions * count;
         v.par_chunks_mut(piece).enumerate().for_each(|(p, v)| {
             let first = p * CHANNELS_PER_PIECE;
             let channels = first..(first + CHANNELS_PER_PIECE).min(g.c);
@@ -297,11 +406,13 @@ impl Block<'_> {
         Ok(())
     }
 
-    /// `m[o][ξ][t] = Σ_c U[ξ][o][c]·v[c][ξ][t]` for the block's `count` tiles: 16 gemms.
+    /// `m[o][ξ][t] = Σ_c U[ξ][o][c]·v[c][ξ][t]` for the block's `count` tiles: one gemm per
+    /// position.
     fn gemms(&self, v: &[f32], m: &mut [f32], count: usize, threading: Threading) -> Result<()> {
         let g = self.g;
-        let stride = POSITIONS * count;
-        for xi in 0..POSITIONS {
+        let positions = self.tile.positions();
+        let stride = positions * count;
+        for xi in 0..positions {
             let a = Panels {
                 pre: self
                     .weights
@@ -329,44 +440,57 @@ impl Block<'_> {
     /// `v[c][ξ][t] = (Bᵀ·d·B)[ξ]` for channels `channels` (`v` starts at the first) and every
     /// tile `t` of the block.
     fn transform_input(&self, rows: &Range<usize>, channels: Range<usize>, v: &mut [f32]) {
-        let g = self.g;
-        let (th, tw) = tiles(g);
+        let (g, tile) = (self.g, self.tile);
+        let (th, tw) = tiles(g, tile);
+        let (step, span) = (tile.out(), tile.span());
         let count = rows.len() * tw;
         let (top, left) = (g.pads[0], g.pads[1]);
-        // Each padded input row under a tile row, split into its even and odd columns (tile
-        // tx reads even and odd columns tx and tx + 1): the transform then reads contiguously.
+        // Each padded input row under a tile row, split into `step` phases of its columns
+        // (phase j holds columns step·i + j; tile tx reads phases at tx and tx + 1): the
+        // transform then reads contiguously. Row r's phase j is line r·step + j.
         let half = tw + 1;
-        let mut split = vec![0.0f32; 8 * half];
-        for (c, v) in channels.zip(v.chunks_exact_mut(POSITIONS * count)) {
+        let mut split = vec![0.0f32; span * step * half];
+        for (c, v) in channels.zip(v.chunks_exact_mut(tile.positions() * count)) {
             for (row_index, row) in rows.clone().enumerate() {
                 let (n, ty) = (row / th, row % th);
                 let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
-                let (even, odd) = split.split_at_mut(4 * half);
-                for r in 0..4 {
-                    let (even, odd) = (&mut even[r * half..][..half], &mut odd[r * half..][..half]);
-                    match (2 * ty + r).checked_sub(top).filter(|&y| y < g.h) {
-                        // SAFETY: as for the input transform below.
-                        Some(y) => unsafe {
-                            winograd_x86::split_columns(&plane[y * g.w..][..g.w], left, even, odd)
-                        },
-                        None => {
-                            even.fill(0.0);
-                            odd.fill(0.0);
+                for (r, lines) in split.chunks_exact_mut(step * half).enumerate() {
+                    let Some(y) = (step * ty + r).checked_sub(top).filter(|&y| y < g.h) else {
+                        lines.fill(0.0);
+                        continue;
+                    };
+                    let line = &plane[y * g.w..][..g.w];
+                    let mut phases = lines.chunks_exact_mut(half);
+                    let mut next = || phases.next().expect("a line per phase");
+                    // SAFETY: the Winograd path runs only with AVX-512F selected, hence
+                    // available.
+                    unsafe {
+                        match tile {
+                            Tile::F2 => winograd_x86::split_columns(line, left, next(), next()),
+                            Tile::F4 => winograd_x86::split_columns_4(
+                                line,
+                                left,
+                                [next(), next(), next(), next()],
+                            ),
                         }
                     }
                 }
                 let first = row_index * tw;
-                let mut dst = v.chunks_exact_mut(count).map(|position| {
-                    let run: &mut [f32] = &mut position[first..][..tw];
-                    run
-                });
-                let dst: [&mut [f32]; POSITIONS] =
-                    std::array::from_fn(|_| dst.next().expect("a block holds every position"));
-                let (even, odd) = split.split_at(4 * half);
-                let even: [&[f32]; 4] = std::array::from_fn(|r| &even[r * half..][..half]);
-                let odd: [&[f32]; 4] = std::array::from_fn(|r| &odd[r * half..][..half]);
-                // SAFETY: the Winograd path runs only with AVX-512F selected, hence available.
-                unsafe { winograd_x86::input_row(even, odd, dst) };
+                let line = |r: usize, j: usize| &split[(r * step + j) * half..][..half];
+                // SAFETY: as above.
+                unsafe {
+                    match tile {
+                        Tile::F2 => winograd_x86::input_row(
+                            std::array::from_fn(|r| line(r, 0)),
+                            std::array::from_fn(|r| line(r, 1)),
+                            position_runs::<16>(v, count, first, tw),
+                        ),
+                        Tile::F4 => winograd_x86::input_row_4(
+                            std::array::from_fn(|r| std::array::from_fn(|j| line(r, j))),
+                            position_runs::<36>(v, count, first, tw),
+                        ),
+                    }
+                }
             }
         }
     }
@@ -380,25 +504,41 @@ impl Block<'_> {
         m: &[f32],
         out: SharedOut<'_>,
     ) {
-        let g = self.g;
-        let (th, tw) = tiles(g);
+        let (g, tile) = (self.g, self.tile);
+        let (th, tw) = tiles(g, tile);
+        let step = tile.out();
+        let positions = tile.positions();
         let count = rows.len() * tw;
-        // Output rows 2·ty and 2·ty + 1, each as its even and odd columns.
-        let mut lines = vec![0.0f32; 4 * tw];
-        for (o, m) in channels.zip(m.chunks_exact(POSITIONS * count)) {
+        // Output row i of a tile row as its `step` column phases: line i·step + j.
+        let mut lines = vec![0.0f32; step * step * tw];
+        // F(4×4, 3×3): phases 0 and 2, then 1 and 3, interleaved (two columns of four each).
+        let mut pairs = vec![0.0f32; if step == 4 { 4 * tw } else { 0 }];
+        for (o, m) in channels.zip(m.chunks_exact(positions * count)) {
             let bias = self.bias.map_or(0.0, |b| b[o]);
             for (row_index, row) in rows.clone().enumerate() {
                 let (n, ty) = (row / th, row % th);
                 let first = row_index * tw;
-                let m: [&[f32]; POSITIONS] =
-                    std::array::from_fn(|xi| &m[xi * count + first..][..tw]);
+                let run = |xi: usize| &m[xi * count + first..][..tw];
                 let mut parts = lines.chunks_exact_mut(tw);
-                let parts: [&mut [f32]; 4] =
-                    std::array::from_fn(|_| parts.next().expect("four lines"));
+                let mut next = || parts.next().expect("a line per output row and phase");
                 // SAFETY: as for the input transform.
-                unsafe { winograd_x86::output_row(m, parts) };
-                for i in 0..2 {
-                    let oy = 2 * ty + i;
+                let finite = unsafe {
+                    match tile {
+                        Tile::F2 => winograd_x86::output_row(
+                            std::array::from_fn(run),
+                            std::array::from_fn(|_| next()),
+                        ),
+                        Tile::F4 => winograd_x86::output_row_4(
+                            std::array::from_fn(run),
+                            std::array::from_fn(|_| next()),
+                        ),
+                    }
+                };
+                if !finite {
+                    self.direct_non_finite(n, o, ty, &mut lines);
+                }
+                for i in 0..step {
+                    let oy = step * ty + i;
                     if oy >= g.oh {
                         break;
                     }
@@ -406,13 +546,55 @@ impl Block<'_> {
                     // SAFETY: output row `oy` of channel `o` of image `n` belongs to this
                     // block's tile rows, which no other block holds.
                     let dst = unsafe { out.slice(start, g.ow) };
-                    let (even, odd) =
-                        (&lines[2 * i * tw..][..tw], &lines[(2 * i + 1) * tw..][..tw]);
+                    let phase = |j: usize| &lines[(i * step + j) * tw..][..tw];
                     let (relu, beta) = (g.relu, self.beta);
                     // SAFETY: as for the input transform.
-                    unsafe { winograd_x86::finish_row(dst, even, odd, bias, beta, relu) };
+                    unsafe {
+                        if step == 2 {
+                            winograd_x86::finish_row(dst, phase(0), phase(1), bias, beta, relu);
+                        } else {
+                            // Columns 4t + j: phases 0 and 2 zipped give the even columns,
+                            // 1 and 3 the odd ones.
+                            let (even, odd) = pairs.split_at_mut(2 * tw);
+                            winograd_x86::finish_row(even, phase(0), phase(2), 0.0, 0.0, false);
+                            winograd_x86::finish_row(odd, phase(1), phase(3), 0.0, 0.0, false);
+                            winograd_x86::finish_row(dst, even, odd, bias, beta, relu);
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Replaces each value of `lines` (output rows of tile row `ty` of channel `o` of image
+    /// `n`, laid out as in [`Self::transform_output`]) that is not finite by the direct sum
+    /// of its window: a NaN or an infinity in a patch spreads over the whole transformed
+    /// tile, but reaches only the outputs whose windows hold it.
+    fn direct_non_finite(&self, n: usize, o: usize, ty: usize, lines: &mut [f32]) {
+        let (g, step) = (self.g, self.tile.out());
+        let tw = tiles(g, self.tile).1;
+        for (index, value) in lines.iter_mut().enumerate() {
+            let (line, tx) = (index / tw, index % tw);
+            let (oy, ox) = (step * ty + line / step, step * tx + line % step);
+            if value.is_finite() || oy >= g.oh || ox >= g.ow {
+                continue;
+            }
+            let mut sum = 0.0f32;
+            for c in 0..g.c {
+                let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
+                let taps = &self.weight[(o * g.c + c) * 9..][..9];
+                for (r, row) in taps.chunks_exact(3).enumerate() {
+                    let Some(y) = (oy + r).checked_sub(g.pads[0]).filter(|&y| y < g.h) else {
+                        continue;
+                    };
+                    for (s, &w) in row.iter().enumerate() {
+                        if let Some(x) = (ox + s).checked_sub(g.pads[1]).filter(|&x| x < g.w) {
+                            sum += w * plane[y * g.w + x];
+                        }
+                    }
+                }
+            }
+            *value = sum;
         }
     }
 }
@@ -485,23 +667,26 @@ mod tests {
         let weight: Vec<f32> = (0..o * c * 9)
             .map(|v| (v % 23) as f32 * 0.25 - 2.0)
             .collect();
-        let packed = PackedWeights::winograd(Isa::Avx512, &g, &weight).unwrap();
-        let rows = transform_weights(&weight, o, c);
-        for xi in [0, 5, 15] {
-            let panels = Panels {
-                pre: packed.view(xi, 0).unwrap(),
-                depth: c,
-            };
-            let matrix = MatRef::row_major(&rows[xi * o * c..][..o * c], o, c).unwrap();
-            for (m0, mc, k0, kc, mr) in [(0, o, 0, c, 12), (3, 30, 2, 25, 4), (5, 7, 11, 5, 8)] {
-                let len = mc.div_ceil(mr) * mr * kc;
-                let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                panels.pack_a(m0, mc, k0, kc, mr, &mut got);
-                matrix.pack_a(m0, mc, k0, kc, mr, &mut want);
-                assert_eq!(
-                    got, want,
-                    "position {xi}, rows {m0}+{mc}, depth {k0}+{kc}, mr {mr}"
-                );
+        for tile in [Tile::F2, Tile::F4] {
+            let packed = PackedWeights::winograd(Isa::Avx512, &g, &weight, tile).unwrap();
+            let rows = transform_weights(&weight, o, c, tile);
+            for xi in [0, 5, tile.positions() - 1] {
+                let panels = Panels {
+                    pre: packed.view(xi, 0).unwrap(),
+                    depth: c,
+                };
+                let matrix = MatRef::row_major(&rows[xi * o * c..][..o * c], o, c).unwrap();
+                for (m0, mc, k0, kc, mr) in [(0, o, 0, c, 12), (3, 30, 2, 25, 4), (5, 7, 11, 5, 8)]
+                {
+                    let len = mc.div_ceil(mr) * mr * kc;
+                    let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                    panels.pack_a(m0, mc, k0, kc, mr, &mut got);
+                    matrix.pack_a(m0, mc, k0, kc, mr, &mut want);
+                    assert_eq!(
+                        got, want,
+                        "position {xi}, rows {m0}+{mc}, depth {k0}+{kc}, mr {mr}"
+                    );
+                }
             }
         }
     }
@@ -515,11 +700,13 @@ mod tests {
             ([1, 16, 3, 3], [16, 16, 3, 3], 4),
         ] {
             let g = geometry(input, weight);
-            let (th, _) = tiles(&g);
-            let blocks = row_blocks(&g, threads);
-            assert_eq!(blocks.first().unwrap().start, 0);
-            assert_eq!(blocks.last().unwrap().end, th);
-            assert!(blocks.windows(2).all(|w| w[0].end == w[1].start));
+            for tile in [Tile::F2, Tile::F4] {
+                let (th, _) = tiles(&g, tile);
+                let blocks = row_blocks(&g, tile, threads);
+                assert_eq!(blocks.first().unwrap().start, 0);
+                assert_eq!(blocks.last().unwrap().end, th);
+                assert!(blocks.windows(2).all(|w| w[0].end == w[1].start));
+            }
         }
     }
 }

@@ -1,9 +1,14 @@
-//! AVX-512 row transforms of the Winograd path (`winograd.rs`): sixteen tiles per vector.
+//! AVX-512 row transforms of the Winograd path (`winograd.rs`): sixteen tiles per vector,
+//! for F(2×2, 3×3) and F(4×4, 3×3).
 
 use std::arch::x86_64::*;
 
-use super::winograd::POSITIONS;
 use crate::gemm::lane_mask;
+
+/// Positions of F(2×2, 3×3)'s 4×4 transform.
+const POSITIONS: usize = 16;
+/// Positions of F(4×4, 3×3)'s 6×6 transform.
+const POSITIONS_4: usize = 36;
 
 /// Floats per vector.
 const LANES: usize = 16;
@@ -111,17 +116,19 @@ pub(super) unsafe fn input_row(even: [&[f32]; 4], odd: [&[f32]; 4], dst: [&mut [
 
 /// One tile row's output transform: `Aᵀ·m·A` with `Aᵀ = [1 1 1 0; 0 1 -1 -1]`, `m[ξ][tx]` the
 /// products of tile `tx`; `lines` get output row 0's even and odd columns, then row 1's.
+/// Returns whether every value written is finite.
 ///
 /// # Safety
 /// AVX-512F must be available.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) {
+pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) -> bool {
     let tw = lines[0].len();
     assert!(
         m.iter().all(|run| run.len() >= tw) && lines.iter().all(|line| line.len() == tw),
         "winograd output rows are too short"
     );
     let lines = lines.map(|line| line.as_mut_ptr());
+    let mut non_finite = 0;
     let mut tx = 0;
     while tx < tw {
         let k = lane_mask(tw - tx);
@@ -143,12 +150,21 @@ pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) 
                 let (p0, p1, p2, p3) = (p[0][i], p[1][i], p[2][i], p[3][i]);
                 let even = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
                 let odd = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
+                non_finite |= not_finite(k, even) | not_finite(k, odd);
                 _mm512_mask_storeu_ps(lines[2 * i].add(tx), k, even);
                 _mm512_mask_storeu_ps(lines[2 * i + 1].add(tx), k, odd);
             }
         }
         tx += LANES;
     }
+    non_finite == 0
+}
+
+/// The lanes of `v` under `mask` that hold a NaN or an infinity.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn not_finite(mask: __mmask16, v: __m512) -> __mmask16 {
+    _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(mask, _mm512_abs_ps(v), _mm512_set1_ps(f32::INFINITY))
 }
 
 /// Writes one output row from its even and odd columns: `relu?(y + bias + beta·old)`.
@@ -208,4 +224,186 @@ pub(super) unsafe fn finish_row(
         }
         x += 2 * LANES;
     }
+}
+
+/// Columns `x - left` of `line` (zero outside it) for `x = 4i + j` into `phases[j][i]`, for
+/// every `i` of the shortest of `phases`.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn split_columns_4(line: &[f32], left: usize, phases: [&mut [f32]; 4]) {
+    let len = phases.iter().map(|p| p.len()).min().unwrap_or(0);
+    let at = |x: usize| match x.checked_sub(left) {
+        Some(x) if x < line.len() => line[x],
+        _ => 0.0,
+    };
+    let first = left.div_ceil(4).min(len);
+    let mut phases = phases;
+    for i in 0..first {
+        for (j, phase) in phases.iter_mut().enumerate() {
+            phase[i] = at(4 * i + j);
+        }
+    }
+    // Phase j of 64 source values: lanes 0..8 of each half gather every fourth value.
+    let index: [__m512i; 4] = std::array::from_fn(|j| {
+        let j = j as i32;
+        _mm512_setr_epi32(
+            j,
+            j + 4,
+            j + 8,
+            j + 12,
+            j + 16,
+            j + 20,
+            j + 24,
+            j + 28,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+    });
+    let mut i = first;
+    while i < len {
+        let start = 4 * i - left;
+        let live = line.len().saturating_sub(start);
+        let out_mask = lane_mask(len - i);
+        // SAFETY: the loads' masks keep them inside `line` (a masked-off lane is never read),
+        // the stores' inside the `len` values of each phase from `i`.
+        unsafe {
+            let src = line.as_ptr().wrapping_add(start);
+            let v: [__m512; 4] = std::array::from_fn(|q| {
+                let mask = lane_mask(live.saturating_sub(q * LANES));
+                _mm512_maskz_loadu_ps(mask, src.wrapping_add(q * LANES))
+            });
+            for (phase, index) in phases.iter_mut().zip(index) {
+                let lo = _mm512_permutex2var_ps(v[0], index, v[1]);
+                let hi = _mm512_permutex2var_ps(v[2], index, v[3]);
+                // Lanes 0..8 of lo, then lanes 0..8 of hi.
+                let joined = _mm512_shuffle_f32x4::<0x44>(lo, hi);
+                _mm512_mask_storeu_ps(phase.as_mut_ptr().add(i), out_mask, joined);
+            }
+        }
+        i += LANES;
+    }
+}
+
+/// `Bᵀ·d` for one column `d` of a 6×6 patch, F(4×4, 3×3)'s
+/// `Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn input_column_4(d: [__m512; 6]) -> [__m512; 6] {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (two, four, five) = (
+        _mm512_set1_ps(2.0),
+        _mm512_set1_ps(4.0),
+        _mm512_set1_ps(5.0),
+    );
+    let (e, f) = (_mm512_sub_ps(d4, d2), _mm512_sub_ps(d3, d1));
+    [
+        _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)),
+        _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2), _mm512_add_ps(d3, d4)),
+        _mm512_fmadd_ps(four, _mm512_sub_ps(d1, d2), _mm512_sub_ps(d4, d3)),
+        _mm512_fmadd_ps(two, f, e),
+        _mm512_fnmadd_ps(two, f, e),
+        _mm512_fmadd_ps(four, d1, _mm512_fnmadd_ps(five, d3, d5)),
+    ]
+}
+
+/// One tile row's F(4×4, 3×3) input transform: the 6×6 patch `d[r][j]` of tile `tx` is
+/// `rows[r][j][tx]` for `j < 4` and `rows[r][j - 4][tx + 1]` after; `dst[ξ][tx] = (Bᵀ·d·B)[ξ]`
+/// for every `tx` of `dst[0]`.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn input_row_4(rows: [[&[f32]; 4]; 6], dst: [&mut [f32]; POSITIONS_4]) {
+    let tw = dst[0].len();
+    assert!(
+        rows.iter().flatten().all(|line| line.len() > tw) && dst.iter().all(|run| run.len() == tw),
+        "winograd input rows are too short"
+    );
+    let dst = dst.map(|run| run.as_mut_ptr());
+    let mut tx = 0;
+    while tx < tw {
+        let m = lane_mask(tw - tx);
+        // SAFETY: lanes tx.. under mask `m` lie inside the `tw` values of each output and
+        // the `tw + 1` of each input (asserted), the inputs also at tx + 1; AVX-512F is
+        // enabled here.
+        unsafe {
+            let load = |line: &[f32], at: usize| _mm512_maskz_loadu_ps(m, line.as_ptr().add(at));
+            // Bᵀ·d for each column j.
+            let q: [[__m512; 6]; 6] = std::array::from_fn(|j| {
+                let (phase, at) = if j < 4 { (j, tx) } else { (j - 4, tx + 1) };
+                input_column_4(std::array::from_fn(|r| load(rows[r][phase], at)))
+            });
+            // (Bᵀ·d)·B for each row a: position a·6 + b.
+            for a in 0..6 {
+                let out = input_column_4(std::array::from_fn(|j| q[j][a]));
+                for (b, value) in out.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(dst[a * 6 + b].add(tx), m, value);
+                }
+            }
+        }
+        tx += LANES;
+    }
+}
+
+/// `Aᵀ·m` for one column `m` of a 6×6 product, F(4×4, 3×3)'s
+/// `Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn output_column_4(m: [__m512; 6]) -> [__m512; 4] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s12, d12) = (_mm512_add_ps(m1, m2), _mm512_sub_ps(m1, m2));
+    let (s34, d34) = (_mm512_add_ps(m3, m4), _mm512_sub_ps(m3, m4));
+    [
+        _mm512_add_ps(_mm512_add_ps(m0, s12), s34),
+        _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
+        _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
+        _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, d12), m5),
+    ]
+}
+
+/// One tile row's F(4×4, 3×3) output transform: `Aᵀ·m·A`, `m[ξ][tx]` the products of tile
+/// `tx`; `lines[4i + j]` gets the columns `4tx + j` of output row `i`. Returns whether every
+/// value written is finite.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn output_row_4(m: [&[f32]; POSITIONS_4], lines: [&mut [f32]; 16]) -> bool {
+    let tw = lines[0].len();
+    assert!(
+        m.iter().all(|run| run.len() >= tw) && lines.iter().all(|line| line.len() == tw),
+        "winograd output rows are too short"
+    );
+    let lines = lines.map(|line| line.as_mut_ptr());
+    let mut non_finite = 0;
+    let mut tx = 0;
+    while tx < tw {
+        let k = lane_mask(tw - tx);
+        // SAFETY: lanes tx.. under mask `k` lie inside the `tw` values of every run
+        // (asserted); AVX-512F is enabled here.
+        unsafe {
+            let load = |xi: usize| _mm512_maskz_loadu_ps(k, m[xi].as_ptr().add(tx));
+            // Aᵀ·m for each column b: rows 0 to 3.
+            let p: [[__m512; 4]; 6] =
+                std::array::from_fn(|b| output_column_4(std::array::from_fn(|a| load(a * 6 + b))));
+            // (Aᵀ·m)·A for each row i: columns 4tx + j.
+            for i in 0..4 {
+                let out = output_column_4(std::array::from_fn(|b| p[b][i]));
+                for (j, value) in out.into_iter().enumerate() {
+                    non_finite |= not_finite(k, value);
+                    _mm512_mask_storeu_ps(lines[4 * i + j].add(tx), k, value);
+                }
+            }
+        }
+        tx += LANES;
+    }
+    non_finite == 0
 }
