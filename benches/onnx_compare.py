@@ -8,8 +8,13 @@ with constant-filled weights), all with a 1x3x224x224 input.
 Every measurement runs in its own child process (accelmesh's `infer` command, a child python
 that loads onnxruntime, the tract runner), one after the other, so the engines never share the
 cores, and the child's peak RSS is read from wait4() on that child alone. Each child does one
-warm-up run and then `--reps` timed runs and reports the median. Ratios are peer time /
-accelmesh time: above 1.0 means accelmesh is faster.
+warm-up run and then `--reps` timed runs and reports the median. accelmesh and onnxruntime
+run side by side in `--paced` mode: both children load and warm up, then the parent lets them
+take turns, one timed run each (the order reversed every other turn, 0.2 s apart so that idle
+threads stop spinning), and the ratio is the median of the per-pair ratios. The machine's
+speed moves between phases of seconds; one measurement per engine could land them in
+different phases, whereas each pair shares one. tract, far behind, runs on its own. Ratios
+are peer time / accelmesh time: above 1.0 means accelmesh is faster.
 
 Batch 8: the light models fix the batch at 1 (input, output, and the shape constant of the
 Reshape before the classifier), so every engine gets a copy of the model whose batch dimension
@@ -85,10 +90,16 @@ def ort_worker(args):
         feeds = {inp.name: x}
         session.run(None, feeds)
         times = []
-        for _ in range(args.reps):
+        for i in range(args.reps):
+            if args.paced:
+                print("ready", flush=True)
+                if not sys.stdin.readline():
+                    raise EOFError(f"standard input closed before timed run {i + 1}")
             t = time.perf_counter()
             session.run(None, feeds)
             times.append((time.perf_counter() - t) * 1e3)
+            if args.paced:
+                print(f"run {times[-1]:.4f}", flush=True)
         ms = statistics.median(times)
         out.update(shape=shape, threads=args.threads, reps=args.reps, latency_ms=ms,
                    min_ms=min(times), throughput_per_s=args.batch * 1e3 / ms)
@@ -172,6 +183,98 @@ def measure(engine, cmd, timeout):
     res["engine"] = engine
     time.sleep(0.5)  # let the child's cores go quiet before the next one starts
     return res
+
+
+def measure_paced(engines, reps, timeout):
+    """Runs each engine of `engines` ({name: cmd}) as one child in `--paced` mode and
+    alternates their timed runs one by one (the order reversed every other run), so that
+    each run of one engine meets the same phase of the machine as the other's run beside it.
+    Returns {name: result} as `measure` does, with `runs_ms` (each timed run, in order)."""
+    names = list(engines)
+    children = {}
+    for name in names:
+        err = tempfile.TemporaryFile(mode="w+")
+        rss = tempfile.NamedTemporaryFile(mode="r", suffix=".rss")
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", LAUNCHER, rss.name, *engines[name], "--paced"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            start_new_session=True)
+        children[name] = (proc, err, rss)
+    start = time.perf_counter()
+    timer = threading.Timer(timeout, lambda: [os.killpg(p.pid, signal.SIGKILL)
+                                              for p, _, _ in children.values()
+                                              if p.poll() is None])
+    timer.start()
+    runs = {name: [] for name in names}
+    lost = set()
+    try:
+        # Both children loaded and warmed up before the first turn.
+        for name in names:
+            line = children[name][0].stdout.readline()
+            while line and line.strip() != "ready":
+                line = children[name][0].stdout.readline()
+            if not line:
+                lost.add(name)
+        for i in range(reps):
+            for name in (names if i % 2 == 0 else names[::-1]):
+                if name in lost:
+                    continue
+                proc = children[name][0]
+                try:
+                    proc.stdin.write("\n")
+                    proc.stdin.flush()
+                    line = proc.stdout.readline()
+                    while line and not line.startswith("run "):
+                        line = proc.stdout.readline()
+                except (BrokenPipeError, OSError):
+                    line = ""
+                if not line:
+                    lost.add(name)
+                    continue
+                runs[name].append(float(line.split()[1]))
+                # Let the engine's idle threads stop spinning before the other one runs.
+                time.sleep(0.2)
+        results = {}
+        for name in names:
+            proc, err, rss = children[name]
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            stdout = proc.stdout.read()
+            code = proc.wait()
+            err.seek(0)
+            res = last_json(stdout) or {}
+            text = rss.read().strip()
+            res["rss"] = int(text) * 1024 if text.isdigit() else 0
+            res["runs_ms"] = runs[name]
+            if code != 0 or "latency_ms" not in res:
+                if "error" not in res:
+                    wall = time.perf_counter() - start
+                    res["error"] = (f"timed out after {timeout:.0f} s" if wall >= timeout
+                                    else stderr_reason(err.read()) or f"exit status {code}")
+                if "stage" in res:
+                    res["error"] = f"{res['stage']}: {res['error']}"
+            res["engine"] = name
+            results[name] = res
+    finally:
+        timer.cancel()
+        for proc, err, rss in children.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            err.close()
+            rss.close()
+    time.sleep(0.5)
+    return results
+
+
+def paired_ratio(peer, ours):
+    """The median over paired runs of peer ms / accelmesh ms, or None without pairs."""
+    a, p = ours.get("runs_ms") or [], peer.get("runs_ms") or []
+    if "latency_ms" not in ours or "latency_ms" not in peer or not a or len(a) != len(p):
+        return None
+    return statistics.median(pm / am for am, pm in zip(a, p))
 
 
 def accelmesh_cmd(args, model, batch, reps):
@@ -265,6 +368,9 @@ def ms_cell(res):
 
 
 def ratio_cell(peer, ours):
+    paired = paired_ratio(peer, ours)
+    if paired is not None:
+        return f"{paired:.2f}"
     if "latency_ms" in peer and "latency_ms" in ours:
         return f"{peer['latency_ms'] / ours['latency_ms']:.2f}"
     return "-"
@@ -275,6 +381,9 @@ def tput_cell(res):
 
 
 def tput_ratio(ours, peer):
+    paired = paired_ratio(peer, ours)  # same batch: peer ms / ours ms is ours/peer samples/s
+    if paired is not None:
+        return f"{paired:.2f}"
     if "latency_ms" in peer and "latency_ms" in ours:
         return f"{ours['throughput_per_s'] / peer['throughput_per_s']:.2f}"
     return "-"
@@ -314,6 +423,7 @@ def main():
     parser.add_argument("--ort-worker", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--paced", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.ort_worker:
@@ -321,7 +431,7 @@ def main():
         ort_worker(args)
         return
 
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps or (3 if args.quick else 9)
     if args.models:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
     else:
@@ -343,7 +453,8 @@ def main():
           f"({args.tract_threads} threads: multi-threaded matmuls, the rest on one thread); "
           f"accelmesh --nodes {args.nodes}")
     print(f"models: {data}/light_<name>.onnx, input 1x3x224x224 f32; "
-          f"median of {reps} runs after 1 warm-up", flush=True)
+          f"accelmesh and onnxruntime: {reps} runs each after their warm-ups, alternating run by "
+          f"run; tract: median of {reps} runs after 1 warm-up", flush=True)
     machine_peak.apply_cpus_option(args)
     print(f"at the start: {machine_peak.describe(machine_peak.measure(args.bin))}", flush=True)
 
@@ -351,11 +462,9 @@ def main():
     errors = []
     for name in models:
         path = os.path.join(data, f"light_{name}.onnx")
-        res = {
-            "accelmesh": measure("accelmesh", accelmesh_cmd(args, path, 1, reps), args.timeout),
-            "onnxruntime": measure("onnxruntime", ort_cmd(args, path, 1, reps), args.timeout),
-            "tract": measure("tract", tract_cmd(args, path, 1, reps), args.timeout),
-        }
+        res = measure_paced({"accelmesh": accelmesh_cmd(args, path, 1, reps),
+                             "onnxruntime": ort_cmd(args, path, 1, reps)}, reps, args.timeout)
+        res["tract"] = measure("tract", tract_cmd(args, path, 1, reps), args.timeout)
         results[name] = res
         status = ", ".join(f"{e} {r['latency_ms']:.1f} ms" if "latency_ms" in r else f"{e} failed"
                            for e, r in res.items())
@@ -374,12 +483,16 @@ def main():
                 copy = None
                 copy_error = f"could not make the batch-N copy: {e}"
             b8_reps = max(2, reps // 2) if args.quick else reps
-            batch8 = {"accelmesh": measure("accelmesh", accelmesh_cmd(args, copy or path, 8,
-                                                                      b8_reps), args.timeout)}
-            for engine, cmd in (("onnxruntime", ort_cmd), ("tract", tract_cmd)):
-                if copy:
-                    batch8[engine] = measure(engine, cmd(args, copy, 8, b8_reps), args.timeout)
-                else:
+            if copy:
+                batch8 = measure_paced({"accelmesh": accelmesh_cmd(args, copy, 8, b8_reps),
+                                        "onnxruntime": ort_cmd(args, copy, 8, b8_reps)},
+                                       b8_reps, args.timeout)
+                batch8["tract"] = measure("tract", tract_cmd(args, copy, 8, b8_reps),
+                                          args.timeout)
+            else:
+                batch8 = {"accelmesh": measure("accelmesh", accelmesh_cmd(args, path, 8, b8_reps),
+                                               args.timeout)}
+                for engine in ("onnxruntime", "tract"):
                     batch8[engine] = {"engine": engine, "error": copy_error}
         for engine, r in batch8.items():
             if "error" in r:
@@ -406,6 +519,8 @@ def main():
     table(header, rows)
     print("\n(batch 1: ms per inference, median; ratios = peer ms / accelmesh ms. Batch 8 row: "
           "samples/s; ratios = accelmesh samples/s / peer samples/s. Above 1 = accelmesh faster.)")
+    print("(accelmesh and onnxruntime ran alternately, run by run: their ratio is the median of "
+          "the per-pair ratios, the ms the medians of each engine's runs.)")
 
     print("\nPeak RSS of each measurement's process (MiB):\n")
     rows = [[name, f"{mib(r['accelmesh']):.0f}", f"{mib(r['onnxruntime']):.0f}",
@@ -427,7 +542,7 @@ def main():
         if name in results:
             a, o = results[name]["accelmesh"], results[name]["onnxruntime"]
             if "latency_ms" in a and "latency_ms" in o:
-                ratio = o["latency_ms"] / a["latency_ms"]
+                ratio = paired_ratio(o, a) or o["latency_ms"] / a["latency_ms"]
                 verdict = "met" if ratio >= 1.0 else "NOT met"
                 print(f"- {name} batch-1 latency >= 1.0x onnxruntime: {ratio:.2f}x, {verdict}")
             else:
@@ -445,7 +560,7 @@ def main():
     if batch8:
         a, o = batch8["accelmesh"], batch8["onnxruntime"]
         if "latency_ms" in a and "latency_ms" in o:
-            ratio = a["throughput_per_s"] / o["throughput_per_s"]
+            ratio = paired_ratio(o, a) or a["throughput_per_s"] / o["throughput_per_s"]
             verdict = "met" if ratio >= 1.0 else "NOT met"
             print(f"- resnet50 batch-8 throughput >= 1.0x onnxruntime: {ratio:.2f}x, {verdict}")
     if "resnet50" in results:

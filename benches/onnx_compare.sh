@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ONNX inference side by side, in one run on this machine: accelmesh vs onnxruntime's CPU
 # provider (2 intra-op threads) vs tract, on the "light" models of the onnx package's test data.
-# Usage: benches/onnx_compare.sh [--quick] [--reps R] [--models resnet50,vgg19,...]
+# Usage: benches/onnx_compare.sh [--quick] [--reps R] [--rounds N] [--models resnet50,vgg19,...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=benches/.venv

@@ -346,6 +346,68 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
 }
 
 #[test]
+fn paced_infer_waits_for_each_run_and_reports_it() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let Some(model) = light_model("light_squeezenet.onnx") else {
+        assert!(
+            std::env::var("ACCELMESH_REQUIRE_ONNX_DATA").map_or(true, |v| v != "1"),
+            "ACCELMESH_REQUIRE_ONNX_DATA=1 but the onnx package is not in .venv"
+        );
+        eprintln!("skipping: no .venv with the onnx package (what .ci/run makes)");
+        return;
+    };
+    let paced = |go: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_accelmesh"))
+            .args([
+                "infer",
+                model.to_str().unwrap(),
+                "--reps",
+                "2",
+                "--paced",
+                "--json",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(go.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // Two lines: two timed runs, each announced and reported, then the JSON report.
+    let out = paced("\n\n");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for pair in lines[..4].chunks(2) {
+        assert_eq!(pair[0], "ready");
+        let ms: f64 = pair[1]
+            .strip_prefix("run ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(ms > 0.0, "{stdout}");
+    }
+    let report: Value = serde_json::from_str(lines[4]).unwrap();
+    assert_eq!(report["reps"], 2);
+    // Input that ends early is a clean error naming the run it stopped before.
+    let out = paced("\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("standard input closed before timed run 2 of 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn simulate_prints_one_summary_per_policy() {
     let lines = json_lines(&[
         "simulate", "--mesh", "4x4", "--jobs", "300", "--seed", "7", "--json",

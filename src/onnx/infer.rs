@@ -108,6 +108,20 @@ pub fn infer(
     inputs: &HashMap<String, Value>,
     reps: usize,
 ) -> Result<(HashMap<String, Value>, InferReport)> {
+    infer_paced(model, drac, inputs, reps, || Ok(()), |_| Ok(()))
+}
+
+/// [`infer`] with `before` called ahead of each timed run (it may block until the run is to
+/// start) and `after` with each timed run's seconds: lets a benchmark alternate this engine
+/// with another one run by run, so that both meet the same phases of a shared machine.
+pub fn infer_paced(
+    model: &Model,
+    drac: &Drac,
+    inputs: &HashMap<String, Value>,
+    reps: usize,
+    mut before: impl FnMut() -> Result<()>,
+    mut after: impl FnMut(f64) -> Result<()>,
+) -> Result<(HashMap<String, Value>, InferReport)> {
     if reps == 0 {
         return Err(Error::parse("repetition count", "0", "must be at least 1"));
     }
@@ -115,9 +129,12 @@ pub fn infer(
     warm_up(|_| model.run_values(drac, inputs, &options))?;
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
+        before()?;
         let start = Instant::now();
         let run = model.run_values(drac, inputs, &options)?;
-        runs.push((start.elapsed().as_secs_f64(), run));
+        let seconds = start.elapsed().as_secs_f64();
+        after(seconds)?;
+        runs.push((seconds, run));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (latency, median) = runs.swap_remove(runs.len() / 2);

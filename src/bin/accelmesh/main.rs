@@ -78,6 +78,11 @@ enum Command {
         /// median over those runs).
         #[arg(long)]
         profile: bool,
+        /// Before each timed run, print `ready` and wait for a line on standard input; after
+        /// it, print `run MS` (its milliseconds). For benchmark scripts that alternate engines
+        /// run by run.
+        #[arg(long)]
+        paced: bool,
     },
     /// Run a job file: ONNX models and matmul/conv2d benchmarks on the nodes, one JSON report.
     Run {
@@ -302,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
             reps,
             json,
             profile,
+            paced,
         }) => {
             let model = accelmesh::Model::load(&model)?;
             let session = model.session();
@@ -325,7 +331,38 @@ fn run(cli: Cli) -> Result<()> {
             }
             let nodes = nodes.unwrap_or_default().build()?;
             let drac = Drac::calibrated(&nodes, DracConfig::default())?;
-            let (outputs, report) = infer::infer(&model, &drac, &values, reps)?;
+            let (outputs, report) = if paced {
+                let mut run = 0;
+                infer::infer_paced(
+                    &model,
+                    &drac,
+                    &values,
+                    reps,
+                    || {
+                        run += 1;
+                        let mut stdout = io::stdout().lock();
+                        writeln!(stdout, "ready")?;
+                        stdout.flush()?;
+                        let mut line = String::new();
+                        if io::stdin().read_line(&mut line)? == 0 {
+                            return Err(Error::parse(
+                                "paced input",
+                                "end of input",
+                                format!("standard input closed before timed run {run} of {reps}"),
+                            ));
+                        }
+                        Ok(())
+                    },
+                    |seconds| {
+                        let mut stdout = io::stdout().lock();
+                        writeln!(stdout, "run {:.4}", seconds * 1e3)?;
+                        stdout.flush()?;
+                        Ok(())
+                    },
+                )?
+            } else {
+                infer::infer(&model, &drac, &values, reps)?
+            };
             if let Some(dir) = &output_dir {
                 infer::write_outputs(dir, session, &outputs)?;
             }
