@@ -481,15 +481,15 @@ fn few_input_channels_with_deep_kernels() {
 
 #[test]
 fn winograd_tiles_odd_planes_and_pads() {
-    // 3×3 stride-1 layers with at least 16 channels and 32 tiles (2×2 outputs) per image
-    // (on AVX-512, the Winograd path): odd output rows and columns (a last
-    // tile half outside), asymmetric padding, odd channel counts, several images, and planes
-    // cut into several blocks of tile rows run in parallel.
+    // 3×3 stride-1 layers with at least 64 input channels and as many tiles (2×2 outputs) per
+    // image (on AVX-512, Winograd F(2×2, 3×3)): odd output rows and columns (a last tile half
+    // outside), asymmetric padding, odd channel counts, several images, and planes cut into
+    // several blocks of tile rows run in parallel.
     let mut rng = ChaCha8Rng::seed_from_u64(23);
     let cases = [
         Case::new(
-            [1, 16, 17, 33],
-            [16, 16, 3, 3],
+            [1, 64, 17, 33],
+            [16, 64, 3, 3],
             [1, 1],
             [1, 1],
             [0, 2, 1, 0],
@@ -498,8 +498,8 @@ fn winograd_tiles_odd_planes_and_pads() {
             true,
         ),
         Case::new(
-            [3, 20, 9, 7],
-            [33, 20, 3, 3],
+            [3, 65, 19, 17],
+            [33, 65, 3, 3],
             [1, 1],
             [1, 1],
             [1, 1, 1, 1],
@@ -508,8 +508,8 @@ fn winograd_tiles_odd_planes_and_pads() {
             true,
         ),
         Case::new(
-            [1, 33, 15, 17],
-            [17, 33, 3, 3],
+            [1, 67, 25, 27],
+            [17, 67, 3, 3],
             [1, 1],
             [1, 1],
             [2, 0, 0, 2],
@@ -550,16 +550,16 @@ fn winograd_tiles_odd_planes_and_pads() {
 
 #[test]
 fn winograd_four_by_four_tiles() {
-    // 3×3 stride-1 layers with at least 128 tiles of 4×4 outputs per image (on AVX-512,
-    // Winograd F(4×4, 3×3)): planes whose last tile row and column are partly outside,
+    // 3×3 stride-1 layers with at least 32 input channels and 128 tiles of 4×4 outputs per
+    // image (on AVX-512, Winograd F(4×4, 3×3)): planes whose last tile row and column are partly outside,
     // asymmetric padding, odd channel counts, a batch, several channels per block, and a
     // wide layer whose blocks hold one tile row. NaN inputs reach only the outputs whose
     // windows hold them, although they spread over the transformed tile.
     let mut rng = ChaCha8Rng::seed_from_u64(29);
     let cases = [
         Case::new(
-            [1, 17, 45, 47],
-            [19, 17, 3, 3],
+            [1, 33, 45, 47],
+            [19, 33, 3, 3],
             [1, 1],
             [1, 1],
             [1, 1, 1, 1],
@@ -568,8 +568,8 @@ fn winograd_four_by_four_tiles() {
             true,
         ),
         Case::new(
-            [2, 16, 50, 61],
-            [33, 16, 3, 3],
+            [2, 32, 50, 61],
+            [33, 32, 3, 3],
             [1, 1],
             [1, 1],
             [2, 0, 1, 2],

@@ -2,11 +2,12 @@
 //!
 //! Paths, chosen from the geometry:
 //! - one input channel per group (depthwise): a direct kernel, parallel over output planes;
-//! - on AVX-512, 3×3 stride-1 single-group layers with at least 16 channels and enough 2×2
-//!   output tiles per image (as many as input channels, or 128 for layers run image by
-//!   image): Winograd F(2×2, 3×3) (see `winograd`), 16 gemms of depth C per block of tiles
-//!   instead of one of depth 9·C; on planes with 128 or more 4×4 tiles and up to 910
-//!   channels in and out, F(4×4, 3×3), 36 gemms per block of 4×4 tiles;
+//! - on AVX-512, 3×3 stride-1 single-group layers with at least 16 output channels: on
+//!   planes with 128 or more 4×4 output tiles, 32 or more input channels and up to 910
+//!   channels in and out, Winograd F(4×4, 3×3) (see `winograd`), 36 gemms of depth C per
+//!   block of tiles instead of one of depth 9·C; otherwise, with 64 or more input channels
+//!   and enough 2×2 tiles per image (as many as input channels, or 128 for layers run image
+//!   by image), F(2×2, 3×3), 16 gemms per block;
 //! - 1×1, stride 1, no padding: a plain gemm per image and group, the image being B as is; a
 //!   strided 1×1 convolution without padding gathers its sub-grid once and runs the same way;
 //! - on AVX2 and AVX-512, every kernel larger than 1×1 (see `flat`): a register tile (6

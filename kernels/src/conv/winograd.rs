@@ -40,8 +40,12 @@ use super::winograd_x86;
 use crate::gemm::{Epilogue, MatMut, MatRef, PackA, PrepackedA, Threading, gemm_packed};
 use crate::{Isa, Result};
 
-/// Fewest input and output channels: below, the transforms outweigh the saved multiplies.
-const MIN_CHANNELS: usize = 16;
+/// Fewest output channels: below, the transforms outweigh the saved multiplies.
+const MIN_OUT_CHANNELS: usize = 16;
+/// Fewest input channels (the gemms' depth) of F(2×2, 3×3).
+const F2_MIN_CHANNELS: usize = 64;
+/// Fewest input channels of F(4×4, 3×3).
+const F4_MIN_CHANNELS: usize = 32;
 /// Fewest tiles per image of a layer whose images run whole (a 28×28 plane has 196).
 const MIN_WHOLE_TILES: usize = 128;
 /// Most transformed values of a group of whole images: 32 MiB.
@@ -118,46 +122,53 @@ thread_local! {
 }
 
 /// The Winograd variant `g` runs with, if any: a 3×3 kernel at stride 1 and dilation 1, one
-/// group, at least [`MIN_CHANNELS`] input and output channels, and enough tiles: as many per
-/// image as input channels for blocks in L2 ([`in_blocks`]), or at least [`MIN_WHOLE_TILES`]
-/// per image when whole images run as blocks. Measured against the flat path (two threads, alternating in
-/// one process, Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128
-/// on 112×112 0.74, on 28×28 0.88; 256 on 56×56 0.86; 512 on 28×28 0.72. Fewer tiles lost or
-/// barely won alone (256 on 14×14, batch 1: 1.46 in L2-sized blocks, 0.95 whole; 512 on 7×7:
-/// 2.95 in blocks, 1.04 whole) and lost inside the models: with them, ResNet-50 ran 1.07× and Inception v1 1.20×
-/// the time of the flat path. A batch does not make up for small planes: eight 14×14 planes
-/// of 256 channels (392 tiles in one group) ran 0.88 and 1.17 in two runs, eight 7×7 planes
-/// of 512 channels 1.18.
+/// group, at least [`MIN_OUT_CHANNELS`] output channels, and either F(4×4, 3×3)'s bounds
+/// ([`suits_f4`]) or F(2×2, 3×3)'s: at least [`F2_MIN_CHANNELS`] input channels and enough
+/// tiles, as many per image as input channels for blocks in L2 ([`in_blocks`]), or at least
+/// [`MIN_WHOLE_TILES`] per image when whole images run as blocks.
 ///
-/// F(4×4, 3×3) where its blocks fit in L2 ([`suits_f4`]), F(2×2, 3×3) otherwise.
+/// F(2×2, 3×3) measured against the flat path (two threads, alternating in one process,
+/// Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128 on 112×112
+/// 0.74, on 28×28 0.88; 64 on 28×28 0.89–0.92; 256 on 56×56 0.86; 512 on 28×28 0.72. Fewer
+/// input channels lost (32 → 128 on 27×27 1.13–1.16, 48 → 192 on 13×13 1.95–2.02), and so
+/// did fewer tiles alone (256 on 14×14, batch 1: 1.46 in L2-sized blocks, 0.95 whole; 512 on
+/// 7×7: 2.95 in blocks, 1.04 whole) and inside the models: with them, ResNet-50 ran 1.07× and
+/// Inception v1 1.20× the time of the flat path. A batch does not make up for small planes:
+/// eight 14×14 planes of 256 channels (392 tiles in one group) ran 0.88 and 1.17 in two runs,
+/// eight 7×7 planes of 512 channels 1.18.
 pub(super) fn variant(g: &Geometry) -> Option<Tile> {
-    let suits = g.kh == 3
+    let three_by_three = g.kh == 3
         && g.kw == 3
         && g.sh == 1
         && g.sw == 1
         && g.dh == 1
         && g.dw == 1
         && g.groups == 1
-        && g.cg >= MIN_CHANNELS
-        && g.og >= MIN_CHANNELS
-        && (in_blocks(g) || image_tiles(g, Tile::F2) >= MIN_WHOLE_TILES);
-    if !suits {
+        && g.og >= MIN_OUT_CHANNELS;
+    if !three_by_three {
         None
     } else if suits_f4(g) {
         Some(Tile::F4)
-    } else {
+    } else if g.cg >= F2_MIN_CHANNELS
+        && (in_blocks(g) || image_tiles(g, Tile::F2) >= MIN_WHOLE_TILES)
+    {
         Some(Tile::F2)
+    } else {
+        None
     }
 }
 
-/// Whether F(4×4, 3×3) runs `g` (which suits the Winograd path): at least
-/// [`F4_MIN_TILES`] of its tiles per image, and blocks in L2 of at least
+/// Whether F(4×4, 3×3) runs `g` (a 3×3 stride-1 layer): at least [`F4_MIN_CHANNELS`] input
+/// channels, at least [`F4_MIN_TILES`] of its tiles per image, and blocks in L2 of at least
 /// [`F4_MIN_BLOCK_TILES`]. Measured against F(2×2, 3×3) (two threads, alternating in one
 /// process, F(4×4) time / F(2×2) time): 64 channels on 56×56 0.77–0.80 (batch 8: 0.84), on
 /// 224×224 0.67–0.73; 128 on 112×112 0.74–0.78, on 56×56 0.68–0.71; 64 → 192 on 56×56 0.73;
-/// 256 on 56×56 0.73–0.75. On 28×28 planes (49 tiles) it lost: 1.32–1.43.
+/// 256 on 56×56 0.73–0.75. On 28×28 planes (49 tiles) it lost: 1.32–1.43. Against the flat
+/// path (F(4×4) time / flat time): 32 → 32 on 56×56 0.72–0.75, 32 → 128 0.66–0.67, 48 → 96
+/// 0.57–0.59, 32 → 64 on 112×112 0.63; 16 → 64 on 55×55 1.01–1.03, hence the channel bound.
 fn suits_f4(g: &Geometry) -> bool {
-    image_tiles(g, Tile::F4) >= F4_MIN_TILES
+    g.cg >= F4_MIN_CHANNELS
+        && image_tiles(g, Tile::F4) >= F4_MIN_TILES
         && BLOCK_FLOATS / (Tile::F4.positions() * (g.c + g.o)) >= F4_MIN_BLOCK_TILES
 }
 
@@ -688,6 +699,25 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn variants_follow_the_measured_bounds() {
+        for (input, out, want) in [
+            ([1, 64, 56, 56], 64, Some(Tile::F4)),
+            ([1, 32, 56, 56], 128, Some(Tile::F4)),
+            ([1, 256, 56, 56], 256, Some(Tile::F4)),
+            ([1, 128, 28, 28], 128, Some(Tile::F2)),
+            ([1, 512, 28, 28], 512, Some(Tile::F2)),
+            ([1, 16, 55, 55], 64, None),
+            ([1, 32, 27, 27], 128, None),
+            ([1, 48, 13, 13], 192, None),
+            ([1, 256, 14, 14], 256, None),
+            ([1, 64, 56, 56], 8, None),
+        ] {
+            let g = geometry(input, [out, input[1], 3, 3]);
+            assert_eq!(variant(&g), want, "{input:?} -> {out}");
         }
     }
 
