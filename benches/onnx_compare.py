@@ -141,8 +141,14 @@ def run_child(cmd, timeout):
             timer.cancel()
         err.seek(0)
         stderr = err.read()
-        rss = rss_file.read().strip()
-    return proc.returncode, stdout, stderr, int(rss) * 1024 if rss.isdigit() else 0
+        rss = rss_bytes(rss_file)
+    return proc.returncode, stdout, stderr, rss
+
+
+def rss_bytes(rss_file):
+    """The peak RSS in bytes that the launcher wrote (KiB) to `rss_file`, 0 if it wrote none."""
+    text = rss_file.read().strip()
+    return int(text) * 1024 if text.isdigit() else 0
 
 
 def last_json(stdout):
@@ -167,7 +173,14 @@ def measure(engine, cmd, timeout):
     child failed, `error`."""
     start = time.perf_counter()
     code, stdout, stderr, rss = run_child(cmd, timeout)
-    wall = time.perf_counter() - start
+    res = child_result(engine, stdout, code, stderr, rss, time.perf_counter() - start, timeout)
+    time.sleep(0.5)  # let the child's cores go quiet before the next one starts
+    return res
+
+
+def child_result(engine, stdout, code, stderr, rss, wall, timeout):
+    """A measurement child's JSON result with `engine`, `rss` (bytes) and `wall_s`, and, when
+    it failed, `error`: its own, a time-out, or the last line of its stderr."""
     res = last_json(stdout) or {}
     res["rss"] = rss
     res["wall_s"] = wall
@@ -176,12 +189,10 @@ def measure(engine, cmd, timeout):
             if code != 0 and wall >= timeout:
                 res["error"] = f"timed out after {timeout:.0f} s"
             else:
-                reason = stderr_reason(stderr) or f"exit status {code}"
-                res["error"] = reason
+                res["error"] = stderr_reason(stderr) or f"exit status {code}"
         if "stage" in res:
             res["error"] = f"{res['stage']}: {res['error']}"
     res["engine"] = engine
-    time.sleep(0.5)  # let the child's cores go quiet before the next one starts
     return res
 
 
@@ -244,18 +255,9 @@ def measure_paced(engines, reps, timeout):
             stdout = proc.stdout.read()
             code = proc.wait()
             err.seek(0)
-            res = last_json(stdout) or {}
-            text = rss.read().strip()
-            res["rss"] = int(text) * 1024 if text.isdigit() else 0
+            res = child_result(name, stdout, code, err.read(), rss_bytes(rss),
+                               time.perf_counter() - start, timeout)
             res["runs_ms"] = runs[name]
-            if code != 0 or "latency_ms" not in res:
-                if "error" not in res:
-                    wall = time.perf_counter() - start
-                    res["error"] = (f"timed out after {timeout:.0f} s" if wall >= timeout
-                                    else stderr_reason(err.read()) or f"exit status {code}")
-                if "stage" in res:
-                    res["error"] = f"{res['stage']}: {res['error']}"
-            res["engine"] = name
             results[name] = res
     finally:
         timer.cancel()

@@ -275,14 +275,23 @@ fn light_model(name: &str) -> Option<std::path::PathBuf> {
     path.exists().then_some(path)
 }
 
-#[test]
-fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
-    let Some(model) = light_model("light_squeezenet.onnx") else {
+/// [`light_model`], or `None` after saying the test is skipped; with
+/// `ACCELMESH_REQUIRE_ONNX_DATA=1` a missing model fails the test instead.
+fn light_model_or_skip(name: &str) -> Option<std::path::PathBuf> {
+    let model = light_model(name);
+    if model.is_none() {
         assert!(
             std::env::var("ACCELMESH_REQUIRE_ONNX_DATA").map_or(true, |v| v != "1"),
             "ACCELMESH_REQUIRE_ONNX_DATA=1 but the onnx package is not in .venv"
         );
         eprintln!("skipping: no .venv with the onnx package (what .ci/run makes)");
+    }
+    model
+}
+
+#[test]
+fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
+    let Some(model) = light_model_or_skip("light_squeezenet.onnx") else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("accelmesh-cli-infer-{}", std::process::id()));
@@ -350,12 +359,7 @@ fn paced_infer_waits_for_each_run_and_reports_it() {
     use std::io::Write;
     use std::process::Stdio;
 
-    let Some(model) = light_model("light_squeezenet.onnx") else {
-        assert!(
-            std::env::var("ACCELMESH_REQUIRE_ONNX_DATA").map_or(true, |v| v != "1"),
-            "ACCELMESH_REQUIRE_ONNX_DATA=1 but the onnx package is not in .venv"
-        );
-        eprintln!("skipping: no .venv with the onnx package (what .ci/run makes)");
+    let Some(model) = light_model_or_skip("light_squeezenet.onnx") else {
         return;
     };
     let paced = |go: &str| {
