@@ -7,6 +7,8 @@
 
 use std::arch::x86_64::*;
 
+pub(super) use crate::prefetch::Ahead;
+
 /// Output channels of a weight panel (the row count its weights are packed with).
 pub(super) const CHANNELS: usize = 16;
 /// Output channels of the narrow tile: one ymm vector.
@@ -22,8 +24,17 @@ pub(super) const PIXELS_WIDE: usize = 8;
 pub(super) const PANELS_WIDE: usize = 2;
 
 /// A register tile's signature: see [`tile`] and [`tile_wide`].
-pub(super) type TileFn =
-    unsafe fn(usize, *const f32, *const f32, *const usize, *const usize, *mut f32, usize, bool);
+pub(super) type TileFn = unsafe fn(
+    usize,
+    *const f32,
+    *const f32,
+    *const usize,
+    *const usize,
+    *mut f32,
+    usize,
+    bool,
+    Ahead,
+);
 
 /// The AVX2 tile for `pixels` output pixels (1 to [`PIXELS`]) and `channels` output channels
 /// left in the panel: the full one, or the narrow one when at most [`CHANNELS_NARROW`] remain.
@@ -156,11 +167,14 @@ pub(super) unsafe fn tile<const V: usize, const P: usize>(
     c: *mut f32,
     _c_step: usize,
     accumulate: bool,
+    ahead: Ahead,
 ) {
     // SAFETY: `cols` holds P entries, each a column inside the layout (the contract).
     let bases = unsafe { pixel_bases::<P>(b, cols) };
     let mut acc = [[_mm256_setzero_ps(); V]; P];
+    let mut ahead = ahead.walk(kc);
     for k in 0..kc {
+        ahead.step();
         // SAFETY: k < kc: the offset, the input values it points to and the panel step are in
         // bounds by the caller's contract.
         unsafe {
@@ -215,11 +229,14 @@ pub(super) unsafe fn tile_wide<const V: usize, const P: usize>(
     c: *mut f32,
     c_step: usize,
     accumulate: bool,
+    ahead: Ahead,
 ) {
     // SAFETY: `cols` holds P entries, each a column inside the layout (the contract).
     let bases = unsafe { pixel_bases::<P>(b, cols) };
     let mut acc = [[_mm512_setzero_ps(); V]; P];
+    let mut ahead = ahead.walk(kc);
     for k in 0..kc {
+        ahead.step();
         // SAFETY: k < kc: the offset, the input values it points to and each panel's step
         // are in bounds by the caller's contract.
         unsafe {
@@ -258,11 +275,14 @@ pub(super) unsafe fn tile_rows<const V: usize, const L: usize, const R: usize>(
     c: *mut f32,
     c_step: usize,
     accumulate: bool,
+    ahead: Ahead,
 ) {
     // SAFETY: each `cols[r·L]` is a column inside the layout (the contract).
     let bases: [*const f32; R] = std::array::from_fn(|r| unsafe { b.add(*cols.add(r * L)) });
     let mut acc = [[[_mm512_setzero_ps(); V]; L]; R];
+    let mut ahead = ahead.walk(kc);
     for k in 0..kc {
+        ahead.step();
         // SAFETY: k < kc: the offset, the L consecutive input values it points to in each
         // row and each panel's step are in bounds by the caller's contract.
         unsafe {

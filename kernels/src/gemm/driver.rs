@@ -5,12 +5,15 @@
 //! once per depth block and sweeps the shared packed B in L2-sized column blocks. Two phases
 //! (not one per block) keep the cost of waking threads off small and mid-sized problems.
 //! An A packed ahead of time (`PackA::prepacked`, pinned convolution weights) is read in
-//! place on every path; products of at most four rows with B stored column by column (dense
-//! layers) stream B without packing it (`gemv`).
+//! place on every path, each task prefetching the A panel it reads next while it runs the
+//! current one (`crate::prefetch`); products of at most four rows with B stored column by
+//! column (dense layers) stream B without packing it (`gemv`).
 
 use std::cell::Cell;
 
 use rayon::prelude::*;
+
+use crate::prefetch::{Ahead, Spread};
 
 use super::Epilogue;
 use super::blocking::{Blocking, CacheSizes};
@@ -402,6 +405,10 @@ fn run_column_task(
             };
             for ip in 0..row_panels {
                 let a_panel = APanel::packed(packed_a.panel(k0, kc, ip), mr);
+                let next_a = Spread::new(
+                    next_a_panel(packed_a, p.k, kc_max, k0, ip, 0..row_panels),
+                    panels,
+                );
                 for jp in 0..panels {
                     let b_panel = &packed_b[jp * nr * kc..][..nr * kc];
                     let b_step = BPanel {
@@ -417,6 +424,7 @@ fn run_column_task(
                         ip * mr,
                         n0 + jp * nr,
                         n0 + width,
+                        Ahead::of(next_a.piece(jp)),
                     );
                 }
             }
@@ -594,6 +602,16 @@ fn run_task(
                     (None, Some(pre)) => APanel::packed(pre.panel(k0, kc, ip), mr),
                     (None, None) => APanel::packed(&packed_a[ia * mr * kc..][..mr * kc], mr),
                 };
+                // Prepacked A (pinned weights) comes from memory: the next panel is asked
+                // for over this one's tiles. After the last row of a column block that is not
+                // the last, the rows start over (already in cache).
+                let next_a = match &plan.pre {
+                    Some(pre) if jc_end == panels.end || ip + 1 < rows.end => {
+                        next_a_panel(pre, p.k, kc_max, k0, ip, rows.clone())
+                    }
+                    _ => &[],
+                };
+                let next_a = Spread::new(next_a, jc_end - jc);
                 for jp in jc..jc_end {
                     let b_panel = b_source.panel(k0, kc, n0, jp, col_panels, nr);
                     run_tile(
@@ -604,12 +622,34 @@ fn run_task(
                         ip * mr,
                         n0 + jp * nr,
                         n0 + cols,
+                        Ahead::of(next_a.piece(jp - jc)),
                     );
                 }
             }
         }
     }
     A_BUFFER.set(Some(a_buf));
+}
+
+/// The A panel a task walking row panels `rows` (depth block by depth block of `kc_max`, over
+/// depth `k`) reads after panel `ip` of the block at `k0`: the next row panel, or the first of
+/// the next block; empty after the last.
+fn next_a_panel<'a>(
+    a: &PrepackedA<'a>,
+    k: usize,
+    kc_max: usize,
+    k0: usize,
+    ip: usize,
+    rows: std::ops::Range<usize>,
+) -> &'a [f32] {
+    if ip + 1 < rows.end {
+        a.panel(k0, kc_max.min(k - k0), ip + 1)
+    } else if k0 + kc_max < k {
+        let next = k0 + kc_max;
+        a.panel(next, kc_max.min(k - next), rows.start)
+    } else {
+        &[]
+    }
 }
 
 /// What is common to the tiles of one depth block.
@@ -621,6 +661,7 @@ struct TileStep {
 
 /// One microkernel call on the tile at (row, col), then the epilogue after the last depth block.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn run_tile(
     plan: &Plan<'_>,
     step: &TileStep,
@@ -629,6 +670,7 @@ fn run_tile(
     row: usize,
     col: usize,
     col_end: usize,
+    ahead: Ahead,
 ) {
     let (p, c) = (plan.p, plan.c);
     // The kernel finishes the tile itself (row bias, ReLU) on the last depth block; a column
@@ -657,6 +699,7 @@ fn run_tile(
             _ => std::ptr::null(),
         },
         relu: finished_in_kernel && p.epilogue.relu,
+        ahead,
     };
     // SAFETY: the A panel holds kc·mr packed floats, or is A in place (only for direct_a
     // kernels, with `a_packed` false: they read its mr_eff rows alone; `run` checked

@@ -92,7 +92,9 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
     if !args.b_packed {
         // Unpacked B: each step is a row of B; masked loads never touch columns past nr_eff.
         let ahead = PREFETCH_ROWS * args.b_stride;
+        let mut ahead_a = args.ahead.walk(args.kc);
         for _ in 0..args.kc {
+            ahead_a.step();
             // SAFETY: A stays inside its packed panel; the masked loads read only the nr_eff
             // columns of one row of B, which the caller guarantees readable.
             unsafe {
@@ -113,7 +115,11 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
         // SAFETY (whole loop): every step stays inside the kc·MR and kc·NR packed panels;
         // prefetches of addresses past the panel are hints and never fault.
         unsafe {
+            let mut ahead = args.ahead.walk(args.kc);
             while left >= 4 {
+                for _ in 0..4 {
+                    ahead.step();
+                }
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR + LANES) as *const i8);
                 step::<R, V>(&mut acc, a, load_packed::<V>(b));
@@ -127,6 +133,7 @@ unsafe fn kernel<const R: usize, const V: usize>(args: &TileArgs) {
                 left -= 4;
             }
             while left > 0 {
+                ahead.step();
                 step::<R, V>(&mut acc, a, load_packed::<V>(b));
                 a = a.add(MR);
                 b = b.add(NR);

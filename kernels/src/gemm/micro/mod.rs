@@ -12,6 +12,7 @@ mod neon;
 mod scalar;
 
 use crate::Isa;
+use crate::prefetch::Ahead;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx512::lane_mask;
@@ -58,6 +59,8 @@ pub(crate) struct TileArgs {
     pub row_bias: *const f32,
     /// Clamp negatives to zero after the bias (NaN and -0.0 stay), on the last depth block.
     pub relu: bool,
+    /// Lines of A the task reads next, for the kernel to prefetch over its depth steps.
+    pub ahead: Ahead,
 }
 
 impl TileArgs {
