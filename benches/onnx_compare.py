@@ -10,8 +10,11 @@ that loads onnxruntime, the tract runner), one after the other, so the engines n
 cores, and the child's peak RSS is read from wait4() on that child alone. Each child does one
 warm-up run and then `--reps` timed runs and reports the median. accelmesh and onnxruntime
 run side by side in `--paced` mode: both children load and warm up, then the parent lets them
-take turns, one timed run each (the order reversed every other turn, 0.2 s apart so that idle
-threads stop spinning), and the ratio is the median of the per-pair ratios. The machine's
+take turns (the order reversed every other turn, 0.2 s apart so that idle threads stop
+spinning), each turn about 100 ms of untimed runs and then the timed one (`--lead-in-ms`:
+after the pause this machine gives a process its second core back only after tens of ms,
+and both engines are timed as back-to-back runs find them), and the ratio is the median of
+the per-pair ratios. The machine's
 speed moves between phases of seconds; one measurement per engine could land them in
 different phases, whereas each pair shares one. tract, far behind, runs on its own. Ratios
 are peer time / accelmesh time: above 1.0 means accelmesh is faster.
@@ -25,6 +28,7 @@ would run 8 chunks of 1.) Without the copy, accelmesh runs the original model th
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -93,8 +97,11 @@ def ort_worker(args):
         for i in range(args.reps):
             if args.paced:
                 print("ready", flush=True)
-                if not sys.stdin.readline():
+                line = sys.stdin.readline()
+                if not line:
                     raise EOFError(f"standard input closed before timed run {i + 1}")
+                for _ in range(int(line.strip() or 0)):
+                    session.run(None, feeds)
             t = time.perf_counter()
             session.run(None, feeds)
             times.append((time.perf_counter() - t) * 1e3)
@@ -196,11 +203,17 @@ def child_result(engine, stdout, code, stderr, rss, wall, timeout):
     return res
 
 
-def measure_paced(engines, reps, timeout):
-    """Runs each engine of `engines` ({name: cmd}) as one child in `--paced` mode and
-    alternates their timed runs one by one (the order reversed every other run), so that
-    each run of one engine meets the same phase of the machine as the other's run beside it.
-    Returns {name: result} as `measure` does, with `runs_ms` (each timed run, in order)."""
+def measure_paced(engines, reps, timeout, lead_in_ms=100.0):
+    """Runs each engine of `engines` ({name: cmd}, each asked for `reps + 1` runs) as one
+    child in `--paced` mode and alternates their turns one by one (the order reversed every
+    other turn), so that each run of one engine meets the same phase of the machine as the
+    other's run beside it. A turn is untimed runs for about `lead_in_ms` (at least one; their
+    count from the engine's previous run) and then the timed one: after the pause between
+    turns the machine is slow to give a process its second core back (measured here: after
+    0.2 s idle, two rayon threads ran parallel work at one thread's speed for 30-60 ms), and
+    the timed run is to measure the engine, not that. One first run per engine sets the
+    count and is not kept. Returns {name: result} as `measure` does, with `runs_ms` (each
+    timed run, in order) and `latency_ms` their median."""
     names = list(engines)
     children = {}
     for name in names:
@@ -226,13 +239,16 @@ def measure_paced(engines, reps, timeout):
                 line = children[name][0].stdout.readline()
             if not line:
                 lost.add(name)
-        for i in range(reps):
+        last_ms = {}
+        for i in range(-1, reps):
             for name in (names if i % 2 == 0 else names[::-1]):
                 if name in lost:
                     continue
                 proc = children[name][0]
+                lead_in = 0 if i < 0 or lead_in_ms <= 0 else min(
+                    max(1, math.ceil(lead_in_ms / max(last_ms[name], 0.01))), 1000)
                 try:
-                    proc.stdin.write("\n")
+                    proc.stdin.write(f"{lead_in}\n")
                     proc.stdin.flush()
                     line = proc.stdout.readline()
                     while line and not line.startswith("run "):
@@ -242,7 +258,9 @@ def measure_paced(engines, reps, timeout):
                 if not line:
                     lost.add(name)
                     continue
-                runs[name].append(float(line.split()[1]))
+                last_ms[name] = float(line.split()[1])
+                if i >= 0:
+                    runs[name].append(last_ms[name])
                 # Let the engine's idle threads stop spinning before the other one runs.
                 time.sleep(0.2)
         results = {}
@@ -258,6 +276,8 @@ def measure_paced(engines, reps, timeout):
             res = child_result(name, stdout, code, err.read(), rss_bytes(rss),
                                time.perf_counter() - start, timeout)
             res["runs_ms"] = runs[name]
+            if "latency_ms" in res and runs[name]:
+                res["latency_ms"] = statistics.median(runs[name])
             results[name] = res
     finally:
         timer.cancel()
@@ -426,6 +446,9 @@ def main():
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--paced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--lead-in-ms", type=float, default=100.0,
+                        help="untimed runs for about this long before each timed run of a turn "
+                             "(100; 0: the timed run follows the 0.2 s pause, a cold start)")
     args = parser.parse_args()
 
     if args.ort_worker:
@@ -464,8 +487,9 @@ def main():
     errors = []
     for name in models:
         path = os.path.join(data, f"light_{name}.onnx")
-        res = measure_paced({"accelmesh": accelmesh_cmd(args, path, 1, reps),
-                             "onnxruntime": ort_cmd(args, path, 1, reps)}, reps, args.timeout)
+        res = measure_paced({"accelmesh": accelmesh_cmd(args, path, 1, reps + 1),
+                             "onnxruntime": ort_cmd(args, path, 1, reps + 1)}, reps,
+                            args.timeout, args.lead_in_ms)
         res["tract"] = measure("tract", tract_cmd(args, path, 1, reps), args.timeout)
         results[name] = res
         status = ", ".join(f"{e} {r['latency_ms']:.1f} ms" if "latency_ms" in r else f"{e} failed"
@@ -486,9 +510,9 @@ def main():
                 copy_error = f"could not make the batch-N copy: {e}"
             b8_reps = max(2, reps // 2) if args.quick else reps
             if copy:
-                batch8 = measure_paced({"accelmesh": accelmesh_cmd(args, copy, 8, b8_reps),
-                                        "onnxruntime": ort_cmd(args, copy, 8, b8_reps)},
-                                       b8_reps, args.timeout)
+                batch8 = measure_paced({"accelmesh": accelmesh_cmd(args, copy, 8, b8_reps + 1),
+                                        "onnxruntime": ort_cmd(args, copy, 8, b8_reps + 1)},
+                                       b8_reps, args.timeout, args.lead_in_ms)
                 batch8["tract"] = measure("tract", tract_cmd(args, copy, 8, b8_reps),
                                           args.timeout)
             else:
@@ -521,8 +545,9 @@ def main():
     table(header, rows)
     print("\n(batch 1: ms per inference, median; ratios = peer ms / accelmesh ms. Batch 8 row: "
           "samples/s; ratios = accelmesh samples/s / peer samples/s. Above 1 = accelmesh faster.)")
-    print("(accelmesh and onnxruntime ran alternately, run by run: their ratio is the median of "
-          "the per-pair ratios, the ms the medians of each engine's runs.)")
+    print("(accelmesh and onnxruntime ran alternately, run by run, each timed run after about "
+          f"{args.lead_in_ms:g} ms of untimed runs of its engine: their ratio is the median of the "
+          "per-pair ratios, the ms the medians of each engine's timed runs.)")
 
     print("\nPeak RSS of each measurement's process (MiB):\n")
     rows = [[name, f"{mib(r['accelmesh']):.0f}", f"{mib(r['onnxruntime']):.0f}",

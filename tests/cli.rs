@@ -385,8 +385,9 @@ fn paced_infer_waits_for_each_run_and_reports_it() {
             .unwrap();
         child.wait_with_output().unwrap()
     };
-    // Two lines: two timed runs, each announced and reported, then the JSON report.
-    let out = paced("\n\n");
+    // Two lines: two timed runs (the second after three untimed ones), each announced and
+    // reported, then the JSON report.
+    let out = paced("\n3\n");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -409,6 +410,11 @@ fn paced_infer_waits_for_each_run_and_reports_it() {
         stderr.contains("standard input closed before timed run 2 of 2"),
         "{stderr}"
     );
+    // A line that is neither empty nor a count is an error naming it.
+    let out = paced("\nmany\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("many"), "{stderr}");
 }
 
 #[test]

@@ -108,18 +108,19 @@ pub fn infer(
     inputs: &HashMap<String, Value>,
     reps: usize,
 ) -> Result<(HashMap<String, Value>, InferReport)> {
-    infer_paced(model, drac, inputs, reps, || Ok(()), |_| Ok(()))
+    infer_paced(model, drac, inputs, reps, || Ok(0), |_| Ok(()))
 }
 
 /// [`infer`] with `before` called ahead of each timed run (it may block until the run is to
-/// start) and `after` with each timed run's seconds: lets a benchmark alternate this engine
-/// with another one run by run, so that both meet the same phases of a shared machine.
+/// start, and returns how many untimed runs go first) and `after` with each timed run's
+/// seconds: lets a benchmark alternate this engine with another one run by run, so that both
+/// meet the same phases of a shared machine, each timed run following runs of its own engine.
 pub fn infer_paced(
     model: &Model,
     drac: &Drac,
     inputs: &HashMap<String, Value>,
     reps: usize,
-    mut before: impl FnMut() -> Result<()>,
+    mut before: impl FnMut() -> Result<usize>,
     mut after: impl FnMut(f64) -> Result<()>,
 ) -> Result<(HashMap<String, Value>, InferReport)> {
     if reps == 0 {
@@ -129,7 +130,9 @@ pub fn infer_paced(
     warm_up(|_| model.run_values(drac, inputs, &options))?;
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
-        before()?;
+        for _ in 0..before()? {
+            model.run_values(drac, inputs, &options)?;
+        }
         let start = Instant::now();
         let run = model.run_values(drac, inputs, &options)?;
         let seconds = start.elapsed().as_secs_f64();

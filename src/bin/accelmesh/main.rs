@@ -78,9 +78,9 @@ enum Command {
         /// median over those runs).
         #[arg(long)]
         profile: bool,
-        /// Before each timed run, print `ready` and wait for a line on standard input; after
-        /// it, print `run MS` (its milliseconds). For benchmark scripts that alternate engines
-        /// run by run.
+        /// Before each timed run, print `ready` and wait for a line on standard input: empty,
+        /// or the number of untimed runs to make first; after the timed run, print `run MS`
+        /// (its milliseconds). For benchmark scripts that alternate engines run by run.
         #[arg(long)]
         paced: bool,
     },
@@ -351,7 +351,20 @@ fn run(cli: Cli) -> Result<()> {
                                 format!("standard input closed before timed run {run} of {reps}"),
                             ));
                         }
-                        Ok(())
+                        let line = line.trim();
+                        if line.is_empty() {
+                            return Ok(0);
+                        }
+                        line.parse().map_err(|_| {
+                            Error::parse(
+                                "paced input",
+                                line,
+                                format!(
+                                    "expected an empty line or a count of untimed runs before \
+                                     timed run {run}"
+                                ),
+                            )
+                        })
                     },
                     |seconds| {
                         let mut stdout = io::stdout().lock();
