@@ -79,6 +79,8 @@ pub struct CpuDevice {
     info: DeviceInfo,
     isa: Isa,
     pool: rayon::ThreadPool,
+    /// The batches and pollers of `pool` ([`super::awake`]).
+    awake: std::sync::Arc<super::awake::Awake>,
 }
 
 impl CpuDevice {
@@ -107,6 +109,7 @@ impl CpuDevice {
             },
             isa,
             pool,
+            awake: Default::default(),
         })
     }
 
@@ -320,7 +323,7 @@ impl Device for CpuDevice {
     }
 
     fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
-        super::awake::run_awake(&self.pool, body)
+        super::awake::run_awake(&self.pool, &self.awake, body)
     }
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
