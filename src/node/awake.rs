@@ -50,7 +50,7 @@ impl Drop for BodyMark {
 pub(crate) struct Awake {
     /// Batches running now.
     active: AtomicUsize,
-    /// Pollers alive (spawned and not yet returned).
+    /// Pollers polling (or suspended below a body they took from the queue).
     pollers: AtomicUsize,
     /// When the last batch ended, in nanoseconds from `epoch`.
     ended: AtomicU64,
@@ -122,21 +122,13 @@ pub(crate) fn run_awake(
     })
 }
 
-/// Spawns pollers until `target` are alive.
+/// Asks every worker of the current pool for a poller, unless `target` poll already: each
+/// lands on its own worker (a broadcast), where it polls unless one polls there already or a
+/// body runs below it.
 fn spawn_pollers(awake: &Arc<Awake>, target: usize) {
-    let mut alive = awake.pollers.load(Ordering::Acquire);
-    while alive < target {
-        match awake
-            .pollers
-            .compare_exchange(alive, alive + 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {
-                let awake = Arc::clone(awake);
-                rayon::spawn(move || poll_while_wanted(&awake));
-                alive += 1;
-            }
-            Err(now) => alive = now,
-        }
+    if awake.pollers.load(Ordering::Acquire) < target {
+        let awake = Arc::clone(awake);
+        rayon::spawn_broadcast(move |_| poll_while_wanted(&awake));
     }
 }
 
@@ -144,15 +136,17 @@ fn spawn_pollers(awake: &Arc<Awake>, target: usize) {
 /// body runs (its own, or another's when two batches share the pool): a poller there would
 /// keep that body from going on until it returned — the body below it on the same stack.
 fn poll_while_wanted(awake: &Awake) {
-    if !IN_BODY.get() && !POLLING.get() {
-        POLLING.set(true);
-        while awake.wanted() {
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::thread::yield_now();
-            }
-        }
-        POLLING.set(false);
+    if IN_BODY.get() || POLLING.get() {
+        return;
     }
+    awake.pollers.fetch_add(1, Ordering::AcqRel);
+    POLLING.set(true);
+    while awake.wanted() {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
+        }
+    }
+    POLLING.set(false);
     awake.pollers.fetch_sub(1, Ordering::AcqRel);
 }
 
@@ -243,8 +237,11 @@ mod tests {
         });
         let returned = Instant::now();
         assert_eq!(sum, (0..100_000u64).map(|i| i % 7).sum::<u64>());
-        // Every worker polls for LINGER after the batch (unless that already passed)...
-        let alive = awake.pollers.load(Ordering::Acquire);
+        // Both workers poll after the batch, until LINGER has passed...
+        let mut alive = 0;
+        while alive < 2 && returned.elapsed() < LINGER {
+            alive = alive.max(awake.pollers.load(Ordering::Acquire));
+        }
         assert!(
             alive == 2 || returned.elapsed() >= LINGER,
             "{alive} pollers lingering"

@@ -90,9 +90,11 @@ impl CpuDevice {
         if threads == 0 {
             return Err(Error::device(id, "thread count must be at least 1"));
         }
+        let cores = super::pin::cores_for(index, threads);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(move |i| format!("cpu{index}-worker{i}"))
+            .start_handler(move |i| super::pin::pin_worker(cores.as_deref(), i))
             .build()
             .map_err(|e| Error::device(&id, format!("cannot start {threads} threads: {e}")))?;
         let isa = Isa::selected();

@@ -4,6 +4,7 @@
 mod awake;
 mod cpu;
 pub mod gpu;
+mod pin;
 pub(crate) mod recycle;
 pub mod sim;
 
