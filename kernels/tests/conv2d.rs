@@ -471,6 +471,28 @@ fn few_input_channels_with_deep_kernels() {
             false,
             true,
         ),
+        // Up to 31 channels on rows of 40 outputs and more (stride 1, one group): 16 → 64
+        // 3×3 on rows of 41, and 31 → 17 (one panel of 12 and one of 5) with asymmetric pads.
+        Case::new(
+            [1, 16, 9, 41],
+            [64, 16, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1; 4],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [2, 31, 6, 45],
+            [17, 31, 3, 3],
+            [1, 1],
+            [1, 1],
+            [0, 2, 1, 0],
+            1,
+            false,
+            true,
+        ),
     ];
     for case in &cases {
         check_case::<f32>(&mut rng, case, None);

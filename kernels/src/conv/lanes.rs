@@ -29,19 +29,33 @@ use super::shared::SharedOut;
 pub(super) const PANEL_ROWS: usize = ROWS;
 /// Vectors of grid columns per task.
 const TASK_VECTORS: usize = 16;
-/// Most input channels per group the path takes: with more, the flat tiles (whose
-/// transposition then costs little against the depth) run as fast.
+/// Most input channels per group the path takes on rows narrower than [`WIDE_ROW`]: with more,
+/// the flat tiles (whose transposition then costs little against the depth) run as fast, and
+/// on rows of 27 outputs faster (16 → 64 3×3 on 27×27: the lanes path 1.34× their time).
 const MAX_CHANNELS: usize = 15;
+/// Most input channels per group on rows of at least [`WIDE_ROW`] outputs (from 32, Winograd
+/// takes such layers). Measured against the flat tiles, 3×3 layers: 16 → 64 on 55×55 0.75×
+/// the time, on 56×56 0.78×, on 40×40 0.89×; 16 → 32 on 112×112 0.82×; 24 → 64 on 56×56
+/// 0.86×, 24 → 96 on 48×48 0.97×; 31 → 64 on 56×56 0.85×.
+const MAX_CHANNELS_WIDE: usize = 31;
+/// Narrowest output rows on which the path takes up to [`MAX_CHANNELS_WIDE`] channels.
+const WIDE_ROW: usize = 40;
 /// Least depth the path takes: below it, the masked stores weigh too much against the
 /// multiply-adds. Measured against the im2col gemm: 3×3 over 3 channels (depth 27) ran
 /// 0.81–0.90× its speed, 7×7 at stride 2 (147) 1.05–1.14×, 11×11 at stride 4 (363) 1.04–1.12×.
 const MIN_DEPTH: usize = 64;
 
 /// Whether the lanes path suits `g`: a kernel larger than 1×1 over at most [`MAX_CHANNELS`]
-/// input channels per group, a depth of at least [`MIN_DEPTH`], and output rows at least a
-/// vector wide (so that a vector spans at most two of them).
+/// input channels per group ([`MAX_CHANNELS_WIDE`] at stride 1 in one group on wide rows), a
+/// depth of at least [`MIN_DEPTH`], and output rows at least a vector wide (so that a vector
+/// spans at most two of them).
 pub(super) fn suits(g: &Geometry) -> bool {
-    g.kh * g.kw > 1 && g.cg <= MAX_CHANNELS && g.depth() >= MIN_DEPTH && g.ow >= LANES && g.og >= 2
+    let most = if g.ow >= WIDE_ROW && g.sh == 1 && g.sw == 1 && g.groups == 1 {
+        MAX_CHANNELS_WIDE
+    } else {
+        MAX_CHANNELS
+    };
+    g.kh * g.kw > 1 && g.cg <= most && g.depth() >= MIN_DEPTH && g.ow >= LANES && g.og >= 2
 }
 
 /// The lanes-path convolution of the f32 `input` into `output`, shapes validated, with the

@@ -230,6 +230,14 @@ fn run<T: Element>(
         }
     }
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && lanes::suits(&g) {
+        let (kc, mr) = (g.depth(), lanes::PANEL_ROWS);
+        if let Some(weights) = pinned_or_packed(kc, mr) {
+            lanes::run(&g, &input, &weights, bias, output, beta);
+            return Ok(());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if match isa {
         Isa::Avx2 => flat::suits(&g),
         Isa::Avx512 => Isa::Avx2.is_available() && flat::suits_wide(&g),
@@ -241,14 +249,6 @@ fn run<T: Element>(
         );
         if let Some(weights) = pinned_or_packed(kc, mr) {
             flat::run(isa == Isa::Avx512, &g, &input, &weights, bias, output, beta);
-            return Ok(());
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && lanes::suits(&g) {
-        let (kc, mr) = (g.depth(), lanes::PANEL_ROWS);
-        if let Some(weights) = pinned_or_packed(kc, mr) {
-            lanes::run(&g, &input, &weights, bias, output, beta);
             return Ok(());
         }
     }
