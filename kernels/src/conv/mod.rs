@@ -16,8 +16,10 @@
 //!   the input through a table of per-tap offsets — no im2col packing at all; on AVX-512 only
 //!   at stride 1 with 16 or more input channels per group, and for pointwise layers that
 //!   widen the channels on small planes;
-//! - on AVX-512, kernels larger than 1×1 over at most 15 input channels per group with a
-//!   depth of 64 or more (an image network's first layer; see `lanes`): the same layout read
+//! - on AVX-512, kernels larger than 1×1 over at most 15 input channels per group (31 at
+//!   stride 1 in one group on output rows of 40 or more) with a depth of 64 or more (an image
+//!   network's first layer, SqueezeNet's 16-channel expands; see `lanes`), taken before the
+//!   flat path: the same layout read
 //!   as vectors of 16 consecutive outputs, 12 output channels broadcast from packed weights,
 //!   stored straight into the NCHW output;
 //! - everything else: an implicit gemm per image and group, `out[O/g × OH·OW] =
