@@ -48,6 +48,8 @@ impl<'a> Spread<'a> {
 /// core itself once its line-fill buffers are taken.) Any address may be named: a prefetch
 /// never faults.
 #[derive(Clone, Copy, Debug)]
+// Only the x86_64 kernels walk it; elsewhere it is carried and ignored.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Ahead {
     /// The first line.
     pub(crate) start: *const f32,
@@ -65,6 +67,7 @@ impl Ahead {
     }
 
     /// The walk over the lines for a kernel of `kc` depth steps.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn walk(self, kc: usize) -> AheadWalk {
         let per = self.lines.div_ceil(kc.max(1)).max(1);
@@ -79,6 +82,7 @@ impl Ahead {
 }
 
 /// Where a tile's prefetches stand: `per` lines every `every` depth steps, `left` times more.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct AheadWalk {
     at: *const f32,
     left: usize,
@@ -89,6 +93,7 @@ pub(crate) struct AheadWalk {
 
 impl AheadWalk {
     /// Called once per depth step: prefetches the next lines when their step has come.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     pub(crate) fn step(&mut self) {
         if self.left == 0 {

@@ -59,7 +59,9 @@ pub(crate) struct TileArgs {
     pub row_bias: *const f32,
     /// Clamp negatives to zero after the bias (NaN and -0.0 stay), on the last depth block.
     pub relu: bool,
-    /// Lines of A the task reads next, for the kernel to prefetch over its depth steps.
+    /// Lines of A the task reads next, for the kernel to prefetch over its depth steps (the
+    /// AVX-512 kernel does; the others ignore it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub ahead: Ahead,
 }
 
