@@ -12,9 +12,8 @@ warm-up run and then `--reps` timed runs and reports the median. accelmesh and o
 run side by side in `--paced` mode: both children load and warm up, then the parent lets them
 take turns (the order reversed every other turn, 0.2 s apart so that idle threads stop
 spinning), each turn about 100 ms of untimed runs and then the timed one (`--lead-in-ms`:
-after the pause this machine gives a process its second core back only after tens of ms,
-and both engines are timed as back-to-back runs find them), and the ratio is the median of
-the per-pair ratios. The machine's
+both engines are timed as back-to-back runs find them; 0 times the first run after the
+pause), and the ratio is the median of the per-pair ratios. The machine's
 speed moves between phases of seconds; one measurement per engine could land them in
 different phases, whereas each pair shares one. tract, far behind, runs on its own. Ratios
 are peer time / accelmesh time: above 1.0 means accelmesh is faster.
@@ -209,10 +208,10 @@ def measure_paced(engines, reps, timeout, lead_in_ms=100.0):
     other turn), so that each run of one engine meets the same phase of the machine as the
     other's run beside it. A turn is untimed runs for about `lead_in_ms` (at least one; their
     count from the engine's previous run) and then the timed one: after the pause between
-    turns the machine is slow to give a process its second core back (measured here: after
-    0.2 s idle, two rayon threads ran parallel work at one thread's speed for 30-60 ms), and
-    the timed run is to measure the engine, not that. One first run per engine sets the
-    count and is not kept. Returns {name: result} as `measure` does, with `runs_ms` (each
+    turns an engine's threads may take a while to be back at work (unpinned rayon workers
+    shared one core for 30-60 ms here), and the timed run is to measure the engine at work;
+    `lead_in_ms` 0 measures the first run after the pause instead. One first run per engine
+    sets the count and is not kept. Returns {name: result} as `measure` does, with `runs_ms` (each
     timed run, in order) and `latency_ms` their median."""
     names = list(engines)
     children = {}
