@@ -227,7 +227,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
 /// rather than reading it in place: every row panel reads all of B again, and packed panels
 /// read faster than strided rows. Measured on the pointwise layers of ResNet-50 at batch 8
 /// (one single-threaded gemm per image and thread), packed / in place: 256 → 1024 channels on
-/// 14×14 0.86–0.88× the time, 256 → 512 0.87–0.94×, 256 → 256 0.89×, 128 → 128 0.99×. The
+/// 14×14 0.86–0.88× the time, 256 → 512 0.87–0.94×, 256 → 256 0.89–0.93×, 128 → 128 0.99×. The
 /// Winograd path's B, whose rows lie blocks apart, stays in place (packing it measured
 /// 0.97–1.07× on its 256-channel layers).
 const PACK_DENSE_B_MIN_ROWS: usize = 256;
