@@ -20,7 +20,7 @@ mod math;
 pub mod norm;
 pub mod peak;
 pub mod pool;
-pub mod prefetch;
+mod prefetch;
 
 pub use element::Element;
 pub use error::KernelError;

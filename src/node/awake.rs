@@ -9,8 +9,8 @@
 //! The pollers are detached jobs of the pool that keep polling for [`LINGER`] after the last
 //! batch ends, so that a batch that follows at once (the next request of a stream, the next
 //! run of a benchmark) finds the workers awake instead of waking them during its first op:
-//! measured on ResNet-50 run back to back, its first two steps (the 7×7 stem and the max
-//! pool) took 1.7× and 2.4× their time in the middle of a run before pollers lingered.
+//! measured on ResNet-50 run back to back, 31.4 → 29.8 ms by median, its first step (the 7×7
+//! stem) 1.13 → 0.99 ms in the profile (0.77–0.87 alone).
 
 use std::cell::Cell;
 use std::sync::Arc;

@@ -28,12 +28,12 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::flat_x86::{Ahead, CHANNELS, PANELS_WIDE, PIXELS, PIXELS_ROW, PIXELS_WIDE};
+use super::flat_x86::{CHANNELS, PANELS_WIDE, PIXELS, PIXELS_ROW, PIXELS_WIDE};
 use super::params::Geometry;
 use super::prepack::PackedWeights;
 use super::shared::SharedOut;
 use crate::claim::for_each_claimed;
-use crate::prefetch::Spread;
+use crate::prefetch::{Ahead, Spread};
 
 /// Output channels of a packed weight panel of the flat path.
 pub(super) const PANEL_CHANNELS: usize = CHANNELS;

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-pub(super) use crate::prefetch::Ahead;
+use crate::prefetch::Ahead;
 
 /// Output channels of a weight panel (the row count its weights are packed with).
 pub(super) const CHANNELS: usize = 16;
