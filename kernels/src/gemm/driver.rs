@@ -6,7 +6,7 @@
 //! (not one per block) keep the cost of waking threads off small and mid-sized problems.
 //! An A packed ahead of time (`PackA::prepacked`, pinned convolution weights) is read in
 //! place on every path, each task prefetching the A panel it reads next while it runs the
-//! current one (`crate::prefetch`); products of at most four rows with B stored column by
+//! current one (`crate::prefetch`); products of at most eight rows with B stored column by
 //! column (dense layers) stream B without packing it (`gemv`).
 
 use std::cell::Cell;
@@ -139,7 +139,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         && block_fits(data.len(), &[(p.n, cs)], p.k)
     {
         // Few rows, B column by column (a dense layer): stream B in place, never packed.
-        run_gemv(&plan, data, cs, if parallel { threads } else { 1 });
+        run_gemv(&plan, isa, data, cs, if parallel { threads } else { 1 });
         return;
     }
     let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
@@ -268,21 +268,25 @@ const GEMV_GROUP_COLS: usize = 8;
 /// `C = alpha·A·B + beta·C` (+ epilogue) for at most [`super::gemv::MAX_ROWS`] rows with B
 /// read in place column by column (`data[j·cs + k]`), split over `threads` by columns.
 #[cfg(target_arch = "x86_64")]
-fn run_gemv(plan: &Plan<'_>, data: &[f32], cs: usize, threads: usize) {
+fn run_gemv(plan: &Plan<'_>, isa: Isa, data: &[f32], cs: usize, threads: usize) {
     let p = plan.p;
     let (mr, kc_max) = (plan.kernel.mr, plan.blocking.kc);
     // A's rows, depth block by depth block: block `k0` at `k0·m`, row `i` of it at `i·kc`.
     let mut rows = vec![0.0f32; p.m * p.k];
-    let mut panel = vec![0.0f32; mr * kc_max];
+    let panels = p.m.div_ceil(mr);
+    let mut panel = vec![0.0f32; panels * mr * kc_max];
     for k0 in (0..p.k).step_by(kc_max) {
         let kc = kc_max.min(p.k - k0);
-        plan.a.pack_a(0, p.m, k0, kc, mr, &mut panel[..mr * kc]);
+        plan.a
+            .pack_a(0, p.m, k0, kc, mr, &mut panel[..panels * mr * kc]);
         for i in 0..p.m {
+            let (ip, ir) = (i / mr, i % mr);
             for k in 0..kc {
-                rows[k0 * p.m + i * kc + k] = panel[k * mr + i];
+                rows[k0 * p.m + i * kc + k] = panel[ip * mr * kc + k * mr + ir];
             }
         }
     }
+    let wide = isa == Isa::Avx512 && is_x86_feature_detected!("avx512vl");
     let rows = &rows;
     let groups = p.n.div_ceil(8);
     let tasks = groups.min(threads * TASKS_PER_THREAD).max(1);
@@ -307,6 +311,7 @@ fn run_gemv(plan: &Plan<'_>, data: &[f32], cs: usize, threads: usize) {
                     cs,
                     alpha: p.alpha,
                     beta: if k0 == 0 { p.beta } else { 1.0 },
+                    wide,
                 };
                 // As the microkernels store a tile that is not full: `alpha·sum + beta·C`.
                 let mut store = |i: usize, j: usize, sum: f32| {
