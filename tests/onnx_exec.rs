@@ -2349,3 +2349,63 @@ fn later_runs_reusing_buffers_match_a_fresh_session() {
         assert_eq!(bits(&reused, seed), bits(&fresh, seed), "input seed {seed}");
     }
 }
+
+#[test]
+fn conv_relu_maxpool_is_one_step_and_matches_f64() {
+    // A convolution output of 2·48·105·99 floats (3.8 MiB) stays under the CPU node's bound
+    // for banding (run as the two ops); 2·64·131·129 (8.3 MiB) is banded. Both are one step.
+    for (xd, o) in [([2, 3, 105, 99], 48), ([2, 3, 131, 129], 64)] {
+        let x = rand(&xd, 21);
+        let w = rand(&[o, 3, 3, 3], 22);
+        let b = rand(&[o], 23);
+        let nodes = vec![
+            node(
+                "Conv",
+                &["x", "w", "b"],
+                &["c"],
+                vec![
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("pads", ints(&[0, 1, 2, 1])),
+                ],
+            ),
+            node("Relu", &["c"], &["r"], vec![]),
+            node(
+                "MaxPool",
+                &["r"],
+                &["y"],
+                vec![
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("strides", ints(&[2, 2])),
+                    ("pads", ints(&[1, 1, 0, 1])),
+                ],
+            ),
+        ];
+        let xv = Value::Float(x.clone());
+        let inits = vec![
+            ("w", Value::Float(w.clone())),
+            ("b", Value::Float(b.clone())),
+        ];
+        let session = Session::new(model(13, nodes, inits, vec![info("x", &xv)], &["y"])).unwrap();
+        assert_eq!(session.fused_count(), 2, "Relu and MaxPool into the Conv");
+        assert_eq!(session.op_types(), ["Conv"]);
+        let got = session
+            .run(&dev(), &HashMap::from([("x".to_string(), xv)]))
+            .unwrap()
+            .remove("y")
+            .unwrap();
+        let (c, cd) = conv_ref(
+            &x.to_f64_vec(),
+            xd,
+            &w.to_f64_vec(),
+            [o, 3, 3, 3],
+            Some(&b.to_f64_vec()),
+            [1, 1],
+            [0, 1, 2, 1],
+            [1, 1],
+            1,
+        );
+        let r: Vec<f64> = c.iter().map(|v| v.max(0.0)).collect();
+        let (y, yd) = pool_ref(&r, cd, [3, 3], [2, 2], [1, 1, 0, 1], true, false, false);
+        assert_close(&got, &yd, &y, 1e-5);
+    }
+}

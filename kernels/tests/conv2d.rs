@@ -1,6 +1,7 @@
 //! conv2d against a naive float64 direct convolution on seeded random data, on every ISA here.
 
-use accelmesh_kernels::conv::{Conv2dParams, conv2d, conv2d_output_dims};
+use accelmesh_kernels::conv::{Conv2dParams, conv2d, conv2d_max_pool, conv2d_output_dims};
+use accelmesh_kernels::pool::{Pool2dParams, max_pool2d_with_isa, pool2d_output_dims};
 use accelmesh_kernels::{Element, Isa, KernelError};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
@@ -1071,4 +1072,188 @@ fn zero_input_channels_give_the_bias_and_huge_kernels_no_panic() {
         matches!(err, Err(KernelError::SizeOverflow { .. })),
         "{err:?}"
     );
+}
+
+/// One convolution followed by a max pooling, fused (banded) and apart.
+struct PooledCase {
+    x: [usize; 4],
+    w: [usize; 4],
+    params: Conv2dParams,
+    pool: Pool2dParams,
+}
+
+impl PooledCase {
+    /// Runs the case fused and apart on `isa` and checks the two outputs bit for bit, with a
+    /// NaN at input element `poison` when given.
+    fn check(&self, rng: &mut ChaCha8Rng, isa: Isa, poison: Option<usize>) {
+        let mut x = random_vec(rng, self.x.iter().product());
+        if let Some(at) = poison {
+            x[at] = f32::NAN;
+        }
+        let w = random_vec(rng, self.w.iter().product());
+        let bias = random_vec(rng, self.w[0]);
+        let conv_dims = conv2d_output_dims(self.x, self.w, &self.params).unwrap();
+        let out_dims = pool2d_output_dims(conv_dims, &self.pool).unwrap();
+        let mut conv = vec![0.0f32; conv_dims.iter().product()];
+        conv2d(
+            isa,
+            &x,
+            self.x,
+            &w,
+            self.w,
+            Some(&bias),
+            &self.params,
+            &mut conv,
+        )
+        .unwrap();
+        let mut apart = vec![0.0f32; out_dims.iter().product()];
+        max_pool2d_with_isa(&conv, conv_dims, &self.pool, &mut apart, isa).unwrap();
+        let mut fused = vec![f32::MAX; apart.len()];
+        conv2d_max_pool(
+            isa,
+            &x,
+            self.x,
+            &w,
+            self.w,
+            Some(&bias),
+            &self.params,
+            &self.pool,
+            &mut fused,
+        )
+        .unwrap();
+        for (i, (f, a)) in fused.iter().zip(&apart).enumerate() {
+            assert!(
+                f.to_bits() == a.to_bits(),
+                "{isa} {:?} {:?} {:?} {:?}: output {i} fused {f} apart {a}",
+                self.x,
+                self.w,
+                self.params,
+                self.pool
+            );
+        }
+        if poison.is_some() {
+            assert!(
+                fused.iter().any(|v| v.is_nan()),
+                "the NaN reached no output"
+            );
+        }
+    }
+}
+
+#[test]
+fn convolution_then_max_pool_fused_in_bands_matches_the_two_apart() {
+    let pool = |k: usize, s: usize, pads: [usize; 4]| {
+        Pool2dParams::new([k, k])
+            .with_stride([s, s])
+            .with_pads(pads)
+    };
+    let conv = |s: usize, pads: [usize; 4], relu: bool| Conv2dParams {
+        stride: [s, s],
+        pads,
+        relu,
+        ..Conv2dParams::default()
+    };
+    let cases = [
+        // An image network's stem: 7×7 at stride 2, then 3×3 at stride 2.
+        PooledCase {
+            x: [2, 3, 67, 61],
+            w: [16, 3, 7, 7],
+            params: conv(2, [3; 4], true),
+            pool: pool(3, 2, [1; 4]),
+        },
+        // Odd sizes, asymmetric padding on both ops, windows not overlapping.
+        PooledCase {
+            x: [1, 5, 33, 17],
+            w: [7, 5, 3, 3],
+            params: conv(1, [0, 1, 2, 1], false),
+            pool: pool(2, 2, [0, 1, 1, 0]),
+        },
+        // Overlapping windows at stride 1, a bottom pad on the pooling.
+        PooledCase {
+            x: [3, 2, 29, 20],
+            w: [17, 2, 5, 5],
+            params: conv(1, [2; 4], true),
+            pool: pool(3, 1, [1, 0, 2, 1]),
+        },
+        // Output tall enough for several bands of 512 KiB per image.
+        PooledCase {
+            x: [1, 3, 129, 129],
+            w: [33, 3, 3, 3],
+            params: conv(1, [1; 4], true),
+            pool: pool(3, 2, [1; 4]),
+        },
+        // Ceil mode and dilation run the two apart.
+        PooledCase {
+            x: [1, 4, 17, 17],
+            w: [8, 4, 3, 3],
+            params: conv(1, [1; 4], false),
+            pool: pool(2, 2, [0; 4]).with_ceil_mode(true),
+        },
+        PooledCase {
+            x: [1, 4, 17, 17],
+            w: [8, 4, 3, 3],
+            params: conv(1, [1; 4], false),
+            pool: pool(2, 1, [0; 4]).with_dilation([2, 2]),
+        },
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(0x9001);
+    for threads in [1, 2, 3] {
+        let workers = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        workers.install(|| {
+            for isa in Isa::available() {
+                for case in &cases {
+                    case.check(&mut rng, isa, None);
+                }
+            }
+        });
+    }
+    // A NaN in the input reaches the pooled outputs whose windows see it, as apart.
+    cases[0].check(&mut rng, Isa::best(), Some(3 * 67 * 61 + 30 * 61 + 29));
+}
+
+#[test]
+fn convolution_then_max_pool_rejects_bad_shapes() {
+    // 9×9 convolved by 3×3 is 7×7, pooled 2×2 at stride 2 is 3×3: 4·3·3 outputs.
+    let (x, w) = (vec![0.5f32; 3 * 9 * 9], vec![0.25f32; 4 * 3 * 3 * 3]);
+    let pool = Pool2dParams::new([2, 2]).with_stride([2, 2]);
+    let params = Conv2dParams::default();
+    let run = |x_dims: [usize; 4], w_dims: [usize; 4], out_len: usize| {
+        let mut out = vec![0.0f32; out_len];
+        conv2d_max_pool(
+            Isa::best(),
+            &x,
+            x_dims,
+            &w,
+            w_dims,
+            None,
+            &params,
+            &pool,
+            &mut out,
+        )
+    };
+    let err = run([1, 3, 9, 9], [4, 3, 3, 3], 35);
+    assert!(
+        matches!(
+            err,
+            Err(KernelError::BufferTooSmall {
+                needed: 36,
+                actual: 35,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let err = run([1, 3, 9, 9], [4, 3, 3, 3], 37);
+    assert!(
+        matches!(err, Err(KernelError::ShapeMismatch { .. })),
+        "{err:?}"
+    );
+    let err = run([1, 3, 9, 8], [4, 3, 3, 3], 36);
+    assert!(err.is_err(), "an input longer than its dims was accepted");
+    let err = run([1, 2, 9, 9], [4, 3, 3, 3], 36);
+    assert!(err.is_err(), "mismatched channels were accepted");
+    assert_eq!(run([1, 3, 9, 9], [4, 3, 3, 3], 36), Ok(()));
 }

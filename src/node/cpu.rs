@@ -4,7 +4,9 @@ use std::sync::OnceLock;
 
 use std::borrow::Cow;
 
-use accelmesh_kernels::conv::{Conv2dParams, conv2d, conv2d_accumulate};
+use accelmesh_kernels::conv::{
+    Conv2dParams, banding_pays, conv2d, conv2d_accumulate, conv2d_max_pool,
+};
 use accelmesh_kernels::elementwise::{binary_with_isa, unary_into_with_isa};
 use accelmesh_kernels::gemm::stays_single;
 use accelmesh_kernels::norm::{self, BatchNorm};
@@ -14,8 +16,8 @@ use half::{bf16, f16};
 
 use super::{Device, DeviceInfo, DeviceKind, execute_view_by_copy};
 use crate::op::{
-    Conv2dDims, MatMulDims, Op, batch_norm_dims, conv2d_dims, global_pool_dims, matmul_dims,
-    pool2d_dims, softmax_dims,
+    Conv2dDims, MatMulDims, Op, Pool2dParams, batch_norm_dims, conv2d_dims, global_pool_dims,
+    matmul_dims, pool2d_dims, softmax_dims,
 };
 use crate::tensor::{DType, Shape, Tensor, TensorElement, TensorView};
 use crate::{Error, Result};
@@ -208,6 +210,50 @@ impl CpuDevice {
         self.conv_into(params, &d, &views, out, true)
     }
 
+    /// A convolution `[x, w, bias?]` followed by the max pooling `pool`, banded so that the
+    /// convolution's output stays in cache (`conv2d_max_pool`).
+    fn conv_pooled(
+        &self,
+        params: &Conv2dParams,
+        pool: &Pool2dParams,
+        inputs: &[&Tensor],
+    ) -> Result<Tensor> {
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let d = conv2d_dims(params, &shapes)?;
+        let shape = Op::MaxPool(*pool).output_shape(&[&Shape::new(d.output)])?;
+        let mut out = Tensor::from_vec(shape.clone(), super::recycle::output_f32(shape.numel()?)?)?;
+        let (x, w) = (inputs[0].view(), inputs[1].view());
+        let dtype = same_dtype("conv2d", ["input", "weight"], x.dtype(), w.dtype())?;
+        let bias = match inputs.get(2) {
+            Some(b) if d.has_bias => Some(b.data().view().widened()),
+            _ => None,
+        };
+        let bias = bias.as_deref();
+        let y = out.as_f32_mut()?;
+        let isa = self.isa;
+        match dtype {
+            DType::F32 => {
+                let (x, w) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
+                self.pool.install(|| {
+                    conv2d_max_pool(isa, x, d.input, w, d.weight, bias, params, pool, y)
+                })?
+            }
+            DType::F16 => {
+                let (x, w) = (x.as_slice::<f16>()?, w.as_slice::<f16>()?);
+                self.pool.install(|| {
+                    conv2d_max_pool(isa, x, d.input, w, d.weight, bias, params, pool, y)
+                })?
+            }
+            DType::BF16 => {
+                let (x, w) = (x.as_slice::<bf16>()?, w.as_slice::<bf16>()?);
+                self.pool.install(|| {
+                    conv2d_max_pool(isa, x, d.input, w, d.weight, bias, params, pool, y)
+                })?
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs a validated convolution of inputs stored as `T`; with `accumulate`, the output
     /// starts as the residual (already copied into `out`) and gets the product added.
     #[allow(clippy::too_many_arguments)]
@@ -347,6 +393,22 @@ impl Device for CpuDevice {
             return None;
         };
         Some(self.conv_onto(params, inputs, output))
+    }
+
+    fn conv_max_pool(
+        &self,
+        conv: &Op,
+        pool: &Pool2dParams,
+        inputs: &[&Tensor],
+    ) -> Option<Result<Tensor>> {
+        let Op::Conv2d(params) = conv else {
+            return None;
+        };
+        // Shapes that do not fit are left to the convolution alone to report.
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let d = conv2d_dims(params, &shapes).ok()?;
+        (inputs.len() <= 3 && banding_pays(d.output))
+            .then(|| self.conv_pooled(params, pool, inputs))
     }
 
     fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {

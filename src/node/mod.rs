@@ -65,6 +65,18 @@ pub trait Device: Send + Sync {
         None
     }
 
+    /// Runs a convolution `[x, w, bias?]` (`conv`, an `Op::Conv2d`) followed by the max
+    /// pooling `pool`, without storing the convolution's whole output. `None` for devices
+    /// (or ops) without that path: the caller then runs the two ops.
+    fn conv_max_pool(
+        &self,
+        _conv: &Op,
+        _pool: &crate::op::Pool2dParams,
+        _inputs: &[&Tensor],
+    ) -> Option<Result<Tensor>> {
+        None
+    }
+
     /// Kernel-only times in seconds of `reps` runs of `op` with the inputs already resident
     /// on the device (after one warm-up run), for devices where that differs from `execute`'s
     /// time (GPUs). `None` for host devices, whose `execute` is already kernel time.

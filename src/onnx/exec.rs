@@ -18,7 +18,9 @@
 //!    the same dims into the convolution as a residual input; then fuses a convolution or
 //!    BatchNormalization followed by its only consumer, a Relu, into one device op (the
 //!    conv's ReLU epilogue, the BN's ReLU flag) — a ResNet block's `Conv → Add → Relu` is
-//!    one op;
+//!    one op; and a 2-D convolution followed by its only consumer, a MaxPool, into one step
+//!    (`Device::conv_max_pool`: the CPU node convolves band by band into cache and pools from
+//!    there when the convolution's output is too large for the caches);
 //! 6. records each value's last use, so a run drops intermediates as soon as they are dead
 //!    (and moves a value into the op that reads it last: reshapes do not copy);
 //! 7. pins the constant convolution weights (`accelmesh_kernels::conv::WeightPin`), so the
@@ -382,6 +384,7 @@ impl Session {
         session.fold_channel_affines()?;
         session.fuse_residuals();
         session.fuse();
+        session.fuse_max_pools();
         session.plan();
         session.pin_weights();
         Ok(session)
@@ -908,6 +911,61 @@ impl Session {
         self.drop_steps(&remove);
     }
 
+    /// Fuses each MaxPool (its Indices output unused) whose input only it reads, a 2-D
+    /// convolution's output without a residual, into that convolution (`ConvAttrs::pool`):
+    /// the CPU node then convolves band by band into cache and pools from there, so the
+    /// convolution's output — an image network's largest activation, after its first layer —
+    /// is never written out whole.
+    fn fuse_max_pools(&mut self) {
+        let uses = self.use_counts();
+        let producer = self.producers();
+        let mut remove = vec![false; self.steps.len()];
+        for (i, removed) in remove.iter_mut().enumerate() {
+            let Kind::Pool(pool) = &self.steps[i].kind else {
+                continue;
+            };
+            let step = &self.steps[i];
+            let Some(Some(src)) = step.inputs.first().copied() else {
+                continue;
+            };
+            let Some(p) = producer[src] else {
+                continue;
+            };
+            // A 4-D weight: a 2-D convolution (its input and output are 4-D too).
+            let four_d = self.steps[p]
+                .inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .is_some_and(|w| self.metas[w].dims.as_ref().is_some_and(|d| d.len() == 4));
+            if !pool.max
+                || step.outputs.iter().skip(1).any(Option::is_some)
+                || uses[src] != 1
+                || self.metas[src].ty != Some(Ty::Float)
+                || !four_d
+            {
+                continue;
+            }
+            if !matches!(&self.steps[p].kind, Kind::Conv(a) if !a.residual && a.pool.is_none()) {
+                continue;
+            }
+            let pool = pool.clone();
+            let (out, name) = (
+                step.outputs[0],
+                step.node.outputs.first().cloned().unwrap_or_default(),
+            );
+            let conv = &mut self.steps[p];
+            if let Kind::Conv(a) = &mut conv.kind {
+                a.pool = Some(pool);
+            }
+            conv.outputs = vec![out];
+            conv.node.outputs = vec![name];
+            *removed = true;
+            self.fused += 1;
+        }
+        self.drop_steps(&remove);
+    }
+
     /// Fuses each two-input Add or Sum fed by a convolution (its only consumer, Float, no
     /// fused ReLU yet) into that convolution as a residual: the convolution gets the other
     /// operand as a fourth input (a zero bias is added when it has none) and moves to the
@@ -1101,8 +1159,8 @@ impl Session {
         self.folded
     }
 
-    /// Number of fusions made at load: Conv + Relu pairs, and residual Adds (or Sums) fused
-    /// into the convolution before them.
+    /// Number of fusions made at load: Conv + Relu pairs, residual Adds (or Sums) fused into
+    /// the convolution before them, and MaxPools fused into the convolution before them.
     pub fn fused_count(&self) -> usize {
         self.fused
     }

@@ -50,6 +50,7 @@ mod lanes_x86;
 #[cfg(target_arch = "x86_64")]
 mod pack_x86;
 mod params;
+mod pooled;
 mod prepack;
 mod shared;
 #[cfg(target_arch = "x86_64")]
@@ -62,6 +63,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 pub use params::{Conv2dParams, conv2d_output_dims};
+pub use pooled::{banding_pays, conv2d_max_pool};
 pub use prepack::{WeightPin, is_pinned};
 
 use crate::{Element, Isa, KernelError, Result};

@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 /// Most rows of A the path takes.
 pub(crate) const MAX_ROWS: usize = 8;
 /// Most rows run with the four-row register block.
+#[cfg(target_arch = "x86_64")]
 const NARROW_ROWS: usize = 4;
 
 /// One task's share: columns `cols` of `C[m×n] (+)= alpha·A·B` for one depth block.

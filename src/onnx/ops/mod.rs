@@ -214,6 +214,9 @@ impl Kind {
                 if a.relu {
                     label.push_str("+Relu");
                 }
+                if a.pool.is_some() {
+                    label.push_str("+MaxPool");
+                }
                 label
             }
             Kind::BatchNorm(a) if a.relu => format!("{op_type}+Relu"),

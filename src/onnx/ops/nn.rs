@@ -190,6 +190,9 @@ pub(crate) struct ConvAttrs {
     /// A residual Add fused in at load: the node has a fourth input, added to the biased
     /// output before the ReLU.
     pub residual: bool,
+    /// A MaxPool fused in at load (the node's output feeds only it): the node outputs the
+    /// pooled value, and a device that can (the CPU node) never stores the convolution's.
+    pub pool: Option<PoolAttrs>,
 }
 
 /// Transposed-convolution attributes.
@@ -274,6 +277,7 @@ pub(crate) fn parse(node: &Node, opset: i64) -> Result<Option<Kind>> {
                 group: positive(node, "group")?,
                 relu: false,
                 residual: false,
+                pool: None,
             })
         }
         "ConvTranspose" => {
@@ -617,6 +621,16 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
     if a.residual {
         return conv_residual(params, cx, args);
     }
+    if let Some(pool) = &a.pool {
+        if r != 2 {
+            // Fused at load only behind a 4-D weight, which makes the convolution 2-D.
+            return Err(cx.unsupported(format!(
+                "a MaxPool fused into a {}-D convolution",
+                xd.len().saturating_sub(2)
+            )));
+        }
+        return conv_max_pool(params, pool, cx, args);
+    }
     let op = Op::Conv2d(params);
     let bias = args.get(2).map(|_| args.tensor(2)).transpose()?;
     if r == 2 {
@@ -633,6 +647,30 @@ fn conv(a: &ConvAttrs, cx: &Cx<'_>, args: &mut Args<'_>) -> Result<Tensor> {
     let y = cx.run(&op, &ins)?;
     let d = y.dims().to_vec();
     y.reshape([d[0], d[1], d[3]])
+}
+
+/// A 2-D convolution with a MaxPool fused in at load: the device's fused path where it has
+/// one (`Device::conv_max_pool`), else the convolution and then the pooling.
+fn conv_max_pool(
+    params: Conv2dParams,
+    pool: &PoolAttrs,
+    cx: &Cx<'_>,
+    args: &mut Args<'_>,
+) -> Result<Tensor> {
+    let x = args.tensor(0)?;
+    let w = as_dtype(args.tensor(1)?, x.dtype());
+    let mut ins = vec![x, w.as_ref()];
+    if args.get(2).is_some() {
+        ins.push(args.tensor(2)?);
+    }
+    let conv_out = conv2d_output_dims(as_4d(x.dims()), as_4d(w.dims()), &params)?;
+    let p = pool_setup(pool, &cx.ctx(), &conv_out)?;
+    let conv = Op::Conv2d(params);
+    if let Some(result) = cx.dev.conv_max_pool(&conv, &p, &ins) {
+        return result;
+    }
+    let y = cx.run(&conv, &ins)?;
+    cx.run(&Op::MaxPool(p), &[&y])
 }
 
 /// A 2-D convolution with a residual fused in at load (inputs `[x, w, bias, residual]`):
@@ -1189,8 +1227,12 @@ pub(crate) fn infer(
             let dims = match (x, in_dims(ins, 1)) {
                 (Some(x), Some(w)) if x.len() <= 4 && w.len() <= 4 => {
                     let (params, r) = conv_setup(a, &ctx, x, w)?;
-                    let s = Op::Conv2d(params)
+                    let mut s = Op::Conv2d(params)
                         .output_shape(&[&Shape::new(as_4d(x)), &Shape::new(as_4d(w))])?;
+                    if let Some(pool) = a.pool.as_ref().filter(|_| r == 2) {
+                        let p = pool_setup(pool, &ctx, s.dims())?;
+                        s = Op::MaxPool(p).output_shape(&[&s])?;
+                    }
                     let d = s.dims();
                     Some(if r == 1 {
                         vec![d[0], d[1], d[3]]
