@@ -8,7 +8,7 @@ use accelmesh_kernels::conv::{
     Conv2dParams, banding_pays, conv2d, conv2d_accumulate, conv2d_max_pool,
 };
 use accelmesh_kernels::elementwise::{binary_with_isa, unary_into_with_isa};
-use accelmesh_kernels::gemm::stays_single;
+use accelmesh_kernels::gemm::may_split;
 use accelmesh_kernels::norm::{self, BatchNorm};
 use accelmesh_kernels::pool::{avg_pool2d_with_isa, global_average_pool, max_pool2d_with_isa};
 use accelmesh_kernels::{Epilogue, Isa, MatMut, MatRef, gemm};
@@ -149,7 +149,7 @@ impl CpuDevice {
         };
         let c = MatMut::row_major(out, d.m, d.n)?;
         let run = || gemm(self.isa, 1.0, a, b, 0.0, c, &Epilogue::NONE);
-        if stays_single(self.isa, d.m.saturating_mul(d.n).saturating_mul(d.k)) {
+        if !may_split(self.isa, d.m, d.n, d.k) {
             // Single-threaded anyway: waking the pool would cost more than the product.
             run()?;
         } else {

@@ -13,7 +13,7 @@ mod pack;
 
 pub(crate) use blocking::Blocking;
 pub use blocking::CacheSizes;
-pub use driver::{PARALLEL_MIN_MACS, PARALLEL_MIN_MACS_AVX512, stays_single};
+pub use driver::{PARALLEL_MIN_MACS, PARALLEL_MIN_MACS_AVX512, may_split, stays_single};
 pub use matrix::{MatMut, MatRef};
 pub(crate) use micro::for_isa as micro_kernel;
 #[cfg(target_arch = "x86_64")]
