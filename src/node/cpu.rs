@@ -210,48 +210,49 @@ impl CpuDevice {
         self.conv_into(params, &d, &views, out, true)
     }
 
-    /// A convolution `[x, w, bias?]` followed by the max pooling `pool`, banded so that the
-    /// convolution's output stays in cache (`conv2d_max_pool`).
+    /// A convolution `[x, w, bias?]` (dims `d`) followed by the max pooling `pool`, banded so
+    /// that the convolution's output stays in cache (`conv2d_max_pool`).
     fn conv_pooled(
         &self,
         params: &Conv2dParams,
         pool: &Pool2dParams,
+        d: &Conv2dDims,
         inputs: &[&Tensor],
     ) -> Result<Tensor> {
-        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
-        let d = conv2d_dims(params, &shapes)?;
         let shape = Op::MaxPool(*pool).output_shape(&[&Shape::new(d.output)])?;
         let mut out = Tensor::from_vec(shape.clone(), super::recycle::output_f32(shape.numel()?)?)?;
         let (x, w) = (inputs[0].view(), inputs[1].view());
-        let dtype = same_dtype("conv2d", ["input", "weight"], x.dtype(), w.dtype())?;
         let bias = match inputs.get(2) {
             Some(b) if d.has_bias => Some(b.data().view().widened()),
             _ => None,
         };
         let bias = bias.as_deref();
         let y = out.as_f32_mut()?;
-        let isa = self.isa;
-        match dtype {
-            DType::F32 => {
-                let (x, w) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
-                self.pool.install(|| {
-                    conv2d_max_pool(isa, x, d.input, w, d.weight, bias, params, pool, y)
-                })?
-            }
-            DType::F16 => {
-                let (x, w) = (x.as_slice::<f16>()?, w.as_slice::<f16>()?);
-                self.pool.install(|| {
-                    conv2d_max_pool(isa, x, d.input, w, d.weight, bias, params, pool, y)
-                })?
-            }
-            DType::BF16 => {
-                let (x, w) = (x.as_slice::<bf16>()?, w.as_slice::<bf16>()?);
-                self.pool.install(|| {
-                    conv2d_max_pool(isa, x, d.input, w, d.weight, bias, params, pool, y)
-                })?
-            }
-        }
+        match same_dtype("conv2d", ["input", "weight"], x.dtype(), w.dtype())? {
+            DType::F32 => self.conv_pooled_as::<f32>(&x, &w, bias, params, pool, d, y),
+            DType::F16 => self.conv_pooled_as::<f16>(&x, &w, bias, params, pool, d, y),
+            DType::BF16 => self.conv_pooled_as::<bf16>(&x, &w, bias, params, pool, d, y),
+        }?;
         Ok(out)
+    }
+
+    /// [`CpuDevice::conv_pooled`] on inputs stored as `T`, into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_pooled_as<T: TensorElement>(
+        &self,
+        x: &TensorView<'_>,
+        w: &TensorView<'_>,
+        bias: Option<&[f32]>,
+        params: &Conv2dParams,
+        pool: &Pool2dParams,
+        d: &Conv2dDims,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (x, w) = (x.as_slice::<T>()?, w.as_slice::<T>()?);
+        self.pool.install(|| {
+            conv2d_max_pool(self.isa, x, d.input, w, d.weight, bias, params, pool, out)
+        })?;
+        Ok(())
     }
 
     /// Runs a validated convolution of inputs stored as `T`; with `accumulate`, the output
@@ -408,7 +409,7 @@ impl Device for CpuDevice {
         let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         let d = conv2d_dims(params, &shapes).ok()?;
         (inputs.len() <= 3 && banding_pays(d.output))
-            .then(|| self.conv_pooled(params, pool, inputs))
+            .then(|| self.conv_pooled(params, pool, &d, inputs))
     }
 
     fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {

@@ -93,8 +93,7 @@ pub fn conv2d_max_pool<T: Element>(
         }
     }
     let work = |buffers: &mut Buffers<T>, (image, band, mut rows): (usize, usize, BandRows<'_>)| {
-        let mut pooled = std::mem::take(&mut buffers.pooled);
-        let result = bands.run(
+        bands.run(
             isa,
             buffers,
             &input[image * bands.image_len..][..bands.image_len],
@@ -104,13 +103,9 @@ pub fn conv2d_max_pool<T: Element>(
             params,
             pool,
             band,
-            &mut pooled,
-        );
-        if result.is_ok() {
-            rows.fill_from(&pooled);
-        }
-        buffers.pooled = pooled;
-        result
+        )?;
+        rows.fill_from(&buffers.pooled);
+        Ok(())
     };
     if rayon::current_num_threads() > 1 && tasks.len() > 1 {
         tasks
@@ -231,7 +226,7 @@ impl Bands {
     }
 
     /// Convolves the rows band `band` of one image (`image`, its input) needs and pools them
-    /// into `pooled` (the band's rows of each plane, plane after plane).
+    /// into `buffers.pooled` (the band's rows of each plane, plane after plane).
     #[allow(clippy::too_many_arguments)]
     fn run<T: Element>(
         &self,
@@ -244,7 +239,6 @@ impl Bands {
         params: &Conv2dParams,
         pool: &Pool2dParams,
         band: usize,
-        pooled: &mut Vec<f32>,
     ) -> Result<()> {
         let [_, c, h, w] = self.input_dims;
         let [_, o, oh, ow] = self.conv_dims;
@@ -301,12 +295,12 @@ impl Bands {
             ],
             ..*pool
         };
-        pooled.resize(o * prows.len() * pw, 0.0);
+        buffers.pooled.resize(o * prows.len() * pw, 0.0);
         max_pool2d_with_isa(
             &buffers.conv,
             [1, o, conv_rows, ow],
             &band_pool,
-            pooled,
+            &mut buffers.pooled,
             isa,
         )
     }

@@ -398,6 +398,12 @@ pub(crate) fn recycle(value: Option<Cow<'_, Value>>) {
     }
 }
 
+/// Hands a tensor an op computed and no longer needs (an intermediate of its own) to the
+/// recycler, as [`recycle`] does with a dead value.
+pub(crate) fn recycle_tensor(t: Tensor) {
+    recycle(Some(Cow::Owned(Value::Float(t))));
+}
+
 impl Drop for Args<'_> {
     /// Recycles the inputs the op was handed to own and did not keep.
     fn drop(&mut self) {

@@ -674,7 +674,7 @@ fn conv_max_pool(
     // The convolution's output is an intermediate of this step alone: handed back, the next
     // run's takes its buffer (a fresh one would be page-faulted in, about 0.25 ms for a stem's
     // 3.2 MB).
-    super::recycle(Some(std::borrow::Cow::Owned(Value::Float(y))));
+    super::recycle_tensor(y);
     pooled
 }
 
