@@ -294,7 +294,11 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
     let Some(model) = light_model_or_skip("light_squeezenet.onnx") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("accelmesh-cli-infer-{}", std::process::id()));
+    let tmp = tempfile::Builder::new()
+        .prefix("accelmesh-cli-infer-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let model = model.to_string_lossy().into_owned();
     let lines = json_lines(&[
         "infer",
@@ -317,14 +321,13 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
     assert_eq!(r["nodes_used"], 2, "{r:?}");
     assert_eq!(r["strategy"], "data-parallel", "{r:?}");
     assert_eq!(r["batch"], 4);
-    let written: Vec<_> = std::fs::read_dir(&dir)
+    let written: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(written, ["softmaxout_1.pb"]);
     let (_, value) = accelmesh::onnx::read_tensor_pb(&dir.join("softmaxout_1.pb")).unwrap();
     assert_eq!(value.dims()[0], 4);
-    std::fs::remove_dir_all(&dir).unwrap();
 
     // --profile adds the time per operator of one run.
     let lines = json_lines(&["infer", &model, "--reps", "1", "--profile", "--json"]);

@@ -9,7 +9,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use accelmesh::node::gpu::tune::{CACHE_FILE, ShapeClass, Tuner};
@@ -36,20 +35,12 @@ fn have_gpu() -> bool {
     false
 }
 
-/// A fresh, empty directory under the system temp directory.
-fn temp_dir(tag: &str) -> PathBuf {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "accelmesh-gpu-tune-{tag}-{}-{nanos}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory under the system temp directory, removed when dropped.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("accelmesh-gpu-tune-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Runs scenario `mode` in a child process with the cache in `dir` and `ACCELMESH_GPU_TUNE`
@@ -95,13 +86,13 @@ fn tuning_is_cached_per_adapter_and_reused_by_later_processes() {
     if !have_gpu() {
         return;
     }
-    let dir = temp_dir("reuse");
-    run_child("tune", &dir, "1");
+    let tmp = temp_dir("reuse");
+    let dir = tmp.path();
+    run_child("tune", dir, "1");
     let class = ShapeClass::of(200, 300, 150, DType::F32).key();
-    let tile = cached(&dir, &adapter0_key(), &class).expect("the choice is cached");
+    let tile = cached(dir, &adapter0_key(), &class).expect("the choice is cached");
     assert!(TileConfig::CANDIDATES.contains(&tile));
-    run_child("reuse", &dir, "1");
-    std::fs::remove_dir_all(&dir).unwrap();
+    run_child("reuse", dir, "1");
 }
 
 #[test]
@@ -109,10 +100,10 @@ fn disabled_tuning_uses_the_default_and_writes_nothing() {
     if !have_gpu() {
         return;
     }
-    let dir = temp_dir("off");
-    run_child("off", &dir, "0");
+    let tmp = temp_dir("off");
+    let dir = tmp.path();
+    run_child("off", dir, "0");
     assert!(!dir.join(CACHE_FILE).exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -120,11 +111,12 @@ fn malformed_or_foreign_cache_entries_are_ignored() {
     if !have_gpu() {
         return;
     }
-    let dir = temp_dir("malformed");
+    let tmp = temp_dir("malformed");
+    let dir = tmp.path();
     std::fs::write(dir.join(CACHE_FILE), "{ this is not json").unwrap();
-    run_child("retune", &dir, "1");
+    run_child("retune", dir, "1");
     let class = ShapeClass::of(200, 300, 150, DType::F32).key();
-    assert!(cached(&dir, &adapter0_key(), &class).is_some());
+    assert!(cached(dir, &adapter0_key(), &class).is_some());
     // A tiling that is no candidate is ignored (and retuned); a valid one is used as is.
     let key = adapter0_key();
     let small = ShapeClass::of(40, 40, 40, DType::F32).key();
@@ -138,10 +130,9 @@ fn malformed_or_foreign_cache_entries_are_ignored() {
         }
     });
     std::fs::write(dir.join(CACHE_FILE), seeded.to_string()).unwrap();
-    run_child("seeded", &dir, "1");
-    let retuned = cached(&dir, &key, &class).unwrap();
+    run_child("seeded", dir, "1");
+    let retuned = cached(dir, &key, &class).unwrap();
     assert!(TileConfig::CANDIDATES.contains(&retuned));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// One scenario, run only inside a child process started by the tests above.

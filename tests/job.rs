@@ -17,16 +17,12 @@ use serde_json::Value as Json;
 /// Nodes of every test job: one small CPU node, so no GPU is brought up.
 const NODES: &str = "cpu:1x2";
 
-/// A fresh directory under the system temp dir for one test.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "accelmesh-job-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system temp dir for one test, removed when dropped.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("accelmesh-job-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Writes `text` as `dir/job.toml` and returns its path.
@@ -141,7 +137,8 @@ fn write_model(dir: &Path) -> Tensor {
 
 #[test]
 fn a_good_job_parses_with_paths_resolved_and_defaults_filled() {
-    let dir = temp_dir("parse");
+    let tmp = temp_dir("parse");
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join("models/m.onnx"), b"not read while parsing").unwrap();
     std::fs::write(dir.join("x.pb"), b"").unwrap();
@@ -171,7 +168,7 @@ shapes = ["1-64-56-64-3-1-1"]
 nodes = "cpu"
 deadline_ms = 50.5
 "#;
-    let path = write_job(&dir, text);
+    let path = write_job(dir, text);
     let job = Job::parse(&path, text).expect("a good job");
     assert_eq!(job.path, path);
     assert_eq!(
@@ -226,9 +223,10 @@ deadline_ms = 50.5
 
 #[test]
 fn conv2d_defaults_to_the_resnet_preset_and_matmul_to_the_bench_sizes() {
-    let dir = temp_dir("defaults");
+    let tmp = temp_dir("defaults");
+    let dir = tmp.path();
     let text = "[[workload]]\nkind = \"conv2d\"\n\n[[workload]]\nkind = \"MatMul\"\n";
-    let job = Job::parse(&write_job(&dir, text), text).expect("valid");
+    let job = Job::parse(&write_job(dir, text), text).expect("valid");
     match &job.workloads[0].task {
         Task::Conv2d { cases, .. } => assert_eq!(cases.len(), accelmesh::bench::RESNET.len()),
         other => panic!("{other:?}"),
@@ -249,7 +247,8 @@ fn with_mm_line(extra: &str) -> String {
 
 #[test]
 fn malformed_jobs_name_the_line_and_the_field() {
-    let dir = temp_dir("malformed");
+    let tmp = temp_dir("malformed");
+    let dir = tmp.path();
     std::fs::write(dir.join("present.onnx"), b"x").unwrap();
     // (file text, line, words the field description must contain, words of the detail)
     let cases: Vec<(String, usize, &[&str], &str)> = vec![
@@ -344,7 +343,7 @@ fn malformed_jobs_name_the_line_and_the_field() {
         ),
     ];
     for (text, line, field_words, detail_word) in &cases {
-        let path = write_job(&dir, text);
+        let path = write_job(dir, text);
         let err = Job::parse(&path, text).expect_err(text);
         let message = err.to_string();
         let Error::Job {
@@ -374,7 +373,8 @@ fn malformed_jobs_name_the_line_and_the_field() {
 
 #[test]
 fn a_missing_job_file_is_a_clean_error() {
-    let dir = temp_dir("missing");
+    let tmp = temp_dir("missing");
+    let dir = tmp.path();
     let err = Job::load(&dir.join("absent.toml")).unwrap_err();
     assert!(err.to_string().contains("absent.toml"), "{err}");
 }
@@ -478,9 +478,10 @@ fn check_small_report(report: &Json, dir: &Path, job_path: &Path, x: &Tensor) {
 
 #[test]
 fn a_small_job_runs_end_to_end() {
-    let dir = temp_dir("run");
-    let x = write_model(&dir);
-    let path = write_job(&dir, &small_job(None));
+    let tmp = temp_dir("run");
+    let dir = tmp.path();
+    let x = write_model(dir);
+    let path = write_job(dir, &small_job(None));
     let job = Job::load(&path).expect("valid");
     job::check(&job).expect("nodes come up and the model loads");
     let report = job::run(&job, &Progress::hidden()).expect("the job runs");
@@ -490,7 +491,7 @@ fn a_small_job_runs_end_to_end() {
         other => panic!("{other:?}"),
     }
     let json: Json = serde_json::from_str(&report.to_json().unwrap()).unwrap();
-    check_small_report(&json, &dir, &path, &x);
+    check_small_report(&json, dir, &path, &x);
 
     // Written to a file: the same document.
     let file = dir.join("r/report.json");
@@ -501,13 +502,14 @@ fn a_small_job_runs_end_to_end() {
 
 #[test]
 fn model_inputs_are_checked_before_anything_runs() {
-    let dir = temp_dir("inputs");
-    write_model(&dir);
+    let tmp = temp_dir("inputs");
+    let dir = tmp.path();
+    write_model(dir);
     let text = format!(
         "nodes = \"{NODES}\"\n[[workload]]\nkind = \"matmul\"\nsizes = [8]\n\
          [[workload]]\nkind = \"model\"\nmodel = \"tiny.onnx\"\ninputs = {{ data = \"in/x.pb\" }}\n"
     );
-    let job = Job::parse(&write_job(&dir, &text), &text).expect("the file validates");
+    let job = Job::parse(&write_job(dir, &text), &text).expect("the file validates");
     let err = job::run(&job, &Progress::hidden()).expect_err("no input `data`");
     let message = err.to_string();
     assert!(matches!(err, Error::Job { line: 8, .. }), "{message}");
@@ -520,7 +522,7 @@ fn model_inputs_are_checked_before_anything_runs() {
     std::fs::write(dir.join("bad.onnx"), b"\xff\xff\xff not a model").unwrap();
     let text =
         format!("nodes = \"{NODES}\"\n[[workload]]\nkind = \"model\"\nmodel = \"bad.onnx\"\n");
-    let job = Job::parse(&write_job(&dir, &text), &text).expect("the file validates");
+    let job = Job::parse(&write_job(dir, &text), &text).expect("the file validates");
     let err = job::check(&job).expect_err("the model does not decode");
     assert!(matches!(err, Error::Job { line: 4, .. }), "{err}");
     assert!(err.to_string().contains("field `model`"), "{err}");
@@ -528,11 +530,12 @@ fn model_inputs_are_checked_before_anything_runs() {
 
 #[test]
 fn a_missed_deadline_is_reported() {
-    let dir = temp_dir("deadline");
+    let tmp = temp_dir("deadline");
+    let dir = tmp.path();
     let text = format!(
         "nodes = \"{NODES}\"\n[[workload]]\nkind = \"matmul\"\nsizes = [40]\nreps = 1\ndeadline_ms = 1e-9\n"
     );
-    let job = Job::parse(&write_job(&dir, &text), &text).unwrap();
+    let job = Job::parse(&write_job(dir, &text), &text).unwrap();
     let report = job::run(&job, &Progress::hidden()).unwrap();
     assert_eq!(report.workloads[0].deadline_met, Some(false));
 }
@@ -550,9 +553,10 @@ fn accelmesh(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_run_command_writes_the_report() {
-    let dir = temp_dir("cli");
-    let x = write_model(&dir);
-    let path = write_job(&dir, &small_job(Some("out/report.json")));
+    let tmp = temp_dir("cli");
+    let dir = tmp.path();
+    let x = write_model(dir);
+    let path = write_job(dir, &small_job(Some("out/report.json")));
     let out = accelmesh(&["run", path.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -568,7 +572,7 @@ fn the_run_command_writes_the_report() {
     );
     let report: Json =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    check_small_report(&report, &dir, &path, &x);
+    check_small_report(&report, dir, &path, &x);
 
     // `--report -` prints the report instead.
     let out = accelmesh(&["run", path.to_str().unwrap(), "--report", "-"]);
@@ -578,7 +582,7 @@ fn the_run_command_writes_the_report() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed: Json = serde_json::from_slice(&out.stdout).expect("one JSON document");
-    check_small_report(&printed, &dir, &path, &x);
+    check_small_report(&printed, dir, &path, &x);
 
     // `--dry-run` validates only.
     let out = accelmesh(&["run", path.to_str().unwrap(), "--dry-run"]);
@@ -588,8 +592,9 @@ fn the_run_command_writes_the_report() {
 
 #[test]
 fn the_run_command_rejects_a_malformed_job_cleanly() {
-    let dir = temp_dir("cli-bad");
-    let path = write_job(&dir, &with_mm_line("dtype = \"f64\""));
+    let tmp = temp_dir("cli-bad");
+    let dir = tmp.path();
+    let path = write_job(dir, &with_mm_line("dtype = \"f64\""));
     let out = accelmesh(&["run", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -2,7 +2,6 @@
 //! nodes (a one-thread CPU node; the first GPU adapter when one opens, skipped with a message
 //! otherwise unless `ACCELMESH_REQUIRE_GPU=1`) and the on-disk cache.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,16 +9,12 @@ use accelmesh::drac::perf_model::{OpClass, PerfModel, Rate, TransferRate};
 use accelmesh::node::gpu::GpuDevice;
 use accelmesh::{CpuDevice, DType, Device, DeviceInfo, Error, Op, Shape, Tensor};
 
-/// A fresh directory under the system temp dir for one test.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "accelmesh-perf-model-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system temp dir for one test, removed when dropped.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("accelmesh-perf-model-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn rate(gflops: f64, overhead_s: f64) -> Rate {
@@ -297,7 +292,8 @@ fn calibrating_a_dtype_the_node_refuses_is_a_dtype_error() {
 
 #[test]
 fn save_and_load_round_trip() {
-    let dir = temp_dir("roundtrip");
+    let tmp = temp_dir("roundtrip");
+    let dir = tmp.path();
     let path = dir.join("nested").join("calibration.json");
     let mut m = PerfModel::new();
     m.set_rate("a|x", OpClass::MatMul, DType::F32, rate(123.456, 1.5e-6));
@@ -335,12 +331,12 @@ fn save_and_load_round_trip() {
         "{:?}",
         PerfModel::default_path()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn malformed_files_are_parse_errors_naming_the_path() {
-    let dir = temp_dir("malformed");
+    let tmp = temp_dir("malformed");
+    let dir = tmp.path();
     for (i, text) in [
         "not json",
         "{\"version\": 1}",
@@ -370,13 +366,13 @@ fn malformed_files_are_parse_errors_naming_the_path() {
         "{err}"
     );
     assert!(err.to_string().contains("missing.json"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn load_or_calibrate_uses_the_cache() {
     let _alone = timing_alone();
-    let dir = temp_dir("cache");
+    let tmp = temp_dir("cache");
+    let dir = tmp.path();
     let path = dir.join("calibration.json");
     // Two identical nodes share a key and are calibrated once.
     let devices: Vec<Arc<dyn Device>> = vec![
@@ -413,7 +409,6 @@ fn load_or_calibrate_uses_the_cache() {
     assert_eq!(refreshed.calibrations(), 1);
     assert!(refreshed.known("elsewhere"));
     assert!(PerfModel::load(&path).unwrap().known("elsewhere"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
