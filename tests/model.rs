@@ -352,3 +352,56 @@ fn bad_inputs_are_typed_errors_and_leave_the_mesh_free() {
     let err = Model::load("/nonexistent/model.onnx").err().unwrap();
     assert!(err.to_string().contains("/nonexistent/model.onnx"), "{err}");
 }
+
+#[test]
+fn a_batch_runs_in_the_lanes_of_a_two_thread_node_and_agrees_with_one_thread() {
+    let node = CpuDevice::with_threads(2).unwrap();
+    let lanes = node.lanes();
+    assert_eq!(lanes.len(), 2);
+    assert!(lanes.iter().all(|l| l.info().threads == Some(1)));
+    assert!(lanes.iter().all(|l| l.lanes().is_empty()));
+    assert!(CpuDevice::with_threads(1).unwrap().lanes().is_empty());
+
+    let model = Model::from_onnx(demo::network(5)).unwrap();
+    let one = CpuDevice::with_threads(1).unwrap();
+    for batch in [1usize, 2, 3, 5] {
+        let inputs = demo::images(batch, 40 + batch as u64).unwrap();
+        let got = model.run_on(&node, &inputs).unwrap();
+        let want = model.run_on(&one, &inputs).unwrap();
+        let (a, b) = (
+            got[demo::OUTPUT].as_tensor().unwrap(),
+            want[demo::OUTPUT].as_tensor().unwrap(),
+        );
+        assert_eq!(a.dims(), [batch, demo::CLASSES]);
+        for (x, y) in a.to_f32_vec().iter().zip(b.to_f32_vec()) {
+            assert!((x - y).abs() <= 1e-5, "batch {batch}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn a_fault_strikes_the_lanes_of_a_node_too() {
+    let model = Model::from_onnx(demo::network(5)).unwrap();
+    let node: Arc<dyn Device> = Arc::new(CpuDevice::new(0, 2, 1 << 30).unwrap());
+    let perf = perf_for(std::slice::from_ref(&node), &[1.0]);
+    let drac = Drac::new(
+        &NodeSet::new("test", vec![node]).unwrap(),
+        perf,
+        quick_timeouts(),
+    )
+    .unwrap();
+    let inputs = demo::images(4, 3).unwrap();
+    let fine = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap();
+    assert_eq!(
+        fine.output(demo::OUTPUT).unwrap().dims(),
+        [4, demo::CLASSES]
+    );
+    // A crash after a few ops: the batch runs in the node's lanes, which must fail with it.
+    drac.inject_fault("cpu0", Fault::crash().after(3)).unwrap();
+    let err = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("crashed"), "{err}");
+}

@@ -2,12 +2,12 @@
 //! it at a chosen moment (after a number of executions), for failover tests and experiments.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::node::{Device, DeviceInfo};
-use crate::op::Op;
+use crate::op::{Op, Pool2dParams};
 use crate::tensor::{Tensor, TensorView};
 use crate::{Error, Result};
 
@@ -66,6 +66,13 @@ impl Fault {
 /// A device with an optional scheduled fault.
 pub struct FaultyDevice {
     inner: Arc<dyn Device>,
+    state: Arc<FaultState>,
+    /// The inner device's lanes, each behind the same fault ([`Device::lanes`]).
+    lanes: OnceLock<Vec<FaultyLane>>,
+}
+
+/// A scheduled fault and the executions counted towards it, shared by a device and its lanes.
+struct FaultState {
     fault: Mutex<Option<(Fault, usize)>>,
     calls: AtomicUsize,
     cancel: Arc<AtomicBool>,
@@ -76,25 +83,34 @@ impl FaultyDevice {
     pub fn new(inner: Arc<dyn Device>, cancel: Arc<AtomicBool>) -> FaultyDevice {
         FaultyDevice {
             inner,
-            fault: Mutex::new(None),
-            calls: AtomicUsize::new(0),
-            cancel,
+            state: Arc::new(FaultState {
+                fault: Mutex::new(None),
+                calls: AtomicUsize::new(0),
+                cancel,
+            }),
+            lanes: OnceLock::new(),
         }
     }
 
     /// Schedules `fault`, counted from now.
     pub fn inject(&self, fault: Fault) {
-        let now = self.calls.load(Ordering::SeqCst);
-        if let Ok(mut f) = self.fault.lock() {
+        let now = self.state.calls.load(Ordering::SeqCst);
+        if let Ok(mut f) = self.state.fault.lock() {
             *f = Some((fault, now + fault.after_calls));
         }
     }
 
     /// Whether a fault is scheduled (struck or still to strike).
     pub fn is_armed(&self) -> bool {
-        self.fault.lock().map(|f| f.is_some()).unwrap_or(true)
+        self.state.fault.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
+    fn run(&self, work: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        self.state.run(self.inner.as_ref(), work)
+    }
+}
+
+impl FaultState {
     /// The fault in force for the execution about to start, if any.
     fn active(&self) -> Option<FaultKind> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
@@ -103,12 +119,17 @@ impl FaultyDevice {
         (call >= from).then_some(fault.kind)
     }
 
-    fn run(&self, work: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
-        let id = self.inner.info().id.clone();
+    /// Runs `work`, one execution of `device`, under the fault in force.
+    fn run(
+        &self,
+        device: &dyn Device,
+        work: impl FnOnce() -> Result<Vec<Tensor>>,
+    ) -> Result<Vec<Tensor>> {
+        let id = device.info().id.clone();
         match self.active() {
             None => work(),
             Some(FaultKind::Crash) => {
-                self.inner.inject_device_loss();
+                device.inject_device_loss();
                 Err(Error::device(id, "crashed (injected fault)"))
             }
             Some(FaultKind::Hang) => {
@@ -131,57 +152,139 @@ impl FaultyDevice {
     }
 }
 
-impl Device for FaultyDevice {
-    fn info(&self) -> &DeviceInfo {
-        self.inner.info()
-    }
+/// Lane `index` of a wrapped device, struck by the device's fault as the device itself is.
+struct FaultyLane {
+    inner: Arc<dyn Device>,
+    index: usize,
+    state: Arc<FaultState>,
+}
 
-    fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
-        self.inner.run_batch(body)
+impl FaultyLane {
+    /// The inner device's lane (the device itself should it have lost its lanes).
+    fn lane(&self) -> &dyn Device {
+        self.inner
+            .lanes()
+            .get(self.index)
+            .copied()
+            .unwrap_or(self.inner.as_ref())
     }
+}
 
-    fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
-        self.run(|| self.inner.execute(op, inputs))
-    }
+/// The [`Device`] methods of a fault wrapper around the device `$dev` (an expression of
+/// `self`), every execution run through `self.run`.
+macro_rules! faulty_device_methods {
+    ($dev:ident) => {
+        fn info(&self) -> &DeviceInfo {
+            self.$dev().info()
+        }
 
-    fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
-        self.run(|| {
-            self.inner.execute_into(op, inputs, outputs)?;
-            Ok(Vec::new())
-        })
-        .map(|_| ())
-    }
+        fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
+            self.$dev().run_batch(body)
+        }
 
-    fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {
-        self.run(|| {
-            self.inner.execute_view(op, inputs, out)?;
-            Ok(Vec::new())
-        })
-        .map(|_| ())
-    }
+        fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+            self.run(|| self.$dev().execute(op, inputs))
+        }
 
-    fn conv_accumulate(
-        &self,
-        op: &Op,
-        inputs: &[&Tensor],
-        output: &mut Tensor,
-    ) -> Option<Result<()>> {
-        let mut supported = true;
-        let result = self.run(|| match self.inner.conv_accumulate(op, inputs, output) {
-            Some(result) => result.map(|()| Vec::new()),
-            None => {
-                supported = false;
+        fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
+            self.run(|| {
+                self.$dev().execute_into(op, inputs, outputs)?;
                 Ok(Vec::new())
-            }
+            })
+            .map(|_| ())
+        }
+
+        fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {
+            self.run(|| {
+                self.$dev().execute_view(op, inputs, out)?;
+                Ok(Vec::new())
+            })
+            .map(|_| ())
+        }
+
+        fn conv_accumulate(
+            &self,
+            op: &Op,
+            inputs: &[&Tensor],
+            output: &mut Tensor,
+        ) -> Option<Result<()>> {
+            let mut supported = true;
+            let result = self.run(|| match self.$dev().conv_accumulate(op, inputs, output) {
+                Some(result) => result.map(|()| Vec::new()),
+                None => {
+                    supported = false;
+                    Ok(Vec::new())
+                }
+            });
+            supported.then(|| result.map(|_| ()))
+        }
+
+        fn conv_max_pool(
+            &self,
+            conv: &Op,
+            pool: &Pool2dParams,
+            inputs: &[&Tensor],
+        ) -> Option<Result<Tensor>> {
+            let mut supported = true;
+            let result = self.run(|| match self.$dev().conv_max_pool(conv, pool, inputs) {
+                Some(result) => result.map(|t| vec![t]),
+                None => {
+                    supported = false;
+                    Ok(Vec::new())
+                }
+            });
+            supported.then(|| {
+                result.and_then(|mut out| {
+                    out.pop()
+                        .ok_or_else(|| Error::device(&self.info().id, "no pooled output"))
+                })
+            })
+        }
+
+        fn time_resident(
+            &self,
+            op: &Op,
+            inputs: &[&Tensor],
+            reps: usize,
+        ) -> Option<Result<Vec<f64>>> {
+            self.$dev().time_resident(op, inputs, reps)
+        }
+
+        fn inject_device_loss(&self) {
+            self.$dev().inject_device_loss();
+        }
+    };
+}
+
+impl FaultyDevice {
+    fn device(&self) -> &dyn Device {
+        self.inner.as_ref()
+    }
+}
+
+impl Device for FaultyDevice {
+    faulty_device_methods!(device);
+
+    fn lanes(&self) -> Vec<&dyn Device> {
+        let lanes = self.lanes.get_or_init(|| {
+            (0..self.inner.lanes().len())
+                .map(|index| FaultyLane {
+                    inner: Arc::clone(&self.inner),
+                    index,
+                    state: Arc::clone(&self.state),
+                })
+                .collect()
         });
-        supported.then(|| result.map(|_| ()))
+        lanes.iter().map(|l| l as &dyn Device).collect()
     }
+}
 
-    fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {
-        self.inner.time_resident(op, inputs, reps)
+impl FaultyLane {
+    fn run(&self, work: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        self.state.run(self.lane(), work)
     }
+}
 
-    fn inject_device_loss(&self) {
-        self.inner.inject_device_loss();
-    }
+impl Device for FaultyLane {
+    faulty_device_methods!(lane);
 }

@@ -18,15 +18,89 @@ use crate::onnx::Value;
 use crate::onnx::exec::{Profile, Session};
 use crate::{Error, Result};
 
-/// Runs `inputs` on `device`: as given, or chunk by chunk for a fixed-batch model.
+/// Least operations of one lane's share for a batch to run in lanes ([`Device::lanes`]):
+/// each run starts a thread per lane, and a share this small finishes in about a millisecond.
+const LANE_MIN_FLOPS: u64 = 1 << 27;
+
+/// Runs `inputs` on `device`: as given, or chunk by chunk for a fixed-batch model; a batch of
+/// several samples in shares side by side on the device's lanes where it has them and each
+/// share holds at least [`LANE_MIN_FLOPS`] of a model of `flops_per_sample`.
 pub(super) fn run_on_device(
     session: &Session,
     device: &dyn Device,
     inputs: &HashMap<String, Value>,
     layout: Option<BatchLayout>,
+    flops_per_sample: u64,
 ) -> Result<HashMap<String, Value>> {
+    let lanes = device.lanes();
+    if let Some(shares) = lane_shares(layout, lanes.len(), flops_per_sample) {
+        return run_in_lanes(session, &lanes, inputs, layout, &shares);
+    }
     let pieces = each_chunk(inputs, layout, |chunk| session.run(device, chunk))?;
     joined(pieces)
+}
+
+/// The sample ranges of `lanes` lanes for a request of `layout`: whole units (chunks of a
+/// fixed-batch model) in even contiguous shares, one per lane, if there are two or more and
+/// each share is worth it.
+fn lane_shares(
+    layout: Option<BatchLayout>,
+    lanes: usize,
+    flops_per_sample: u64,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let l = layout?;
+    let (units, unit) = (l.units(), l.unit());
+    let count = lanes.min(units);
+    let share_flops = flops_per_sample.saturating_mul((l.samples / count.max(1)) as u64);
+    if count < 2 || share_flops < LANE_MIN_FLOPS {
+        return None;
+    }
+    Some(
+        (0..count)
+            .map(|i| units * i / count * unit..units * (i + 1) / count * unit)
+            .collect(),
+    )
+}
+
+/// Runs the sample `shares` of `inputs` side by side, share `i` on `lanes[i]` (its own thread
+/// handing it over; the last share from this one), and joins the outputs in sample order.
+fn run_in_lanes(
+    session: &Session,
+    lanes: &[&dyn Device],
+    inputs: &HashMap<String, Value>,
+    layout: Option<BatchLayout>,
+    shares: &[std::ops::Range<usize>],
+) -> Result<HashMap<String, Value>> {
+    let run_share = |lane: &dyn Device, share: &std::ops::Range<usize>| {
+        let part = batch::slice_inputs(inputs, share.clone())?;
+        let part_layout = layout.map(|l| BatchLayout {
+            samples: share.len(),
+            ..l
+        });
+        joined(each_chunk(&part, part_layout, |chunk| {
+            session.run(lane, chunk)
+        })?)
+    };
+    let (last, others) = shares.split_last().expect("two or more shares");
+    let results: Vec<Result<HashMap<String, Value>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .iter()
+            .zip(lanes)
+            .map(|(share, &lane)| scope.spawn(move || run_share(lane, share)))
+            .collect();
+        let mine = run_share(lanes[others.len()], last);
+        let mut results: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::device("model", "a lane's thread panicked")))
+            })
+            .collect();
+        results.push(mine);
+        results
+    });
+    let outputs = results.into_iter().collect::<Result<Vec<_>>>()?;
+    batch::join_outputs(outputs)
 }
 
 /// [`run_on_device`], timing every step; a run in chunks sums their profiles.
@@ -123,14 +197,16 @@ pub(super) fn run(
             ..l
         });
         let session = Arc::clone(&model.session);
+        let flops = model.flops_per_sample;
         let device = Arc::clone(&lease.nodes()[node].device);
         let tx = tx.clone();
         std::thread::Builder::new()
             .name(format!("model-part-{part}"))
             .spawn(move || {
                 let t = Instant::now();
-                let out = run_on_device(&session, device.as_ref(), &part_inputs, part_layout)
-                    .map(|o| (o, t.elapsed().as_secs_f64()));
+                let out =
+                    run_on_device(&session, device.as_ref(), &part_inputs, part_layout, flops)
+                        .map(|o| (o, t.elapsed().as_secs_f64()));
                 let _ = tx.send((part, node, out));
             })
             .map_err(|e| Error::device("model", format!("cannot start a part thread: {e}")))?;
@@ -356,5 +432,30 @@ fn report(
         elapsed_s,
         energy_j,
         moved_parts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_shares_are_whole_units_and_only_for_enough_work() {
+        let free = |samples| Some(BatchLayout { samples, chunk: 0 });
+        let big = LANE_MIN_FLOPS;
+        assert_eq!(lane_shares(free(8), 2, big), Some(vec![0..4, 4..8]));
+        assert_eq!(lane_shares(free(5), 2, big), Some(vec![0..2, 2..5]));
+        assert_eq!(lane_shares(free(3), 4, big), Some(vec![0..1, 1..2, 2..3]));
+        // Chunks of two samples of a fixed-batch model stay whole.
+        let fixed = Some(BatchLayout {
+            samples: 6,
+            chunk: 2,
+        });
+        assert_eq!(lane_shares(fixed, 2, big), Some(vec![0..2, 2..6]));
+        // One sample, one lane, no layout or too little work: no lanes.
+        assert_eq!(lane_shares(free(1), 2, big), None);
+        assert_eq!(lane_shares(free(8), 1, big), None);
+        assert_eq!(lane_shares(None, 2, big), None);
+        assert_eq!(lane_shares(free(8), 2, big / 8), None);
     }
 }

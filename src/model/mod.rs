@@ -165,7 +165,13 @@ impl Model {
         device: &dyn Device,
         inputs: &HashMap<String, Value>,
     ) -> Result<HashMap<String, Value>> {
-        exec::run_on_device(&self.session, device, inputs, self.layout(inputs))
+        exec::run_on_device(
+            &self.session,
+            device,
+            inputs,
+            self.layout(inputs),
+            self.flops_per_sample,
+        )
     }
 
     /// [`Model::run_on`], timing every step: a fixed-batch model fed several chunks reports

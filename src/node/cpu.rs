@@ -83,20 +83,36 @@ pub struct CpuDevice {
     pool: rayon::ThreadPool,
     /// The batches and pollers of `pool` ([`super::awake`]).
     awake: std::sync::Arc<super::awake::Awake>,
+    /// The CPUs the workers are pinned to, worker by worker, if they are.
+    cores: Option<Vec<core_affinity::CoreId>>,
+    /// One single-threaded node per worker ([`Device::lanes`]), started on first use.
+    lanes: OnceLock<Vec<CpuDevice>>,
 }
 
 impl CpuDevice {
     /// CPU node number `index` (id `cpu<index>`) with `threads` workers and a memory share.
     pub fn new(index: usize, threads: usize, memory_bytes: u64) -> Result<CpuDevice> {
         let id = format!("cpu{index}");
+        let cores = super::pin::cores_for(index, threads);
+        CpuDevice::start(id, threads, cores, memory_bytes)
+    }
+
+    /// A node `id` of `threads` workers, worker `i` pinned to `cores[i]` if given.
+    fn start(
+        id: String,
+        threads: usize,
+        cores: Option<Vec<core_affinity::CoreId>>,
+        memory_bytes: u64,
+    ) -> Result<CpuDevice> {
         if threads == 0 {
             return Err(Error::device(id, "thread count must be at least 1"));
         }
-        let cores = super::pin::cores_for(index, threads);
+        let pinned = cores.clone();
+        let name = id.clone();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
-            .thread_name(move |i| format!("cpu{index}-worker{i}"))
-            .start_handler(move |i| super::pin::pin_worker(cores.as_deref(), i))
+            .thread_name(move |i| format!("{name}-worker{i}"))
+            .start_handler(move |i| super::pin::pin_worker(pinned.as_deref(), i))
             .build()
             .map_err(|e| Error::device(&id, format!("cannot start {threads} threads: {e}")))?;
         let isa = Isa::selected();
@@ -114,7 +130,18 @@ impl CpuDevice {
             isa,
             pool,
             awake: Default::default(),
+            cores,
+            lanes: OnceLock::new(),
         })
+    }
+
+    /// The single-threaded node of worker `i`: its own thread, on that worker's CPU where
+    /// the workers are pinned, with an even share of the memory.
+    fn lane(&self, i: usize) -> Result<CpuDevice> {
+        let threads = self.pool.current_num_threads().max(1);
+        let core = self.cores.as_ref().and_then(|c| c.get(i)).map(|&c| vec![c]);
+        let id = format!("{}-lane{i}", self.info.id);
+        CpuDevice::start(id, 1, core, self.info.memory_bytes / threads as u64)
     }
 
     /// A stand-alone CPU node (`cpu0`) with `threads` workers and all host memory.
@@ -373,6 +400,20 @@ impl Device for CpuDevice {
 
     fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
         super::awake::run_awake(&self.pool, &self.awake, body)
+    }
+
+    fn lanes(&self) -> Vec<&dyn Device> {
+        if self.pool.current_num_threads() < 2 {
+            return Vec::new();
+        }
+        // A lane that cannot start leaves the node without lanes: it then splits every op.
+        let lanes = self.lanes.get_or_init(|| {
+            (0..self.pool.current_num_threads())
+                .map(|i| self.lane(i))
+                .collect::<Result<Vec<_>>>()
+                .unwrap_or_default()
+        });
+        lanes.iter().map(|l| l as &dyn Device).collect()
     }
 
     fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {

@@ -94,6 +94,15 @@ pub trait Device: Send + Sync {
         body()
     }
 
+    /// Single-threaded nodes standing for this node's workers, one per worker and on its
+    /// core: a batch of several samples runs faster as independent shares side by side on
+    /// them than with each op split over the workers, which then exchange every activation
+    /// between their cores and wait for one another at every op. Empty for devices without
+    /// them (GPUs, single-threaded nodes).
+    fn lanes(&self) -> Vec<&dyn Device> {
+        Vec::new()
+    }
+
     /// Fault injection: makes the device fail as if lost (GPUs destroy their device; host
     /// devices have nothing to lose and ignore it).
     fn inject_device_loss(&self) {}
