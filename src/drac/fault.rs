@@ -105,8 +105,14 @@ impl FaultyDevice {
         self.state.fault.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
-    fn run(&self, work: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
-        self.state.run(self.inner.as_ref(), work)
+    /// The wrapped device.
+    fn device(&self) -> &dyn Device {
+        self.inner.as_ref()
+    }
+
+    /// Runs `work`, one execution of the wrapped device, under the fault in force.
+    fn run<R>(&self, work: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.state.run(self.device(), work)
     }
 }
 
@@ -120,11 +126,7 @@ impl FaultState {
     }
 
     /// Runs `work`, one execution of `device`, under the fault in force.
-    fn run(
-        &self,
-        device: &dyn Device,
-        work: impl FnOnce() -> Result<Vec<Tensor>>,
-    ) -> Result<Vec<Tensor>> {
+    fn run<R>(&self, device: &dyn Device, work: impl FnOnce() -> Result<R>) -> Result<R> {
         let id = device.info().id.clone();
         match self.active() {
             None => work(),
@@ -168,6 +170,11 @@ impl FaultyLane {
             .copied()
             .unwrap_or(self.inner.as_ref())
     }
+
+    /// Runs `work`, one execution of the lane, under the device's fault.
+    fn run<R>(&self, work: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.state.run(self.lane(), work)
+    }
 }
 
 /// The [`Device`] methods of a fault wrapper around the device `$dev` (an expression of
@@ -187,19 +194,11 @@ macro_rules! faulty_device_methods {
         }
 
         fn execute_into(&self, op: &Op, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<()> {
-            self.run(|| {
-                self.$dev().execute_into(op, inputs, outputs)?;
-                Ok(Vec::new())
-            })
-            .map(|_| ())
+            self.run(|| self.$dev().execute_into(op, inputs, outputs))
         }
 
         fn execute_view(&self, op: &Op, inputs: &[TensorView<'_>], out: &mut [f32]) -> Result<()> {
-            self.run(|| {
-                self.$dev().execute_view(op, inputs, out)?;
-                Ok(Vec::new())
-            })
-            .map(|_| ())
+            self.run(|| self.$dev().execute_view(op, inputs, out))
         }
 
         fn conv_accumulate(
@@ -208,15 +207,9 @@ macro_rules! faulty_device_methods {
             inputs: &[&Tensor],
             output: &mut Tensor,
         ) -> Option<Result<()>> {
-            let mut supported = true;
-            let result = self.run(|| match self.$dev().conv_accumulate(op, inputs, output) {
-                Some(result) => result.map(|()| Vec::new()),
-                None => {
-                    supported = false;
-                    Ok(Vec::new())
-                }
-            });
-            supported.then(|| result.map(|_| ()))
+            // A device without the path answers `None`, counted as an execution all the same.
+            self.run(|| self.$dev().conv_accumulate(op, inputs, output).transpose())
+                .transpose()
         }
 
         fn conv_max_pool(
@@ -225,20 +218,8 @@ macro_rules! faulty_device_methods {
             pool: &Pool2dParams,
             inputs: &[&Tensor],
         ) -> Option<Result<Tensor>> {
-            let mut supported = true;
-            let result = self.run(|| match self.$dev().conv_max_pool(conv, pool, inputs) {
-                Some(result) => result.map(|t| vec![t]),
-                None => {
-                    supported = false;
-                    Ok(Vec::new())
-                }
-            });
-            supported.then(|| {
-                result.and_then(|mut out| {
-                    out.pop()
-                        .ok_or_else(|| Error::device(&self.info().id, "no pooled output"))
-                })
-            })
+            self.run(|| self.$dev().conv_max_pool(conv, pool, inputs).transpose())
+                .transpose()
         }
 
         fn time_resident(
@@ -256,12 +237,6 @@ macro_rules! faulty_device_methods {
     };
 }
 
-impl FaultyDevice {
-    fn device(&self) -> &dyn Device {
-        self.inner.as_ref()
-    }
-}
-
 impl Device for FaultyDevice {
     faulty_device_methods!(device);
 
@@ -276,12 +251,6 @@ impl Device for FaultyDevice {
                 .collect()
         });
         lanes.iter().map(|l| l as &dyn Device).collect()
-    }
-}
-
-impl FaultyLane {
-    fn run(&self, work: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
-        self.state.run(self.lane(), work)
     }
 }
 

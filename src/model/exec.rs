@@ -51,8 +51,7 @@ fn lane_shares(
     let l = layout?;
     let (units, unit) = (l.units(), l.unit());
     let count = lanes.min(units);
-    let share_flops = flops_per_sample.saturating_mul((l.samples / count.max(1)) as u64);
-    if count < 2 || share_flops < LANE_MIN_FLOPS {
+    if count < 2 || flops_per_sample.saturating_mul((l.samples / count) as u64) < LANE_MIN_FLOPS {
         return None;
     }
     Some(
