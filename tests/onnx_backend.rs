@@ -7,16 +7,22 @@
 //! The data comes from the `onnx` package: `ACCELMESH_ONNX_DATA` names the directory, or the
 //! test asks `.venv/bin/python` (made by `.ci/run`) or `python3` where `onnx` is installed.
 //! Without it the test says how to get it and passes, unless `ACCELMESH_REQUIRE_ONNX_DATA=1`.
+//!
+//! The cases run twice: on a two-thread CPU node, and on the first GPU adapter (Mesa's
+//! software Vulkan driver in CI; skipped with a message when there is none, unless
+//! `ACCELMESH_REQUIRE_GPU=1`). `ACCELMESH_ONNX_TEST_NODE` names another node for the second
+//! run as a node spec (`gpu:1`, say).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use accelmesh::onnx::exec::Session;
 use accelmesh::onnx::model::{Dim, Model};
 use accelmesh::onnx::tensor_proto::read_tensor_pb;
 use accelmesh::onnx::value::Value;
-use accelmesh::{CpuDevice, DType, Error, Tensor};
+use accelmesh::{CpuDevice, DType, Device, Error, NodeSpec, Tensor};
 
 /// Where the backend test data lives, if the `onnx` package can be found.
 fn data_dir() -> Option<PathBuf> {
@@ -43,6 +49,22 @@ fn data_dir() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The node of the second run: the first node of `ACCELMESH_ONNX_TEST_NODE`'s spec, or the
+/// first GPU adapter; `None` (after saying why) when there is no adapter and none is required.
+fn gpu_node() -> Option<Arc<dyn Device>> {
+    let spec = std::env::var("ACCELMESH_ONNX_TEST_NODE").unwrap_or_else(|_| "gpu:0".into());
+    match NodeSpec::parse(&spec).and_then(|s| s.build()) {
+        Ok(nodes) => Some(nodes.devices()[0].clone()),
+        Err(e) => {
+            if std::env::var("ACCELMESH_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("ACCELMESH_REQUIRE_GPU=1 but node `{spec}` did not open: {e}");
+            }
+            eprintln!("skipping the ONNX test data on `{spec}`: {e}");
+            None
+        }
+    }
 }
 
 /// The expected skips: `case<TAB>reason` lines (`#` comments allowed).
@@ -118,7 +140,7 @@ enum Outcome {
 }
 
 /// Loads and runs one case directory (`model.onnx` + `test_data_set_*`).
-fn run_case(dir: &Path, dev: &CpuDevice, rtol: f64, atol: f64) -> Outcome {
+fn run_case(dir: &Path, dev: &dyn Device, rtol: f64, atol: f64) -> Outcome {
     let model = match Model::load(&dir.join("model.onnx")) {
         Ok(m) => m,
         Err(e) => return Outcome::Skipped(format!("load: {e}")),
@@ -184,7 +206,7 @@ fn dummy_input(dims: &[Dim]) -> Value {
     Value::Float(Tensor::from_f32(shape, DType::F32, &data).expect("dummy input"))
 }
 
-fn run_light(path: &Path, dev: &CpuDevice, rtol: f64) -> Outcome {
+fn run_light(path: &Path, dev: &dyn Device, rtol: f64) -> Outcome {
     let model = match Model::load(path) {
         Ok(m) => m,
         Err(e) => return Outcome::Skipped(format!("load: {e}")),
@@ -222,6 +244,18 @@ fn run_light(path: &Path, dev: &CpuDevice, rtol: f64) -> Outcome {
 
 #[test]
 fn onnx_backend_test_data() {
+    run_all(&CpuDevice::with_threads(2).expect("a CPU node"));
+}
+
+#[test]
+fn onnx_backend_test_data_on_a_gpu_node() {
+    if let Some(node) = gpu_node() {
+        run_all(node.as_ref());
+    }
+}
+
+/// Runs every case on `dev` and checks the outcomes against `tests/onnx_skips.txt`.
+fn run_all(dev: &dyn Device) {
     let Some(data) = data_dir() else {
         assert!(
             std::env::var("ACCELMESH_REQUIRE_ONNX_DATA").map_or(true, |v| v != "1"),
@@ -233,7 +267,7 @@ fn onnx_backend_test_data() {
         );
         return;
     };
-    let dev = CpuDevice::with_threads(2).expect("a CPU node");
+    eprintln!("running on node {} ({})", dev.info().id, dev.info().name);
     let mut skipped = BTreeMap::new();
     let mut failed = Vec::new();
     let mut passed = Vec::new();
@@ -250,7 +284,7 @@ fn onnx_backend_test_data() {
             if !is_2d(&case) {
                 continue;
             }
-            match run_case(&dir, &dev, 1e-3, 1e-7) {
+            match run_case(&dir, dev, 1e-3, 1e-7) {
                 Outcome::Passed => passed.push(case),
                 Outcome::Skipped(why) => {
                     skipped.insert(case, why);
@@ -273,7 +307,7 @@ fn onnx_backend_test_data() {
     for (name, rtol) in light {
         let case = format!("light/{name}");
         let path = data.join("light").join(format!("light_{name}.onnx"));
-        match run_light(&path, &dev, rtol) {
+        match run_light(&path, dev, rtol) {
             Outcome::Passed => passed.push(case),
             Outcome::Skipped(why) => {
                 skipped.insert(case, why);
@@ -281,7 +315,12 @@ fn onnx_backend_test_data() {
             Outcome::Failed(why) => failed.push(format!("{case}: {why}")),
         }
     }
-    eprintln!("{} cases passed: {}", passed.len(), passed.join(", "));
+    eprintln!(
+        "{}: {} cases passed: {}",
+        dev.info().id,
+        passed.len(),
+        passed.join(", ")
+    );
     for (case, why) in &skipped {
         eprintln!("skipped {case}: {why}");
     }
@@ -293,7 +332,8 @@ fn onnx_backend_test_data() {
     let now_passing: Vec<&String> = expected.keys().filter(|c| passed.contains(c)).collect();
     assert!(
         failed.is_empty(),
-        "cases that ran and failed:\n{}",
+        "cases that ran and failed on {}:\n{}",
+        dev.info().id,
         failed.join("\n")
     );
     assert!(
