@@ -15,8 +15,6 @@ override B_TILE: u32 = 1024u;  // BK * BN
 override VEC_A: bool = false;
 override VEC_B: bool = false;
 
-const MAX_T: u32 = 8u;
-
 var<workgroup> a_tile: array<f32, A_TILE>;  // [BK][BM]
 var<workgroup> b_tile: array<f32, B_TILE>;  // [BK][BN]
 
@@ -49,12 +47,9 @@ fn main(
     let tx = lid % threads_n;
     let ty = lid / threads_n;
 
-    var acc: array<f32, 64>;
-    for (var i = 0u; i < TM * TN; i++) {
-        acc[i] = 0.0;
-    }
-    var a_reg: array<f32, MAX_T>;
-    var b_reg: array<f32, MAX_T>;
+    // The TM×TN accumulators as named scalars (written out by the host for the tiling, so
+    // they stay in registers: an array indexed in a loop can land in local memory).
+    //@ACCUMULATORS
 
     let kb = k_begin(z);
     let ke = k_end(z);
@@ -150,43 +145,33 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            for (var i = 0u; i < TM; i++) {
-                a_reg[i] = a_tile[kk * BM + ty + i * threads_m];
-            }
-            for (var j = 0u; j < TN; j++) {
-                b_reg[j] = b_tile[kk * BN + tx + j * threads_n];
-            }
-            for (var i = 0u; i < TM; i++) {
-                for (var j = 0u; j < TN; j++) {
-                    acc[i * TN + j] = fma(a_reg[i], b_reg[j], acc[i * TN + j]);
-                }
-            }
+            let a_row = kk * BM + ty;
+            let b_row = kk * BN + tx;
+            //@FMA_TILE
         }
         workgroupBarrier();
     }
 
     let alpha = bitcast<f32>(p[P_ALPHA]);
     let beta = bitcast<f32>(p[P_BETA]);
-    for (var i = 0u; i < TM; i++) {
-        let m = m0 + ty + i * threads_m;
-        if (m >= rows) {
-            continue;
-        }
-        for (var j = 0u; j < TN; j++) {
-            let n = n0 + tx + j * threads_n;
-            if (n >= cols) {
-                continue;
-            }
-            let ci = c_index(m, n, z);
-            var v = alpha * acc[i * TN + j];
-            if ((flags & F_READ_C) != 0u) {
-                v += beta * c_buf[ci];
-            }
-            v += bias_at(m, n, z);
-            if ((flags & F_RELU) != 0u) {
-                v = select(v, 0.0, v < 0.0);
-            }
-            c_buf[ci] = v;
-        }
+    let row0 = m0 + ty;
+    let col0 = n0 + tx;
+    //@STORE_TILE
+}
+
+// Writes one output: alpha·acc (+ beta·C) (+ bias) (ReLU), where it lies inside C.
+fn store_c(m: u32, n: u32, z: u32, acc: f32, alpha: f32, beta: f32, flags: u32) {
+    if (m >= p[P_M] || n >= p[P_N]) {
+        return;
     }
+    let ci = c_index(m, n, z);
+    var v = alpha * acc;
+    if ((flags & F_READ_C) != 0u) {
+        v += beta * c_buf[ci];
+    }
+    v += bias_at(m, n, z);
+    if ((flags & F_RELU) != 0u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    c_buf[ci] = v;
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use accelmesh::node::gpu::tune::{CACHE_FILE, ShapeClass, Tuner};
+use accelmesh::node::gpu::tune::{CACHE_FILE, CACHE_VERSION, ShapeClass, Tuner};
 use accelmesh::node::gpu::{GpuDevice, LimitOverrides, TileConfig, discover};
 use accelmesh::{Conv2dParams, DType, Device, Op, Tensor};
 use common::{assert_close_tol, conv_ref, matmul_ref};
@@ -121,7 +121,7 @@ fn malformed_or_foreign_cache_entries_are_ignored() {
     let key = adapter0_key();
     let small = ShapeClass::of(40, 40, 40, DType::F32).key();
     let seeded = serde_json::json!({
-        "version": 1,
+        "version": CACHE_VERSION,
         "adapters": {
             (key.clone()): {
                 (class.clone()): {"bm": 48, "bn": 48, "bk": 16, "tm": 4, "tn": 4},
@@ -211,7 +211,7 @@ fn child_tune(dev: &GpuDevice, dir: &Path) {
     let path = dir.join(CACHE_FILE);
     let text = std::fs::read_to_string(&path).expect("the cache file is written");
     let v: Value = serde_json::from_str(&text).expect("the cache file is JSON");
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], CACHE_VERSION);
     let on_disk: TileConfig =
         serde_json::from_value(v["adapters"][tuner.adapter_key()][&class].clone())
             .expect("the cache holds the adapter's choice");

@@ -6,18 +6,22 @@
 //! **Shape classes.** Each of M, N and K falls in one of five buckets, `≤16`, `≤64`, `≤256`,
 //! `≤1024` and `>1024` (roughly log₄ steps), and the operand dtype is part of the class, so
 //! there are at most 5³·3 classes and products of similar shape share one choice. A class is
-//! timed on a representative product: the bucket's upper bound per dimension (16, 64, 256),
-//! 512 for the two top buckets of M and N and for K `≤1024`, and 2048 for K `>1024` (so a
+//! timed on a representative product: the bucket's upper bound per dimension (16, 64, 256,
+//! 1024), 2048 for the top bucket of M and N, 512 for K `≤1024` and 2048 for K `>1024` (so a
 //! skinny, deep product takes the same split-K path as the real one), with K lowered until
-//! M·N·K is at most 512³. conv2d asks with its implicit-GEMM dimensions and is timed as the
-//! equivalent dense product.
+//! M·N·K is at most 2048²·512: a large GPU needs products that large to fill its cores, and
+//! a tiling chosen on a smaller one underfills it. conv2d asks with its implicit-GEMM
+//! dimensions and is timed as the equivalent dense product.
 //!
 //! **Timing.** A probe product of at most 2²² multiply-adds measures the device's speed; on
 //! a slow device the representative then shrinks (largest dimension halved first, K on ties,
 //! none below 16, K not below 1024 in the top K bucket) until one product should take about
-//! [`PROBE_BUDGET`]. Each candidate runs once to warm up (after compiling its pipeline) and
-//! is dropped when that took over 4× the best warm-up so far; otherwise it is timed
-//! [`SAMPLES`] times. A sample is one submission of back-to-back products (as many as fill
+//! [`PROBE_BUDGET`]. The probe then runs for about [`RAMP_TIME`] so that the clocks of an
+//! idle GPU are up before anything counts (an H200 idles at a sixth of its clock, and the
+//! candidates timed first would pay for it). Each candidate runs once to warm up (after
+//! compiling its pipeline) and is dropped when that took over 4× the best warm-up so far;
+//! the others are timed [`SAMPLES`] times, in rounds over the candidates so that a drift of
+//! the device's speed touches all of them alike. A sample is one submission of back-to-back products (as many as fill
 //! about a millisecond, at most 8), timed with GPU timestamp queries where the device has
 //! them and by wall clock from submission to completion otherwise. The lowest median wins,
 //! except that [`TileConfig::DEFAULT`] is kept when it is within 3% of it (noise should not
@@ -29,7 +33,7 @@
 //!
 //! **Cache.** `gpu_tiles.json` in `$ACCELMESH_CACHE_DIR`, else `$XDG_CACHE_HOME/accelmesh`,
 //! else `%LOCALAPPDATA%\accelmesh` (Windows), else `$HOME/.cache/accelmesh`:
-//! `{"version": 1, "adapters": {"<name>|<driver>|<driver info>|<backend>": {"f32:m<=64:
+//! `{"version": 2, "adapters": {"<name>|<driver>|<driver info>|<backend>": {"f32:m<=64:
 //! n<=256:k>1024": {"bm": 64, "bn": 64, "bk": 16, "tm": 4, "tn": 4}, …}, …}}`. It is read
 //! once per tuner, on first use; writes merge into the file as it is on disk then and
 //! replace it atomically (temporary file, then rename). An unreadable or malformed file, or
@@ -61,11 +65,13 @@ use crate::tensor::{DType, Shape, Tensor};
 /// File name of the tiling cache inside the cache directory.
 pub const CACHE_FILE: &str = "gpu_tiles.json";
 
-/// Format version of the cache file; files of another version are ignored.
-pub const CACHE_VERSION: u64 = 1;
+/// Format version of the cache file; files of another version are ignored (2: the GEMM
+/// kernel's register tile written out, and larger representatives).
+pub const CACHE_VERSION: u64 = 2;
 
-/// Timed runs per candidate after its warm-up; the median counts.
-pub const SAMPLES: usize = 3;
+/// Timed runs per candidate after its warm-up, in rounds over the candidates; the median
+/// counts.
+pub const SAMPLES: usize = 5;
 
 /// Longest one representative product should take while tuning; slower devices tune on a
 /// smaller representative.
@@ -75,13 +81,13 @@ pub const PROBE_BUDGET: Duration = Duration::from_millis(4);
 const BUCKET_BOUNDS: [usize; 4] = [16, 64, 256, 1024];
 
 /// Representative M and N per bucket.
-const REP_MN: [usize; 5] = [16, 64, 256, 512, 512];
+const REP_MN: [usize; 5] = [16, 64, 256, 1024, 2048];
 
 /// Representative K per bucket.
 const REP_K: [usize; 5] = [16, 64, 256, 512, 2048];
 
 /// Most multiply-adds a representative product has before the device's speed is considered.
-const REP_MAX_MACS: usize = 512 * 512 * 512;
+const REP_MAX_MACS: usize = 2048 * 2048 * 512;
 
 /// A candidate within this factor of the fastest loses to the default tiling.
 const DEFAULT_SLACK: f64 = 1.03;
@@ -98,6 +104,12 @@ const HOPELESS: f64 = 4.0;
 
 /// Most products one timed sample repeats.
 const MAX_REPEATS: usize = 8;
+
+/// How long the tuner runs the probe before timing, so the GPU's clocks are up.
+const RAMP_TIME: Duration = Duration::from_millis(100);
+
+/// Most probe runs while the clocks come up (a slow device stops after these).
+const RAMP_MAX_RUNS: usize = 50;
 
 /// Bytes of freed buffers the tuning device's pool keeps.
 const BENCH_POOL_BYTES: u64 = 32 << 20;
@@ -618,28 +630,6 @@ fn median(v: &mut [f64]) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
-/// Warms `tile` up, then returns the median of [`SAMPLES`] timed samples of `repeats`
-/// products and the warm-up's wall-clock seconds; `None` (after the warm-up) when the
-/// warm-up took longer than `cutoff`.
-fn measure(
-    bench: &GpuShared,
-    ops: &Operands,
-    tile: TileConfig,
-    repeats: usize,
-    cutoff: f64,
-) -> Result<Option<(f64, f64)>> {
-    let warm = time_tile(bench, ops, tile, repeats, None)?;
-    if warm > cutoff {
-        return Ok(None);
-    }
-    let mut timer = KernelTimer::new(&bench.ctx, (repeats * 2 + 2) as u32);
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        samples.push(time_tile(bench, ops, tile, repeats, timer.as_mut())?);
-    }
-    Ok(median(&mut samples).map(|m| (m, warm)))
-}
-
 /// The fastest candidate: lowest time, but the default when it is within [`DEFAULT_SLACK`].
 fn pick(timed: &[(TileConfig, f64)]) -> Option<TileConfig> {
     let best = timed
@@ -689,19 +679,46 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
     let per_product = per_mac * macs(dims);
     let repeats = (SAMPLE_TARGET.as_secs_f64() / per_product).clamp(1.0, MAX_REPEATS as f64);
     let repeats = repeats as usize;
-    let mut timed = Vec::with_capacity(candidates.len());
+    // Let the clocks come up before anything counts: an idle GPU starts slow, and the
+    // candidates timed first would pay for it.
+    let ramp = Instant::now();
+    for _ in 0..RAMP_MAX_RUNS {
+        if ramp.elapsed() >= RAMP_TIME {
+            break;
+        }
+        time_tile(bench, &ops, candidates[first], repeats, None).ok()?;
+    }
+    // Warm every candidate once (dropping the hopeless), then take the timed samples in
+    // rounds over the candidates, so a drift of the device's speed touches them all alike.
+    let mut warm = Vec::with_capacity(candidates.len());
     let mut best_warm = f64::INFINITY;
     for &tile in &candidates[first..] {
-        match measure(bench, &ops, tile, repeats, best_warm * HOPELESS) {
-            Ok(Some((median, warm))) => {
-                best_warm = best_warm.min(warm);
-                timed.push((tile, median));
+        match time_tile(bench, &ops, tile, repeats, None) {
+            Ok(s) if s <= best_warm * HOPELESS => {
+                best_warm = best_warm.min(s);
+                warm.push(tile);
             }
-            Ok(None) => {}
-            Err(_) if bench.ctx.is_failed() => break,
+            Ok(_) => {}
+            Err(_) if bench.ctx.is_failed() => return None,
             Err(_) => {}
         }
     }
+    let mut timer = KernelTimer::new(&bench.ctx, (repeats * 2 + 2) as u32);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(SAMPLES); warm.len()];
+    for _ in 0..SAMPLES {
+        for (tile, times) in warm.iter().zip(samples.iter_mut()) {
+            match time_tile(bench, &ops, *tile, repeats, timer.as_mut()) {
+                Ok(s) => times.push(s),
+                Err(_) if bench.ctx.is_failed() => return None,
+                Err(_) => times.push(f64::INFINITY),
+            }
+        }
+    }
+    let timed: Vec<(TileConfig, f64)> = warm
+        .into_iter()
+        .zip(samples)
+        .filter_map(|(tile, mut times)| median(&mut times).map(|m| (tile, m)))
+        .collect();
     pick(&timed)
 }
 
@@ -775,7 +792,7 @@ mod tests {
                         dtype: DType::F32,
                     };
                     let (rm, rn, rk) = c.representative();
-                    assert!(rm <= 512 && rn <= 512 && rk <= 2048, "{c:?}");
+                    assert!(rm <= 2048 && rn <= 2048 && rk <= 2048, "{c:?}");
                     assert!(rm * rn * rk <= REP_MAX_MACS, "{c:?}");
                     // Within the cap, the representative lies in its own class.
                     if m < 4 && n < 4 && (k < 3 || rk > 256) {
@@ -792,7 +809,7 @@ mod tests {
         );
         assert_eq!(
             ShapeClass::of(4096, 4096, 4096, DType::F32).representative(),
-            (512, 512, 512)
+            (2048, 2048, 512)
         );
     }
 
@@ -885,7 +902,7 @@ mod tests {
             assert!(load_choices(&path, adapter).is_empty(), "{garbage:?}");
         }
         // Bad entries are skipped, good ones kept; a tiling that is no candidate is dropped.
-        let mixed = r#"{"version": 1, "adapters": {"gpu|drv||Vulkan": {
+        let mixed = r#"{"version": 2, "adapters": {"gpu|drv||Vulkan": {
             "good": {"bm": 32, "bn": 32, "bk": 16, "tm": 4, "tn": 4},
             "missing": {"bm": 32},
             "negative": {"bm": -1, "bn": 32, "bk": 16, "tm": 4, "tn": 4},

@@ -155,7 +155,14 @@ fn encode_gemm(
     let pipeline = shared.kernels.get(
         shared,
         &key,
-        || gemm_source(la, sx, include_str!("../../../../shaders/gemm_conv.wgsl")),
+        || {
+            gemm_source(
+                la,
+                sx,
+                include_str!("../../../../shaders/gemm_conv.wgsl"),
+                tile,
+            )
+        },
         &constants,
     )?;
     let rows = dim_u32("output channels per group", og as u64)?;

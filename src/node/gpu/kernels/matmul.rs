@@ -199,9 +199,10 @@ pub fn split_k_count(m: usize, n: usize, k: usize, tile: TileConfig) -> usize {
     by_depth.min(by_occupancy).clamp(1, 32)
 }
 
-/// The GEMM pipeline key and WGSL for operand storages `sa`, `sb` and a variant
-/// (`gemm_dense.wgsl` or `gemm_conv.wgsl`).
-pub fn gemm_source(sa: Storage, sb: Storage, variant: &str) -> String {
+/// The WGSL of the tiled GEMM for operand storages `sa`, `sb`, a variant
+/// (`gemm_dense.wgsl` or `gemm_conv.wgsl`) and a tiling: the body's register tile is
+/// written out for `tile.tm × tile.tn` (see [`register_tile`]).
+pub fn gemm_source(sa: Storage, sb: Storage, variant: &str, tile: TileConfig) -> String {
     let mut s = String::new();
     if sa == Storage::F16Native || sb == Storage::F16Native {
         s.push_str("enable f16;\n");
@@ -210,8 +211,41 @@ pub fn gemm_source(sa: Storage, sb: Storage, variant: &str) -> String {
     s.push_str(&sa.loader("a", 1));
     s.push_str(&sb.loader("b", 2));
     s.push_str(variant);
-    s.push_str(include_str!("../../../../shaders/gemm_tiled.wgsl"));
+    s.push_str(&register_tile(
+        include_str!("../../../../shaders/gemm_tiled.wgsl"),
+        tile.tm,
+        tile.tn,
+    ));
     s
+}
+
+/// `body` (`gemm_tiled.wgsl`) with its register tile written out for `tm × tn` outputs per
+/// invocation: named accumulators (`//@ACCUMULATORS`), the unrolled multiply-adds of one
+/// depth step (`//@FMA_TILE`) and one store per output (`//@STORE_TILE`). Written-out
+/// scalars stay in registers, where an array indexed in a loop may be put in local memory.
+pub fn register_tile(body: &str, tm: u32, tn: u32) -> String {
+    use std::fmt::Write;
+    let (mut acc, mut fma, mut store) = (String::new(), String::new(), String::new());
+    for i in 0..tm {
+        let _ = writeln!(fma, "let a{i} = a_tile[a_row + {i}u * threads_m];");
+    }
+    for j in 0..tn {
+        let _ = writeln!(fma, "let b{j} = b_tile[b_row + {j}u * threads_n];");
+    }
+    for i in 0..tm {
+        for j in 0..tn {
+            let _ = writeln!(acc, "var acc_{i}_{j} = 0.0;");
+            let _ = writeln!(fma, "acc_{i}_{j} = fma(a{i}, b{j}, acc_{i}_{j});");
+            let _ = writeln!(
+                store,
+                "store_c(row0 + {i}u * threads_m, col0 + {j}u * threads_n, z, acc_{i}_{j}, \
+                 alpha, beta, flags);"
+            );
+        }
+    }
+    body.replace("//@ACCUMULATORS", &acc)
+        .replace("//@FMA_TILE", &fma)
+        .replace("//@STORE_TILE", &store)
 }
 
 /// Encodes `args` with tiling `tile`, split into sub-dispatches where an operand exceeds
@@ -319,7 +353,14 @@ fn dense_pipeline(
     shared.kernels.get(
         shared,
         &key,
-        || gemm_source(la, lb, include_str!("../../../../shaders/gemm_dense.wgsl")),
+        || {
+            gemm_source(
+                la,
+                lb,
+                include_str!("../../../../shaders/gemm_dense.wgsl"),
+                tile,
+            )
+        },
         &constants,
     )
 }
