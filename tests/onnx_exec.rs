@@ -2409,3 +2409,108 @@ fn conv_relu_maxpool_is_one_step_and_matches_f64() {
         assert_close(&got, &yd, &y, 1e-5);
     }
 }
+
+/// The first GPU adapter, or `None` (after saying why) when there is none and none is required.
+fn gpu_node() -> Option<accelmesh::node::gpu::GpuDevice> {
+    use accelmesh::node::gpu::{GpuDevice, LimitOverrides};
+    match GpuDevice::open(0, 0, LimitOverrides::default()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(
+                std::env::var("ACCELMESH_REQUIRE_GPU").map_or(true, |v| v != "1"),
+                "ACCELMESH_REQUIRE_GPU=1 but no GPU adapter opened: {e}"
+            );
+            eprintln!("skipping: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_session_on_a_gpu_node_keeps_its_values_there() {
+    let Some(gpu) = gpu_node() else { return };
+    // Two branches of convolutions (one residual, one pooled, one through an LRN the GPU path
+    // leaves to the host) joined by a Concat, reshaped by a constant shape, then a classifier.
+    let conv = |inputs: &[&str], out: &str, k: i64, pad: i64| {
+        node(
+            "Conv",
+            inputs,
+            &[out],
+            vec![
+                ("kernel_shape", ints(&[k, k])),
+                ("pads", ints(&[pad, pad, pad, pad])),
+            ],
+        )
+    };
+    let nodes = vec![
+        conv(&["x", "w1", "b1"], "c1", 3, 1),
+        node("Relu", &["c1"], &["r1"], vec![]),
+        conv(&["r1", "w2", "b2"], "c2", 1, 0),
+        node("Add", &["c2", "r1"], &["s"], vec![]),
+        node("Relu", &["s"], &["rs"], vec![]),
+        conv(&["x", "w3"], "c3", 3, 1),
+        node("LRN", &["c3"], &["l"], vec![("size", Attribute::Int(3))]),
+        node(
+            "Concat",
+            &["rs", "l"],
+            &["cat"],
+            vec![("axis", Attribute::Int(1))],
+        ),
+        node(
+            "MaxPool",
+            &["cat"],
+            &["p"],
+            vec![("kernel_shape", ints(&[2, 2])), ("strides", ints(&[2, 2]))],
+        ),
+        node("Reshape", &["p", "shape"], &["f"], vec![]),
+        node(
+            "Gemm",
+            &["f", "wf", "bf"],
+            &["g"],
+            vec![("transB", Attribute::Int(1))],
+        ),
+        node("Softmax", &["g"], &["y"], vec![("axis", Attribute::Int(1))]),
+    ];
+    let (n, c, h) = (3, 5, 9);
+    let inits = vec![
+        ("w1", Value::Float(rand(&[6, c, 3, 3], 11))),
+        ("b1", Value::Float(rand(&[6], 12))),
+        ("w2", Value::Float(rand(&[6, 6, 1, 1], 13))),
+        ("b2", Value::Float(rand(&[6], 14))),
+        ("w3", Value::Float(rand(&[7, c, 3, 3], 15))),
+        ("shape", iv(&[2], &[n as i64, -1])),
+        ("wf", Value::Float(rand(&[17, 13 * 4 * 4], 16))),
+        ("bf", Value::Float(rand(&[17], 17))),
+    ];
+    let x = Value::Float(rand(&[n, c, h, h], 18));
+    let session =
+        Session::new(model(13, nodes, inits, vec![info("x", &x)], &["y"])).expect("session");
+    let feed = HashMap::from([("x".to_string(), x)]);
+    let want = session
+        .run(&dev(), &feed)
+        .expect("cpu run")
+        .remove("y")
+        .unwrap();
+    let first = session
+        .run(&gpu, &feed)
+        .expect("gpu run")
+        .remove("y")
+        .unwrap();
+    let before = gpu.transfer_stats();
+    let second = session
+        .run(&gpu, &feed)
+        .expect("gpu run")
+        .remove("y")
+        .unwrap();
+    let after = gpu.transfer_stats();
+    assert_close(&first, &[n, 17], &f64s(&want), 1e-4);
+    assert_close(&second, &[n, 17], &f64s(&want), 1e-4);
+    // A repeated run uploads the input and the LRN's output, and downloads the LRN's input
+    // and the result: the weights stay on the node, the rest of the values never leave it.
+    assert_eq!(after.uploads - before.uploads, 2, "{before:?} -> {after:?}");
+    assert_eq!(
+        after.downloads - before.downloads,
+        2,
+        "{before:?} -> {after:?}"
+    );
+}

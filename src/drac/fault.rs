@@ -240,6 +240,16 @@ macro_rules! faulty_device_methods {
 impl Device for FaultyDevice {
     faulty_device_methods!(device);
 
+    /// The GPU node within, while no fault is scheduled: a scheduled fault must see every op,
+    /// so a run that keeps its values on the GPU goes op by op through the wrapper instead.
+    fn gpu(&self) -> Option<&crate::node::gpu::GpuDevice> {
+        if self.is_armed() {
+            None
+        } else {
+            self.inner.gpu()
+        }
+    }
+
     fn lanes(&self) -> Vec<&dyn Device> {
         let lanes = self.lanes.get_or_init(|| {
             (0..self.inner.lanes().len())

@@ -103,6 +103,13 @@ pub trait Device: Send + Sync {
         Vec::new()
     }
 
+    /// The GPU node behind this device, for runs that keep their values resident on it
+    /// between ops (a model session); `None` for host devices, and for wrappers that must
+    /// see every op (a fault wrapper with a fault scheduled).
+    fn gpu(&self) -> Option<&gpu::GpuDevice> {
+        None
+    }
+
     /// Fault injection: makes the device fail as if lost (GPUs destroy their device; host
     /// devices have nothing to lose and ignore it).
     fn inject_device_loss(&self) {}

@@ -40,6 +40,7 @@ use crate::node::recycle::Recycler;
 use crate::node::{CpuDevice, Device};
 use crate::onnx::model::{Dim, Model, Node, ValueInfo};
 use crate::onnx::ops::{self, Args, Cx, Kind, Meta, Ty};
+use crate::onnx::resident::ResidentConsts;
 use crate::onnx::value::Value;
 use crate::tensor::{Shape, Tensor};
 use crate::{Error, Result};
@@ -175,11 +176,11 @@ impl Profile {
 
 /// One node to run: its operator, and its inputs and outputs as value ids.
 #[derive(Debug)]
-struct Step {
-    node: Node,
-    kind: Kind,
-    inputs: Vec<Option<usize>>,
-    outputs: Vec<Option<usize>>,
+pub(super) struct Step {
+    pub(super) node: Node,
+    pub(super) kind: Kind,
+    pub(super) inputs: Vec<Option<usize>>,
+    pub(super) outputs: Vec<Option<usize>>,
 }
 
 /// A model prepared to run: nodes parsed, ordered, folded and shape-checked.
@@ -188,22 +189,24 @@ pub struct Session {
     /// The convolution weights declared constant to the kernels, which then pack them once
     /// (declared first: dropped before the constants they point into).
     pins: Vec<WeightPin>,
-    opset: i64,
-    inputs: Vec<ValueInfo>,
-    outputs: Vec<ValueInfo>,
-    input_ids: Vec<usize>,
-    output_ids: Vec<usize>,
-    names: Vec<String>,
+    pub(super) opset: i64,
+    pub(super) inputs: Vec<ValueInfo>,
+    pub(super) outputs: Vec<ValueInfo>,
+    pub(super) input_ids: Vec<usize>,
+    pub(super) output_ids: Vec<usize>,
+    pub(super) names: Vec<String>,
     ids: HashMap<String, usize>,
-    consts: Vec<Option<Value>>,
+    pub(super) consts: Vec<Option<Value>>,
     metas: Vec<Meta>,
-    steps: Vec<Step>,
-    frees: Vec<Vec<usize>>,
-    last_use: Vec<Option<usize>>,
+    pub(super) steps: Vec<Step>,
+    pub(super) frees: Vec<Vec<usize>>,
+    pub(super) last_use: Vec<Option<usize>>,
     folded: usize,
     fused: usize,
     /// Dead values' buffers, reused for outputs of the same size in this and later runs.
     recycler: Recycler,
+    /// The constants uploaded to GPU nodes by resident runs, kept for the session's life.
+    pub(super) resident: ResidentConsts,
 }
 
 /// An [`Error::Parse`] about the graph.
@@ -217,7 +220,7 @@ fn graph_error(graph: &str, detail: impl Into<String>) -> Error {
 }
 
 /// Puts the node into the context of a shape or dtype error that does not name it yet.
-fn in_node(e: Error, node: &Node) -> Error {
+pub(super) fn in_node(e: Error, node: &Node) -> Error {
     let ctx = ops::node_ctx(node);
     match e {
         Error::Shape { context, detail } if !context.contains(&ctx) => Error::Shape {
@@ -372,6 +375,7 @@ impl Session {
             folded: 0,
             fused: 0,
             recycler: Recycler::default(),
+            resident: ResidentConsts::default(),
         };
         let ordered: Vec<Step> = order
             .into_iter()
@@ -1291,6 +1295,11 @@ impl Session {
         profile: Option<&mut Vec<StepProfile>>,
     ) -> Result<HashMap<String, Value>> {
         self.check_inputs(inputs)?;
+        if profile.is_none()
+            && let Some(gpu) = device.gpu()
+        {
+            return self.run_resident(device, gpu, inputs);
+        }
         crate::node::in_batch(device, || {
             self.recycler
                 .scope(|| self.run_steps(device, inputs, profile))

@@ -11,6 +11,7 @@ pub mod infer;
 pub mod model;
 pub mod ops;
 pub mod proto;
+mod resident;
 pub mod tensor_proto;
 pub mod value;
 

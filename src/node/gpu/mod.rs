@@ -382,6 +382,69 @@ impl GpuDevice {
         Ok(vec![Tensor::concat(&refs, 0)?])
     }
 
+    /// Joins f32 tensors along `axis` into a new tensor (`out_dims`, checked by the caller
+    /// to be the parts' dims with the axis summed) by buffer copies; submitted, not awaited.
+    pub fn concat(
+        &self,
+        parts: &[&GpuTensor],
+        axis: usize,
+        out_dims: &[usize],
+    ) -> Result<GpuTensor> {
+        self.shared.ctx.check_alive()?;
+        for t in parts {
+            self.check_resident(t)?;
+            if t.dtype() != DType::F32 || t.shape().rank() != out_dims.len() {
+                return Err(Error::shape(
+                    "gpu concat",
+                    format!("part {} {} does not fit {out_dims:?}", t.dtype(), t.shape()),
+                ));
+            }
+        }
+        let out = GpuTensor::empty(&self.shared, Shape::new(out_dims.to_vec()), DType::F32)?;
+        let outer: usize = out_dims[..axis].iter().product();
+        let inner: usize = out_dims[axis + 1..].iter().product();
+        let row = out_dims[axis] * inner;
+        let shared = &*self.shared;
+        shared.ctx.scoped("concat", || {
+            let mut rec = Recorder::new(shared, None);
+            let mut offset = 0;
+            for t in parts {
+                let block = t.dims()[axis] * inner;
+                if block > 0 {
+                    for o in 0..outer {
+                        rec.copy(
+                            t.buffer(),
+                            (o * block * 4) as u64,
+                            out.buffer(),
+                            ((o * row + offset) * 4) as u64,
+                            (block * 4) as u64,
+                        );
+                    }
+                }
+                offset += block;
+            }
+            rec.submit();
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// A copy of `t` on this node, viewed as `shape` (same element count); submitted, not
+    /// awaited.
+    pub fn copy_as(&self, t: &GpuTensor, shape: Shape) -> Result<GpuTensor> {
+        self.check_resident(t)?;
+        let out = GpuTensor::empty(&self.shared, t.shape().clone(), t.dtype())?;
+        let bytes = tensor::storage_bytes(t.numel(), t.dtype())?;
+        let shared = &*self.shared;
+        shared.ctx.scoped("copy", || {
+            let mut rec = Recorder::new(shared, None);
+            rec.copy(t.buffer(), 0, out.buffer(), 0, bytes);
+            rec.submit();
+            Ok(())
+        })?;
+        out.reshape(shape)
+    }
+
     /// Waits for all submitted work, bounded by the node's timeout.
     pub fn synchronize(&self) -> Result<()> {
         self.shared.ctx.wait(None)
@@ -489,6 +552,10 @@ impl Device for GpuDevice {
 
     fn inject_device_loss(&self) {
         GpuDevice::inject_device_loss(self);
+    }
+
+    fn gpu(&self) -> Option<&GpuDevice> {
+        Some(self)
     }
 
     fn time_resident(&self, op: &Op, inputs: &[&Tensor], reps: usize) -> Option<Result<Vec<f64>>> {

@@ -175,6 +175,11 @@ impl GpuTensor {
         &self.shape
     }
 
+    /// The dimensions of the tensor's shape.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
     /// The tensor's element type.
     pub fn dtype(&self) -> DType {
         self.dtype

@@ -120,7 +120,7 @@ impl BinOp {
     }
 
     /// The device op, for the four arithmetic operators.
-    fn device(self) -> Option<BinaryOp> {
+    pub(crate) fn device(self) -> Option<BinaryOp> {
         match self {
             BinOp::Add => Some(BinaryOp::Add),
             BinOp::Sub => Some(BinaryOp::Sub),

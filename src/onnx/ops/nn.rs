@@ -564,7 +564,12 @@ fn as_dtype(t: &Tensor, dtype: DType) -> std::borrow::Cow<'_, Tensor> {
 
 /// The 2-D convolution parameters, the spatial rank and the output dims of a convolution of
 /// input dims `x` with weight dims `w`.
-fn conv_setup(a: &ConvAttrs, ctx: &str, x: &[usize], w: &[usize]) -> Result<(Conv2dParams, usize)> {
+pub(crate) fn conv_setup(
+    a: &ConvAttrs,
+    ctx: &str,
+    x: &[usize],
+    w: &[usize],
+) -> Result<(Conv2dParams, usize)> {
     if x.len() != w.len() || x.len() < 3 {
         return Err(Error::shape(
             ctx,
@@ -1102,7 +1107,7 @@ fn matmul(cx: &Cx<'_>, args: &Args<'_>) -> Result<Tensor> {
 }
 
 /// The 2-D pooling parameters of a pooling of input dims `x`.
-fn pool_setup(a: &PoolAttrs, ctx: &str, x: &[usize]) -> Result<Pool2dParams> {
+pub(crate) fn pool_setup(a: &PoolAttrs, ctx: &str, x: &[usize]) -> Result<Pool2dParams> {
     let kernel = a.window.kernel.clone().unwrap_or_default();
     if x.len() != kernel.len() + 2 {
         return Err(Error::shape(

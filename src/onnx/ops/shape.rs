@@ -716,7 +716,7 @@ fn shape_range(rank: usize, start: i64, end: Option<i64>) -> (usize, usize) {
 }
 
 /// Flatten's output dims.
-fn flatten_dims(ctx: &str, d: &[usize], axis: i64) -> Result<Vec<usize>> {
+pub(crate) fn flatten_dims(ctx: &str, d: &[usize], axis: i64) -> Result<Vec<usize>> {
     let r = d.len() as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if !(0..=r).contains(&a) {
@@ -849,7 +849,7 @@ fn unsqueeze_dims(ctx: &str, d: &[usize], axes: &[i64]) -> Result<Vec<usize>> {
 }
 
 /// Concat's output dims and the resolved axis.
-fn concat_dims(ctx: &str, dims: &[&[usize]], axis: i64) -> Result<(Vec<usize>, usize)> {
+pub(crate) fn concat_dims(ctx: &str, dims: &[&[usize]], axis: i64) -> Result<(Vec<usize>, usize)> {
     let first = dims[0];
     let axis = norm_axis(ctx, axis, first.len())?;
     let mut out = first.to_vec();
