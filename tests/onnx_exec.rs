@@ -2412,8 +2412,15 @@ fn conv_relu_maxpool_is_one_step_and_matches_f64() {
 
 /// The first GPU adapter, or `None` (after saying why) when there is none and none is required.
 fn gpu_node() -> Option<accelmesh::node::gpu::GpuDevice> {
-    use accelmesh::node::gpu::{GpuDevice, LimitOverrides};
-    match GpuDevice::open(0, 0, LimitOverrides::default()) {
+    gpu_node_with(accelmesh::node::gpu::LimitOverrides::default())
+}
+
+/// [`gpu_node`] with its limits lowered by `overrides`.
+fn gpu_node_with(
+    overrides: accelmesh::node::gpu::LimitOverrides,
+) -> Option<accelmesh::node::gpu::GpuDevice> {
+    use accelmesh::node::gpu::GpuDevice;
+    match GpuDevice::open(0, 0, overrides) {
         Ok(d) => Some(d),
         Err(e) => {
             assert!(
@@ -2513,4 +2520,65 @@ fn a_session_on_a_gpu_node_keeps_its_values_there() {
         2,
         "{before:?} -> {after:?}"
     );
+    // Profiled, the same steps (ops and shapes) as on the CPU node, each timed on its own.
+    let (out, profile) = session.run_profiled(&gpu, &feed).expect("profiled gpu run");
+    assert_close(&out["y"], &[n, 17], &f64s(&want), 1e-4);
+    let (_, on_cpu) = session
+        .run_profiled(&dev(), &feed)
+        .expect("profiled cpu run");
+    let steps = |p: &accelmesh::onnx::exec::Profile| {
+        p.steps
+            .iter()
+            .map(|s| {
+                (
+                    s.op.clone(),
+                    s.input_shapes.clone(),
+                    s.output_shapes.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps(&profile), steps(&on_cpu));
+    assert!(profile.steps.iter().all(|s| s.seconds > 0.0));
+}
+
+#[test]
+fn a_gpu_session_takes_the_host_path_where_the_gpu_path_would_differ() {
+    use accelmesh::node::gpu::LimitOverrides;
+    // Buffers of 16 KiB at most: the 64×100 weight (25.6 KB) takes the host path's tiling.
+    let Some(gpu) = gpu_node_with(LimitOverrides {
+        max_buffer: Some(16 << 10),
+        ..LimitOverrides::default()
+    }) else {
+        return;
+    };
+    let gemm = |c_dims: &[usize]| {
+        let x = Value::Float(rand(&[2, 100], 21));
+        let inits = vec![
+            ("w", Value::Float(rand(&[64, 100], 22))),
+            ("c", Value::Float(rand(c_dims, 23))),
+        ];
+        let nodes = vec![node(
+            "Gemm",
+            &["x", "w", "c"],
+            &["y"],
+            vec![("transB", Attribute::Int(1))],
+        )];
+        let session =
+            Session::new(model(13, nodes, inits, vec![info("x", &x)], &["y"])).expect("session");
+        let feed = HashMap::from([("x".to_string(), x)]);
+        let cpu = session
+            .run(&dev(), &feed)
+            .map(|mut o| o.remove("y").unwrap());
+        let on_gpu = session.run(&gpu, &feed).map(|mut o| o.remove("y").unwrap());
+        (cpu, on_gpu)
+    };
+    let (cpu, on_gpu) = gemm(&[64]);
+    let want = f64s(&cpu.expect("cpu run"));
+    assert_close(&on_gpu.expect("gpu run"), &[2, 64], &want, 1e-4);
+    // A C that would grow the product is the host path's error on both nodes.
+    let (cpu, on_gpu) = gemm(&[3, 2, 64]);
+    let (cpu, on_gpu) = (cpu.unwrap_err(), on_gpu.unwrap_err());
+    assert!(cpu.to_string().contains("does not broadcast"), "{cpu}");
+    assert_eq!(cpu.to_string(), on_gpu.to_string());
 }

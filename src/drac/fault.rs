@@ -242,6 +242,8 @@ impl Device for FaultyDevice {
 
     /// The GPU node within, while no fault is scheduled: a scheduled fault must see every op,
     /// so a run that keeps its values on the GPU goes op by op through the wrapper instead.
+    /// A fault injected during a resident run strikes from the next run on (and that run's
+    /// host steps).
     fn gpu(&self) -> Option<&crate::node::gpu::GpuDevice> {
         if self.is_armed() {
             None

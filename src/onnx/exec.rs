@@ -1295,10 +1295,8 @@ impl Session {
         profile: Option<&mut Vec<StepProfile>>,
     ) -> Result<HashMap<String, Value>> {
         self.check_inputs(inputs)?;
-        if profile.is_none()
-            && let Some(gpu) = device.gpu()
-        {
-            return self.run_resident(device, gpu, inputs);
+        if let Some(gpu) = device.gpu() {
+            return self.run_resident(device, gpu, inputs, profile);
         }
         crate::node::in_batch(device, || {
             self.recycler

@@ -9,15 +9,18 @@
 //! activations, broadcasting arithmetic, and the copies of Concat, Flatten and Reshape — is
 //! recorded on the GPU; any other step (LRN, shape arithmetic on int64 values, an attribute
 //! the GPU path does not take) runs as in [`Session::run`]: its inputs come down to the host
-//! and its outputs go back up when a later GPU step reads them.
+//! and its outputs go back up when a later GPU step reads them. A profiled run awaits each
+//! step before the next, so that each step's time is its own.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use super::exec::{Session, Step, in_node};
-use super::ops::{self, Args, Cx, Kind, data::norm_axis, nn, shape};
+use super::exec::{Session, Step, StepProfile, in_node};
+use super::ops::data::{broadcast_dims, norm_axis};
+use super::ops::{self, Args, Cx, Kind, nn, shape};
 use super::value::Value;
 use crate::node::Device;
 use crate::node::gpu::{GpuDevice, GpuShared, GpuTensor};
@@ -35,8 +38,19 @@ pub(super) struct ResidentConsts {
 }
 
 impl ResidentConsts {
-    /// Constant `id` (`value`) on `gpu`, uploaded on first use.
+    /// Constant `id` (`value`) on `gpu`, uploaded on first use (outside the lock, so runs
+    /// on other nodes do not wait for it). The uploads of failed nodes are let go.
     fn get(&self, gpu: &GpuDevice, id: usize, value: &Value) -> Result<Arc<GpuTensor>> {
+        {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            nodes.retain(|(shared, _)| !shared.ctx.is_failed());
+            if let Some((_, cache)) = nodes.iter().find(|(s, _)| Arc::ptr_eq(s, gpu.shared()))
+                && let Some(t) = cache.get(&id)
+            {
+                return Ok(Arc::clone(t));
+            }
+        }
+        let t = Arc::new(gpu.upload(value.as_tensor()?)?);
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let index = match nodes.iter().position(|(s, _)| Arc::ptr_eq(s, gpu.shared())) {
             Some(i) => i,
@@ -45,13 +59,7 @@ impl ResidentConsts {
                 nodes.len() - 1
             }
         };
-        let cache = &mut nodes[index].1;
-        if let Some(t) = cache.get(&id) {
-            return Ok(Arc::clone(t));
-        }
-        let t = Arc::new(gpu.upload(value.as_tensor()?)?);
-        cache.insert(id, Arc::clone(&t));
-        Ok(t)
+        Ok(Arc::clone(nodes[index].1.entry(id).or_insert(t)))
     }
 }
 
@@ -76,11 +84,15 @@ struct Run<'s> {
 impl Session {
     /// Runs the model with its values resident on `gpu` (see the module documentation);
     /// `device` (the GPU node or a wrapper around it) runs the host steps' device ops.
+    ///
+    /// With `profile`, each step is awaited before the next is submitted and its wall-clock
+    /// time recorded (submission to completion; host steps with their transfers).
     pub(super) fn run_resident(
         &self,
         device: &dyn Device,
         gpu: &GpuDevice,
         inputs: &HashMap<String, Value>,
+        mut profile: Option<&mut Vec<StepProfile>>,
     ) -> Result<HashMap<String, Value>> {
         let mut env: Vec<Option<Slot<'_>>> = self
             .consts
@@ -97,11 +109,23 @@ impl Session {
             uploaded: RefCell::default(),
         };
         for (i, step) in self.steps.iter().enumerate() {
+            let shapes_in = profile.as_ref().map(|_| run.dims_of(&step.inputs));
+            let started = Instant::now();
             let outs = match run.gpu_step(step, i) {
                 Some(outs) => outs,
                 None => run.host_step(device, step),
             }
             .map_err(|e| in_node(e, &step.node))?;
+            if let Some(profile) = profile.as_mut() {
+                gpu.synchronize().map_err(|e| in_node(e, &step.node))?;
+                profile.push(StepProfile {
+                    node: step.node.display_name(),
+                    op: step.kind.label(&step.node.op_type),
+                    input_shapes: shapes_in.unwrap_or_default(),
+                    output_shapes: outs.iter().map(Slot::dims).collect(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
             for (id, v) in step.outputs.iter().zip(outs) {
                 if let Some(id) = id {
                     run.env[*id] = v;
@@ -132,16 +156,34 @@ impl Session {
     }
 }
 
+impl Slot<'_> {
+    /// The value's dims (empty for an absent value).
+    fn dims(slot: &Option<Slot<'_>>) -> Vec<usize> {
+        match slot {
+            Some(Slot::Gpu(t)) => t.dims().to_vec(),
+            Some(Slot::Host(v)) => v.dims().to_vec(),
+            None => Vec::new(),
+        }
+    }
+}
+
 impl<'s> Run<'s> {
+    /// The dims of the values `ids` (empty for absent ones).
+    fn dims_of(&self, ids: &[Option<usize>]) -> Vec<Vec<usize>> {
+        ids.iter()
+            .map(|id| id.map_or_else(Vec::new, |id| Slot::dims(&self.env[id])))
+            .collect()
+    }
+
     /// Runs `step` on the host path: its inputs brought down from the GPU where they are.
-    fn host_step(&mut self, device: &dyn Device, step: &'s Step) -> Result<Vec<Option<Slot<'s>>>> {
+    fn host_step(&self, device: &dyn Device, step: &'s Step) -> Result<Vec<Option<Slot<'s>>>> {
         let mut vals = Vec::with_capacity(step.inputs.len());
         for id in &step.inputs {
             vals.push(match id {
                 None => None,
                 Some(id) => Some(match &self.env[*id] {
                     Some(Slot::Gpu(t)) => Cow::Owned(Value::Float(t.download()?)),
-                    Some(Slot::Host(v)) => Cow::Owned(v.as_ref().clone()),
+                    Some(Slot::Host(v)) => Cow::Borrowed(v.as_ref()),
                     None => return Err(self.missing(step, *id)),
                 }),
             });
@@ -217,6 +259,20 @@ impl<'s> Run<'s> {
             Ok(owned) => Ok(Arc::new(owned.reshape(dims)?)),
             Err(shared) => Ok(Arc::new(self.gpu.copy_as(&shared, Shape::new(dims))?)),
         }
+    }
+
+    /// The output dims of matrix product `op` on inputs of `dims`, when both are matrices and
+    /// every operand and the output fit one buffer of the node; else `None` (the host path
+    /// tiles larger products over several buffers, or reports the bad shapes).
+    fn product_dims(&self, op: &Op, dims: &[Vec<usize>]) -> Option<Vec<usize>> {
+        if dims[0].len() != 2 || dims[1].len() != 2 {
+            return None;
+        }
+        let shapes = [Shape::new(dims[0].clone()), Shape::new(dims[1].clone())];
+        let out = op.output_shape(&[&shapes[0], &shapes[1]]).ok()?;
+        let max = self.gpu.limits().max_buffer;
+        let fits = |s: &Shape| s.numel().is_ok_and(|n| (n as u64).saturating_mul(4) <= max);
+        (fits(&shapes[0]) && fits(&shapes[1]) && fits(&out)).then(|| out.dims().to_vec())
     }
 
     /// Runs one device op on GPU inputs; submitted, not awaited.
@@ -330,13 +386,16 @@ impl<'s> Run<'s> {
                 if g.alpha != 1.0 || (with_c && g.beta != 1.0) {
                     return None;
                 }
-                if dims[0].len() != 2 || dims[1].len() != 2 {
-                    return None;
-                }
                 let op = Op::MatMul {
                     trans_a: g.trans_a,
                     trans_b: g.trans_b,
                 };
+                let y_dims = self.product_dims(&op, dims)?;
+                // C must broadcast to the product without changing its shape (else the host
+                // path's error).
+                if with_c && broadcast_dims(ctx, &y_dims, &dims[2]).ok()? != y_dims {
+                    return None;
+                }
                 Some((|| {
                     let y = self.op(&op, &[&input(0)?, &input(1)?])?;
                     if with_c {
@@ -346,13 +405,14 @@ impl<'s> Run<'s> {
                     }
                 })())
             }
-            Kind::MatMul if dims[0].len() == 2 && dims[1].len() == 2 => Some(self.op(
-                &Op::MatMul {
+            Kind::MatMul => {
+                let op = Op::MatMul {
                     trans_a: false,
                     trans_b: false,
-                },
-                &[&input(0).ok()?, &input(1).ok()?],
-            )),
+                };
+                self.product_dims(&op, dims)?;
+                Some((|| self.op(&op, &[&input(0)?, &input(1)?]))())
+            }
             Kind::Pool(a) if dims[0].len() == 4 => {
                 let p = nn::pool_setup(a, ctx, &dims[0]).ok()?;
                 let op = if a.max {

@@ -401,8 +401,8 @@ impl GpuDevice {
             }
         }
         let out = GpuTensor::empty(&self.shared, Shape::new(out_dims.to_vec()), DType::F32)?;
-        let outer: usize = out_dims[..axis].iter().product();
-        let inner: usize = out_dims[axis + 1..].iter().product();
+        let outer = Shape::new(out_dims[..axis].to_vec()).numel()?;
+        let inner = Shape::new(out_dims[axis + 1..].to_vec()).numel()?;
         let row = out_dims[axis] * inner;
         let shared = &*self.shared;
         shared.ctx.scoped("concat", || {
@@ -432,7 +432,14 @@ impl GpuDevice {
     /// A copy of `t` on this node, viewed as `shape` (same element count); submitted, not
     /// awaited.
     pub fn copy_as(&self, t: &GpuTensor, shape: Shape) -> Result<GpuTensor> {
+        self.shared.ctx.check_alive()?;
         self.check_resident(t)?;
+        if shape.numel()? != t.numel() {
+            return Err(Error::shape(
+                "gpu copy",
+                format!("cannot view {} as {shape}", t.shape()),
+            ));
+        }
         let out = GpuTensor::empty(&self.shared, t.shape().clone(), t.dtype())?;
         let bytes = tensor::storage_bytes(t.numel(), t.dtype())?;
         let shared = &*self.shared;

@@ -686,7 +686,9 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
         if ramp.elapsed() >= RAMP_TIME {
             break;
         }
-        time_tile(bench, &ops, candidates[first], repeats, None).ok()?;
+        if time_tile(bench, &ops, candidates[first], repeats, None).is_err() {
+            break;
+        }
     }
     // Warm every candidate once (dropping the hopeless), then take the timed samples in
     // rounds over the candidates, so a drift of the device's speed touches them all alike.
