@@ -269,3 +269,146 @@ impl Device for FaultyDevice {
 impl Device for FaultyLane {
     faulty_device_methods!(lane);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Conv2dParams;
+    use crate::node::DeviceKind;
+    use crate::tensor::DType;
+
+    /// A device that records which of its methods were called, and answers each with a
+    /// result of the right form.
+    struct Recorder {
+        info: DeviceInfo,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recorder {
+        fn new() -> Recorder {
+            Recorder {
+                info: DeviceInfo {
+                    id: "rec0".into(),
+                    kind: DeviceKind::Sim,
+                    name: "recorder".into(),
+                    backend: "none".into(),
+                    threads: None,
+                    memory_bytes: 1 << 20,
+                    dtypes: vec![DType::F32],
+                    driver: None,
+                },
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn note(&self, name: &'static str) {
+            self.calls.lock().unwrap().push(name);
+        }
+    }
+
+    impl Device for Recorder {
+        fn info(&self) -> &DeviceInfo {
+            &self.info
+        }
+
+        fn execute(&self, _: &Op, _: &[&Tensor]) -> Result<Vec<Tensor>> {
+            self.note("execute");
+            Ok(Vec::new())
+        }
+
+        fn execute_into(&self, _: &Op, _: &[&Tensor], _: &mut [Tensor]) -> Result<()> {
+            self.note("execute_into");
+            Ok(())
+        }
+
+        fn execute_view(&self, _: &Op, _: &[TensorView<'_>], _: &mut [f32]) -> Result<()> {
+            self.note("execute_view");
+            Ok(())
+        }
+
+        fn conv_accumulate(&self, _: &Op, _: &[&Tensor], _: &mut Tensor) -> Option<Result<()>> {
+            self.note("conv_accumulate");
+            Some(Ok(()))
+        }
+
+        fn conv_max_pool(&self, _: &Op, _: &Pool2dParams, _: &[&Tensor]) -> Option<Result<Tensor>> {
+            self.note("conv_max_pool");
+            Some(Tensor::from_f32([1], DType::F32, &[2.0]))
+        }
+
+        fn time_resident(&self, _: &Op, _: &[&Tensor], _: usize) -> Option<Result<Vec<f64>>> {
+            self.note("time_resident");
+            Some(Ok(vec![1.0]))
+        }
+
+        fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
+            self.note("run_batch");
+            body();
+        }
+
+        fn lanes(&self) -> Vec<&dyn Device> {
+            self.note("lanes");
+            Vec::new()
+        }
+
+        fn inject_device_loss(&self) {
+            self.note("inject_device_loss");
+        }
+    }
+
+    #[test]
+    fn the_wrapper_forwards_every_method_and_a_crash_stops_the_executions() {
+        let inner = Arc::new(Recorder::new());
+        let dev = FaultyDevice::new(inner.clone(), Arc::new(AtomicBool::new(false)));
+        let x = Tensor::from_f32([1], DType::F32, &[1.0]).unwrap();
+        let conv = Op::Conv2d(Conv2dParams::default());
+        let pool = Pool2dParams::new([1, 1]);
+        let mut out = [x.clone()];
+        let mut acc = x.clone();
+        let mut ran = false;
+        assert_eq!(dev.info().id, "rec0");
+        dev.execute(&conv, &[&x]).unwrap();
+        dev.execute_into(&conv, &[&x], &mut out).unwrap();
+        dev.execute_view(&conv, &[x.view()], &mut [0.0]).unwrap();
+        assert!(matches!(
+            dev.conv_accumulate(&conv, &[&x], &mut acc),
+            Some(Ok(()))
+        ));
+        let pooled = dev.conv_max_pool(&conv, &pool, &[&x]).unwrap().unwrap();
+        assert_eq!(pooled.as_f32().unwrap(), [2.0]);
+        assert_eq!(dev.time_resident(&conv, &[&x], 1).unwrap().unwrap(), [1.0]);
+        dev.run_batch(&mut || ran = true);
+        assert!(ran);
+        assert!(dev.lanes().is_empty());
+        assert!(dev.gpu().is_none());
+        dev.inject_device_loss();
+        let names = [
+            "execute",
+            "execute_into",
+            "execute_view",
+            "conv_accumulate",
+            "conv_max_pool",
+            "time_resident",
+            "run_batch",
+            "lanes",
+            "inject_device_loss",
+        ];
+        assert_eq!(*inner.calls.lock().unwrap(), names);
+
+        // A crash: the next execution fails without reaching the device, whose loss is
+        // injected instead.
+        inner.calls.lock().unwrap().clear();
+        dev.inject(Fault::crash());
+        assert!(dev.is_armed());
+        let err = dev.execute(&conv, &[&x]).unwrap_err();
+        assert!(
+            err.to_string().contains("crashed (injected fault)"),
+            "{err}"
+        );
+        assert!(dev.conv_max_pool(&conv, &pool, &[&x]).unwrap().is_err());
+        assert_eq!(
+            *inner.calls.lock().unwrap(),
+            ["inject_device_loss", "inject_device_loss"]
+        );
+    }
+}
