@@ -2582,3 +2582,30 @@ fn a_gpu_session_takes_the_host_path_where_the_gpu_path_would_differ() {
     assert!(cpu.to_string().contains("does not broadcast"), "{cpu}");
     assert_eq!(cpu.to_string(), on_gpu.to_string());
 }
+
+#[test]
+fn a_session_on_a_lost_gpu_node_fails_with_a_typed_error() {
+    let Some(gpu) = gpu_node() else { return };
+    let x = Value::Float(rand(&[2, 3, 6, 6], 31));
+    let nodes = vec![
+        node(
+            "Conv",
+            &["x", "w"],
+            &["c"],
+            vec![("kernel_shape", ints(&[3, 3]))],
+        ),
+        node("Relu", &["c"], &["y"], vec![]),
+    ];
+    let inits = vec![("w", Value::Float(rand(&[4, 3, 3, 3], 32)))];
+    let session =
+        Session::new(model(13, nodes, inits, vec![info("x", &x)], &["y"])).expect("session");
+    let feed = HashMap::from([("x".to_string(), x)]);
+    session.run(&gpu, &feed).expect("a run before the loss");
+    gpu.inject_device_loss();
+    for _ in 0..2 {
+        match session.run(&gpu, &feed) {
+            Err(Error::Device { .. }) => {}
+            other => panic!("expected a device error, got {other:?}"),
+        }
+    }
+}
