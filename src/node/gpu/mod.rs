@@ -153,7 +153,7 @@ impl GpuDevice {
             dtypes,
             driver: Some(driver.trim().to_string()),
         };
-        let tuner = Tuner::for_adapter(ai);
+        let tuner = Tuner::for_adapter(ai)?;
         let shared = Arc::new(GpuShared {
             ctx,
             pool: BufferPool::new(DEFAULT_RETAIN_BYTES),

@@ -42,6 +42,8 @@
 //!
 //! `ACCELMESH_GPU_TUNE=0` (or `false`, `off`, `no`) turns tuning off: every product gets
 //! [`TileConfig::DEFAULT`] and the cache is neither read nor written.
+//! `ACCELMESH_GPU_TILE=BM,BN,BK,TM,TN` gives every product that one tiling where it fits the
+//! device (an experiment's knob: each tiling timed alone, whatever the tuner would choose).
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -214,6 +216,33 @@ fn tuning_enabled(value: Option<&str>) -> bool {
     )
 }
 
+/// A tiling written `BM,BN,BK,TM,TN` (`ACCELMESH_GPU_TILE`), checked to be well formed.
+fn parse_tile(text: &str) -> crate::Result<TileConfig> {
+    let bad = |why: &str| crate::Error::parse("ACCELMESH_GPU_TILE", text, why);
+    let v = text
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<std::result::Result<Vec<u32>, _>>()
+        .map_err(|_| bad("expected five positive integers BM,BN,BK,TM,TN"))?;
+    let [bm, bn, bk, tm, tn] = v[..] else {
+        return Err(bad("expected five positive integers BM,BN,BK,TM,TN"));
+    };
+    let tile = TileConfig::new(bm, bn, bk, tm, tn);
+    let well_formed = (1..=8).contains(&tm)
+        && (1..=8).contains(&tn)
+        && bm.is_multiple_of(tm)
+        && bn.is_multiple_of(tn)
+        && bk >= 4
+        && bk.is_multiple_of(4)
+        && bn.is_multiple_of(4);
+    if !well_formed {
+        return Err(bad(
+            "TM and TN must be 1 to 8 and divide BM and BN; BK and BN multiples of 4 (BK >= 4)",
+        ));
+    }
+    Ok(tile)
+}
+
 /// A directory named by environment variable `var`, if set and non-empty.
 fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var)
@@ -358,6 +387,8 @@ struct Memory {
 pub struct Tuner {
     adapter_key: String,
     enabled: bool,
+    /// A tiling every product gets where it fits (`ACCELMESH_GPU_TILE`), instead of tuning.
+    forced: Option<TileConfig>,
     cache: Option<PathBuf>,
     memory: Mutex<Memory>,
     /// Held while a class is tuned, so concurrent ops do not tune twice.
@@ -375,9 +406,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Tuner {
     /// A tuner for `info`'s adapter, on or off per `ACCELMESH_GPU_TUNE`, caching in
     /// [`default_cache_path`].
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+    /// `ACCELMESH_GPU_TILE=BM,BN,BK,TM,TN` forces one tiling wherever it fits (no tuning,
+    /// no cache): a malformed value is an [`Error::Parse`] naming it.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> crate::Result<Self> {
         let enabled = tuning_enabled(std::env::var("ACCELMESH_GPU_TUNE").ok().as_deref());
-        Tuner::with_settings(info, enabled, default_cache_path())
+        let mut tuner = Tuner::with_settings(info, enabled, default_cache_path());
+        if let Ok(text) = std::env::var("ACCELMESH_GPU_TILE") {
+            tuner.forced = Some(parse_tile(&text)?);
+        }
+        Ok(tuner)
     }
 
     /// A tuner for `info`'s adapter that tunes when `enabled` and caches in `cache` (none:
@@ -386,6 +423,7 @@ impl Tuner {
         Tuner {
             adapter_key: adapter_key(info),
             enabled,
+            forced: None,
             cache,
             memory: Mutex::new(Memory::default()),
             tuning: Mutex::new(()),
@@ -471,6 +509,11 @@ impl Tuner {
         class: ShapeClass,
         bench: impl FnOnce() -> Option<Arc<GpuShared>>,
     ) -> TileConfig {
+        if let Some(tile) = self.forced
+            && tile.fits(target)
+        {
+            return tile;
+        }
         if !self.enabled {
             return TileConfig::DEFAULT;
         }
@@ -742,6 +785,25 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_forced_tiling_is_parsed_and_checked() {
+        assert_eq!(
+            parse_tile("128, 128, 8, 8, 8").unwrap(),
+            TileConfig::new(128, 128, 8, 8, 8)
+        );
+        for bad in [
+            "",
+            "64,64,16,4",
+            "64,64,16,4,4,4",
+            "64,x,16,4,4",
+            "64,64,6,4,4",
+            "60,64,16,8,4",
+        ] {
+            let err = parse_tile(bad).unwrap_err().to_string();
+            assert!(err.contains("ACCELMESH_GPU_TILE"), "{bad}: {err}");
+        }
     }
 
     #[test]
