@@ -194,7 +194,7 @@ pub struct Session {
     pub(super) outputs: Vec<ValueInfo>,
     pub(super) input_ids: Vec<usize>,
     pub(super) output_ids: Vec<usize>,
-    pub(super) names: Vec<String>,
+    names: Vec<String>,
     ids: HashMap<String, usize>,
     pub(super) consts: Vec<Option<Value>>,
     metas: Vec<Meta>,
@@ -233,6 +233,14 @@ pub(super) fn in_node(e: Error, node: &Node) -> Error {
         },
         other => other,
     }
+}
+
+/// The error for graph output `info` that no node produced (an optional output left out).
+pub(super) fn no_output(info: &ValueInfo) -> Error {
+    Error::shape(
+        format!("ONNX graph output `{}`", info.name),
+        "no node produced it (an optional output left out)",
+    )
 }
 
 impl Session {
@@ -1186,6 +1194,14 @@ impl Session {
     }
 
     /// Checks the caller's inputs against the declared inputs.
+    /// The error for input `id` of `step` that has no value when the step runs.
+    pub(super) fn no_value(&self, step: &Step, id: usize) -> Error {
+        Error::shape(
+            ops::node_ctx(&step.node),
+            format!("input `{}` has no value", self.names[id]),
+        )
+    }
+
     fn check_inputs(&self, inputs: &HashMap<String, Value>) -> Result<()> {
         let context = |name: &str| format!("ONNX model input `{name}`");
         let expected = || self.input_names().join(", ");
@@ -1342,12 +1358,9 @@ impl Session {
                 vals.push(match (moved[k].take(), id) {
                     (Some(v), _) => Some(Cow::Owned(v)),
                     (None, Some(id)) => {
-                        let v = env[*id].as_deref().ok_or_else(|| {
-                            Error::shape(
-                                ops::node_ctx(&step.node),
-                                format!("input `{}` has no value", self.names[*id]),
-                            )
-                        })?;
+                        let v = env[*id]
+                            .as_deref()
+                            .ok_or_else(|| self.no_value(step, *id))?;
                         Some(Cow::Borrowed(v))
                     }
                     (None, None) => None,
@@ -1394,12 +1407,7 @@ impl Session {
             let v = match (env[id].take(), &self.consts[id]) {
                 (Some(v), _) => v.into_owned(),
                 (None, Some(c)) => c.clone(),
-                (None, None) => {
-                    return Err(Error::shape(
-                        format!("ONNX graph output `{}`", info.name),
-                        "no node produced it (an optional output left out)",
-                    ));
-                }
+                (None, None) => return Err(no_output(info)),
             };
             out.insert(info.name.clone(), v);
         }

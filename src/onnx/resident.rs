@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::exec::{Session, Step, StepProfile, in_node};
+use super::exec::{Session, Step, StepProfile, in_node, no_output};
 use super::ops::data::{broadcast_dims, norm_axis};
 use super::ops::{self, Args, Cx, Kind, nn, shape};
 use super::value::Value;
@@ -143,12 +143,7 @@ impl Session {
             let v = match run.env[id].take() {
                 Some(Slot::Gpu(t)) => Value::Float(t.download()?),
                 Some(Slot::Host(v)) => v.into_owned(),
-                None => {
-                    return Err(Error::shape(
-                        format!("ONNX graph output `{}`", info.name),
-                        "no node produced it (an optional output left out)",
-                    ));
-                }
+                None => return Err(no_output(info)),
             };
             out.insert(info.name.clone(), v);
         }
@@ -184,7 +179,7 @@ impl<'s> Run<'s> {
                 Some(id) => Some(match &self.env[*id] {
                     Some(Slot::Gpu(t)) => Cow::Owned(Value::Float(t.download()?)),
                     Some(Slot::Host(v)) => Cow::Borrowed(v.as_ref()),
-                    None => return Err(self.missing(step, *id)),
+                    None => return Err(self.session.no_value(step, *id)),
                 }),
             });
         }
@@ -198,14 +193,6 @@ impl<'s> Run<'s> {
             .into_iter()
             .map(|v| v.map(|v| Slot::Host(Cow::Owned(v))))
             .collect())
-    }
-
-    /// The error for an input of `step` that has no value.
-    fn missing(&self, step: &Step, id: usize) -> Error {
-        Error::shape(
-            ops::node_ctx(&step.node),
-            format!("input `{}` has no value", self.session.names[id]),
-        )
     }
 
     /// The dims of input `k` of `step` if it is an f32 value (on either side), else `None`.
@@ -239,7 +226,7 @@ impl<'s> Run<'s> {
                     Ok(t)
                 }
             },
-            None => Err(self.missing(step, id)),
+            None => Err(self.session.no_value(step, id)),
         }
     }
 

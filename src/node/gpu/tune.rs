@@ -21,8 +21,8 @@
 //! candidates timed first would pay for it). Each candidate runs once to warm up (after
 //! compiling its pipeline) and is dropped when that took over 4× the best warm-up so far;
 //! the others are timed [`SAMPLES`] times, in rounds over the candidates so that a drift of
-//! the device's speed touches all of them alike. A sample is one submission of back-to-back products (as many as fill
-//! about a millisecond, at most 8), timed with GPU timestamp queries where the device has
+//! the device's speed touches all of them alike. A sample is one submission of back-to-back
+//! products (as many as fill about a millisecond, at most 8), timed with GPU timestamp queries where the device has
 //! them and by wall clock from submission to completion otherwise. The lowest median wins,
 //! except that [`TileConfig::DEFAULT`] is kept when it is within 3% of it (noise should not
 //! churn the cache). A candidate that fails is skipped; when all fail the class gets the
@@ -228,14 +228,7 @@ fn parse_tile(text: &str) -> crate::Result<TileConfig> {
         return Err(bad("expected five positive integers BM,BN,BK,TM,TN"));
     };
     let tile = TileConfig::new(bm, bn, bk, tm, tn);
-    let well_formed = (1..=8).contains(&tm)
-        && (1..=8).contains(&tn)
-        && bm.is_multiple_of(tm)
-        && bn.is_multiple_of(tn)
-        && bk >= 4
-        && bk.is_multiple_of(4)
-        && bn.is_multiple_of(4);
-    if !well_formed {
+    if !tile.is_well_formed() {
         return Err(bad(
             "TM and TN must be 1 to 8 and divide BM and BN; BK and BN multiples of 4 (BK >= 4)",
         ));

@@ -53,18 +53,22 @@ impl TileConfig {
         (self.bm + self.bn) * self.bk * 4
     }
 
-    /// Whether the tiling is well formed and fits the device's limits.
-    pub fn fits(&self, shared: &GpuShared) -> bool {
-        let l = &shared.ctx.limits;
-        self.tm >= 1
-            && self.tn >= 1
-            && self.tm <= 8
-            && self.tn <= 8
+    /// Whether the kernel can take the tiling on any device: TM and TN from 1 to 8 dividing
+    /// BM and BN, BK a multiple of 4 (at least 4), BN a multiple of 4.
+    pub fn is_well_formed(&self) -> bool {
+        (1..=8).contains(&self.tm)
+            && (1..=8).contains(&self.tn)
             && self.bm.is_multiple_of(self.tm)
             && self.bn.is_multiple_of(self.tn)
             && self.bk >= 4
             && self.bk.is_multiple_of(4)
             && self.bn.is_multiple_of(4)
+    }
+
+    /// Whether the tiling is well formed and fits the device's limits.
+    pub fn fits(&self, shared: &GpuShared) -> bool {
+        let l = &shared.ctx.limits;
+        self.is_well_formed()
             && self.threads() <= l.max_invocations
             && self.workgroup_bytes() <= l.max_workgroup_storage
     }
