@@ -124,6 +124,15 @@ fn weights() -> (Tensor, Tensor, Tensor) {
     )
 }
 
+/// The ids of the nodes the DRAC has marked failed.
+fn failed_nodes(drac: &Drac) -> Vec<String> {
+    drac.node_states()
+        .into_iter()
+        .filter(|s| s.2.is_some())
+        .map(|s| s.0)
+        .collect()
+}
+
 fn feed(x: &Tensor) -> HashMap<String, Tensor> {
     HashMap::from([("x".to_string(), x.clone())])
 }
@@ -266,13 +275,7 @@ fn a_node_that_crashes_mid_model_loses_its_part_and_the_result_is_right() {
         (moved[0].from.as_str(), moved[0].to.as_str()),
         ("cpu1", "cpu0")
     );
-    let failed: Vec<_> = drac
-        .node_states()
-        .into_iter()
-        .filter(|s| s.2.is_some())
-        .map(|s| s.0)
-        .collect();
-    assert_eq!(failed, ["cpu1"]);
+    assert_eq!(failed_nodes(&drac), ["cpu1"]);
     // The next run plans on the survivor alone.
     let again = model.run(&drac, &feed(&x)).unwrap();
     assert_eq!(again.report.nodes_used, ["cpu0"]);
@@ -404,4 +407,99 @@ fn a_fault_strikes_the_lanes_of_a_node_too() {
         .run_values(&drac, &inputs, &RunOptions::default())
         .unwrap_err();
     assert!(err.to_string().contains("crashed"), "{err}");
+}
+
+/// The demo network's output for one image, run on one device.
+fn demo_alone(model: &Model, inputs: &HashMap<String, Value>) -> Vec<f32> {
+    let out = model
+        .run_on(&CpuDevice::with_threads(1).unwrap(), inputs)
+        .unwrap();
+    out[demo::OUTPUT].as_tensor().unwrap().to_f32_vec()
+}
+
+#[track_caller]
+fn assert_same_probabilities(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        // Winograd tiles round by where an output sits: a split agrees to float rounding.
+        assert!((g - w).abs() <= 1e-4, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn one_image_splits_its_convolutions_across_the_nodes() {
+    let model = Model::from_onnx(demo::network(5)).unwrap();
+    let inputs = demo::images(1, 61).unwrap();
+    let want = demo_alone(&model, &inputs);
+    let drac = drac_with(3, &[1.0, 1.0, 1.0], DracConfig::default());
+    let run = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap();
+    let r = &run.report;
+    assert_eq!(r.strategy, Strategy::ChannelSplit, "{r:?}");
+    assert_eq!(r.nodes_used.len(), 3, "{r:?}");
+    assert!(r.nodes.iter().all(|n| n.compute_s > 0.0), "{r:?}");
+    assert_same_probabilities(&run.output(demo::OUTPUT).unwrap().to_f32_vec(), &want);
+    // At most one node, or a batch the nodes can share by samples: no channel split.
+    let one = model
+        .run_values(
+            &drac,
+            &inputs,
+            &RunOptions {
+                max_nodes: 1,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(one.report.strategy, Strategy::Whole);
+    let batch = model
+        .run_values(&drac, &demo::images(6, 62).unwrap(), &RunOptions::default())
+        .unwrap();
+    assert_eq!(batch.report.strategy, Strategy::DataParallel);
+}
+
+#[test]
+fn a_split_member_that_crashes_is_dropped_and_the_result_is_right() {
+    let model = Model::from_onnx(demo::network(5)).unwrap();
+    let inputs = demo::images(1, 71).unwrap();
+    let want = demo_alone(&model, &inputs);
+    let drac = drac_with(2, &[1.0, 1.0], quick_timeouts());
+    drac.inject_fault("cpu1", Fault::crash().after(2)).unwrap();
+    let run = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap();
+    assert_eq!(run.report.strategy, Strategy::ChannelSplit);
+    assert_same_probabilities(&run.output(demo::OUTPUT).unwrap().to_f32_vec(), &want);
+    let moved = &run.report.moved_parts;
+    assert_eq!(moved.len(), 1, "{:?}", run.report);
+    assert_eq!(
+        (moved[0].from.as_str(), moved[0].to.as_str()),
+        ("cpu1", "cpu0")
+    );
+    assert!(moved[0].reason.contains("crashed"), "{}", moved[0].reason);
+    assert_eq!(failed_nodes(&drac), ["cpu1"]);
+    let again = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap();
+    assert_eq!(again.report.strategy, Strategy::Whole);
+    assert_eq!(again.report.nodes_used, ["cpu0"]);
+}
+
+#[test]
+fn a_split_member_that_hangs_is_found_by_the_time_out() {
+    let model = Model::from_onnx(demo::network(5)).unwrap();
+    let inputs = demo::images(1, 81).unwrap();
+    let want = demo_alone(&model, &inputs);
+    let drac = drac_with(3, &[1.0, 1.0, 1.0], quick_timeouts());
+    drac.inject_fault("cpu2", Fault::hang().after(1)).unwrap();
+    let started = std::time::Instant::now();
+    let run = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap();
+    assert!(started.elapsed().as_secs_f64() < 30.0);
+    assert_same_probabilities(&run.output(demo::OUTPUT).unwrap().to_f32_vec(), &want);
+    let moved = &run.report.moved_parts;
+    assert_eq!(moved.len(), 1, "{:?}", run.report);
+    assert_eq!(moved[0].from, "cpu2");
+    assert!(moved[0].reason.contains("no answer"), "{}", moved[0].reason);
 }

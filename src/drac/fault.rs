@@ -189,6 +189,10 @@ macro_rules! faulty_device_methods {
             self.$dev().run_batch(body)
         }
 
+        fn run_beside(&self, work: &mut (dyn FnMut() + Send), here: &mut (dyn FnMut() + Send)) {
+            self.$dev().run_beside(work, here)
+        }
+
         fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             self.run(|| self.$dev().execute(op, inputs))
         }
@@ -210,6 +214,20 @@ macro_rules! faulty_device_methods {
             // A device without the path answers `None`, counted as an execution all the same.
             self.run(|| self.$dev().conv_accumulate(op, inputs, output).transpose())
                 .transpose()
+        }
+
+        fn conv_accumulate_view(
+            &self,
+            op: &Op,
+            inputs: &[TensorView<'_>],
+            out: &mut [f32],
+        ) -> Option<Result<()>> {
+            self.run(|| {
+                self.$dev()
+                    .conv_accumulate_view(op, inputs, out)
+                    .transpose()
+            })
+            .transpose()
         }
 
         fn conv_max_pool(
@@ -331,6 +349,16 @@ mod tests {
             Some(Ok(()))
         }
 
+        fn conv_accumulate_view(
+            &self,
+            _: &Op,
+            _: &[TensorView<'_>],
+            _: &mut [f32],
+        ) -> Option<Result<()>> {
+            self.note("conv_accumulate_view");
+            Some(Ok(()))
+        }
+
         fn conv_max_pool(&self, _: &Op, _: &Pool2dParams, _: &[&Tensor]) -> Option<Result<Tensor>> {
             self.note("conv_max_pool");
             Some(Tensor::from_f32([1], DType::F32, &[2.0]))
@@ -344,6 +372,12 @@ mod tests {
         fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
             self.note("run_batch");
             body();
+        }
+
+        fn run_beside(&self, work: &mut (dyn FnMut() + Send), here: &mut (dyn FnMut() + Send)) {
+            self.note("run_beside");
+            work();
+            here();
         }
 
         fn lanes(&self) -> Vec<&dyn Device> {
@@ -374,11 +408,18 @@ mod tests {
             dev.conv_accumulate(&conv, &[&x], &mut acc),
             Some(Ok(()))
         ));
+        assert!(matches!(
+            dev.conv_accumulate_view(&conv, &[x.view()], &mut [0.0]),
+            Some(Ok(()))
+        ));
         let pooled = dev.conv_max_pool(&conv, &pool, &[&x]).unwrap().unwrap();
         assert_eq!(pooled.as_f32().unwrap(), [2.0]);
         assert_eq!(dev.time_resident(&conv, &[&x], 1).unwrap().unwrap(), [1.0]);
         dev.run_batch(&mut || ran = true);
         assert!(ran);
+        let (mut a, mut b) = (false, false);
+        dev.run_beside(&mut || a = true, &mut || b = true);
+        assert!(a && b);
         assert!(dev.lanes().is_empty());
         assert!(dev.gpu().is_none());
         dev.inject_device_loss();
@@ -387,9 +428,11 @@ mod tests {
             "execute_into",
             "execute_view",
             "conv_accumulate",
+            "conv_accumulate_view",
             "conv_max_pool",
             "time_resident",
             "run_batch",
+            "run_beside",
             "lanes",
             "inject_device_loss",
         ];

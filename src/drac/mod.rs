@@ -14,7 +14,7 @@ pub mod request;
 pub mod sim;
 
 pub use controller::{Drac, DracConfig, JobHandle, JobResult};
-pub use fault::{Fault, FaultKind};
+pub use fault::{Fault, FaultKind, FaultyDevice};
 pub use lease::{Lease, LeasedNode, NodeOffer};
 pub use report::{MovedPart, NodeUse, Report};
 pub use request::{Payload, Target, WorkloadRequest};

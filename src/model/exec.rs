@@ -8,8 +8,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::batch::{self, BatchLayout};
-use super::plan::{self, PlanInput, PlannedPart};
+use super::plan::{self, PlanInput, PlannedPart, Strategy};
 use super::report::{ModelReport, PartReport};
+use super::split::ChannelSplit;
 use super::{Model, ModelRun, RunOptions};
 use crate::drac::power::PowerState;
 use crate::drac::{Drac, Lease, MovedPart, NodeUse};
@@ -158,13 +159,15 @@ pub(super) fn run(
         layout,
         samples,
         max_nodes: options.max_nodes,
+        split_flops_per_sample: model.split_flops_per_sample,
+        split_convs: model.split_convs,
         corrections: &corrections,
     };
     let asked = Instant::now();
     let mut planned = None;
     let mut lease = drac.lease(options.priority, |offers, perf| {
         let p = plan::plan(&plan_input, offers, perf)?;
-        let chosen = p.parts.iter().map(|part| part.node).collect();
+        let chosen = p.nodes();
         planned = Some(p);
         Ok(chosen)
     })?;
@@ -183,8 +186,23 @@ pub(super) fn run(
 
     let parts: Vec<PlannedPart> = plan.parts.clone();
     let whole = parts.len() == 1;
+    // A channel split's members as (leased node, share), the lead first; the split device of
+    // its current run.
+    let mut members: Vec<(usize, f64)> = plan
+        .members
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (k, m.1))
+        .collect();
+    let mut split: Option<Arc<ChannelSplit>> = None;
     let (tx, rx) = mpsc::channel::<PartDone>();
-    let launch = |part: usize, node: usize, lease: &Lease| -> Result<()> {
+    // Runs part `part` on leased node `node`, or across `members` when they are two or more
+    // (then `node` is their lead); returns the split device of such a run.
+    let launch = |part: usize,
+                  node: usize,
+                  members: &[(usize, f64)],
+                  lease: &Lease|
+     -> Result<Option<Arc<ChannelSplit>>> {
         let range = parts[part].samples.clone();
         let part_inputs = if whole {
             inputs.clone()
@@ -197,7 +215,20 @@ pub(super) fn run(
         });
         let session = Arc::clone(&model.session);
         let flops = model.flops_per_sample;
-        let device = Arc::clone(&lease.nodes()[node].device);
+        let mut split = None;
+        let device: Arc<dyn Device> = if members.len() >= 2 {
+            let s = Arc::new(ChannelSplit::new(
+                members
+                    .iter()
+                    .map(|&(k, _)| Arc::clone(&lease.nodes()[k].device))
+                    .collect(),
+                members.iter().map(|m| m.1).collect(),
+            )?);
+            split = Some(Arc::clone(&s));
+            s
+        } else {
+            Arc::clone(&lease.nodes()[node].device)
+        };
         let tx = tx.clone();
         std::thread::Builder::new()
             .name(format!("model-part-{part}"))
@@ -209,7 +240,7 @@ pub(super) fn run(
                 let _ = tx.send((part, node, out));
             })
             .map_err(|e| Error::device("model", format!("cannot start a part thread: {e}")))?;
-        Ok(())
+        Ok(split)
     };
 
     let mut done: Vec<Option<HashMap<String, Value>>> = vec![None; parts.len()];
@@ -219,7 +250,7 @@ pub(super) fn run(
     let mut moved = Vec::new();
     let mut waiting: Vec<(usize, usize, Instant)> = Vec::new();
     for (p, _) in parts.iter().enumerate() {
-        launch(p, p, &lease)?;
+        split = launch(p, p, &members, &lease)?;
         waiting.push((p, p, Instant::now()));
     }
     while !waiting.is_empty() {
@@ -243,6 +274,21 @@ pub(super) fn run(
                         ran_on[p] = node;
                         done[p] = Some(o);
                         idle_if_done(&lease, &waiting, node);
+                        if let Some(s) = &split {
+                            for d in s.dropped() {
+                                let (from, to) = (members[d.member].0, members[0].0);
+                                lease.mark_failed(from, d.reason.clone());
+                                moved.push(MovedPart {
+                                    part: p,
+                                    from: lease.nodes()[from].id.clone(),
+                                    to: lease.nodes()[to].id.clone(),
+                                    reason: d.reason,
+                                });
+                            }
+                            for (m, b) in s.busy_s().into_iter().enumerate().skip(1) {
+                                busy_s[members[m].0] += b;
+                            }
+                        }
                     }
                     Err(e @ Error::Device { .. }) => lost.push((p, node, e.to_string())),
                     Err(e) => return Err(e),
@@ -272,24 +318,42 @@ pub(super) fn run(
             }
         }
         for (p, node, reason) in lost {
-            lease.mark_failed(node, reason.clone());
-            busy_s[node] += start.elapsed().as_secs_f64();
-            let to = replacement(&mut lease, &waiting, &busy_s).ok_or_else(|| {
-                Error::refused(format!(
-                    "part {p} of the model failed on {} ({reason}) and no working node is left",
-                    lease.nodes()[node].id
-                ))
-            })?;
+            // In a channel split, the member that failed, or the one still running when time
+            // ran out, is dropped, and the remaining members run the part again.
+            let (from, reason) = match split.take() {
+                Some(s) => {
+                    let dropped = s.dropped().pop();
+                    let culprit = dropped
+                        .as_ref()
+                        .map(|d| d.member)
+                        .or_else(|| s.stuck_member())
+                        .unwrap_or(0);
+                    (members[culprit].0, dropped.map_or(reason, |d| d.reason))
+                }
+                None => (node, reason),
+            };
+            lease.mark_failed(from, reason.clone());
+            busy_s[from] += start.elapsed().as_secs_f64();
+            members.retain(|m| !lease.is_failed(m.0));
+            let to = match members.first() {
+                Some(m) => m.0,
+                None => replacement(&mut lease, &waiting, &busy_s).ok_or_else(|| {
+                    Error::refused(format!(
+                        "part {p} of the model failed on {} ({reason}) and no working node is left",
+                        lease.nodes()[from].id
+                    ))
+                })?,
+            };
             if busy_s.len() < lease.nodes().len() {
                 busy_s.resize(lease.nodes().len(), 0.0);
             }
             moved.push(MovedPart {
                 part: p,
-                from: lease.nodes()[node].id.clone(),
+                from: lease.nodes()[from].id.clone(),
                 to: lease.nodes()[to].id.clone(),
                 reason,
             });
-            launch(p, to, &lease)?;
+            split = launch(p, to, &members, &lease)?;
             waiting.push((p, to, Instant::now()));
         }
     }
@@ -300,8 +364,38 @@ pub(super) fn run(
     let outputs = batch::join_outputs(pieces)?;
     let elapsed_s = start.elapsed().as_secs_f64();
 
+    if plan.strategy == Strategy::ChannelSplit {
+        // A split that lost no member: its own correction (the nodes' come from runs alone).
+        if moved.is_empty() {
+            let keys = (0..plan.members.len()).map(|k| lease.nodes()[k].key.as_str());
+            let part = &parts[0];
+            model.learn_split(
+                &plan::split_key(keys),
+                elapsed[0] / part.samples.len().max(1) as f64,
+                part.base_per_sample_s,
+            );
+        }
+    } else {
+        learn_node_rates(model, &lease, &parts, &ran_on, &elapsed);
+    }
+    let report = report(
+        model, &lease, &plan, &parts, &ran_on, &elapsed, &busy_s, moved, queued_s, elapsed_s,
+        samples,
+    );
+    lease.release();
+    Ok(ModelRun { outputs, report })
+}
+
+/// Folds each part's measured time into its node's correction, for parts that finished on
+/// the node they were planned for (a moved part's prediction was for another node).
+fn learn_node_rates(
+    model: &Model,
+    lease: &Lease,
+    parts: &[PlannedPart],
+    ran_on: &[usize],
+    elapsed: &[f64],
+) {
     for (p, part) in parts.iter().enumerate() {
-        // Parts moved to another node were predicted for the first one: not a fair sample.
         if ran_on[p] == p {
             let samples = part.samples.len().max(1) as f64;
             model.learn(
@@ -311,12 +405,6 @@ pub(super) fn run(
             );
         }
     }
-    let report = report(
-        model, &lease, &plan, &parts, &ran_on, &elapsed, &busy_s, moved, queued_s, elapsed_s,
-        samples,
-    );
-    lease.release();
-    Ok(ModelRun { outputs, report })
 }
 
 /// Puts leased node `node` to Idle when no part waits on it any more.
@@ -413,7 +501,16 @@ fn report(
             elapsed_s: elapsed[p],
         })
         .collect();
-    let mut nodes_used: Vec<String> = part_reports.iter().map(|p| p.node.clone()).collect();
+    let mut nodes_used: Vec<String> = if plan.strategy == Strategy::ChannelSplit {
+        // Every member that took a share, the lead first.
+        nodes
+            .iter()
+            .filter(|n| n.compute_s > 0.0)
+            .map(|n| n.id.clone())
+            .collect()
+    } else {
+        part_reports.iter().map(|p| p.node.clone()).collect()
+    };
     nodes_used.dedup();
     ModelReport {
         job: lease.job(),

@@ -8,6 +8,7 @@ pub mod demo;
 mod exec;
 pub mod plan;
 mod report;
+pub mod split;
 mod stream;
 
 use std::collections::HashMap;
@@ -33,9 +34,16 @@ pub struct Model {
     name: String,
     session: Arc<Session>,
     flops_per_sample: u64,
+    /// Of those, the operations in convolutions large enough to split across nodes by
+    /// output channels ([`split::SPLIT_MIN_FLOPS`]).
+    split_flops_per_sample: u64,
+    /// How many such convolutions one run has.
+    split_convs: usize,
     /// Measured over predicted seconds per sample on each node (by perf-model key), refined
     /// run by run: the model's own efficiency on each node beyond the calibrated kernel rates.
     corrections: Mutex<HashMap<String, f64>>,
+    /// The channel splits run so far (by correction key), whose first runs are not learned.
+    split_runs: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Options of one run.
@@ -100,17 +108,30 @@ impl Model {
         // whose free input dimensions are 1 (one sample).
         let probe = has_free_dims(&onnx).then(|| with_unit_dims(&onnx));
         let session = Session::new(onnx)?;
-        let mut counted: u64 = heavy.iter().map(|h| h.flops(&session)).sum();
-        if let (0, Some(probe)) = (counted, probe)
+        let count = |s: &Session| -> Vec<(bool, u64)> {
+            heavy.iter().map(|h| (h.op == "Conv", h.flops(s))).collect()
+        };
+        let mut counts = count(&session);
+        if counts.iter().all(|c| c.1 == 0)
+            && let Some(probe) = probe
             && let Ok(unit) = Session::new(probe)
         {
-            counted = heavy.iter().map(|h| h.flops(&unit)).sum();
+            counts = count(&unit);
         }
+        let counted: u64 = counts.iter().map(|c| c.1).sum();
+        let splittable: Vec<u64> = counts
+            .iter()
+            .filter(|&&(conv, f)| conv && f >= split::SPLIT_MIN_FLOPS)
+            .map(|c| c.1)
+            .collect();
         Ok(Model {
             name,
             session: Arc::new(session),
             flops_per_sample: if counted > 0 { counted } else { UNKNOWN_FLOPS },
+            split_flops_per_sample: splittable.iter().sum(),
+            split_convs: splittable.len(),
             corrections: Mutex::new(HashMap::new()),
+            split_runs: Mutex::default(),
         })
     }
 
@@ -195,6 +216,21 @@ impl Model {
             .lock()
             .map(|l| l.clone())
             .unwrap_or_default()
+    }
+
+    /// Folds one observation of a channel split into its correction `key`, except the first
+    /// over those nodes: that run packs the parts' weights and faults their buffers in (on
+    /// ResNet-50, 65 ms against 37 from the second run on), and a first ratio that large
+    /// would keep the split from being chosen again.
+    fn learn_split(&self, key: &str, measured_s: f64, predicted_s: f64) {
+        let first = self
+            .split_runs
+            .lock()
+            .map(|mut seen| seen.insert(key.to_string()))
+            .unwrap_or(false);
+        if !first {
+            self.learn(key, measured_s, predicted_s);
+        }
     }
 
     /// Folds one observation into node `key`'s correction (geometric moving average).

@@ -1,5 +1,7 @@
 //! Placing a model request on the free nodes: the whole request on the node predicted fastest,
-//! or its batch split across nodes (data parallel) in shares that follow predicted speed.
+//! its batch split across nodes (data parallel), or — for requests that run one sample at a
+//! time — its large convolutions split by output channels across host nodes (the graph cut
+//! inside each layer), in shares that follow predicted speed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,6 +13,7 @@ use super::batch::BatchLayout;
 use crate::drac::NodeOffer;
 use crate::drac::perf_model::{OpClass, PerfModel};
 use crate::drac::power::PowerState;
+use crate::node::DeviceKind;
 use crate::tensor::DType;
 use crate::{Error, Result};
 
@@ -18,6 +21,11 @@ use crate::{Error, Result};
 const PART_OVERHEAD_S: f64 = 2e-4;
 /// A split must beat the best single node by this factor to be chosen.
 const SPLIT_GAIN: f64 = 0.97;
+/// Seconds one convolution split across nodes costs beyond its share of the work (starting
+/// and joining a thread per member, the members' caches warming to the shared input).
+const CHANNEL_SPLIT_STEP_S: f64 = 4e-5;
+/// Prefix of the correction keys learned for channel-split runs (measured over predicted).
+pub const SPLIT_KEY_PREFIX: &str = "channel-split:";
 
 /// How a request was placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,6 +35,9 @@ pub enum Strategy {
     Whole,
     /// The batch split across nodes, each running the whole graph on its samples.
     DataParallel,
+    /// Every sample on a lead node, each large convolution split by output channels across
+    /// the lead and the other nodes (host nodes only).
+    ChannelSplit,
 }
 
 impl fmt::Display for Strategy {
@@ -34,6 +45,7 @@ impl fmt::Display for Strategy {
         f.write_str(match self {
             Strategy::Whole => "whole",
             Strategy::DataParallel => "data-parallel",
+            Strategy::ChannelSplit => "channel-split",
         })
     }
 }
@@ -61,6 +73,21 @@ pub struct ModelPlan {
     pub parts: Vec<PlannedPart>,
     /// Predicted seconds of the slowest part.
     pub predicted_s: f64,
+    /// For a channel split: each node (index among the offers, the lead first) and its
+    /// share of every split convolution's output channels; empty otherwise.
+    pub members: Vec<(usize, f64)>,
+}
+
+impl ModelPlan {
+    /// The offers the plan uses, in lease order: the members of a channel split, else the
+    /// nodes of the parts.
+    pub fn nodes(&self) -> Vec<usize> {
+        if self.members.is_empty() {
+            self.parts.iter().map(|p| p.node).collect()
+        } else {
+            self.members.iter().map(|m| m.0).collect()
+        }
+    }
 }
 
 /// What the planner needs to know of a request.
@@ -76,18 +103,25 @@ pub struct PlanInput<'a> {
     pub samples: usize,
     /// Most nodes the request may use.
     pub max_nodes: usize,
+    /// Operations of one sample in convolutions large enough to split by output channels.
+    pub split_flops_per_sample: u64,
+    /// How many such convolutions one sample runs.
+    pub split_convs: usize,
     /// Measured over predicted time of earlier runs, by perf-model key; nodes not measured
     /// yet take the geometric mean of the others (so measured and unmeasured nodes compare).
     pub corrections: &'a HashMap<String, f64>,
 }
 
-/// The correction for `key`: its own, else the geometric mean of the known ones, else 1.
+/// The correction for node `key`: its own, else the geometric mean of the nodes' known ones
+/// (channel-split corrections left out), else 1.
 fn correction(corrections: &HashMap<String, f64>, key: &str) -> f64 {
     if let Some(&c) = corrections.get(key) {
         return c;
     }
     let logs: Vec<f64> = corrections
-        .values()
+        .iter()
+        .filter(|(k, _)| !k.starts_with(SPLIT_KEY_PREFIX))
+        .map(|(_, c)| c)
         .filter(|c| c.is_finite() && **c > 0.0)
         .map(|c| c.ln())
         .collect();
@@ -159,6 +193,7 @@ pub fn plan(input: &PlanInput<'_>, offers: &[NodeOffer], perf: &PerfModel) -> Re
                 base_per_sample_s: f64::NAN,
             }],
             predicted_s: f64::NAN,
+            members: Vec::new(),
         });
     }
     let n = input.samples as f64;
@@ -174,20 +209,99 @@ pub fn plan(input: &PlanInput<'_>, offers: &[NodeOffer], perf: &PerfModel) -> Re
             base_per_sample_s: best.base,
         }],
         predicted_s: whole_s,
+        members: Vec::new(),
     };
-    let Some(layout) = input.layout else {
-        return Ok(whole);
-    };
-    let units = layout.units();
-    let most = costed.len().min(units).min(input.max_nodes.max(1));
     let mut best_plan = whole;
-    for k in 2..=most {
-        let split = split_units(&costed[..k], units, layout.unit());
-        if split.predicted_s < best_plan.predicted_s * SPLIT_GAIN {
-            best_plan = split;
+    if let Some(layout) = input.layout {
+        let units = layout.units();
+        let most = costed.len().min(units).min(input.max_nodes.max(1));
+        for k in 2..=most {
+            let split = split_units(&costed[..k], units, layout.unit());
+            if split.predicted_s < best_plan.predicted_s * SPLIT_GAIN {
+                best_plan = split;
+            }
         }
     }
+    if let Some(split) = channel_split(input, &costed, offers)
+        && split.predicted_s < best_plan.predicted_s * SPLIT_GAIN
+    {
+        best_plan = split;
+    }
     Ok(best_plan)
+}
+
+/// The key of the correction learned for a channel split over the nodes of `keys`.
+pub fn split_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    format!("{SPLIT_KEY_PREFIX}{}", keys.join("+"))
+}
+
+/// The best channel split of the request over the fastest host nodes of `costed` (sorted
+/// fastest first), if the request runs one sample at a time and has convolutions to split:
+/// per sample, the lead runs the rest of the graph and each split convolution's channels are
+/// shared in proportion to the nodes' speeds.
+fn channel_split(
+    input: &PlanInput<'_>,
+    costed: &[Cost],
+    offers: &[NodeOffer],
+) -> Option<ModelPlan> {
+    let one_at_a_time = match input.layout {
+        Some(l) if l.chunk == 0 => l.samples == 1,
+        Some(l) => l.chunk == 1,
+        None => input.samples == 1,
+    };
+    if !one_at_a_time || input.split_flops_per_sample == 0 || input.flops_per_sample == 0 {
+        return None;
+    }
+    let hosts: Vec<Cost> = costed
+        .iter()
+        .copied()
+        .filter(|c| offers[c.node].kind == DeviceKind::Cpu)
+        .collect();
+    let frac = (input.split_flops_per_sample as f64 / input.flops_per_sample as f64).min(1.0);
+    let n = input.samples.max(1) as f64;
+    let mut best: Option<ModelPlan> = None;
+    for k in 2..=hosts.len().min(input.max_nodes) {
+        let nodes = &hosts[..k];
+        let lead = nodes[0];
+        // Per sample: the lead runs what is not split, the split convolutions go at the
+        // members' summed speed, each paying its step cost. `raw` from the calibrated rates
+        // alone, `corrected` with each node's correction for this model.
+        let estimate = |t: fn(&Cost) -> f64| {
+            let speed: f64 = nodes.iter().map(|c| 1.0 / t(c)).sum();
+            t(&lead) * (1.0 - frac) + frac / speed + CHANNEL_SPLIT_STEP_S * input.split_convs as f64
+        };
+        let raw = estimate(|c| c.base);
+        let corrected = estimate(|c| c.per_sample);
+        // Once a split over these nodes has been measured, its own measured-over-raw ratio
+        // replaces the nodes' corrections.
+        let keys = nodes.iter().map(|c| offers[c.node].key.as_str());
+        let per_sample = match input.corrections.get(&split_key(keys)) {
+            Some(&c) if c.is_finite() && c > 0.0 => raw * c,
+            _ => corrected,
+        };
+        let speed: f64 = nodes.iter().map(|c| 1.0 / c.per_sample).sum();
+        let fixed = nodes.iter().map(|c| c.fixed).fold(0.0, f64::max);
+        let predicted_s = per_sample * n + fixed;
+        if best.as_ref().is_some_and(|b| b.predicted_s <= predicted_s) {
+            continue;
+        }
+        best = Some(ModelPlan {
+            strategy: Strategy::ChannelSplit,
+            parts: vec![PlannedPart {
+                node: lead.node,
+                samples: 0..input.samples,
+                predicted_s,
+                base_per_sample_s: raw,
+            }],
+            predicted_s,
+            members: nodes
+                .iter()
+                .map(|c| (c.node, 1.0 / c.per_sample / speed))
+                .collect(),
+        });
+    }
+    best
 }
 
 /// Shares `units` among `nodes` to minimise the
@@ -254,6 +368,7 @@ fn split_units(nodes: &[Cost], units: usize, unit: usize) -> ModelPlan {
         strategy,
         parts,
         predicted_s,
+        members: Vec::new(),
     }
 }
 
@@ -286,6 +401,90 @@ mod tests {
         assert_eq!(plan.parts[0].samples, 0..6);
         assert_eq!(plan.parts[1].samples, 6..9);
         assert!((plan.predicted_s - 6.0).abs() < 1e-12);
+    }
+
+    /// Offers of `kinds`, keyed `n0`, `n1`, …, each with conv rate `gflops`.
+    fn offers(kinds: &[DeviceKind], gflops: f64) -> (Vec<NodeOffer>, PerfModel) {
+        use crate::drac::perf_model::Rate;
+        let mut perf = PerfModel::new();
+        let offers = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| {
+                let key = format!("n{i}");
+                perf.set_rate(
+                    &key,
+                    OpClass::Conv2d,
+                    DType::F32,
+                    Rate::new(gflops, 0.0).unwrap(),
+                );
+                NodeOffer {
+                    id: key.clone(),
+                    key,
+                    kind,
+                    memory_bytes: 1 << 30,
+                    power: crate::drac::power::PowerSpec::cpu(1),
+                    state: PowerState::Idle,
+                }
+            })
+            .collect();
+        (offers, perf)
+    }
+
+    fn request(samples: usize, chunk: usize, corrections: &HashMap<String, f64>) -> PlanInput<'_> {
+        PlanInput {
+            flops_per_sample: 1_000_000_000,
+            bytes_per_sample: 0,
+            layout: Some(BatchLayout { samples, chunk }),
+            samples,
+            max_nodes: 8,
+            split_flops_per_sample: 900_000_000,
+            split_convs: 10,
+            corrections,
+        }
+    }
+
+    #[test]
+    fn one_sample_splits_its_convolutions_over_the_host_nodes() {
+        let none = HashMap::new();
+        let (cpus, perf) = offers(&[DeviceKind::Cpu; 3], 10.0);
+        let p = plan(&request(1, 0, &none), &cpus, &perf).unwrap();
+        assert_eq!(p.strategy, Strategy::ChannelSplit);
+        assert_eq!(p.nodes(), [0, 1, 2]);
+        assert!(p.members.iter().all(|m| (m.1 - 1.0 / 3.0).abs() < 1e-12));
+        // 0.1 s per sample whole: 0.01 on the lead, 0.09 / 3 split, 10 × 40 µs of steps.
+        assert!((p.predicted_s - (0.01 + 0.03 + 4e-4 + PART_OVERHEAD_S)).abs() < 1e-9);
+        // A fixed batch of one run chunk by chunk splits too; a free batch shares samples.
+        // Four chunks on three nodes: 0.2 s data parallel, 4 × 0.0404 split.
+        let chunks = plan(&request(4, 1, &none), &cpus, &perf).unwrap();
+        assert_eq!(chunks.strategy, Strategy::ChannelSplit);
+        let chunks = plan(&request(6, 1, &none), &cpus, &perf).unwrap();
+        assert_eq!(
+            chunks.strategy,
+            Strategy::DataParallel,
+            "0.2 s against 0.24"
+        );
+        let free = plan(&request(2, 0, &none), &cpus, &perf).unwrap();
+        assert_eq!(free.strategy, Strategy::DataParallel);
+        // GPUs and simulated nodes keep their models whole.
+        let (gpus, perf) = offers(&[DeviceKind::Gpu, DeviceKind::Sim], 10.0);
+        assert_eq!(
+            plan(&request(1, 0, &none), &gpus, &perf).unwrap().strategy,
+            Strategy::Whole
+        );
+    }
+
+    #[test]
+    fn a_measured_split_follows_its_own_correction() {
+        let (cpus, perf) = offers(&[DeviceKind::Cpu; 2], 10.0);
+        let key = split_key(["n0", "n1"]);
+        // Measured 3× slower than modelled: 0.01 + 0.045 + 0.0004 → × 3 > 0.1 whole.
+        let slow = HashMap::from([(key.clone(), 3.0)]);
+        let p = plan(&request(1, 0, &slow), &cpus, &perf).unwrap();
+        assert_eq!(p.strategy, Strategy::Whole);
+        // Node corrections do not count the split's: the mean of n0 and n1's is 1.
+        let c = HashMap::from([(key, 9.0), ("n0".to_string(), 1.0)]);
+        assert_eq!(correction(&c, "n1"), 1.0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct ModelReport {
     pub job: u64,
     /// The model's name.
     pub model: String,
-    /// Whole or data parallel.
+    /// Whole, data parallel or channel split.
     pub strategy: Strategy,
     /// Samples in the request.
     pub samples: usize,

@@ -92,8 +92,20 @@ pub struct CpuDevice {
 impl CpuDevice {
     /// CPU node number `index` (id `cpu<index>`) with `threads` workers and a memory share.
     pub fn new(index: usize, threads: usize, memory_bytes: u64) -> Result<CpuDevice> {
+        CpuDevice::of_mesh(index, threads, 1, memory_bytes)
+    }
+
+    /// CPU node number `index` of `nodes` CPU nodes brought up together (their workers pinned
+    /// to consecutive CPUs, one-thread nodes included), with `threads` workers and a memory
+    /// share.
+    pub fn of_mesh(
+        index: usize,
+        threads: usize,
+        nodes: usize,
+        memory_bytes: u64,
+    ) -> Result<CpuDevice> {
         let id = format!("cpu{index}");
-        let cores = super::pin::cores_for(index, threads);
+        let cores = super::pin::cores_for(index, threads, nodes);
         CpuDevice::start(id, threads, cores, memory_bytes)
     }
 
@@ -402,6 +414,13 @@ impl Device for CpuDevice {
         super::awake::run_awake(&self.pool, &self.awake, body)
     }
 
+    fn run_beside(&self, work: &mut (dyn FnMut() + Send), here: &mut (dyn FnMut() + Send)) {
+        self.pool.in_place_scope(|scope| {
+            scope.spawn(|_| work());
+            here();
+        });
+    }
+
     fn lanes(&self) -> Vec<&dyn Device> {
         if self.pool.current_num_threads() < 2 {
             return Vec::new();
@@ -435,6 +454,35 @@ impl Device for CpuDevice {
             return None;
         };
         Some(self.conv_onto(params, inputs, output))
+    }
+
+    fn conv_accumulate_view(
+        &self,
+        op: &Op,
+        inputs: &[TensorView<'_>],
+        out: &mut [f32],
+    ) -> Option<Result<()>> {
+        let Op::Conv2d(params) = op else {
+            return None;
+        };
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        Some(conv2d_dims(params, &shapes).and_then(|d| {
+            let expected: usize = d.output.iter().product();
+            if out.len() != expected {
+                return Err(Error::shape(
+                    "conv2d",
+                    format!(
+                        "the residual block holds {} elements, the output {:?} has {expected}",
+                        out.len(),
+                        d.output
+                    ),
+                ));
+            }
+            if out.is_empty() {
+                return Ok(());
+            }
+            self.conv_into(params, &d, inputs, out, true)
+        }))
     }
 
     fn conv_max_pool(

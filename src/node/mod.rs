@@ -65,6 +65,18 @@ pub trait Device: Send + Sync {
         None
     }
 
+    /// [`Device::conv_accumulate`] on borrowed inputs into `out` (f32, the output's shape,
+    /// already holding its residual): a part of a convolution split by output channels adds
+    /// into its block of a larger output in place. `None` for devices without that path.
+    fn conv_accumulate_view(
+        &self,
+        _op: &Op,
+        _inputs: &[TensorView<'_>],
+        _out: &mut [f32],
+    ) -> Option<Result<()>> {
+        None
+    }
+
     /// Runs a convolution `[x, w, bias?]` (`conv`, an `Op::Conv2d`) followed by the max
     /// pooling `pool`, without storing the convolution's whole output. `None` for devices
     /// (or ops) without that path: the caller then runs the two ops.
@@ -92,6 +104,17 @@ pub trait Device: Send + Sync {
     /// the calling thread.
     fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
         body()
+    }
+
+    /// Runs `work` on this device's own threads while the calling thread runs `here`, and
+    /// returns when both are done: a part of a split op handed to a member without a thread
+    /// of its own in between (a new thread would inherit the caller's CPU pinning and wait
+    /// for the caller's CPU to start). The default runs `work` on a new thread.
+    fn run_beside(&self, work: &mut (dyn FnMut() + Send), here: &mut (dyn FnMut() + Send)) {
+        std::thread::scope(|scope| {
+            scope.spawn(work);
+            here();
+        });
     }
 
     /// Single-threaded nodes standing for this node's workers, one per worker and on its
@@ -390,7 +413,9 @@ impl NodeSpec {
                 SpecEntry::Cpu { nodes, threads } => {
                     let threads = threads.unwrap_or_else(host_threads);
                     for _ in 0..nodes {
-                        devices.push(Arc::new(CpuDevice::new(cpu_index, threads, memory)?));
+                        devices.push(Arc::new(CpuDevice::of_mesh(
+                            cpu_index, threads, cpu_nodes, memory,
+                        )?));
                         cpu_index += 1;
                     }
                 }

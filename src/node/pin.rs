@@ -7,30 +7,38 @@
 //! (981–1053 µs per op against 553–589), and pinned to a CPU each they were back at full speed
 //! from the first op. Nodes take consecutive ranges of the CPUs this process may use; a node
 //! whose range does not fit (more threads than CPUs) stays unpinned rather than stacking its
-//! workers, and so does a one-thread node, which has no one to share a core with.
+//! workers, and so does a one-thread node alone, which has no one to share a core with. One-
+//! thread nodes of a mesh of several CPU nodes are pinned, each to its CPU: a convolution
+//! split across them hands each member its part every millisecond or so, and a woken member
+//! placed on the CPU of the lead that woke it ran its half at half speed (ResNet-50 split over
+//! two one-thread nodes: 52 ms, no faster than one node alone).
 
 use std::ops::Range;
 
 /// The environment variable that turns pinning off when set to `0`.
 pub(crate) const PIN_ENV: &str = "ACCELMESH_PIN";
 
-/// The CPUs for the `threads` workers of CPU node `index`, worker `i` on the `i`-th, or
-/// `None` where they stay unpinned (see the module documentation).
-pub(crate) fn cores_for(index: usize, threads: usize) -> Option<Vec<core_affinity::CoreId>> {
+/// The CPUs for the `threads` workers of CPU node `index` of `nodes` CPU nodes, worker `i`
+/// on the `i`-th, or `None` where they stay unpinned (see the module documentation).
+pub(crate) fn cores_for(
+    index: usize,
+    threads: usize,
+    nodes: usize,
+) -> Option<Vec<core_affinity::CoreId>> {
     if std::env::var(PIN_ENV).is_ok_and(|v| v.trim() == "0") {
         return None;
     }
     let allowed = core_affinity::get_core_ids()?;
-    let range = node_range(allowed.len(), index, threads)?;
+    let range = node_range(allowed.len(), index, threads, nodes)?;
     Some(allowed[range].to_vec())
 }
 
 /// The positions among `allowed` CPUs of node `index`'s `threads` workers, if it has two or
-/// more and they fit.
-fn node_range(allowed: usize, index: usize, threads: usize) -> Option<Range<usize>> {
+/// more or shares the CPUs with other nodes, and they fit.
+fn node_range(allowed: usize, index: usize, threads: usize, nodes: usize) -> Option<Range<usize>> {
     let first = index.checked_mul(threads)?;
     let end = first.checked_add(threads)?;
-    (threads >= 2 && end <= allowed).then_some(first..end)
+    ((threads >= 2 || nodes >= 2) && end <= allowed).then_some(first..end)
 }
 
 /// Pins the calling thread to `cores[i]`, if there is one (a pool's start handler).
@@ -47,17 +55,19 @@ mod tests {
 
     #[test]
     fn nodes_take_consecutive_ranges_that_fit() {
-        assert_eq!(node_range(8, 0, 8), Some(0..8));
-        assert_eq!(node_range(8, 1, 4), Some(4..8));
-        assert_eq!(node_range(8, 2, 4), None, "past the CPUs");
-        assert_eq!(node_range(2, 0, 3), None, "more threads than CPUs");
-        assert_eq!(node_range(8, 3, 1), None, "one thread: unpinned");
-        assert_eq!(node_range(8, usize::MAX, 2), None, "overflow");
+        assert_eq!(node_range(8, 0, 8, 1), Some(0..8));
+        assert_eq!(node_range(8, 1, 4, 2), Some(4..8));
+        assert_eq!(node_range(8, 2, 4, 3), None, "past the CPUs");
+        assert_eq!(node_range(2, 0, 3, 1), None, "more threads than CPUs");
+        assert_eq!(node_range(8, 0, 1, 1), None, "one thread alone: unpinned");
+        assert_eq!(node_range(8, 3, 1, 8), Some(3..4), "one of several: pinned");
+        assert_eq!(node_range(2, 2, 1, 3), None, "past the CPUs");
+        assert_eq!(node_range(8, usize::MAX, 2, 2), None, "overflow");
     }
 
     #[test]
     fn a_pinned_pool_runs_its_workers_on_their_cpus() {
-        let Some(cores) = cores_for(0, 2) else {
+        let Some(cores) = cores_for(0, 2, 1) else {
             return; // one CPU, or pinning off: nothing to check
         };
         assert_eq!(cores.len(), 2);

@@ -64,7 +64,7 @@ use rayon::prelude::*;
 
 pub use params::{Conv2dParams, conv2d_output_dims};
 pub use pooled::{banding_pays, conv2d_max_pool};
-pub use prepack::{WeightPin, is_pinned};
+pub use prepack::{WeightPin, is_pinned, pin_part};
 
 use crate::{Element, Isa, KernelError, Result};
 use params::{Geometry, product};

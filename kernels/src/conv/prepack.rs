@@ -170,8 +170,17 @@ impl PackedWeights {
     }
 }
 
-/// The pinned weights: address and length → pin count and the packs made so far.
-type Registry = HashMap<(usize, usize), (usize, Arc<Mutex<Vec<Arc<PackedWeights>>>>)>;
+/// The pinned weights by address and length.
+type Registry = HashMap<(usize, usize), Pinned>;
+
+/// One pinned buffer: its pin count, the packs made so far, and the parts of it pinned with
+/// [`pin_part`] (unpinned with it).
+#[derive(Default)]
+struct Pinned {
+    pins: usize,
+    packs: Arc<Mutex<Vec<Arc<PackedWeights>>>>,
+    parts: Vec<(usize, usize)>,
+}
 
 fn registry() -> &'static Mutex<Registry> {
     static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
@@ -197,7 +206,7 @@ impl WeightPin {
         }
         let key = (weight.as_ptr() as usize, weight.len());
         let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key).or_insert_with(|| (0, Arc::default())).0 += 1;
+        map.entry(key).or_default().pins += 1;
         WeightPin { key: Some(key) }
     }
 }
@@ -207,12 +216,43 @@ impl Drop for WeightPin {
         let Some(key) = self.key else { return };
         let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = map.get_mut(&key) {
-            entry.0 -= 1;
-            if entry.0 == 0 {
-                map.remove(&key);
+            entry.pins -= 1;
+            if entry.pins == 0
+                && let Some(gone) = map.remove(&key)
+            {
+                for part in gone.parts {
+                    if map.get(&part).is_some_and(|p| p.pins == 0) {
+                        map.remove(&part);
+                    }
+                }
             }
         }
     }
+}
+
+/// Pins `part`, a run of the pinned buffer `whole` (the weights of some of a convolution's
+/// output channels), for as long as `whole` stays pinned, so that a convolution split by
+/// output channels packs each part's weights once too. Returns whether `part` is pinned now
+/// (false when `whole` is not pinned or `part` does not lie within it).
+pub fn pin_part(whole: &[f32], part: &[f32]) -> bool {
+    let (w0, p0) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    let inside = p0 >= w0 && p0 + std::mem::size_of_val(part) <= w0 + std::mem::size_of_val(whole);
+    if part.is_empty() || !inside {
+        return false;
+    }
+    let (wkey, pkey) = ((w0, whole.len()), (p0, part.len()));
+    let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if !map.contains_key(&wkey) {
+        return false;
+    }
+    if pkey == wkey || map.contains_key(&pkey) {
+        return true;
+    }
+    map.insert(pkey, Pinned::default());
+    if let Some(w) = map.get_mut(&wkey) {
+        w.parts.push(pkey);
+    }
+    true
 }
 
 /// The packed panels of `weight` for convolution `g` on `isa` in depth blocks of `kc`, `mr`
@@ -259,7 +299,7 @@ fn cached(
     let key = (weight.as_ptr() as usize, weight.len());
     let slot = {
         let map = registry().lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(&map.get(&key)?.1)
+        Arc::clone(&map.get(&key)?.packs)
     };
     let mut packs = slot.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(found) = packs.iter().find(|p| matches(p)) {
@@ -277,4 +317,24 @@ pub fn is_pinned(weight: &[f32]) -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .contains_key(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_pinned_while_their_whole_is() {
+        let whole: Vec<f32> = (0..64).map(|i| i as f32 + 0.5).collect();
+        let (part, outside) = (&whole[16..32], vec![1.0f32; 16]);
+        assert!(!pin_part(&whole, part), "the whole is not pinned yet");
+        let pin = WeightPin::new(&whole);
+        assert!(pin_part(&whole, part));
+        assert!(pin_part(&whole, part), "pinning twice is harmless");
+        assert!(is_pinned(part));
+        assert!(!pin_part(&whole, &outside), "not within the whole");
+        assert!(!pin_part(&whole, &whole[8..8]), "empty");
+        drop(pin);
+        assert!(!is_pinned(part) && !is_pinned(&whole));
+    }
 }
