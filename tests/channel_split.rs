@@ -1,14 +1,14 @@
 //! A model's convolutions split by output channels across CPU nodes (`ChannelSplit`): every
 //! form the session runs (plain, bias and ReLU, the CPU node's residual input, a residual
-//! added in place, grouped and depthwise) against a float64 reference at odd channel counts,
-//! and a member that fails mid-run.
+//! added in place, grouped and depthwise) against a float64 reference at odd channel counts;
+//! matrix products by columns or rows; and a member that fails mid-run.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use common::{assert_close_tol, conv_ref, cpu_nodes};
+use common::{assert_close_tol, conv_ref, cpu_nodes, matmul_ref};
 
 use accelmesh::drac::{Fault, FaultyDevice};
 use accelmesh::model::split::ChannelSplit;
@@ -76,6 +76,43 @@ fn split_convolutions_match_the_f64_reference() {
         "every member took parts: {busy:?}"
     );
     assert!(split.dropped().is_empty());
+}
+
+#[test]
+fn split_matrix_products_match_the_f64_reference() {
+    let split = split3();
+    // (M, K, N, B stored transposed): one row by columns, several rows by rows.
+    for (i, &(m, k, n, tb)) in [
+        (1, 33, 129, true),
+        (1, 7, 17, true),
+        (17, 65, 31, false),
+        (3, 1, 7, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 200 + 10 * i as u64;
+        let a = Tensor::random([m, k], DType::F32, seed).unwrap();
+        let b_dims = if tb { [n, k] } else { [k, n] };
+        let b = Tensor::random(b_dims, DType::F32, seed + 1).unwrap();
+        let op = Op::MatMul {
+            trans_a: false,
+            trans_b: tb,
+        };
+        let got = split.execute(&op, &[&a, &b]).unwrap().remove(0);
+        assert_eq!(got.dims(), [m, n]);
+        assert_close_tol(
+            &format!("matmul {i}"),
+            &got,
+            &matmul_ref(&a, &b, false, tb),
+            TOL,
+        );
+    }
+    assert!(
+        split.busy_s().iter().all(|&s| s > 0.0),
+        "{:?}",
+        split.busy_s()
+    );
 }
 
 /// `relu(conv + bias + residual)` in float64, with the scale of its terms.

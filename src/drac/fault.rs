@@ -193,6 +193,10 @@ macro_rules! faulty_device_methods {
             self.$dev().run_beside(work, here)
         }
 
+        fn keep_awake(&self, body: &mut (dyn FnMut() + Send)) {
+            self.$dev().keep_awake(body)
+        }
+
         fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             self.run(|| self.$dev().execute(op, inputs))
         }
@@ -380,6 +384,11 @@ mod tests {
             here();
         }
 
+        fn keep_awake(&self, body: &mut (dyn FnMut() + Send)) {
+            self.note("keep_awake");
+            body();
+        }
+
         fn lanes(&self) -> Vec<&dyn Device> {
             self.note("lanes");
             Vec::new()
@@ -420,6 +429,9 @@ mod tests {
         let (mut a, mut b) = (false, false);
         dev.run_beside(&mut || a = true, &mut || b = true);
         assert!(a && b);
+        let mut kept = false;
+        dev.keep_awake(&mut || kept = true);
+        assert!(kept);
         assert!(dev.lanes().is_empty());
         assert!(dev.gpu().is_none());
         dev.inject_device_loss();
@@ -433,6 +445,7 @@ mod tests {
             "time_resident",
             "run_batch",
             "run_beside",
+            "keep_awake",
             "lanes",
             "inject_device_loss",
         ];

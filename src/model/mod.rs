@@ -34,8 +34,8 @@ pub struct Model {
     name: String,
     session: Arc<Session>,
     flops_per_sample: u64,
-    /// Of those, the operations in convolutions large enough to split across nodes by
-    /// output channels ([`split::SPLIT_MIN_FLOPS`]).
+    /// Of those, the operations in convolutions and matrix products large enough to split
+    /// across nodes ([`split::SPLIT_MIN_FLOPS`]).
     split_flops_per_sample: u64,
     /// How many such convolutions one run has.
     split_convs: usize,
@@ -109,7 +109,10 @@ impl Model {
         let probe = has_free_dims(&onnx).then(|| with_unit_dims(&onnx));
         let session = Session::new(onnx)?;
         let count = |s: &Session| -> Vec<(bool, u64)> {
-            heavy.iter().map(|h| (h.op == "Conv", h.flops(s))).collect()
+            heavy
+                .iter()
+                .map(|h| (h.op != "ConvTranspose", h.flops(s)))
+                .collect()
         };
         let mut counts = count(&session);
         if counts.iter().all(|c| c.1 == 0)
@@ -121,7 +124,7 @@ impl Model {
         let counted: u64 = counts.iter().map(|c| c.1).sum();
         let splittable: Vec<u64> = counts
             .iter()
-            .filter(|&&(conv, f)| conv && f >= split::SPLIT_MIN_FLOPS)
+            .filter(|&&(splits, f)| splits && f >= split::SPLIT_MIN_FLOPS)
             .map(|c| c.1)
             .collect();
         Ok(Model {

@@ -1,10 +1,11 @@
 //! A model run cut across nodes inside the graph: a device made of several host nodes that
-//! splits each large convolution by output channels across all of them, in shares that
-//! follow their predicted speed, and runs every other op on the first (the lead).
+//! splits each large convolution by output channels, and each large matrix product by output
+//! columns (one row) or rows, across all of them, in shares that follow their predicted
+//! speed, and runs every other op on the first (the lead).
 //!
-//! The parts read the convolution's input in place and write straight into their blocks of
-//! one output (a block of output channels is one contiguous run of a single image's output),
-//! side by side, the lead's on the calling thread. A member that fails takes no share of later
+//! The parts read their inputs in place and write straight into their blocks of one output (a
+//! block of output channels is one contiguous run of a single image's output, a block of
+//! columns one of a single row's), side by side, the lead's on the calling thread. A member that fails takes no share of later
 //! convolutions, and its block is re-run by the lead (or, for a block it was adding into, the
 //! op fails); the run's owner reads who failed ([`ChannelSplit::dropped`]) and who is stuck
 //! ([`ChannelSplit::stuck_member`]).
@@ -20,8 +21,8 @@ use crate::op::{Op, Pool2dParams};
 use crate::tensor::{DType, Shape, Tensor, TensorView};
 use crate::{Error, Result};
 
-/// Least operations of a convolution worth splitting: each split starts a thread per member
-/// (some 20–40 µs), and a convolution this small takes about a millisecond on one core.
+/// Least operations of a convolution or matrix product worth splitting: handing a part to a
+/// member costs some tens of µs, and an op this small takes about 0.2 ms on one core.
 pub const SPLIT_MIN_FLOPS: u64 = 1 << 24;
 
 /// A member that failed during the run and why.
@@ -145,21 +146,31 @@ impl ChannelSplit {
         (shares.iter().filter(|&&s| s > 0.0).count() >= 2).then_some(shares)
     }
 
-    /// The parts of `op` on `conv_inputs` (`[x, w, bias?]`) when it is a convolution worth
-    /// splitting whose parts' outputs are contiguous blocks; `None` to run it on the lead.
-    fn plan(&self, op: &Op, conv_inputs: &[&Tensor], only_cpu: bool) -> Option<Vec<PartSpec>> {
-        if !matches!(op, Op::Conv2d(_)) || !(2..=3).contains(&conv_inputs.len()) {
-            return None;
-        }
-        let shapes: Vec<&Shape> = conv_inputs.iter().map(|t| t.shape()).collect();
+    /// The parts of `op` on `inputs` (a convolution's `[x, w, bias?]` or a matrix product's
+    /// `[A, B]`) when it is worth splitting and its parts read contiguous blocks of the inputs
+    /// and write contiguous blocks of the output; `None` to run it on the lead.
+    fn plan(&self, op: &Op, inputs: &[&Tensor], only_cpu: bool) -> Option<Vec<PartSpec>> {
+        let strategies: &[Strategy] = match op {
+            Op::Conv2d(_) if (2..=3).contains(&inputs.len()) => &[Strategy::OutChannels],
+            // Columns for one row (a classifier at batch 1, B stored transposed), else rows.
+            Op::MatMul { .. } if inputs.len() == 2 => &[Strategy::Cols, Strategy::Rows],
+            _ => return None,
+        };
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
         if op.flops(&shapes).ok()? < self.min_flops {
             return None;
         }
         let shares = self.live_shares(only_cpu)?;
-        let dtype = conv_inputs[0].dtype();
-        let parts =
-            partition::partition(op, &shapes, dtype, Strategy::OutChannels, &shares).ok()?;
-        (parts.len() >= 2 && partition::output_runs(&parts).is_some()).then_some(parts)
+        let dtype = inputs[0].dtype();
+        strategies.iter().find_map(|&strategy| {
+            let parts = partition::partition(op, &shapes, dtype, strategy, &shares).ok()?;
+            let in_place = parts.len() >= 2
+                && partition::output_runs(&parts).is_some()
+                && parts
+                    .iter()
+                    .all(|p| matches!(partition::input_views(p, inputs), Ok(Some(_))));
+            in_place.then_some(parts)
+        })
     }
 
     /// Runs the split convolution `parts` of `conv_inputs` into `out` (the whole output,
@@ -380,6 +391,16 @@ impl Device for ChannelSplit {
     }
 
     fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
-        self.lead().run_batch(body)
+        // The ops on the lead's threads, the other members polling for their parts meanwhile.
+        self.lead()
+            .run_batch(&mut || awake_from(&self.members[1..], &mut *body))
+    }
+}
+
+/// Runs `body` with every device of `members` kept awake ([`Device::keep_awake`]).
+fn awake_from(members: &[Arc<dyn Device>], body: &mut (dyn FnMut() + Send)) {
+    match members.split_first() {
+        None => body(),
+        Some((first, rest)) => first.keep_awake(&mut || awake_from(rest, &mut *body)),
     }
 }

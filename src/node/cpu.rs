@@ -414,6 +414,10 @@ impl Device for CpuDevice {
         super::awake::run_awake(&self.pool, &self.awake, body)
     }
 
+    fn keep_awake(&self, body: &mut (dyn FnMut() + Send)) {
+        super::awake::keep_awake(&self.pool, &self.awake, body)
+    }
+
     fn run_beside(&self, work: &mut (dyn FnMut() + Send), here: &mut (dyn FnMut() + Send)) {
         self.pool.in_place_scope(|scope| {
             scope.spawn(|_| work());

@@ -106,6 +106,13 @@ pub trait Device: Send + Sync {
         body()
     }
 
+    /// Runs `body` (on the calling thread) while this device's workers poll for work instead
+    /// of sleeping, so that the parts [`Device::run_beside`] hands them meanwhile start at
+    /// once. The default just runs `body`.
+    fn keep_awake(&self, body: &mut (dyn FnMut() + Send)) {
+        body()
+    }
+
     /// Runs `work` on this device's own threads while the calling thread runs `here`, and
     /// returns when both are done: a part of a split op handed to a member without a thread
     /// of its own in between (a new thread would inherit the caller's CPU pinning and wait
