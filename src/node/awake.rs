@@ -156,14 +156,24 @@ fn spawn_pollers(awake: &Arc<Awake>, target: usize) {
 /// Runs the pool's pending jobs while [`Awake::wanted`]; returns at once on a thread where a
 /// body runs (its own, or another's when two batches share the pool): a poller there would
 /// keep that body from going on until it returned — the body below it on the same stack.
+/// A poller that has found no work for this long stops (the batch goes on, its next work
+/// wakes the worker as without pollers): a batch whose body never returns — a split model
+/// run waiting on a member that hung — must not keep the pool's cores spinning.
+const IDLE_GIVE_UP: Duration = Duration::from_millis(200);
+
 fn poll_while_wanted(awake: &Awake) {
     if IN_BODY.get() || POLLING.get() {
         return;
     }
     awake.pollers.fetch_add(1, Ordering::AcqRel);
     POLLING.set(true);
+    let mut last_work = Instant::now();
     while awake.wanted() {
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            last_work = Instant::now();
+        } else if last_work.elapsed() >= IDLE_GIVE_UP {
+            break;
+        } else {
             std::thread::yield_now();
         }
     }
