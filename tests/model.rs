@@ -503,3 +503,31 @@ fn a_split_member_that_hangs_is_found_by_the_time_out() {
     assert_eq!(moved[0].from, "cpu2");
     assert!(moved[0].reason.contains("no answer"), "{}", moved[0].reason);
 }
+
+#[test]
+fn a_crash_and_then_a_hang_in_a_split_mark_exactly_those_nodes() {
+    let model = Model::from_onnx(demo::network(5)).unwrap();
+    let inputs = demo::images(1, 91).unwrap();
+    let want = demo_alone(&model, &inputs);
+    let drac = drac_with(3, &[1.0, 1.0, 1.0], quick_timeouts());
+    // cpu1 fails its first part (its block moves to the lead); cpu2 hangs on its fourth.
+    drac.inject_fault("cpu1", Fault::crash()).unwrap();
+    drac.inject_fault("cpu2", Fault::hang().after(3)).unwrap();
+    let run = model
+        .run_values(&drac, &inputs, &RunOptions::default())
+        .unwrap();
+    assert_same_probabilities(&run.output(demo::OUTPUT).unwrap().to_f32_vec(), &want);
+    let moved: Vec<(&str, &str)> = run
+        .report
+        .moved_parts
+        .iter()
+        .map(|m| (m.from.as_str(), m.to.as_str()))
+        .collect();
+    assert_eq!(
+        moved,
+        [("cpu1", "cpu0"), ("cpu2", "cpu0")],
+        "{:?}",
+        run.report
+    );
+    assert_eq!(failed_nodes(&drac), ["cpu1", "cpu2"]);
+}

@@ -139,8 +139,31 @@ fn joined(mut pieces: Vec<HashMap<String, Value>>) -> Result<HashMap<String, Val
     batch::join_outputs(pieces)
 }
 
-/// What a part thread sends back: part index, leased node index, outputs and seconds.
-type PartDone = (usize, usize, Result<(HashMap<String, Value>, f64)>);
+/// What a part thread sends back: its launch number, and the outputs and seconds.
+struct PartDone {
+    seq: usize,
+    out: Result<(HashMap<String, Value>, f64)>,
+}
+
+/// A part launched on a leased node (the lead of a split) and not answered yet.
+struct Launched {
+    part: usize,
+    node: usize,
+    /// Launch number: a late answer of a launch given up on is told from its successor's.
+    seq: usize,
+    since: Instant,
+}
+
+impl Launched {
+    fn new(part: usize, node: usize, seq: usize) -> Launched {
+        Launched {
+            part,
+            node,
+            seq,
+            since: Instant::now(),
+        }
+    }
+}
 
 /// Places `inputs` on the DRAC's free nodes, runs them and reports.
 pub(super) fn run(
@@ -197,9 +220,11 @@ pub(super) fn run(
     let mut split: Option<Arc<ChannelSplit>> = None;
     let (tx, rx) = mpsc::channel::<PartDone>();
     // Runs part `part` on leased node `node`, or across `members` when they are two or more
-    // (then `node` is their lead); returns the split device of such a run.
+    // (then `node` is their lead), as launch number `seq`; returns the split device of such a
+    // run.
     let launch = |part: usize,
                   node: usize,
+                  seq: usize,
                   members: &[(usize, f64)],
                   lease: &Lease|
      -> Result<Option<Arc<ChannelSplit>>> {
@@ -237,7 +262,7 @@ pub(super) fn run(
                 let out =
                     run_on_device(&session, device.as_ref(), &part_inputs, part_layout, flops)
                         .map(|o| (o, t.elapsed().as_secs_f64()));
-                let _ = tx.send((part, node, out));
+                let _ = tx.send(PartDone { seq, out });
             })
             .map_err(|e| Error::device("model", format!("cannot start a part thread: {e}")))?;
         Ok(split)
@@ -248,25 +273,29 @@ pub(super) fn run(
     let mut elapsed: Vec<f64> = vec![0.0; parts.len()];
     let mut busy_s: Vec<f64> = vec![0.0; lease.nodes().len()];
     let mut moved = Vec::new();
-    let mut waiting: Vec<(usize, usize, Instant)> = Vec::new();
+    let mut waiting: Vec<Launched> = Vec::new();
+    let mut launches = 0;
     for (p, _) in parts.iter().enumerate() {
-        split = launch(p, p, &members, &lease)?;
-        waiting.push((p, p, Instant::now()));
+        split = launch(p, p, launches, &members, &lease)?;
+        waiting.push(Launched::new(p, p, launches));
+        launches += 1;
     }
     while !waiting.is_empty() {
         let next_deadline = waiting
             .iter()
-            .map(|&(p, _, t)| t + timeout_for(parts[p].predicted_s))
+            .map(|w| w.since + timeout_for(parts[w.part].predicted_s))
             .min()
             .unwrap_or_else(Instant::now);
         let wait = next_deadline.saturating_duration_since(Instant::now());
-        let mut lost: Vec<(usize, usize, String)> = Vec::new();
+        // Launches given up on: why, and whether their time ran out.
+        let mut lost: Vec<(Launched, String, bool)> = Vec::new();
         match rx.recv_timeout(wait) {
-            Ok((p, node, out)) => {
-                let Some(at) = waiting.iter().position(|&(q, n, _)| q == p && n == node) else {
-                    continue; // a late answer from a node already given up on
+            Ok(PartDone { seq, out }) => {
+                let Some(at) = waiting.iter().position(|w| w.seq == seq) else {
+                    continue; // a late answer from a launch already given up on
                 };
-                waiting.swap_remove(at);
+                let w = waiting.swap_remove(at);
+                let (p, node) = (w.part, w.node);
                 match out {
                     Ok((o, secs)) => {
                         busy_s[node] += secs;
@@ -275,40 +304,23 @@ pub(super) fn run(
                         done[p] = Some(o);
                         idle_if_done(&lease, &waiting, node);
                         if let Some(s) = &split {
-                            for d in s.dropped() {
-                                let (from, to) = (members[d.member].0, members[0].0);
-                                lease.mark_failed(from, d.reason.clone());
-                                moved.push(MovedPart {
-                                    part: p,
-                                    from: lease.nodes()[from].id.clone(),
-                                    to: lease.nodes()[to].id.clone(),
-                                    reason: d.reason,
-                                });
-                            }
-                            for (m, b) in s.busy_s().into_iter().enumerate().skip(1) {
-                                busy_s[members[m].0] += b;
-                            }
+                            settle_split(s, &members, p, &mut lease, &mut moved, &mut busy_s);
                         }
                     }
-                    Err(e @ Error::Device { .. }) => lost.push((p, node, e.to_string())),
+                    Err(e @ Error::Device { .. }) => lost.push((w, e.to_string(), false)),
                     Err(e) => return Err(e),
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
-                waiting.retain(|&(p, node, t)| {
-                    let limit = timeout_for(parts[p].predicted_s);
-                    if now.duration_since(t) >= limit {
-                        lost.push((
-                            p,
-                            node,
-                            format!("no answer within {:.3} s", limit.as_secs_f64()),
-                        ));
-                        false
-                    } else {
-                        true
-                    }
+                let (late, on_time): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|w| {
+                    now.duration_since(w.since) >= timeout_for(parts[w.part].predicted_s)
                 });
+                waiting = on_time;
+                for w in late {
+                    let limit = timeout_for(parts[w.part].predicted_s).as_secs_f64();
+                    lost.push((w, format!("no answer within {limit:.3} s"), true));
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(Error::device(
@@ -317,23 +329,28 @@ pub(super) fn run(
                 ));
             }
         }
-        for (p, node, reason) in lost {
-            // In a channel split, the member that failed, or the one still running when time
-            // ran out, is dropped, and the remaining members run the part again.
-            let (from, reason) = match split.take() {
+        for (w, reason, timed_out) in lost {
+            let p = w.part;
+            busy_s[w.node] += w.since.elapsed().as_secs_f64();
+            // In a channel split, the member whose error ended the run, or the one still on a
+            // part when time ran out (else the lead), is dropped with any member dropped
+            // along the way, and the remaining members run the part again.
+            let from = match split.take() {
                 Some(s) => {
-                    let dropped = s.dropped().pop();
-                    let culprit = dropped
-                        .as_ref()
-                        .map(|d| d.member)
-                        .or_else(|| s.stuck_member())
-                        .unwrap_or(0);
-                    (members[culprit].0, dropped.map_or(reason, |d| d.reason))
+                    settle_split(&s, &members, p, &mut lease, &mut moved, &mut busy_s);
+                    let culprit = if timed_out {
+                        s.stuck_member()
+                    } else {
+                        s.failed_member()
+                    };
+                    members[culprit.unwrap_or(0)].0
                 }
-                None => (node, reason),
+                None => w.node,
             };
-            lease.mark_failed(from, reason.clone());
-            busy_s[from] += start.elapsed().as_secs_f64();
+            let newly_failed = !lease.is_failed(from);
+            if newly_failed {
+                lease.mark_failed(from, reason.clone());
+            }
             members.retain(|m| !lease.is_failed(m.0));
             let to = match members.first() {
                 Some(m) => m.0,
@@ -347,14 +364,12 @@ pub(super) fn run(
             if busy_s.len() < lease.nodes().len() {
                 busy_s.resize(lease.nodes().len(), 0.0);
             }
-            moved.push(MovedPart {
-                part: p,
-                from: lease.nodes()[from].id.clone(),
-                to: lease.nodes()[to].id.clone(),
-                reason,
-            });
-            split = launch(p, to, &members, &lease)?;
-            waiting.push((p, to, Instant::now()));
+            if newly_failed {
+                moved.push(moved_part(&lease, p, from, to, reason));
+            }
+            split = launch(p, to, launches, &members, &lease)?;
+            waiting.push(Launched::new(p, to, launches));
+            launches += 1;
         }
     }
     let pieces: Vec<HashMap<String, Value>> = done
@@ -407,20 +422,50 @@ fn learn_node_rates(
     }
 }
 
+/// After a run of the split `s` over `members` (leased node, share) ends: each member it
+/// dropped is marked failed and reported as having moved part `part` to the lead, and the
+/// members' busy time is booked to their nodes.
+fn settle_split(
+    s: &ChannelSplit,
+    members: &[(usize, f64)],
+    part: usize,
+    lease: &mut Lease,
+    moved: &mut Vec<MovedPart>,
+    busy_s: &mut [f64],
+) {
+    let lead = members[0].0;
+    for d in s.dropped() {
+        let from = members[d.member].0;
+        if !lease.is_failed(from) {
+            lease.mark_failed(from, d.reason.clone());
+            moved.push(moved_part(lease, part, from, lead, d.reason));
+        }
+    }
+    for (m, b) in s.busy_s().into_iter().enumerate().skip(1) {
+        busy_s[members[m].0] += b;
+    }
+}
+
+/// The record of part `part` moved from leased node `from` to `to` for `reason`.
+fn moved_part(lease: &Lease, part: usize, from: usize, to: usize, reason: String) -> MovedPart {
+    MovedPart {
+        part,
+        from: lease.nodes()[from].id.clone(),
+        to: lease.nodes()[to].id.clone(),
+        reason,
+    }
+}
+
 /// Puts leased node `node` to Idle when no part waits on it any more.
-fn idle_if_done(lease: &Lease, waiting: &[(usize, usize, Instant)], node: usize) {
-    if !waiting.iter().any(|&(_, n, _)| n == node) {
+fn idle_if_done(lease: &Lease, waiting: &[Launched], node: usize) {
+    if !waiting.iter().any(|w| w.node == node) {
         lease.set_state(node, PowerState::Idle);
     }
 }
 
 /// A node to move a failed part to: a free node borrowed from the mesh, else the leased
 /// working node with the least work so far that no part is waiting on, else any working one.
-fn replacement(
-    lease: &mut Lease,
-    waiting: &[(usize, usize, Instant)],
-    busy_s: &[f64],
-) -> Option<usize> {
+fn replacement(lease: &mut Lease, waiting: &[Launched], busy_s: &[f64]) -> Option<usize> {
     if let Some(k) = lease.borrow_more() {
         return Some(k);
     }
@@ -438,7 +483,7 @@ fn replacement(
         &mut working
             .iter()
             .copied()
-            .filter(|&k| !waiting.iter().any(|&(_, n, _)| n == k)),
+            .filter(|&k| !waiting.iter().any(|w| w.node == k)),
     )
     .or_else(|| least(&mut working.iter().copied()))
 }

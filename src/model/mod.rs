@@ -22,7 +22,7 @@ pub use report::{ModelReport, PartReport};
 use crate::drac::Drac;
 use crate::node::Device;
 use crate::onnx::exec::{Profile, Session};
-use crate::onnx::{Dim, Model as OnnxModel, Value, ValueInfo};
+use crate::onnx::{Attribute, Dim, Model as OnnxModel, Value, ValueInfo};
 use crate::tensor::{Shape, Tensor};
 use crate::{Error, Result};
 
@@ -111,7 +111,7 @@ impl Model {
         let count = |s: &Session| -> Vec<(bool, u64)> {
             heavy
                 .iter()
-                .map(|h| (h.op != "ConvTranspose", h.flops(s)))
+                .map(|h| (h.splits_in_place(s), h.flops(s)))
                 .collect()
         };
         let mut counts = count(&session);
@@ -280,6 +280,8 @@ struct Heavy {
     weight: Option<Vec<usize>>,
     input: String,
     output: String,
+    /// A Gemm whose B is stored transposed (`transB`).
+    trans_b: bool,
 }
 
 /// The graph's convolutions and matrix products (read before the graph is prepared, while
@@ -307,12 +309,28 @@ fn heavy_nodes(onnx: &OnnxModel) -> Vec<Heavy> {
                 weight,
                 input,
                 output,
+                trans_b: matches!(n.attributes.get("transB"), Some(Attribute::Int(1))),
             })
         })
         .collect()
 }
 
 impl Heavy {
+    /// Whether a channel split cuts the node into blocks it writes in place
+    /// ([`split::ChannelSplit`]): a convolution, a product of several rows, or a Gemm of one
+    /// row whose B is stored transposed (columns cut as contiguous rows of B).
+    fn splits_in_place(&self, session: &Session) -> bool {
+        let rows = session
+            .inferred_shape(&self.output)
+            .filter(|s| s.dims().len() == 2)
+            .map(|s| s.dims()[0]);
+        match self.op.as_str() {
+            "Conv" => true,
+            "Gemm" | "MatMul" => rows.is_some_and(|r| r >= 2) || self.trans_b,
+            _ => false,
+        }
+    }
+
     /// Multiply-adds ×2 of the node at the shapes inferred at load (0 when unknown).
     fn flops(&self, session: &Session) -> u64 {
         let numel = |s: Shape| s.numel().unwrap_or(0) as u64;

@@ -7,7 +7,8 @@
 //! block of output channels is one contiguous run of a single image's output, a block of
 //! columns one of a single row's), side by side, the lead's on the calling thread. A member that fails takes no share of later
 //! convolutions, and its block is re-run by the lead (or, for a block it was adding into, the
-//! op fails); the run's owner reads who failed ([`ChannelSplit::dropped`]) and who is stuck
+//! op fails); the run's owner reads who was dropped ([`ChannelSplit::dropped`]), whose error
+//! ended an op ([`ChannelSplit::failed_member`]) and who is stuck
 //! ([`ChannelSplit::stuck_member`]).
 
 use std::sync::{Arc, Mutex};
@@ -44,13 +45,21 @@ pub struct ChannelSplit {
 
 /// What the members are doing and have done.
 struct SplitState {
-    /// When each member started the part it is running, if any.
-    busy_since: Vec<Option<Instant>>,
+    /// When each member was handed the part it has not finished, if any (a part queued
+    /// behind a hung one counts from its hand-over).
+    waiting_since: Vec<Option<Instant>>,
     /// Seconds each member spent on its parts.
     busy_s: Vec<f64>,
     /// Members that failed, in order.
     dropped: Vec<DroppedMember>,
+    /// The member whose device error ended an op (the lead's error, or a member's while
+    /// adding into a residual).
+    failed: Option<usize>,
 }
+
+/// Shares are rounded to multiples of one part in this many, so that runs planned with
+/// slightly different node speeds cut the same channels (and reuse the same packed parts).
+const SHARE_STEPS: f64 = 32.0;
 
 /// One part of a split convolution: which member runs it, what, and where its output goes.
 struct Piece<'a> {
@@ -78,14 +87,23 @@ impl ChannelSplit {
             ));
         }
         let n = members.len();
+        let total: f64 = shares.iter().sum();
+        let shares = shares
+            .iter()
+            .map(|&s| match (s / total * SHARE_STEPS).round() {
+                _ if s == 0.0 => 0.0,
+                steps => steps.max(1.0),
+            })
+            .collect();
         Ok(ChannelSplit {
             members,
             shares,
             min_flops: SPLIT_MIN_FLOPS,
             state: Mutex::new(SplitState {
-                busy_since: vec![None; n],
+                waiting_since: vec![None; n],
                 busy_s: vec![0.0; n],
                 dropped: Vec::new(),
+                failed: None,
             }),
         })
     }
@@ -118,14 +136,26 @@ impl ChannelSplit {
             .unwrap_or_default()
     }
 
-    /// The member still running the part it started first, if one is running: the one a run
-    /// that never finishes waits on.
+    /// The member that has waited longest on a part it was handed, if one has one: the one
+    /// a run that never finishes waits on.
     pub fn stuck_member(&self) -> Option<usize> {
         let s = self.state.lock().ok()?;
         (0..self.members.len())
-            .filter_map(|m| s.busy_since[m].map(|t| (m, t)))
+            .filter_map(|m| s.waiting_since[m].map(|t| (m, t)))
             .min_by_key(|&(m, t)| (t, m == 0))
             .map(|(m, _)| m)
+    }
+
+    /// The member whose device error ended an op of this split, if one did.
+    pub fn failed_member(&self) -> Option<usize> {
+        self.state.lock().ok()?.failed
+    }
+
+    /// Notes that member `m` was handed a part now (unless it waits on one already).
+    fn handed(&self, m: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.waiting_since[m].get_or_insert_with(Instant::now);
+        }
     }
 
     /// The shares of the members that have not failed; `None` when fewer than two remain
@@ -229,20 +259,25 @@ impl ChannelSplit {
             let Some(e) = error else {
                 continue;
             };
-            // A lead that fails, or an error in the op itself, ends the run. A member's device
-            // error drops the member and moves its block to the lead — unless the block was
-            // being added into, which the member may have left half done: that run ends too,
-            // and its owner runs it again without the member.
-            if piece.member == 0 || !matches!(e, Error::Device { .. }) {
+            // An error in the op itself, or the lead's device error, ends the run. A member's
+            // device error drops the member and moves its block to the lead — unless the block
+            // was being added into, which the member may have left half done: that run ends
+            // too, and its owner runs it again without the member.
+            if !matches!(e, Error::Device { .. }) {
                 return Err(e);
             }
             if let Ok(mut s) = self.state.lock() {
-                s.dropped.push(DroppedMember {
-                    member: piece.member,
-                    reason: e.to_string(),
-                });
+                if piece.member == 0 || accumulate {
+                    s.failed = Some(piece.member);
+                }
+                if piece.member != 0 {
+                    s.dropped.push(DroppedMember {
+                        member: piece.member,
+                        reason: e.to_string(),
+                    });
+                }
             }
-            if accumulate {
+            if piece.member == 0 || accumulate {
                 return Err(e);
             }
             piece.member = 0;
@@ -265,34 +300,42 @@ impl ChannelSplit {
             }
             return;
         };
+        self.handed(piece.member);
         self.members[piece.member].run_beside(
             &mut || *error = self.run_piece(piece, accumulate).err(),
             &mut || self.side_by_side(rest, lead, accumulate),
         );
     }
 
-    /// Runs one piece on its member, recording how long it was busy.
+    /// Runs one piece on its member, recording how long it was busy; a panic in the member
+    /// becomes its device error.
     fn run_piece(&self, piece: &mut Piece<'_>, accumulate: bool) -> Result<()> {
         let m = piece.member;
+        self.handed(m);
         let started = Instant::now();
-        if let Ok(mut s) = self.state.lock() {
-            s.busy_since[m] = Some(started);
-        }
         let device = self.members[m].as_ref();
-        let result = if accumulate {
-            device
-                .conv_accumulate_view(&piece.op, &piece.inputs, piece.out)
-                .unwrap_or_else(|| {
-                    Err(Error::device(
-                        device.info().id.clone(),
-                        "cannot add a convolution into a residual in place",
-                    ))
-                })
-        } else {
-            device.execute_view(&piece.op, &piece.inputs, piece.out)
-        };
+        let run = std::panic::AssertUnwindSafe(|| {
+            if accumulate {
+                device
+                    .conv_accumulate_view(&piece.op, &piece.inputs, piece.out)
+                    .unwrap_or_else(|| {
+                        Err(Error::device(
+                            device.info().id.clone(),
+                            "cannot add a convolution into a residual in place",
+                        ))
+                    })
+            } else {
+                device.execute_view(&piece.op, &piece.inputs, piece.out)
+            }
+        });
+        let result = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+            Err(Error::device(
+                device.info().id.clone(),
+                "panicked while running a part of a split op",
+            ))
+        });
         if let Ok(mut s) = self.state.lock() {
-            s.busy_since[m] = None;
+            s.waiting_since[m] = None;
             s.busy_s[m] += started.elapsed().as_secs_f64();
         }
         result

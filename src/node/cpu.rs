@@ -90,22 +90,25 @@ pub struct CpuDevice {
 }
 
 impl CpuDevice {
-    /// CPU node number `index` (id `cpu<index>`) with `threads` workers and a memory share.
+    /// CPU node number `index` (id `cpu<index>`) with `threads` workers and a memory share,
+    /// after `index` nodes of as many workers.
     pub fn new(index: usize, threads: usize, memory_bytes: u64) -> Result<CpuDevice> {
-        CpuDevice::of_mesh(index, threads, 1, memory_bytes)
+        let first = index.saturating_mul(threads);
+        CpuDevice::of_mesh(index, first, threads, 1, memory_bytes)
     }
 
-    /// CPU node number `index` of `nodes` CPU nodes brought up together (their workers pinned
-    /// to consecutive CPUs, one-thread nodes included), with `threads` workers and a memory
-    /// share.
+    /// CPU node number `index` of `nodes` CPU nodes brought up together, with `threads`
+    /// workers after the `first` workers of the nodes before it (the workers of a mesh are
+    /// pinned to consecutive CPUs, one-thread nodes included), and a memory share.
     pub fn of_mesh(
         index: usize,
+        first: usize,
         threads: usize,
         nodes: usize,
         memory_bytes: u64,
     ) -> Result<CpuDevice> {
         let id = format!("cpu{index}");
-        let cores = super::pin::cores_for(index, threads, nodes);
+        let cores = super::pin::cores_for(first, threads, nodes);
         CpuDevice::start(id, threads, cores, memory_bytes)
     }
 
@@ -241,12 +244,35 @@ impl CpuDevice {
                 ),
             ));
         }
-        let out = output.as_f32_mut()?;
+        let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+        self.conv_onto_view(params, &views, output.as_f32_mut()?)
+    }
+
+    /// A convolution `[x, w, bias?]` on borrowed inputs added into `out`, which holds its
+    /// residual (as many elements as the output has).
+    fn conv_onto_view(
+        &self,
+        params: &Conv2dParams,
+        inputs: &[TensorView<'_>],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
+        let d = conv2d_dims(params, &shapes)?;
+        let expected: usize = d.output.iter().product();
+        if out.len() != expected {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "the residual holds {} elements, the output {:?} has {expected}",
+                    out.len(),
+                    d.output
+                ),
+            ));
+        }
         if out.is_empty() {
             return Ok(());
         }
-        let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
-        self.conv_into(params, &d, &views, out, true)
+        self.conv_into(params, &d, inputs, out, true)
     }
 
     /// A convolution `[x, w, bias?]` (dims `d`) followed by the max pooling `pool`, banded so
@@ -469,24 +495,7 @@ impl Device for CpuDevice {
         let Op::Conv2d(params) = op else {
             return None;
         };
-        let shapes: Vec<&Shape> = inputs.iter().map(|t| t.shape()).collect();
-        Some(conv2d_dims(params, &shapes).and_then(|d| {
-            let expected: usize = d.output.iter().product();
-            if out.len() != expected {
-                return Err(Error::shape(
-                    "conv2d",
-                    format!(
-                        "the residual block holds {} elements, the output {:?} has {expected}",
-                        out.len(),
-                        d.output
-                    ),
-                ));
-            }
-            if out.is_empty() {
-                return Ok(());
-            }
-            self.conv_into(params, &d, inputs, out, true)
-        }))
+        Some(self.conv_onto_view(params, inputs, out))
     }
 
     fn conv_max_pool(

@@ -408,6 +408,8 @@ impl NodeSpec {
         let mut gpu_adapters: Option<Vec<gpu::AdapterEntry>> = None;
         let mut opened_gpus: Vec<usize> = Vec::new();
         let mut cpu_index = 0;
+        // Workers of the CPU nodes brought up so far: the next node's first CPU.
+        let mut cpu_first = 0;
         let mut sim_index = 0;
         for entry in &self.entries {
             match *entry {
@@ -421,9 +423,10 @@ impl NodeSpec {
                     let threads = threads.unwrap_or_else(host_threads);
                     for _ in 0..nodes {
                         devices.push(Arc::new(CpuDevice::of_mesh(
-                            cpu_index, threads, cpu_nodes, memory,
+                            cpu_index, cpu_first, threads, cpu_nodes, memory,
                         )?));
                         cpu_index += 1;
+                        cpu_first = cpu_first.saturating_add(threads);
                     }
                 }
                 SpecEntry::Gpu { index } => {

@@ -18,10 +18,11 @@ use std::ops::Range;
 /// The environment variable that turns pinning off when set to `0`.
 pub(crate) const PIN_ENV: &str = "ACCELMESH_PIN";
 
-/// The CPUs for the `threads` workers of CPU node `index` of `nodes` CPU nodes, worker `i`
-/// on the `i`-th, or `None` where they stay unpinned (see the module documentation).
+/// The CPUs for the `threads` workers of a CPU node whose workers come after `first` workers
+/// of the nodes before it, one of `nodes` CPU nodes: worker `i` on the `first + i`-th, or
+/// `None` where they stay unpinned (see the module documentation).
 pub(crate) fn cores_for(
-    index: usize,
+    first: usize,
     threads: usize,
     nodes: usize,
 ) -> Option<Vec<core_affinity::CoreId>> {
@@ -29,14 +30,13 @@ pub(crate) fn cores_for(
         return None;
     }
     let allowed = core_affinity::get_core_ids()?;
-    let range = node_range(allowed.len(), index, threads, nodes)?;
+    let range = node_range(allowed.len(), first, threads, nodes)?;
     Some(allowed[range].to_vec())
 }
 
-/// The positions among `allowed` CPUs of node `index`'s `threads` workers, if it has two or
-/// more or shares the CPUs with other nodes, and they fit.
-fn node_range(allowed: usize, index: usize, threads: usize, nodes: usize) -> Option<Range<usize>> {
-    let first = index.checked_mul(threads)?;
+/// The positions among `allowed` CPUs of the `threads` workers that follow `first`, if the
+/// node has two or more or shares the CPUs with other nodes, and they fit.
+fn node_range(allowed: usize, first: usize, threads: usize, nodes: usize) -> Option<Range<usize>> {
     let end = first.checked_add(threads)?;
     ((threads >= 2 || nodes >= 2) && end <= allowed).then_some(first..end)
 }
@@ -56,11 +56,14 @@ mod tests {
     #[test]
     fn nodes_take_consecutive_ranges_that_fit() {
         assert_eq!(node_range(8, 0, 8, 1), Some(0..8));
-        assert_eq!(node_range(8, 1, 4, 2), Some(4..8));
-        assert_eq!(node_range(8, 2, 4, 3), None, "past the CPUs");
+        assert_eq!(node_range(8, 4, 4, 2), Some(4..8));
+        assert_eq!(node_range(8, 8, 4, 3), None, "past the CPUs");
         assert_eq!(node_range(2, 0, 3, 1), None, "more threads than CPUs");
         assert_eq!(node_range(8, 0, 1, 1), None, "one thread alone: unpinned");
         assert_eq!(node_range(8, 3, 1, 8), Some(3..4), "one of several: pinned");
+        // `cpu:1x2,cpu:2x1` on 4 CPUs: the one-thread nodes follow the two-thread node.
+        assert_eq!(node_range(4, 2, 1, 3), Some(2..3));
+        assert_eq!(node_range(4, 3, 1, 3), Some(3..4));
         assert_eq!(node_range(2, 2, 1, 3), None, "past the CPUs");
         assert_eq!(node_range(8, usize::MAX, 2, 2), None, "overflow");
     }

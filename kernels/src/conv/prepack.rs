@@ -230,10 +230,15 @@ impl Drop for WeightPin {
     }
 }
 
+/// Most parts pinned per buffer: a few splits' worth (a split of shares that keep changing
+/// would otherwise keep a packed copy of every cut it ever made).
+const MAX_PARTS: usize = 16;
+
 /// Pins `part`, a run of the pinned buffer `whole` (the weights of some of a convolution's
 /// output channels), for as long as `whole` stays pinned, so that a convolution split by
 /// output channels packs each part's weights once too. Returns whether `part` is pinned now
-/// (false when `whole` is not pinned or `part` does not lie within it).
+/// (false when `whole` is not pinned by a [`WeightPin`], `part` does not lie within it, or
+/// `whole` has as many parts pinned as it may keep).
 pub fn pin_part(whole: &[f32], part: &[f32]) -> bool {
     let (w0, p0) = (whole.as_ptr() as usize, part.as_ptr() as usize);
     let inside = p0 >= w0 && p0 + std::mem::size_of_val(part) <= w0 + std::mem::size_of_val(whole);
@@ -242,11 +247,18 @@ pub fn pin_part(whole: &[f32], part: &[f32]) -> bool {
     }
     let (wkey, pkey) = ((w0, whole.len()), (p0, part.len()));
     let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if !map.contains_key(&wkey) {
-        return false;
-    }
-    if pkey == wkey || map.contains_key(&pkey) {
-        return true;
+    // Only a buffer pinned by its holder (not a part itself, which would outlive a part of
+    // it), and a bounded number of parts per buffer: each keeps a packed copy.
+    match map.get(&wkey) {
+        Some(w) if w.pins > 0 => {
+            if pkey == wkey || map.contains_key(&pkey) {
+                return true;
+            }
+            if w.parts.len() >= MAX_PARTS {
+                return false;
+            }
+        }
+        _ => return false,
     }
     map.insert(pkey, Pinned::default());
     if let Some(w) = map.get_mut(&wkey) {
@@ -334,6 +346,14 @@ mod tests {
         assert!(is_pinned(part));
         assert!(!pin_part(&whole, &outside), "not within the whole");
         assert!(!pin_part(&whole, &whole[8..8]), "empty");
+        assert!(!pin_part(part, &part[0..4]), "a part of a part");
+        for start in 0..MAX_PARTS + 4 {
+            pin_part(&whole, &whole[start..start + 1]);
+        }
+        assert!(
+            !is_pinned(&whole[MAX_PARTS + 2..MAX_PARTS + 3]),
+            "the parts are bounded"
+        );
         drop(pin);
         assert!(!is_pinned(part) && !is_pinned(&whole));
     }
