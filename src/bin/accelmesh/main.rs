@@ -266,6 +266,9 @@ fn run(cli: Cli) -> Result<()> {
             let drac = Drac::calibrated(&nodes, DracConfig::default())?;
             let report = demo::run_demo(&drac, demo::BATCH, 5)?;
             print::demo(&mut out, &nodes, &report, &drac.node_energy())?;
+            // One image: no batch to share, so several CPU nodes split its layers.
+            let one = demo::run_demo(&drac, 1, 9)?;
+            print::demo_one_image(&mut out, &one)?;
             // The same cores as one node, for context: the mesh's CPU nodes share them.
             if nodes.len() > 1 {
                 let whole = NodeSpec::parse("cpu")?.build()?;

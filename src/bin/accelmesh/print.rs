@@ -410,3 +410,20 @@ pub fn demo_whole_cpu(out: &mut impl Write, r: &DemoReport, whole_s: f64) -> Res
     )?;
     Ok(())
 }
+
+/// The default main job's one-image line: how the mesh placed a single image (a channel
+/// split on several CPU nodes) against the best single node.
+pub fn demo_one_image(out: &mut impl Write, r: &DemoReport) -> Result<()> {
+    writeln!(
+        out,
+        "one image:      {:.2} ms {} on {} against {:.2} ms on {} ({:.2}x); outputs agree to {:.1e}",
+        r.mesh_s * 1e3,
+        r.mesh.strategy,
+        r.mesh.nodes_used.join(","),
+        r.single_s * 1e3,
+        r.single.nodes_used.join(","),
+        r.speedup(),
+        r.max_abs_diff
+    )?;
+    Ok(())
+}
