@@ -531,3 +531,17 @@ fn a_crash_and_then_a_hang_in_a_split_mark_exactly_those_nodes() {
     );
     assert_eq!(failed_nodes(&drac), ["cpu1", "cpu2"]);
 }
+
+#[test]
+fn a_stream_with_one_request_in_flight_splits_each_image_across_the_nodes() {
+    let model = Model::from_onnx(demo::network(3)).unwrap();
+    let drac = drac_with(2, &[1.0, 1.0], DracConfig::default());
+    let requests: Vec<HashMap<String, Value>> =
+        (0..3).map(|i| demo::images(1, 300 + i).unwrap()).collect();
+    let expected: Vec<Vec<f32>> = requests.iter().map(|r| demo_alone(&model, r)).collect();
+    for (want, r) in expected.iter().zip(model.run_stream(&drac, requests, 1)) {
+        let r = r.unwrap();
+        assert_eq!(r.report.strategy, Strategy::ChannelSplit, "{:?}", r.report);
+        assert_same_probabilities(&r.output(demo::OUTPUT).unwrap().to_f32_vec(), want);
+    }
+}

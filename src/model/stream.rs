@@ -1,6 +1,8 @@
-//! A stream of requests: as many in flight as the mesh has working nodes, each request whole
-//! on one free node, so consecutive requests overlap on different nodes; results come back
-//! in request order.
+//! A stream of requests: up to `in_flight` at once, each on its share of the working nodes —
+//! whole on one free node when there are at least as many requests in flight as nodes, so
+//! consecutive requests overlap on different nodes; with fewer in flight, a request may take
+//! several nodes (a channel split of one image, a batch split). Results come back in request
+//! order.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +14,7 @@ use crate::onnx::Value;
 
 impl Model {
     /// Runs every request of `requests` (inputs by name), up to `in_flight` at once (at least
-    /// one), each whole on a free node; returns their results in order.
+    /// one), each on at most its share of the working nodes; returns their results in order.
     pub fn run_stream<I>(&self, drac: &Drac, requests: I, in_flight: usize) -> Vec<Result<ModelRun>>
     where
         I: IntoIterator<Item = HashMap<String, Value>>,
@@ -20,12 +22,14 @@ impl Model {
     {
         let source = Mutex::new(requests.into_iter().enumerate());
         let results: Mutex<Vec<(usize, Result<ModelRun>)>> = Mutex::new(Vec::new());
+        let in_flight = in_flight.max(1);
+        let working = drac.node_states().iter().filter(|s| s.2.is_none()).count();
         let options = RunOptions {
-            max_nodes: 1,
+            max_nodes: (working / in_flight).max(1),
             ..RunOptions::default()
         };
         std::thread::scope(|scope| {
-            for _ in 0..in_flight.max(1) {
+            for _ in 0..in_flight {
                 scope.spawn(|| {
                     loop {
                         let next = source.lock().ok().and_then(|mut s| s.next());
