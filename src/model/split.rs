@@ -5,11 +5,11 @@
 //!
 //! The parts read their inputs in place and write straight into their blocks of one output (a
 //! block of output channels is one contiguous run of a single image's output, a block of
-//! columns one of a single row's), side by side, the lead's on the calling thread. A member that fails takes no share of later
-//! convolutions, and its block is re-run by the lead (or, for a block it was adding into, the
-//! op fails); the run's owner reads who was dropped ([`ChannelSplit::dropped`]), whose error
-//! ended an op ([`ChannelSplit::failed_member`]) and who is stuck
-//! ([`ChannelSplit::stuck_member`]).
+//! columns one of a single row's), side by side, the lead's on the calling thread. A member
+//! that fails takes no share of later ops, and its block is re-run by the lead (or, for a
+//! block it was adding into, the op fails); the run's owner reads who was dropped
+//! ([`ChannelSplit::dropped`]), whose error ended an op ([`ChannelSplit::failed_member`]) and
+//! who is stuck ([`ChannelSplit::stuck_member`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
