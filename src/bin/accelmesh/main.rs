@@ -7,15 +7,18 @@ mod print;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use accelmesh::bench::{self, ConvCase};
 use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::{Policy, SimConfig, parse_mix, run_simulation};
 use accelmesh::drac::{Drac, DracConfig};
 use accelmesh::mesh::MeshSpec;
+use accelmesh::model::Strategy;
 use accelmesh::model::demo;
+use accelmesh::model::split::ChannelSplit;
 use accelmesh::onnx::{infer, read_tensor_pb};
-use accelmesh::{DType, Error, NodeSet, NodeSpec, Result};
+use accelmesh::{DType, Device, Error, NodeSet, NodeSpec, Result};
 use clap::{Args, Parser, Subcommand};
 
 /// Exit status of every failed run (bad arguments or a failed command).
@@ -74,8 +77,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// After the timed runs, profile `--reps` more runs on the node the median run used
-        /// first and print the time per operator and per operator and shape (each step's
-        /// median over those runs).
+        /// first (a channel split on the nodes it used, with even shares) and print the time
+        /// per operator and per operator and shape (each step's median over those runs).
         #[arg(long)]
         profile: bool,
         /// Before each timed run, print `ready` and wait for a line on standard input: empty,
@@ -384,11 +387,25 @@ fn run(cli: Cli) -> Result<()> {
             }
             print::inference(&mut out, &report, json)?;
             if profile {
-                let device = report
+                let used = report
                     .nodes
-                    .first()
-                    .and_then(|id| nodes.devices().iter().find(|d| &d.info().id == id))
+                    .iter()
+                    .map(|id| nodes.devices().iter().find(|d| &d.info().id == id).cloned())
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|used| !used.is_empty())
                     .ok_or_else(|| Error::spec(nodes.label(), "no node ran the model"))?;
+                // A channel split is profiled as one (even shares over the nodes it used), any
+                // other run on the first node it used.
+                let (device, label): (Arc<dyn Device>, String) =
+                    if report.strategy == Strategy::ChannelSplit.to_string() && used.len() > 1 {
+                        let shares = vec![1.0; used.len()];
+                        let label = format!("{} (channel split)", report.nodes.join("+"));
+                        (Arc::new(ChannelSplit::new(used, shares)?), label)
+                    } else {
+                        let first = Arc::clone(&used[0]);
+                        let label = first.info().id.clone();
+                        (first, label)
+                    };
                 let runs = (0..reps)
                     .map(|_| {
                         let (_, run) = model.run_profiled_on(device.as_ref(), &values)?;
@@ -396,7 +413,7 @@ fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let steps = accelmesh::onnx::exec::Profile::median(&runs)?;
-                print::profile(&mut out, &device.info().id, &steps, json, reps)?;
+                print::profile(&mut out, &label, &steps, json, reps)?;
             }
         }
         Some(Command::Run {
