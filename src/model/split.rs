@@ -11,12 +11,13 @@
 //! ([`ChannelSplit::dropped`]), whose error ended an op ([`ChannelSplit::failed_member`]) and
 //! who is stuck ([`ChannelSplit::stuck_member`]).
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use accelmesh_kernels::conv::pin_part;
 
-use crate::drac::partition::{self, PartSpec, Strategy};
+use crate::drac::partition::{self, Strategy};
 use crate::node::{Device, DeviceInfo};
 use crate::op::{Op, Pool2dParams};
 use crate::tensor::{DType, Shape, Tensor, TensorView};
@@ -60,6 +61,27 @@ struct SplitState {
 /// Shares are rounded to multiples of one part in this many, so that runs planned with
 /// slightly different node speeds cut the same channels (and reuse the same packed parts).
 const SHARE_STEPS: f64 = 32.0;
+
+/// An op cut into parts that read contiguous blocks of its inputs and write contiguous
+/// blocks of its output.
+struct SplitOp<'a> {
+    /// The whole output's shape.
+    shape: Shape,
+    /// The parts, in output order.
+    parts: Vec<SplitPart<'a>>,
+}
+
+/// One part of a [`SplitOp`].
+struct SplitPart<'a> {
+    /// Its member.
+    member: usize,
+    /// The op it runs, on its blocks of the op's inputs.
+    op: Op,
+    inputs: Vec<TensorView<'a>>,
+    /// Its output block: shape, and where it lies in the whole output.
+    shape: Shape,
+    run: Range<usize>,
+}
 
 /// One part of a split convolution: which member runs it, what, and where its output goes.
 struct Piece<'a> {
@@ -176,10 +198,11 @@ impl ChannelSplit {
         (shares.iter().filter(|&&s| s > 0.0).count() >= 2).then_some(shares)
     }
 
-    /// The parts of `op` on `inputs` (a convolution's `[x, w, bias?]` or a matrix product's
-    /// `[A, B]`) when it is worth splitting and its parts read contiguous blocks of the inputs
-    /// and write contiguous blocks of the output; `None` to run it on the lead.
-    fn plan(&self, op: &Op, inputs: &[&Tensor], only_cpu: bool) -> Option<Vec<PartSpec>> {
+    /// `op` on `inputs` (a convolution's `[x, w, bias?]` or a matrix product's `[A, B]`) cut
+    /// into parts, when it is worth splitting and its parts read contiguous blocks of the
+    /// inputs and write contiguous blocks of the output; `None` to run it on the lead. The
+    /// parts of a pinned weight are pinned with it.
+    fn plan<'a>(&self, op: &Op, inputs: &[&'a Tensor], only_cpu: bool) -> Option<SplitOp<'a>> {
         let strategies: &[Strategy] = match op {
             Op::Conv2d(_) if (2..=3).contains(&inputs.len()) => &[Strategy::OutChannels],
             // Columns for one row (a classifier at batch 1, B stored transposed), else rows.
@@ -194,53 +217,58 @@ impl ChannelSplit {
         let dtype = inputs[0].dtype();
         strategies.iter().find_map(|&strategy| {
             let parts = partition::partition(op, &shapes, dtype, strategy, &shares).ok()?;
-            let in_place = parts.len() >= 2
-                && partition::output_runs(&parts).is_some()
-                && parts
-                    .iter()
-                    .all(|p| matches!(partition::input_views(p, inputs), Ok(Some(_))));
-            in_place.then_some(parts)
+            if parts.len() < 2 {
+                return None;
+            }
+            let (shape, runs) = partition::output_runs(&parts)?;
+            let parts = parts
+                .into_iter()
+                .zip(runs)
+                .map(|(part, run)| {
+                    let views = partition::input_views(&part, inputs).ok()??;
+                    // A session's weights are pinned (packed once); so are their parts.
+                    if let (Ok(whole), Ok(slice)) =
+                        (inputs[1].as_slice::<f32>(), views[1].as_slice::<f32>())
+                    {
+                        pin_part(whole, slice);
+                    }
+                    Some(SplitPart {
+                        member: part.share_index,
+                        op: part.op,
+                        inputs: views,
+                        shape: part.output_shape,
+                        run,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(SplitOp { shape, parts })
         })
     }
 
-    /// Runs the split convolution `parts` of `conv_inputs` into `out` (the whole output,
-    /// row-major), adding to what it holds with `accumulate` (its residual), or reading the
-    /// residual from `residual`.
-    fn run_parts(
+    /// Runs `split` into `out` (the whole output, row-major), adding to what it holds with
+    /// `accumulate` (its residual), or reading the residual from `residual`.
+    fn run_split(
         &self,
-        parts: &[PartSpec],
-        conv_inputs: &[&Tensor],
+        split: SplitOp<'_>,
         residual: Option<&Tensor>,
         out: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
-        let (_, runs) = partition::output_runs(parts)
-            .ok_or_else(|| Error::shape("channel split", "the parts' blocks are strided"))?;
-        let mut pieces = Vec::with_capacity(parts.len());
+        let mut pieces = Vec::with_capacity(split.parts.len());
         let mut rest = out;
         let mut at = 0;
-        for (part, run) in parts.iter().zip(&runs) {
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(run.start - at);
-            let (block, tail) = tail.split_at_mut(run.len());
+        for mut part in split.parts {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(part.run.start - at);
+            let (block, tail) = tail.split_at_mut(part.run.len());
             rest = tail;
-            at = run.end;
-            let mut inputs = partition::input_views(part, conv_inputs)?.ok_or_else(|| {
-                Error::shape("channel split", "a part's inputs are not contiguous blocks")
-            })?;
-            // A session's weights are pinned (packed once); so are their parts, while they are.
-            if let (Ok(whole), Ok(slice)) = (
-                conv_inputs[1].as_slice::<f32>(),
-                inputs[1].as_slice::<f32>(),
-            ) {
-                pin_part(whole, slice);
-            }
+            at = part.run.end;
             if let Some(r) = residual {
-                inputs.push(r.view_run(part.output_shape.clone(), run.start)?);
+                part.inputs.push(r.view_run(part.shape, part.run.start)?);
             }
             pieces.push(Piece {
-                member: part.share_index,
-                op: part.op.clone(),
-                inputs,
+                member: part.member,
+                op: part.op,
+                inputs: part.inputs,
                 out: block,
             });
         }
@@ -346,22 +374,17 @@ impl ChannelSplit {
     fn split_execute(&self, op: &Op, inputs: &[&Tensor]) -> Option<Result<Tensor>> {
         let residual = (inputs.len() == 4).then(|| inputs[3]);
         let conv_inputs = &inputs[..inputs.len().min(3)];
-        let parts = self.plan(op, conv_inputs, residual.is_some())?;
-        if residual.is_some_and(|r| r.shape() != &parts_output_shape(&parts)) {
+        let split = self.plan(op, conv_inputs, residual.is_some())?;
+        if residual.is_some_and(|r| r.shape() != &split.shape) {
             return None;
         }
         Some((|| {
-            let shape = parts_output_shape(&parts);
+            let shape = split.shape.clone();
             let mut values = crate::node::recycle::output_f32(shape.numel()?)?;
-            self.run_parts(&parts, conv_inputs, residual, &mut values, false)?;
+            self.run_split(split, residual, &mut values, false)?;
             Tensor::from_vec(shape, values)
         })())
     }
-}
-
-/// The whole output's shape of split parts.
-fn parts_output_shape(parts: &[PartSpec]) -> Shape {
-    partition::output_runs(parts).map_or_else(|| Shape::new([0usize]), |(s, _)| s)
 }
 
 impl Device for ChannelSplit {
@@ -398,16 +421,16 @@ impl Device for ChannelSplit {
         inputs: &[&Tensor],
         output: &mut Tensor,
     ) -> Option<Result<()>> {
-        let Some(parts) = self.plan(op, inputs, true) else {
+        let Some(split) = self.plan(op, inputs, true) else {
             return self.lead().conv_accumulate(op, inputs, output);
         };
-        if output.shape() != &parts_output_shape(&parts) || output.dtype() != DType::F32 {
+        if output.shape() != &split.shape || output.dtype() != DType::F32 {
             return self.lead().conv_accumulate(op, inputs, output);
         }
         Some(
             output
                 .as_f32_mut()
-                .and_then(|out| self.run_parts(&parts, inputs, None, out, true)),
+                .and_then(|out| self.run_split(split, None, out, true)),
         )
     }
 
