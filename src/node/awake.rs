@@ -113,7 +113,7 @@ pub(crate) fn run_awake(
         // As many pollers as other workers. Those lingering from the last batch count, except
         // one suspended below this body (it took the body from the queue).
         let below = usize::from(POLLING.get());
-        spawn_pollers(awake, threads - 1 + below);
+        spawn_pollers(pool, awake, threads - 1 + below);
         {
             let _mark = BodyMark::set();
             body();
@@ -121,7 +121,7 @@ pub(crate) fn run_awake(
         drop(finished);
         // This worker is free now: it lingers too, so that every worker polls until the next
         // batch (which one of them takes from the queue while the others take its work).
-        spawn_pollers(awake, threads);
+        spawn_pollers(pool, awake, threads);
     })
 }
 
@@ -135,21 +135,18 @@ pub(crate) fn keep_awake(
 ) {
     awake.active.fetch_add(1, Ordering::AcqRel);
     let finished = Finished(awake);
-    if awake.pollers.load(Ordering::Acquire) < pool.current_num_threads() {
-        let awake = Arc::clone(awake);
-        pool.spawn_broadcast(move |_| poll_while_wanted(&awake));
-    }
+    spawn_pollers(pool, awake, pool.current_num_threads());
     body();
     drop(finished);
 }
 
-/// Asks every worker of the current pool for a poller, unless `target` poll already: each
-/// lands on its own worker (a broadcast), where it polls unless one polls there already or a
-/// body runs below it.
-fn spawn_pollers(awake: &Arc<Awake>, target: usize) {
+/// Asks every worker of `pool` for a poller, unless `target` poll already: each lands on its
+/// own worker (a broadcast), where it polls unless one polls there already or a body runs
+/// below it.
+fn spawn_pollers(pool: &rayon::ThreadPool, awake: &Arc<Awake>, target: usize) {
     if awake.pollers.load(Ordering::Acquire) < target {
         let awake = Arc::clone(awake);
-        rayon::spawn_broadcast(move |_| poll_while_wanted(&awake));
+        pool.spawn_broadcast(move |_| poll_while_wanted(&awake));
     }
 }
 
