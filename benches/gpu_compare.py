@@ -3,7 +3,7 @@
 PyTorch fp32 with TF32 disabled (cuBLAS SGEMM, cuDNN conv2d) on the same shapes.
 
 Usage: python benches/gpu_compare.py --bin target/release/accelmesh [--sizes 4096,8192]
-       [--reps 10] [--markdown]
+       [--shapes 1x4096x25088t,...] [--reps 10] [--markdown]
 Kernel times are compared (inputs resident on the device for both); accelmesh's time with
 transfers is shown too. Needs torch with CUDA; exits with a message otherwise.
 """
@@ -52,6 +52,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--sizes", default="1024,4096,8192")
+    ap.add_argument("--shapes", default="1x4096x25088t,1x4096x4096t,8x4096x25088t,1x1000x2048t,8x1000x2048t",
+                    help="MxNxK products of few rows (t: B stored [N, K], as a dense layer's weight); "
+                         "empty for none")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args()
@@ -74,6 +77,16 @@ def main():
             out = torch.empty(n, n, device=dev, dtype=tdtype)
             ms = torch_time(lambda: torch.mm(x, y, out=out), a.reps)
             rows.append(("matmul", r["shape"], dtype, r, ms))
+    if a.shapes:
+        for r in ours(a.bin, ["matmul", "--shapes", a.shapes, "--reps", str(a.reps)]):
+            text = r["shape"]
+            trans = text.endswith("t")
+            m, n, k = map(int, text.rstrip("t").split("x"))
+            x = torch.randn(m, k, device=dev)
+            w = torch.randn(n, k, device=dev) if trans else torch.randn(k, n, device=dev)
+            out = torch.empty(m, n, device=dev)
+            op = (lambda: torch.mm(x, w.t(), out=out)) if trans else (lambda: torch.mm(x, w, out=out))
+            rows.append(("matmul", text, "f32", r, torch_time(op, a.reps)))
     for r in ours(a.bin, ["conv2d", "--preset", "resnet", "--reps", str(a.reps)]):
         n, c, h, k, kk, s, p = map(int, r["shape"].split("-"))
         x = torch.randn(n, c, h, h, device=dev)

@@ -106,6 +106,37 @@ fn matmul_skinny_deep_uses_split_k() {
     matmul_case(&dev, 3, 5, 4099, false, false, DType::F32, 11);
     matmul_case(&dev, 17, 1, 2048, true, false, DType::F32, 12);
     matmul_case(&dev, 5, 8, 4100, false, false, DType::F32, 13);
+    matmul_case(&dev, 24, 5, 4099, false, true, DType::F32, 14);
+}
+
+#[test]
+fn matmul_of_few_rows_runs_as_matrix_vector_products() {
+    // One to eight rows: B stored either way, depths that are and are not whole vec4 words,
+    // and depths deep enough to be split (partials summed after).
+    let Some(dev) = gpu() else { return };
+    let mut seed = 40;
+    for (m, n, k) in [
+        (1usize, 1usize, 1usize),
+        (1, 129, 33),
+        (2, 7, 4100),
+        (3, 65, 17),
+        (5, 1000, 2048),
+        (7, 33, 129),
+        (8, 17, 20_003),
+        (8, 257, 512),
+    ] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                matmul_case(&dev, m, n, k, ta, tb, DType::F32, seed);
+                seed += 2;
+            }
+        }
+    }
+    for dtype in [DType::F16, DType::BF16] {
+        matmul_case(&dev, 4, 100, 3000, false, true, dtype, seed);
+        matmul_case(&dev, 1, 70, 257, false, false, dtype, seed + 2);
+        seed += 4;
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 pub mod case;
 pub mod check;
+pub mod matmul_case;
 pub mod peak;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use accelmesh_kernels::conv::WeightPin;
 use serde::Serialize;
 
 pub use case::{ConvCase, RESNET};
+pub use matmul_case::MatmulCase;
 
 use crate::drac::{Drac, JobResult, Report, WorkloadRequest};
 use crate::node::NodeSet;
@@ -76,36 +78,36 @@ pub struct CaseResult {
     pub max_rel_err: Option<f64>,
 }
 
-/// Times `reps` square `n×n×n` matrix multiplies of `dtype` inputs on `nodes`.
+/// Times `reps` matrix multiplies of `case` with `dtype` inputs on `nodes`.
 pub fn run_matmul(
     nodes: &NodeSet,
     drac: &Drac,
-    n: usize,
+    case: &MatmulCase,
     dtype: DType,
     reps: usize,
     check: bool,
 ) -> Result<CaseResult> {
-    if n == 0 {
-        return Err(Error::parse("matmul size", "0", "must be at least 1"));
-    }
-    let op = Op::matmul();
-    let square = Shape::new([n, n]);
-    check_fits(nodes, &op, &[&square, &square], dtype)?;
-    let a = Tensor::random([n, n], dtype, INPUT_SEED)?;
-    let b = Tensor::random([n, n], dtype, INPUT_SEED + 1)?;
+    let op = Op::MatMul {
+        trans_a: false,
+        trans_b: case.trans_b,
+    };
+    let (a_shape, b_shape) = (Shape::new(case.a_dims()), Shape::new(case.b_dims()));
+    check_fits(nodes, &op, &[&a_shape, &b_shape], dtype)?;
+    let a = Tensor::random(a_shape, dtype, INPUT_SEED)?;
+    let b = Tensor::random(b_shape, dtype, INPUT_SEED + 1)?;
     let shared = Arc::new(vec![a, b]);
     let (a, b) = (&shared[0], &shared[1]);
     let inputs = [a, b];
     let (times, out, report) = measure_on(nodes, drac, &op, &shared, reps)?;
     let kernel_times = measure_resident(nodes, &op, &inputs, reps)?;
     let max_rel_err = check
-        .then(|| check::matmul_max_rel_err(a, b, (false, false), &out, CHECK_SEED))
+        .then(|| check::matmul_max_rel_err(a, b, (false, case.trans_b), &out, CHECK_SEED))
         .transpose()?;
     summarize(
         nodes,
         &op,
         &inputs,
-        format!("{n}x{n}x{n}"),
+        case.to_string(),
         dtype,
         Outcome {
             times: &times,

@@ -193,7 +193,7 @@ fn run_workload(ready: &Ready<'_>, mesh: &Mesh, progress: &Progress) -> Result<W
                 bench::run_matmul(
                     &mesh.nodes,
                     &mesh.drac,
-                    *n,
+                    &bench::MatmulCase::square(*n),
                     bench.dtype,
                     bench.reps,
                     bench.check,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use accelmesh::bench::{self, ConvCase};
+use accelmesh::bench::{self, ConvCase, MatmulCase};
 use accelmesh::drac::perf_model::PerfModel;
 use accelmesh::drac::sim::{Policy, SimConfig, parse_mix, run_simulation};
 use accelmesh::drac::{Drac, DracConfig};
@@ -138,16 +138,19 @@ enum Command {
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Square matrix multiplies M = N = K.
+    /// Matrix multiplies: square sizes M = N = K, and any MxNxK shapes.
     ///
     /// On a single node a case's runs follow one another as a model's steps do (one batch of
     /// the node's work): the time is the product's, not the hand-over of each call to the
     /// node's threads.
     Matmul {
-        /// Matrix sizes, comma-separated.
-        #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = parse_size,
-              default_value = "256,512,1024")]
+        /// Square sizes, comma-separated (default 256,512,1024 when no --shapes are given).
+        #[arg(long, value_name = "N,...", value_delimiter = ',', value_parser = parse_size)]
         sizes: Vec<usize>,
+        /// Custom cases MxNxK, comma-separated; a trailing `t` stores B as [N, K] (a dense
+        /// layer's weight), e.g. 1x4096x25088t.
+        #[arg(long, value_name = "MxNxK[t],...", value_delimiter = ',')]
+        shapes: Vec<MatmulCase>,
         #[command(flatten)]
         flags: BenchFlags,
     },
@@ -477,15 +480,33 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Bench { kind }) => match kind {
-            BenchCommand::Matmul { sizes, flags } => {
+            BenchCommand::Matmul {
+                mut sizes,
+                shapes,
+                flags,
+            } => {
+                if sizes.is_empty() && shapes.is_empty() {
+                    sizes = vec![256, 512, 1024];
+                }
+                let cases: Vec<MatmulCase> = sizes
+                    .into_iter()
+                    .map(MatmulCase::square)
+                    .chain(shapes)
+                    .collect();
                 let nodes = build(&flags)?;
                 let drac = Drac::calibrated(&nodes, DracConfig::default())?;
-                let labels: Vec<String> = sizes.iter().map(|n| format!("{n}x{n}x{n}")).collect();
+                let labels: Vec<String> = cases.iter().map(ToString::to_string).collect();
                 let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
                 table.header(&mut out)?;
-                for n in sizes {
-                    let result =
-                        bench::run_matmul(&nodes, &drac, n, flags.dtype, flags.reps, flags.check)?;
+                for case in &cases {
+                    let result = bench::run_matmul(
+                        &nodes,
+                        &drac,
+                        case,
+                        flags.dtype,
+                        flags.reps,
+                        flags.check,
+                    )?;
                     table.row(&mut out, &result)?;
                 }
             }

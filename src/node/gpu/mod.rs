@@ -17,7 +17,7 @@ pub use pool::PoolStats;
 pub use tensor::{GpuTensor, TransferStats};
 
 use self::kernels::conv::{ConvArgs, encode_conv2d};
-use self::kernels::matmul::{MatmulArgs, encode_matmul};
+use self::kernels::matmul::{GEMV_MAX_ROWS, MatmulArgs, encode_matmul};
 use self::kernels::{PipelineCache, Recorder};
 use self::pool::{BufferPool, DEFAULT_RETAIN_BYTES};
 use self::timing::KernelTimer;
@@ -334,6 +334,10 @@ impl GpuDevice {
         let (m, n, k) = match op {
             Op::MatMul { trans_a, trans_b } => {
                 let d = matmul_dims(*trans_a, *trans_b, shapes)?;
+                if d.m <= GEMV_MAX_ROWS {
+                    // Products of a few rows run as matrix-vector products, with no tiling.
+                    return Ok(TileConfig::DEFAULT);
+                }
                 (d.m, d.n, d.k)
             }
             Op::Conv2d(params)

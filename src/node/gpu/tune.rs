@@ -207,6 +207,17 @@ fn shrink_to(
     (d[0], d[1], d[2])
 }
 
+/// Doubles the smallest of `dims` still below its size in `rep` (capped there); `dims` when
+/// every dimension has reached it.
+fn grow_toward(dims: (usize, usize, usize), rep: (usize, usize, usize)) -> (usize, usize, usize) {
+    let mut d = [dims.0, dims.1, dims.2];
+    let r = [rep.0, rep.1, rep.2];
+    if let Some(i) = (0..3).filter(|&i| d[i] < r[i]).min_by_key(|&i| d[i]) {
+        d[i] = (d[i] * 2).min(r[i]);
+    }
+    (d[0], d[1], d[2])
+}
+
 /// Whether `ACCELMESH_GPU_TUNE`'s value turns tuning on (unset or anything but `0`, `false`,
 /// `off`, `no`).
 fn tuning_enabled(value: Option<&str>) -> bool {
@@ -690,29 +701,58 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
         .collect();
     let (rep, floors) = (class.representative(), class.floors());
     let macs = |d: (usize, usize, usize)| (d.0 * d.1 * d.2).max(1) as f64;
-    // Probe the device's speed on a modest product with the first candidate that runs,
-    // then size the representative to the budget.
+    // GPU timestamps where the device has them: a small product's wall time is mostly the
+    // submission's, which would make a fast device look slow.
+    let mut timer = KernelTimer::new(&bench.ctx, (MAX_REPEATS * 2 + 2) as u32);
+    // Probe the device's speed on a modest product with the first candidate that runs.
     let mut dims = shrink_to(rep, floors, PROBE_MACS as f64);
     let mut ops = Operands::new(bench, dims, class.dtype).ok()?;
     let mut first = 0;
-    let probe = loop {
+    let mut elapsed = loop {
         let tile = *candidates.get(first)?;
         let run = time_tile(bench, &ops, tile, 1, None)
-            .and_then(|_| time_tile(bench, &ops, tile, 1, None));
+            .and_then(|_| time_tile(bench, &ops, tile, 1, timer.as_mut()));
         match run {
             Ok(s) => break s,
             Err(_) if !bench.ctx.is_failed() => first += 1,
             Err(_) => return None,
         }
     };
-    let per_mac = probe / macs(dims);
-    let sized = shrink_to(rep, floors, PROBE_BUDGET.as_secs_f64() / per_mac);
-    if sized != dims {
-        dims = sized;
-        drop(ops);
-        ops = Operands::new(bench, dims, class.dtype).ok()?;
+    if elapsed > PROBE_BUDGET.as_secs_f64() {
+        // A slow device: shrink further, to what its measured rate does within the budget.
+        let per_mac = elapsed / macs(dims);
+        let sized = shrink_to(rep, floors, PROBE_BUDGET.as_secs_f64() / per_mac);
+        if sized != dims {
+            elapsed *= macs(sized) / macs(dims);
+            dims = sized;
+            drop(ops);
+            ops = Operands::new(bench, dims, class.dtype).ok()?;
+        }
+    } else {
+        // A fast device: grow towards the representative while a product stays well inside
+        // the budget, measuring each size (a probe too small to fill the device would
+        // overstate its time per multiply-add and tune on a product of the wrong shape).
+        while elapsed * 2.0 <= PROBE_BUDGET.as_secs_f64() {
+            let next = grow_toward(dims, rep);
+            if next == dims {
+                break;
+            }
+            let Ok(bigger) = Operands::new(bench, next, class.dtype) else {
+                break;
+            };
+            match time_tile(bench, &bigger, candidates[first], 1, None)
+                .and_then(|_| time_tile(bench, &bigger, candidates[first], 1, timer.as_mut()))
+            {
+                Ok(s) if s <= PROBE_BUDGET.as_secs_f64() => {
+                    (dims, ops, elapsed) = (next, bigger, s);
+                }
+                Ok(_) => break,
+                Err(_) if bench.ctx.is_failed() => return None,
+                Err(_) => break,
+            }
+        }
     }
-    let per_product = per_mac * macs(dims);
+    let per_product = elapsed.max(1e-9);
     let repeats = (SAMPLE_TARGET.as_secs_f64() / per_product).clamp(1.0, MAX_REPEATS as f64);
     let repeats = repeats as usize;
     // Let the clocks come up before anything counts: an idle GPU starts slow, and the
@@ -741,7 +781,6 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
             Err(_) => {}
         }
     }
-    let mut timer = KernelTimer::new(&bench.ctx, (repeats * 2 + 2) as u32);
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(SAMPLES); warm.len()];
     for _ in 0..SAMPLES {
         for (tile, times) in warm.iter().zip(samples.iter_mut()) {
@@ -893,6 +932,27 @@ mod tests {
             shrink_to(deep.representative(), deep.floors(), 1.0),
             (16, 16, 1024)
         );
+    }
+
+    #[test]
+    fn growing_doubles_the_smallest_dimension_up_to_the_representative() {
+        assert_eq!(
+            grow_toward((128, 256, 128), (2048, 2048, 512)),
+            (256, 256, 128)
+        );
+        assert_eq!(
+            grow_toward((2048, 2048, 256), (2048, 2048, 512)),
+            (2048, 2048, 512)
+        );
+        assert_eq!(
+            grow_toward((2048, 2048, 512), (2048, 2048, 512)),
+            (2048, 2048, 512)
+        );
+        let mut d = shrink_to((2048, 2048, 512), (16, 16, 16), (1 << 22) as f64);
+        for _ in 0..64 {
+            d = grow_toward(d, (2048, 2048, 512));
+        }
+        assert_eq!(d, (2048, 2048, 512));
     }
 
     #[test]

@@ -28,9 +28,10 @@ impl TileConfig {
     pub const DEFAULT: TileConfig = TileConfig::new(64, 64, 16, 4, 4);
 
     /// The tilings the tuner tries.
-    pub const CANDIDATES: [TileConfig; 7] = [
+    pub const CANDIDATES: [TileConfig; 8] = [
         TileConfig::new(64, 64, 16, 4, 4),
         TileConfig::new(128, 128, 8, 8, 8),
+        TileConfig::new(128, 128, 16, 8, 8),
         TileConfig::new(128, 64, 16, 8, 4),
         TileConfig::new(64, 128, 8, 4, 8),
         TileConfig::new(64, 64, 8, 8, 8),
@@ -286,10 +287,11 @@ pub fn encode_matmul(
     let bn = n.div_ceil(pieces.n);
     let bk = k.div_ceil(pieces.k).max(1);
     let single = pieces == Pieces { m: 1, n: 1, k: 1 };
-    let splits = if single {
-        split_k_count(m, n, k, tile)
-    } else {
-        1
+    let gemv = bm <= GEMV_MAX_ROWS;
+    let splits = match (single, gemv) {
+        (false, _) => 1,
+        (true, true) => gemv_split_count(n, k, gemv_cols(args.trans_b)),
+        (true, false) => split_k_count(m, n, k, tile),
     };
     for mi in 0..pieces.m {
         let m0 = mi * bm;
@@ -320,7 +322,9 @@ pub fn encode_matmul(
                     first,
                     last: k1 >= k,
                 };
-                if splits > 1 {
+                if gemv {
+                    encode_gemv(shared, rec, args, &piece, splits, sa, sb, &dummy)?;
+                } else if splits > 1 {
                     encode_split_k(shared, rec, args, tile, &piece, splits, sa, sb, &dummy)?;
                 } else {
                     encode_piece(shared, rec, args, tile, &piece, sa, sb, &dummy)?;
@@ -628,6 +632,190 @@ fn encode_split_k(
         ],
         groups,
     )?;
+    encode_reduce(shared, rec, args, piece, &pw, splits, dummy)?;
+    // The partial buffer returns to the pool only after the submission is recorded; the
+    // queue orders later reuse after this work.
+    rec.keep_alive(partial);
+    Ok(())
+}
+
+/// Products of at most this many rows run as matrix-vector products: B, the large operand,
+/// is streamed once instead of through a GEMM tile mostly empty of rows.
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Invocations per matrix-vector workgroup.
+const GEMV_THREADS: u32 = 256;
+
+/// Columns one matrix-vector workgroup owns: few when B is stored transposed (each column's
+/// depth is contiguous and spread over many invocations), many when B's columns are (each
+/// invocation reads its own column, neighbours read neighbouring words).
+pub fn gemv_cols(trans_b: bool) -> u32 {
+    if trans_b { 8 } else { 64 }
+}
+
+/// K splits (partials summed after) that give a matrix-vector product about 512 workgroups,
+/// each split at least 512 deep; 1 means no split.
+pub fn gemv_split_count(n: usize, k: usize, cols: u32) -> usize {
+    let groups = n.div_ceil(cols as usize).max(1);
+    let by_occupancy = 512usize.div_ceil(groups);
+    let by_depth = k / 512;
+    by_occupancy.min(by_depth).clamp(1, 32)
+}
+
+/// The WGSL of the matrix-vector kernel for operand storages `sa`, `sb` and `rows` rows of
+/// A, with one named accumulator per row.
+pub fn gemv_source(sa: Storage, sb: Storage, rows: u32) -> String {
+    use std::fmt::Write;
+    let (mut acc, mut vec_step, mut scalar_step, mut save) =
+        (String::new(), String::new(), String::new(), String::new());
+    for r in 0..rows {
+        let _ = writeln!(acc, "var acc_{r} = 0.0;");
+        let _ = writeln!(vec_step, "acc_{r} += dot(load_a4(a_index({r}u, k, z)), b);");
+        let _ = writeln!(
+            scalar_step,
+            "acc_{r} = fma(load_a(a_index({r}u, kk, z)), b, acc_{r});"
+        );
+        let _ = writeln!(save, "sums[{r}u * WG + lid] = acc_{r};");
+    }
+    let mut s = String::new();
+    if sa == Storage::F16Native || sb == Storage::F16Native {
+        s.push_str("enable f16;\n");
+    }
+    s.push_str(include_str!("../../../../shaders/gemm_common.wgsl"));
+    s.push_str(&sa.loader("a", 1));
+    s.push_str(&sb.loader("b", 2));
+    s.push_str(include_str!("../../../../shaders/gemm_dense.wgsl"));
+    s.push_str(
+        &include_str!("../../../../shaders/gemv.wgsl")
+            .replace("//@ACCUMULATORS", &acc)
+            .replace("//@VEC_STEP", &vec_step)
+            .replace("//@SCALAR_STEP", &scalar_step)
+            .replace("//@SAVE", &save),
+    );
+    s
+}
+
+/// One piece of a product of at most [`GEMV_MAX_ROWS`] rows, in `splits` K splits (a single
+/// piece only) with a reduction after when more than one.
+#[allow(clippy::too_many_arguments)]
+fn encode_gemv(
+    shared: &GpuShared,
+    rec: &mut Recorder<'_>,
+    args: &MatmulArgs<'_>,
+    piece: &Piece,
+    splits: usize,
+    sa: Storage,
+    sb: Storage,
+    dummy: &wgpu::Buffer,
+) -> Result<()> {
+    let rows = piece.m1 - piece.m0;
+    let cols = piece.n1 - piece.n0;
+    let depth = piece.k1 - piece.k0;
+    let ops = operand_windows(shared, args, piece, sa, sb)?;
+    // Vector loads along the depth: both operands k fast and aligned.
+    let vec = vec4_ok(sa, ops.a.elem_offset, ops.a_rs, ops.a_cs)
+        && vec4_ok(sb, ops.b.elem_offset, ops.b_cs, ops.b_rs);
+    let (la, lb) = if vec {
+        (Storage::F32Vec4, Storage::F32Vec4)
+    } else {
+        (sa, sb)
+    };
+    let n_cols = gemv_cols(args.trans_b);
+    let key = format!("gemv|{}|{}|{rows}", la.key(), lb.key());
+    let pipeline = shared.kernels.get(
+        shared,
+        &key,
+        || gemv_source(la, lb, rows as u32),
+        &[
+            ("COLS", f64::from(n_cols)),
+            ("WG", f64::from(GEMV_THREADS)),
+            ("SUMS", f64::from(GEMV_THREADS) * rows as f64),
+            ("VEC", f64::from(u8::from(vec))),
+        ],
+    )?;
+    // The grid: column groups of `n_cols`, one row of them (every row in one workgroup).
+    let grid = TileConfig::new(GEMV_MAX_ROWS as u32, n_cols, 4, 1, 1);
+    let n_total = args.n as u64;
+    let bias_res;
+    let partial;
+    let (c, c_rs, c_zs, chunk, alpha, beta, flags, bias_off);
+    if splits > 1 {
+        // Whole vec4 words per split, so every split starts aligned.
+        let size = depth.div_ceil(splits).next_multiple_of(4);
+        let count = depth.div_ceil(size);
+        partial = Some(GpuTensor::empty(
+            args.c.shared(),
+            crate::tensor::Shape::new([count, rows, cols]),
+            crate::tensor::DType::F32,
+        )?);
+        let t = partial.as_ref().expect("just made");
+        c = window(shared, t, Storage::F32, 0, (count * rows * cols) as u64)?;
+        (c_rs, c_zs, chunk) = (cols, rows * cols, size);
+        (alpha, beta, flags, bias_off) = (1.0, 0.0, 0, 0);
+        bias_res = dummy.as_entire_binding();
+    } else {
+        partial = None;
+        let c_first = piece.m0 as u64 * n_total + piece.n0 as u64;
+        let c_count = (rows as u64 - 1) * n_total + cols as u64;
+        c = window(shared, args.c, Storage::F32, c_first, c_count)?;
+        (c_rs, c_zs, chunk) = (args.n, 0, depth.max(1));
+        let (f, b, bias, off) = epilogue(shared, args, piece, true)?;
+        (alpha, beta, flags, bias_off) = (args.alpha, b, f, off);
+        bias_res = match bias {
+            Some(w) => w.resource(),
+            None => dummy.as_entire_binding(),
+        };
+    }
+    let z = depth.max(1).div_ceil(chunk);
+    let (params, groups) = gemm_params(
+        dim_u32("M", rows as u64)?,
+        dim_u32("N", cols as u64)?,
+        dim_u32("K", depth as u64)?,
+        &ops,
+        c.elem_offset,
+        dim_u32("N", c_rs as u64)?,
+        grid,
+        dim_u32("K splits", z as u64)?,
+        alpha,
+        beta,
+        flags,
+        bias_off,
+        dim_u32("K", chunk as u64)?,
+        dim_u32("M·N", c_zs as u64)?,
+    );
+    rec.dispatch(
+        &pipeline,
+        &params,
+        &[
+            (1, ops.a.resource()),
+            (2, ops.b.resource()),
+            (3, c.resource()),
+            (4, bias_res),
+        ],
+        groups,
+    )?;
+    if partial.is_some() {
+        encode_reduce(shared, rec, args, piece, &c, z, dummy)?;
+    }
+    if let Some(t) = partial {
+        // Back to the pool only after the submission is recorded (the queue orders reuse).
+        rec.keep_alive(t);
+    }
+    Ok(())
+}
+
+/// Sums `splits` partial products `[splits, M, N]` in `partial` into C with the epilogue
+/// (alpha, beta, bias, ReLU) of `piece`.
+fn encode_reduce(
+    shared: &GpuShared,
+    rec: &mut Recorder<'_>,
+    args: &MatmulArgs<'_>,
+    piece: &Piece,
+    pw: &Window<'_>,
+    splits: usize,
+    dummy: &wgpu::Buffer,
+) -> Result<()> {
+    let (m, n) = (args.m, args.n);
     let reduce = shared.kernels.get(
         shared,
         "splitk_reduce",
@@ -659,9 +847,6 @@ fn encode_split_k(
         &[(1, pw.resource()), (2, bias_res), (3, c.resource())],
         u64::from(total).div_ceil(256),
     )?;
-    // The partial buffer returns to the pool only after the submission is recorded; the
-    // queue orders later reuse after this work.
-    rec.keep_alive(partial);
     Ok(())
 }
 
