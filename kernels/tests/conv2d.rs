@@ -674,6 +674,61 @@ fn pointwise_widening_on_small_planes() {
 }
 
 #[test]
+fn strided_kernels_on_small_planes() {
+    // Strided kernels over 16 or more channels with output planes of up to 64 (on AVX-512,
+    // the flat tiles): 3×3 at stride 2 from 14×14 and an odd 13×13, 5×5 at stride 3 with
+    // asymmetric padding, a dilated one, two groups, depths below and above a depth block.
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let cases = [
+        Case::new(
+            [1, 64, 14, 14],
+            [70, 64, 3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [2, 17, 13, 13],
+            [33, 17, 3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 0, 2, 1],
+            1,
+            true,
+            false,
+        ),
+        Case::new(
+            [1, 40, 17, 15],
+            [32, 20, 5, 5],
+            [3, 3],
+            [1, 1],
+            [2, 1, 0, 3],
+            2,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 129, 15, 15],
+            [7, 129, 3, 3],
+            [2, 2],
+            [2, 2],
+            [2, 2, 2, 2],
+            1,
+            true,
+            true,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, case, Some(n * c * h * w / 3));
+    }
+}
+
+#[test]
 fn half_precision_inputs() {
     let mut rng = ChaCha8Rng::seed_from_u64(0x16);
     for i in 0..24 {

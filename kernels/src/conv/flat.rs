@@ -76,9 +76,13 @@ pub(super) fn suits(g: &Geometry) -> bool {
 }
 
 /// Whether the AVX-512 flat tiles beat the im2col gemm for `g`, whose AVX-512 kernel packs
-/// twice the multiply-adds per packed value of the AVX2 one: stride-1 kernels larger than 1×1
-/// with at least 16 input channels per group. Measured on this path's first Xeon, strided 3×3
+/// twice the multiply-adds per packed value of the AVX2 one: kernels larger than 1×1 with at
+/// least 16 input channels per group. Measured on this path's first Xeon, strided 3×3
 /// layers ran 0.84–1.00× the gemm's speed and a 3-channel 3×3 layer 0.66×.
+///
+/// Strided kernels only on planes of at most [`SMALL_PLANE`] outputs: 512 → 512 3×3 at stride
+/// 2 from 14×14 ran 1.10–1.15× the gemm's speed, 256 → 256 from 28×28 0.76–0.81×, 128 → 128
+/// from 56×56 0.70×.
 ///
 /// Also pointwise layers on planes of at most [`SMALL_PLANE`] outputs that widen the channels
 /// at least fourfold: the gemm's vectors of 16 columns fill 49 columns to 77 %, the tile's 8
@@ -86,7 +90,8 @@ pub(super) fn suits(g: &Geometry) -> bool {
 /// (batch 8: 1.07–1.09×); 256 → 1024 on 14×14 1.00–1.10×; narrowing layers lost (1024 → 256
 /// on 14×14 0.75×, 2048 → 512 on 7×7 0.94×).
 pub(super) fn suits_wide(g: &Geometry) -> bool {
-    (suits(g) && g.sh == 1 && g.sw == 1 && g.cg >= 16)
+    let strided = g.sh > 1 || g.sw > 1;
+    (suits(g) && g.cg >= 16 && (!strided || g.out_plane() <= SMALL_PLANE))
         || (g.is_pointwise() && g.out_plane() <= SMALL_PLANE && g.og >= 4 * g.cg && g.cg >= 16)
 }
 
