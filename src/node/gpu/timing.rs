@@ -1,8 +1,26 @@
 //! Kernel time from GPU timestamp queries: the span from the first timed pass's start to the
 //! last one's end, read back after the submission completes.
 
+use std::time::Duration;
+
 use super::context::GpuContext;
 use crate::Result;
+
+/// How long work runs before anything is timed, so that an idle GPU's clocks are up (an H200
+/// idles at 345 MHz and boosts to 1980; timed from idle, the first of a series of products ran
+/// at a third of the speed of the same product timed later).
+pub const CLOCK_RAMP: Duration = Duration::from_millis(100);
+
+/// Most untimed runs while the clocks come up (a slow device stops after these).
+pub const CLOCK_RAMP_MAX_RUNS: usize = 50;
+
+/// How long a benchmark's resident kernels run untimed first: longer than the tuner's
+/// [`CLOCK_RAMP`], whose 100 ms left the first product of a series (4096³ on an H200, behind
+/// host-side warm-up runs that leave the GPU mostly idle) at a third of its later speed.
+pub const BENCH_CLOCK_RAMP: Duration = Duration::from_millis(500);
+
+/// Most untimed runs of a benchmark's clock ramp.
+pub const BENCH_CLOCK_RAMP_MAX_RUNS: usize = 2000;
 
 /// Timestamp queries for up to `capacity` passes of one submission.
 pub struct KernelTimer {

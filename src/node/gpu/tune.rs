@@ -16,7 +16,7 @@
 //! **Timing.** A probe product of at most 2²² multiply-adds measures the device's speed; on
 //! a slow device the representative then shrinks (largest dimension halved first, K on ties,
 //! none below 16, K not below 1024 in the top K bucket) until one product should take about
-//! [`PROBE_BUDGET`]. The probe then runs for about [`RAMP_TIME`] so that the clocks of an
+//! [`PROBE_BUDGET`]. The probe then runs for about [`CLOCK_RAMP`] so that the clocks of an
 //! idle GPU are up before anything counts (an H200 idles at a sixth of its clock, and the
 //! candidates timed first would pay for it). Each candidate runs once to warm up (after
 //! compiling its pipeline) and is dropped when that took over 4× the best warm-up so far;
@@ -60,7 +60,7 @@ use super::kernels::matmul::{MatmulArgs, TileConfig, encode_matmul};
 use super::kernels::{PipelineCache, Recorder};
 use super::pool::BufferPool;
 use super::tensor::{GpuTensor, TransferStats};
-use super::timing::KernelTimer;
+use super::timing::{CLOCK_RAMP, CLOCK_RAMP_MAX_RUNS, KernelTimer};
 use crate::Result;
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -106,12 +106,6 @@ const HOPELESS: f64 = 4.0;
 
 /// Most products one timed sample repeats.
 const MAX_REPEATS: usize = 8;
-
-/// How long the tuner runs the probe before timing, so the GPU's clocks are up.
-const RAMP_TIME: Duration = Duration::from_millis(100);
-
-/// Most probe runs while the clocks come up (a slow device stops after these).
-const RAMP_MAX_RUNS: usize = 50;
 
 /// Bytes of freed buffers the tuning device's pool keeps.
 const BENCH_POOL_BYTES: u64 = 32 << 20;
@@ -758,8 +752,8 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
     // Let the clocks come up before anything counts: an idle GPU starts slow, and the
     // candidates timed first would pay for it.
     let ramp = Instant::now();
-    for _ in 0..RAMP_MAX_RUNS {
-        if ramp.elapsed() >= RAMP_TIME {
+    for _ in 0..CLOCK_RAMP_MAX_RUNS {
+        if ramp.elapsed() >= CLOCK_RAMP {
             break;
         }
         if time_tile(bench, &ops, candidates[first], repeats, None).is_err() {
