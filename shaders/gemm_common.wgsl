@@ -39,6 +39,7 @@ const P_PT: u32 = 31u;
 const P_PL: u32 = 32u;
 const P_CG: u32 = 33u;        // input channels per group
 const P_OC: u32 = 34u;        // output channels in all
+const P_GROUPS: u32 = 35u;    // conv: channel groups (z = split · groups + group)
 
 const F_RELU: u32 = 1u;
 const F_ROW_BIAS: u32 = 2u;

@@ -5,7 +5,7 @@
 @group(0) @binding(3) var<storage, read_write> c_buf: array<f32>;
 
 // p: 0 M, 1 N, 2 splits, 3 C offset, 4 C row stride, 5 alpha, 6 beta, 7 flags, 8 bias offset,
-//    9 total elements (M·N)
+//    9 total elements (M·N), 10 partials offset
 override WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
@@ -24,7 +24,7 @@ fn main(
     let n = idx - m * n_cols;
     var s = 0.0;
     for (var z = 0u; z < p[2]; z++) {
-        s += partial[z * total + idx];
+        s += partial[p[10] + z * total + idx];
     }
     let ci = p[3] + m * p[4] + n;
     let flags = p[7];

@@ -253,6 +253,52 @@ fn conv2d_matches_f64_on_random_configurations() {
 }
 
 #[test]
+fn deep_convolutions_of_one_image_split_their_depth() {
+    // Deep layers on small planes at batch 1 (few output tiles) split K into partial outputs
+    // summed after with bias and ReLU: one and two groups, odd planes and channel counts, a
+    // stride; a batch of two takes the unsplit path on the same layer.
+    let Some(dev) = gpu() else { return };
+    let cases = [
+        (
+            [1usize, 64, 5, 5],
+            [33usize, 64, 3, 3],
+            1usize,
+            [1usize, 1],
+            true,
+            true,
+        ),
+        ([1, 130, 7, 7], [18, 65, 3, 3], 2, [1, 1], false, true),
+        ([1, 513, 3, 3], [7, 513, 1, 1], 1, [1, 1], true, false),
+        ([1, 96, 9, 7], [40, 96, 3, 3], 1, [2, 2], true, true),
+        ([2, 64, 5, 5], [33, 64, 3, 3], 1, [1, 1], true, true),
+    ];
+    for (i, (xs, ws, groups, stride, relu, with_bias)) in cases.into_iter().enumerate() {
+        let p = Conv2dParams {
+            stride,
+            pads: [1, 1, 1, 1],
+            groups,
+            relu,
+            ..Conv2dParams::default()
+        };
+        let x = Tensor::random(xs, DType::F32, 500 + i as u64).unwrap();
+        let w = Tensor::random(ws, DType::F32, 600 + i as u64).unwrap();
+        let bias = Tensor::random([ws[0]], DType::F32, 700 + i as u64).unwrap();
+        let mut inputs = vec![&x, &w];
+        if with_bias {
+            inputs.push(&bias);
+        }
+        let out = dev.execute(&Op::Conv2d(p.clone()), &inputs).unwrap();
+        let reference = conv_ref(&x, &w, with_bias.then_some(&bias), &p);
+        assert_close_tol(
+            &format!("deep case {i} {xs:?} {ws:?}"),
+            &out[0],
+            &reference,
+            2e-5,
+        );
+    }
+}
+
+#[test]
 fn bad_inputs_give_typed_errors() {
     let Some(dev) = gpu() else { return };
     let a = Tensor::random([3, 4], DType::F32, 1).unwrap();

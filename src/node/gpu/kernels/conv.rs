@@ -3,7 +3,7 @@
 
 use accelmesh_kernels::conv::Conv2dParams;
 
-use super::matmul::{TileConfig, gemm_source, vec4_ok};
+use super::matmul::{SumPartials, TileConfig, encode_sum_partials, gemm_source, vec4_ok};
 use super::{Recorder, Storage, dim_u32, dummy_f32, f32_bits, window};
 use crate::node::gpu::GpuShared;
 use crate::node::gpu::tensor::GpuTensor;
@@ -170,21 +170,56 @@ fn encode_gemm(
     let depth = dim_u32("channels × taps", (cg * kh * kw) as u64)?;
     let tiles_n = cols.div_ceil(tile.bn);
     let tiles_m = rows.div_ceil(tile.bm);
-    let total = u64::from(tiles_n) * u64::from(tiles_m) * groups as u64;
-    let mut flags = 16 | 32;
+    let tiles = u64::from(tiles_n) * u64::from(tiles_m) * groups as u64;
+    // One image whose output gives few tiles (a deep layer at batch 1): split the depth, each
+    // split writing a partial output, summed after with the bias and ReLU.
+    let splits = if b1 - b0 == 1 {
+        conv_split_count(tiles, depth as usize, tile)
+    } else {
+        1
+    };
+    let chunk = (depth as usize)
+        .div_ceil(splits)
+        .next_multiple_of(tile.bk as usize)
+        .max(1);
+    let splits = (depth as usize).div_ceil(chunk).max(1);
+    let total = tiles * splits as u64;
+    let mut epilogue = 0;
     if prm.relu {
-        flags |= 1;
+        epilogue |= 1;
     }
     if args.bias.is_some() {
-        flags |= 2;
+        epilogue |= 2;
     }
-    let mut p = vec![0u32; 35];
+    let flags = if splits > 1 {
+        16 | 32
+    } else {
+        16 | 32 | epilogue
+    };
+    let partial = if splits > 1 {
+        Some(GpuTensor::empty(
+            args.y.shared(),
+            crate::tensor::Shape::new([splits, o, oh * ow]),
+            crate::tensor::DType::F32,
+        )?)
+    } else {
+        None
+    };
+    let partial_window = match &partial {
+        Some(t) => Some(window(shared, t, Storage::F32, 0, t.numel() as u64)?),
+        None => None,
+    };
+    let (c_res, c_off) = match &partial_window {
+        Some(w) => (w.resource(), w.elem_offset),
+        None => (y_res.clone(), y_off),
+    };
+    let mut p = vec![0u32; 36];
     p[0] = rows;
     p[1] = cols;
     p[2] = depth;
     p[3] = w_off;
     p[6] = x_off;
-    p[9] = y_off;
+    p[9] = c_off;
     p[11] = tiles_n;
     p[12] = tiles_m;
     p[13] = dim_u32("workgroups", total)?;
@@ -192,7 +227,8 @@ fn encode_gemm(
     p[15] = f32_bits(0.0);
     p[16] = flags;
     p[17] = bias_off;
-    p[18] = depth;
+    p[18] = dim_u32("K chunk", chunk as u64)?;
+    p[19] = dim_u32("output size", (o * oh * ow) as u64)?;
     p[20] = dim_u32("C", c as u64)?;
     p[21] = dim_u32("H", h as u64)?;
     p[22] = dim_u32("W", w as u64)?;
@@ -208,12 +244,55 @@ fn encode_gemm(
     p[32] = dim_u32("padding", prm.pads[1] as u64)?;
     p[33] = cg as u32;
     p[34] = dim_u32("O", o as u64)?;
+    p[35] = dim_u32("groups", groups as u64)?;
     rec.dispatch(
         &pipeline,
         &p,
-        &[(1, w_res), (2, x_res), (3, y_res), (4, bias_res)],
+        &[(1, w_res), (2, x_res), (3, c_res), (4, bias_res.clone())],
         total,
-    )
+    )?;
+    if let (Some(pw), Some(_)) = (&partial_window, &partial) {
+        let y = window(
+            shared,
+            args.y,
+            Storage::F32,
+            (b0 * o * oh * ow) as u64,
+            (o * oh * ow) as u64,
+        )?;
+        encode_sum_partials(
+            shared,
+            rec,
+            &SumPartials {
+                partial: pw,
+                splits,
+                m: o,
+                n: oh * ow,
+                c: &y,
+                c_rs: oh * ow,
+                alpha: 1.0,
+                beta: 0.0,
+                flags: epilogue,
+                bias: (bias_res, bias_off),
+            },
+        )?;
+    }
+    if let Some(t) = partial {
+        // Back to the pool only after the submission is recorded (the queue orders reuse).
+        rec.keep_alive(t);
+    }
+    Ok(())
+}
+
+/// K splits for a convolution of one image whose output gives `tiles` workgroups: enough for
+/// about 256 workgroups (a large GPU has over a hundred compute units, and a deep layer at
+/// batch 1 gives a handful of tiles), each split at least 128 deep; 1 means no split.
+pub fn conv_split_count(tiles: u64, depth: usize, tile: TileConfig) -> usize {
+    if tiles >= 128 || depth < 512 {
+        return 1;
+    }
+    let by_occupancy = 256usize.div_ceil(tiles.max(1) as usize);
+    let by_depth = depth / 128.max(tile.bk as usize);
+    by_occupancy.min(by_depth).clamp(1, 16)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,4 +366,19 @@ fn encode_depthwise(
         &[(1, x_res), (2, w_res), (3, bias_res), (4, y_res)],
         total.div_ceil(256),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_deep_layers_with_few_tiles_split() {
+        let t = TileConfig::DEFAULT;
+        assert_eq!(conv_split_count(128, 4608, t), 1);
+        assert_eq!(conv_split_count(8, 511, t), 1);
+        assert_eq!(conv_split_count(8, 4608, t), 16);
+        assert_eq!(conv_split_count(64, 4608, t), 4);
+        assert_eq!(conv_split_count(4, 640, t), 5);
+    }
 }

@@ -456,7 +456,7 @@ fn gemm_params(
     let tiles_n = cols.div_ceil(tile.bn);
     let tiles_m = rows.div_ceil(tile.bm);
     let total = u64::from(tiles_n) * u64::from(tiles_m) * u64::from(z);
-    let mut p = vec![0u32; 35];
+    let mut p = vec![0u32; 36];
     p[0] = rows;
     p[1] = cols;
     p[2] = depth;
@@ -816,38 +816,90 @@ fn encode_reduce(
     dummy: &wgpu::Buffer,
 ) -> Result<()> {
     let (m, n) = (args.m, args.n);
+    let c = window(shared, args.c, Storage::F32, 0, (m * n) as u64)?;
+    let (flags, beta, bias, bias_off) = epilogue(shared, args, piece, true)?;
+    let bias_res = match &bias {
+        Some(w) => w.resource(),
+        None => dummy.as_entire_binding(),
+    };
+    encode_sum_partials(
+        shared,
+        rec,
+        &SumPartials {
+            partial: pw,
+            splits,
+            m,
+            n,
+            c: &c,
+            c_rs: n,
+            alpha: args.alpha,
+            beta,
+            flags,
+            bias: (bias_res, bias_off),
+        },
+    )
+}
+
+/// A split-K reduction: `C[m, n] = alpha · Σ_s partial[s, m, n] (+ beta · C) (+ bias) (ReLU)`.
+pub struct SumPartials<'a, 'b> {
+    /// The partials, `[splits, m, n]` from the window's element offset on.
+    pub partial: &'b Window<'a>,
+    /// Number of partial slices.
+    pub splits: usize,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// C's window (the first element at its element offset).
+    pub c: &'b Window<'a>,
+    /// C's row stride in elements.
+    pub c_rs: usize,
+    /// Scale of the sum.
+    pub alpha: f32,
+    /// Scale of the old C (read when flag bit 3 is set).
+    pub beta: f32,
+    /// Epilogue flags of `gemm_common.wgsl` (ReLU, row or column bias, read C).
+    pub flags: u32,
+    /// The bias binding and its element offset.
+    pub bias: (wgpu::BindingResource<'a>, u32),
+}
+
+/// Encodes the reduction `r` with `splitk_reduce.wgsl`.
+pub fn encode_sum_partials(
+    shared: &GpuShared,
+    rec: &mut Recorder<'_>,
+    r: &SumPartials<'_, '_>,
+) -> Result<()> {
     let reduce = shared.kernels.get(
         shared,
         "splitk_reduce",
         || include_str!("../../../../shaders/splitk_reduce.wgsl").to_string(),
         &[("WG", 256.0)],
     )?;
-    let c = window(shared, args.c, Storage::F32, 0, (m * n) as u64)?;
-    let (flags, beta, bias, bias_off) = epilogue(shared, args, piece, true)?;
-    let total = dim_u32("M·N", (m * n) as u64)?;
+    let total = dim_u32("M·N", (r.m * r.n) as u64)?;
     let params = vec![
-        m as u32,
-        n as u32,
-        splits as u32,
-        c.elem_offset,
-        n as u32,
-        f32_bits(args.alpha),
-        f32_bits(beta),
-        flags,
-        bias_off,
+        dim_u32("M", r.m as u64)?,
+        dim_u32("N", r.n as u64)?,
+        dim_u32("K splits", r.splits as u64)?,
+        r.c.elem_offset,
+        dim_u32("C row stride", r.c_rs as u64)?,
+        f32_bits(r.alpha),
+        f32_bits(r.beta),
+        r.flags,
+        r.bias.1,
         total,
+        r.partial.elem_offset,
     ];
-    let bias_res = match &bias {
-        Some(w) => w.resource(),
-        None => dummy.as_entire_binding(),
-    };
     rec.dispatch(
         &reduce,
         &params,
-        &[(1, pw.resource()), (2, bias_res), (3, c.resource())],
+        &[
+            (1, r.partial.resource()),
+            (2, r.bias.0.clone()),
+            (3, r.c.resource()),
+        ],
         u64::from(total).div_ceil(256),
-    )?;
-    Ok(())
+    )
 }
 
 #[cfg(test)]
