@@ -125,6 +125,22 @@ fn bench_matmul_json_with_check_on_two_nodes() {
     ]);
     assert_bench_line(&lines[0], "matmul", "cpu");
     assert_eq!(lines[0]["dtype"], "bf16");
+    // Products of any shape, B stored either way, checked against float64.
+    let lines = json_lines(&[
+        "bench",
+        "matmul",
+        "--shapes",
+        "1x129x257t,7x17x33",
+        "--reps",
+        "1",
+        "--check",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2);
+    for (line, shape) in lines.iter().zip(["1x129x257t", "7x17x33"]) {
+        assert_bench_line(line, "matmul", "cpu");
+        assert_eq!(line["shape"], shape);
+    }
 }
 
 #[test]
@@ -215,6 +231,11 @@ fn bad_arguments_fail_cleanly() {
     assert_clean_failure(&["devices", "--nodes", "gpu:x"], "gpu:x");
     assert_clean_failure(&["devices", "--nodes", "gpu:99"], "gpu:99");
     assert_clean_failure(&["bench", "matmul", "--sizes", "0"], "matrix size");
+    assert_clean_failure(
+        &["bench", "matmul", "--shapes", "4x0x3"],
+        "N must be at least 1",
+    );
+    assert_clean_failure(&["bench", "matmul", "--shapes", "4x5"], "4x5");
     assert_clean_failure(
         &["bench", "conv2d", "--shapes", "1-8-17-16-3-1"],
         "1-8-17-16-3-1",
