@@ -164,6 +164,10 @@ fn oversize_operands_split_into_sub_dispatches() {
         (33, 65, 129, true, false),
         (40, 90, 30, false, true),
         (5, 300, 20, true, true),
+        // A few rows (matrix-vector products) in pieces along N and K.
+        (3, 300, 200, false, true),
+        (7, 50, 900, true, false),
+        (1, 1000, 40, false, false),
     ] {
         matmul_case(&dev, m, n, k, ta, tb, DType::F32, 21);
     }

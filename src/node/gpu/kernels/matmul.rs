@@ -290,7 +290,7 @@ pub fn encode_matmul(
     let gemv = bm <= GEMV_MAX_ROWS;
     let splits = match (single, gemv) {
         (false, _) => 1,
-        (true, true) => gemv_split_count(n, k, gemv_cols(args.trans_b)),
+        (true, true) => gemv_split_count(n, k, gemv_cols(args.trans_b, n)),
         (true, false) => split_k_count(m, n, k, tile),
     };
     for mi in 0..pieces.m {
@@ -610,7 +610,7 @@ fn encode_split_k(
         dim_u32("N", n as u64)?,
         dim_u32("K", k as u64)?,
         &ops,
-        0,
+        pw.elem_offset,
         dim_u32("N", n as u64)?,
         tile,
         splits as u32,
@@ -646,11 +646,13 @@ pub const GEMV_MAX_ROWS: usize = 8;
 /// Invocations per matrix-vector workgroup.
 const GEMV_THREADS: u32 = 256;
 
-/// Columns one matrix-vector workgroup owns: few when B is stored transposed (each column's
-/// depth is contiguous and spread over many invocations), many when B's columns are (each
-/// invocation reads its own column, neighbours read neighbouring words).
-pub fn gemv_cols(trans_b: bool) -> u32 {
-    if trans_b { 8 } else { 64 }
+/// Columns one matrix-vector workgroup owns for `n` columns: few when B is stored transposed
+/// (each column's depth is contiguous and spread over many invocations), many when B's
+/// columns are contiguous and there are enough of them (each invocation reads its own
+/// column, neighbours read neighbouring words); few again for a narrow B, so that most
+/// invocations have a column.
+pub fn gemv_cols(trans_b: bool, n: usize) -> u32 {
+    if trans_b || n < 512 { 8 } else { 64 }
 }
 
 /// K splits (partials summed after) that give a matrix-vector product about 512 workgroups,
@@ -713,14 +715,16 @@ fn encode_gemv(
     let depth = piece.k1 - piece.k0;
     let ops = operand_windows(shared, args, piece, sa, sb)?;
     // Vector loads along the depth: both operands k fast and aligned.
-    let vec = vec4_ok(sa, ops.a.elem_offset, ops.a_rs, ops.a_cs)
+    // One row: A's row stride is never used.
+    let a_rs = if rows == 1 { 0 } else { ops.a_rs };
+    let vec = vec4_ok(sa, ops.a.elem_offset, a_rs, ops.a_cs)
         && vec4_ok(sb, ops.b.elem_offset, ops.b_cs, ops.b_rs);
     let (la, lb) = if vec {
         (Storage::F32Vec4, Storage::F32Vec4)
     } else {
         (sa, sb)
     };
-    let n_cols = gemv_cols(args.trans_b);
+    let n_cols = gemv_cols(args.trans_b, args.n);
     let key = format!("gemv|{}|{}|{rows}", la.key(), lb.key());
     let pipeline = shared.kernels.get(
         shared,
@@ -932,6 +936,20 @@ mod tests {
             plan_pieces((64, 64, 64), (false, false), (4, 4), 1 << 20, 272),
             Pieces { m: 1, n: 1, k: 1 }
         );
+    }
+
+    #[test]
+    fn matrix_vector_columns_and_splits() {
+        assert_eq!(gemv_cols(true, 4096), 8);
+        assert_eq!(gemv_cols(false, 4096), 64);
+        assert_eq!(gemv_cols(false, 17), 8);
+        // VGG-19's first classifier layer: 512 column groups already, no split.
+        assert_eq!(gemv_split_count(4096, 25088, 8), 1);
+        // ResNet-50's classifier: 125 groups, split in 4.
+        assert_eq!(gemv_split_count(1000, 2048, 8), 4);
+        // Shallow products never split; deep narrow ones at most 32 ways.
+        assert_eq!(gemv_split_count(1, 300, 8), 1);
+        assert_eq!(gemv_split_count(1, 1 << 20, 8), 32);
     }
 
     #[test]
