@@ -29,8 +29,10 @@ pub(super) struct Plane<'a> {
     /// Per kernel column.
     pub cols: &'a [Cols],
     /// Output columns inside every kernel column's range (all taps read inside the image).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub interior: (usize, usize),
     /// Load masks and offsets per 16-column chunk and kernel column (AVX-512 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub table: &'a [(u32, usize)],
     /// The `KH·KW` weights of the output channel.
     pub weights: &'a [f32],

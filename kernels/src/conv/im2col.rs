@@ -71,6 +71,7 @@ pub(super) struct Scratch {
     pub runs: Vec<Run>,
     pub index: Vec<usize>,
     /// Per-vector loads derived from the runs by the SIMD fillers.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub loads: Vec<(u64, usize)>,
 }
 
@@ -84,6 +85,7 @@ pub(crate) struct Im2col<'a> {
     /// The group's input channels, `C/g·H·W` values.
     pub(super) x: &'a [f32],
     taps: &'a Taps,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     isa: Isa,
     /// The first im2col column this packer's column 0 stands for.
     col0: usize,

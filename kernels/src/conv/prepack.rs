@@ -148,11 +148,13 @@ impl PackedWeights {
     }
 
     /// Depth of a packed block (the last block of a group may be shorter).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn kc(&self) -> usize {
         self.kc
     }
 
     /// Row panels per group.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn panels(&self) -> usize {
         self.panels
     }
@@ -160,6 +162,7 @@ impl PackedWeights {
     /// Panels `first..first + count` of depth block `block` of group `group`, one after the
     /// other: each holds `mr` values per depth index of the block, for its `kc` (or fewer, in
     /// the last block) depth indices.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn panel_run(&self, group: usize, block: usize, first: usize, count: usize) -> &[f32] {
         let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
         let group_len = self.panels * self.mr * depth;

@@ -287,6 +287,7 @@ fn block_fits(len: usize, axes: &[(usize, usize)], run: usize) -> bool {
 const GEMV_PARALLEL_MIN_FLOATS: usize = 1 << 17;
 
 /// Columns of B a gemv task runs through all depth blocks before it moves on.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const GEMV_GROUP_COLS: usize = 8;
 
 /// `C = alpha·A·B + beta·C` (+ epilogue) for at most [`super::gemv::MAX_ROWS`] rows with B

@@ -18,6 +18,7 @@ pub(crate) const MAX_ROWS: usize = 8;
 const NARROW_ROWS: usize = 4;
 
 /// One task's share: columns `cols` of `C[m×n] (+)= alpha·A·B` for one depth block.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Block<'a> {
     /// A's rows for this depth block, row `i` at `a[i·kc..]`.
     pub a: &'a [f32],

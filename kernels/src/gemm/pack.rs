@@ -67,6 +67,7 @@ pub trait PackB: Sync {
     /// B as f32 columns with unit row stride (a transposed row-major matrix), if it is stored
     /// so: products with few rows then stream B in place. Returns the data (element (k, j) at
     /// `j·col_stride + k`) and the column stride.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn direct_columns(&self) -> Option<(&[f32], usize)> {
         None
     }
