@@ -340,7 +340,14 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
         assert!(r.contains_key(key), "{key} missing: {r:?}");
     }
     assert_eq!(r["nodes_used"], 2, "{r:?}");
-    assert_eq!(r["strategy"], "data-parallel", "{r:?}");
+    // Both ways of using the two nodes for a fixed-batch-1 model fed four samples are open to
+    // the planner, which picks by the nodes' measured speeds (its choice between them is
+    // tested on fixed figures in the planner's unit tests).
+    let strategy = r["strategy"].as_str().unwrap_or_default();
+    assert!(
+        ["data-parallel", "channel-split"].contains(&strategy),
+        "{r:?}"
+    );
     assert_eq!(r["batch"], 4);
     let written: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
