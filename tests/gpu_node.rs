@@ -229,6 +229,29 @@ fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams, bool)> {
     cases
 }
 
+/// One convolution of seeded random `dtype` input and weights (seeds `seed`, `seed + 100`;
+/// an f32 bias from `seed + 200` when `with_bias`) against the float64 reference.
+fn conv_case(
+    dev: &GpuDevice,
+    (xs, ws): ([usize; 4], [usize; 4]),
+    p: &Conv2dParams,
+    with_bias: bool,
+    dtype: DType,
+    seed: u64,
+    label: &str,
+) {
+    let x = Tensor::random(xs, dtype, seed).unwrap();
+    let w = Tensor::random(ws, dtype, seed + 100).unwrap();
+    let bias = Tensor::random([ws[0]], DType::F32, seed + 200).unwrap();
+    let mut inputs = vec![&x, &w];
+    if with_bias {
+        inputs.push(&bias);
+    }
+    let out = dev.execute(&Op::Conv2d(p.clone()), &inputs).unwrap();
+    let reference = conv_ref(&x, &w, with_bias.then_some(&bias), p);
+    assert_close_tol(label, &out[0], &reference, tol(dtype));
+}
+
 #[test]
 fn conv2d_matches_f64_on_random_configurations() {
     let Some(dev) = gpu() else { return };
@@ -237,21 +260,8 @@ fn conv2d_matches_f64_on_random_configurations() {
             if dtype != DType::F32 && i % 4 != 0 {
                 continue;
             }
-            let x = Tensor::random(xs, dtype, 100 + i as u64).unwrap();
-            let w = Tensor::random(ws, dtype, 200 + i as u64).unwrap();
-            let bias = Tensor::random([ws[0]], DType::F32, 300 + i as u64).unwrap();
-            let mut inputs = vec![&x, &w];
-            if with_bias {
-                inputs.push(&bias);
-            }
-            let out = dev.execute(&Op::Conv2d(p.clone()), &inputs).unwrap();
-            let reference = conv_ref(&x, &w, with_bias.then_some(&bias), &p);
-            assert_close_tol(
-                &format!("case {i} {xs:?} {ws:?} {p:?} {dtype}"),
-                &out[0],
-                &reference,
-                tol(dtype),
-            );
+            let label = format!("case {i} {xs:?} {ws:?} {p:?} {dtype}");
+            conv_case(&dev, (xs, ws), &p, with_bias, dtype, 100 + i as u64, &label);
         }
     }
 }
@@ -284,20 +294,15 @@ fn deep_convolutions_of_one_image_split_their_depth() {
             relu,
             ..Conv2dParams::default()
         };
-        let x = Tensor::random(xs, DType::F32, 500 + i as u64).unwrap();
-        let w = Tensor::random(ws, DType::F32, 600 + i as u64).unwrap();
-        let bias = Tensor::random([ws[0]], DType::F32, 700 + i as u64).unwrap();
-        let mut inputs = vec![&x, &w];
-        if with_bias {
-            inputs.push(&bias);
-        }
-        let out = dev.execute(&Op::Conv2d(p.clone()), &inputs).unwrap();
-        let reference = conv_ref(&x, &w, with_bias.then_some(&bias), &p);
-        assert_close_tol(
-            &format!("deep case {i} {xs:?} {ws:?}"),
-            &out[0],
-            &reference,
-            2e-5,
+        let label = format!("deep case {i} {xs:?} {ws:?}");
+        conv_case(
+            &dev,
+            (xs, ws),
+            &p,
+            with_bias,
+            DType::F32,
+            500 + i as u64,
+            &label,
         );
     }
 }

@@ -493,22 +493,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(MatmulCase::square)
                     .chain(shapes)
                     .collect();
-                let nodes = build(&flags)?;
-                let drac = Drac::calibrated(&nodes, DracConfig::default())?;
-                let labels: Vec<String> = cases.iter().map(ToString::to_string).collect();
-                let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
-                table.header(&mut out)?;
-                for case in &cases {
-                    let result = bench::run_matmul(
-                        &nodes,
-                        &drac,
-                        case,
-                        flags.dtype,
-                        flags.reps,
-                        flags.check,
-                    )?;
-                    table.row(&mut out, &result)?;
-                }
+                bench_cases(&mut out, &flags, &cases, bench::run_matmul)?;
             }
             BenchCommand::Conv2d {
                 preset,
@@ -521,22 +506,7 @@ fn run(cli: Cli) -> Result<()> {
                     (None, false) => Vec::new(),
                 };
                 cases.extend(shapes);
-                let nodes = build(&flags)?;
-                let drac = Drac::calibrated(&nodes, DracConfig::default())?;
-                let labels: Vec<String> = cases.iter().map(ToString::to_string).collect();
-                let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
-                table.header(&mut out)?;
-                for case in &cases {
-                    let result = bench::run_conv2d(
-                        &nodes,
-                        &drac,
-                        case,
-                        flags.dtype,
-                        flags.reps,
-                        flags.check,
-                    )?;
-                    table.row(&mut out, &result)?;
-                }
+                bench_cases(&mut out, &flags, &cases, bench::run_conv2d)?;
             }
             BenchCommand::Peak {
                 mut threads,
@@ -555,6 +525,26 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Runs each of `cases` with `run` on the nodes `flags` names, one table row (or JSON line)
+/// per case.
+fn bench_cases<C: ToString>(
+    out: &mut impl Write,
+    flags: &BenchFlags,
+    cases: &[C],
+    run: fn(&NodeSet, &Drac, &C, DType, usize, bool) -> Result<bench::CaseResult>,
+) -> Result<()> {
+    let nodes = build(flags)?;
+    let drac = Drac::calibrated(&nodes, DracConfig::default())?;
+    let labels: Vec<String> = cases.iter().map(ToString::to_string).collect();
+    let table = print::Table::new(&labels, nodes.label(), flags.check, flags.json);
+    table.header(out)?;
+    for case in cases {
+        let result = run(&nodes, &drac, case, flags.dtype, flags.reps, flags.check)?;
+        table.row(out, &result)?;
+    }
     Ok(())
 }
 

@@ -665,6 +665,18 @@ fn time_tile(
     Ok(stamped.filter(|s| *s > 0.0).unwrap_or(wall))
 }
 
+/// Seconds one product with `tile` takes on `bench` after one untimed run of it (pipeline,
+/// buffers), timed by `timer` when given.
+fn time_warm(
+    bench: &GpuShared,
+    ops: &Operands,
+    tile: TileConfig,
+    timer: Option<&mut KernelTimer>,
+) -> Result<f64> {
+    time_tile(bench, ops, tile, 1, None)?;
+    time_tile(bench, ops, tile, 1, timer)
+}
+
 /// The median of `v` (sorted in place); `None` when empty.
 fn median(v: &mut [f64]) -> Option<f64> {
     v.sort_by(f64::total_cmp);
@@ -704,9 +716,7 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
     let mut first = 0;
     let mut elapsed = loop {
         let tile = *candidates.get(first)?;
-        let run = time_tile(bench, &ops, tile, 1, None)
-            .and_then(|_| time_tile(bench, &ops, tile, 1, timer.as_mut()));
-        match run {
+        match time_warm(bench, &ops, tile, timer.as_mut()) {
             Ok(s) => break s,
             Err(_) if !bench.ctx.is_failed() => first += 1,
             Err(_) => return None,
@@ -734,9 +744,7 @@ fn tune_class(bench: &Arc<GpuShared>, target: &GpuShared, class: ShapeClass) -> 
             let Ok(bigger) = Operands::new(bench, next, class.dtype) else {
                 break;
             };
-            match time_tile(bench, &bigger, candidates[first], 1, None)
-                .and_then(|_| time_tile(bench, &bigger, candidates[first], 1, timer.as_mut()))
-            {
+            match time_warm(bench, &bigger, candidates[first], timer.as_mut()) {
                 Ok(s) if s <= PROBE_BUDGET.as_secs_f64() => {
                     (dims, ops, elapsed) = (next, bigger, s);
                 }

@@ -3,7 +3,9 @@
 
 use accelmesh_kernels::conv::Conv2dParams;
 
-use super::matmul::{SumPartials, TileConfig, encode_sum_partials, gemm_source, vec4_ok};
+use super::matmul::{
+    SumPartials, TileConfig, encode_sum_partials, gemm_source, partial_buffer, split_depth, vec4_ok,
+};
 use super::{Recorder, Storage, dim_u32, dummy_f32, f32_bits, window};
 use crate::node::gpu::GpuShared;
 use crate::node::gpu::tensor::GpuTensor;
@@ -178,11 +180,7 @@ fn encode_gemm(
     } else {
         1
     };
-    let chunk = (depth as usize)
-        .div_ceil(splits)
-        .next_multiple_of(tile.bk as usize)
-        .max(1);
-    let splits = (depth as usize).div_ceil(chunk).max(1);
+    let (chunk, splits) = split_depth(depth as usize, splits, tile.bk as usize);
     let total = tiles * splits as u64;
     let mut epilogue = 0;
     if prm.relu {
@@ -197,11 +195,7 @@ fn encode_gemm(
         16 | 32 | epilogue
     };
     let partial = if splits > 1 {
-        Some(GpuTensor::empty(
-            args.y.shared(),
-            crate::tensor::Shape::new([splits, o, oh * ow]),
-            crate::tensor::DType::F32,
-        )?)
+        Some(partial_buffer(args.y, splits, o, oh * ow)?)
     } else {
         None
     };

@@ -204,6 +204,42 @@ pub fn split_k_count(m: usize, n: usize, k: usize, tile: TileConfig) -> usize {
     by_depth.min(by_occupancy).clamp(1, 32)
 }
 
+/// The depth of each of about `splits` K splits of `depth`, rounded up to a multiple of
+/// `align` (so that every split starts aligned for vector loads), and how many splits that
+/// makes.
+pub fn split_depth(depth: usize, splits: usize, align: usize) -> (usize, usize) {
+    let chunk = depth
+        .div_ceil(splits.max(1))
+        .next_multiple_of(align.max(1))
+        .max(1);
+    (chunk, depth.div_ceil(chunk).max(1))
+}
+
+/// An f32 buffer for `splits` partial products of `rows × cols`, on `like`'s device.
+pub fn partial_buffer(
+    like: &GpuTensor,
+    splits: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<GpuTensor> {
+    GpuTensor::empty(
+        like.shared(),
+        crate::tensor::Shape::new([splits, rows, cols]),
+        crate::tensor::DType::F32,
+    )
+}
+
+/// `bias`'s binding, or the placeholder `dummy` where there is none.
+pub fn bias_binding<'a>(
+    bias: Option<&Window<'a>>,
+    dummy: &'a wgpu::Buffer,
+) -> wgpu::BindingResource<'a> {
+    match bias {
+        Some(w) => w.resource(),
+        None => dummy.as_entire_binding(),
+    }
+}
+
 /// The WGSL of the tiled GEMM for operand storages `sa`, `sb`, a variant
 /// (`gemm_dense.wgsl` or `gemm_conv.wgsl`) and a tiling: the body's register tile is
 /// written out for `tile.tm × tile.tn` (see [`register_tile`]).
@@ -560,10 +596,7 @@ fn encode_piece(
         depth.max(1),
         0,
     );
-    let bias_res = match &bias {
-        Some(w) => w.resource(),
-        None => dummy.as_entire_binding(),
-    };
+    let bias_res = bias_binding(bias.as_ref(), dummy);
     rec.dispatch(
         &pipeline,
         &params,
@@ -591,13 +624,8 @@ fn encode_split_k(
 ) -> Result<()> {
     let (m, n, k) = (args.m, args.n, args.k);
     // Whole tiles per split, so every split starts at a multiple of four (vector loads).
-    let chunk = k.div_ceil(splits).next_multiple_of(tile.bk as usize);
-    let splits = k.div_ceil(chunk);
-    let partial = GpuTensor::empty(
-        args.c.shared(),
-        crate::tensor::Shape::new([splits, m, n]),
-        crate::tensor::DType::F32,
-    )?;
+    let (chunk, splits) = split_depth(k, splits, tile.bk as usize);
+    let partial = partial_buffer(args.c, splits, m, n)?;
     let ops = operand_windows(shared, args, piece, sa, sb)?;
     let vec = (
         vec4_ok(sa, ops.a.elem_offset, ops.a_rs, ops.a_cs),
@@ -745,13 +773,8 @@ fn encode_gemv(
     let (c, c_rs, c_zs, chunk, alpha, beta, flags, bias_off);
     if splits > 1 {
         // Whole vec4 words per split, so every split starts aligned.
-        let size = depth.div_ceil(splits).next_multiple_of(4);
-        let count = depth.div_ceil(size);
-        partial = Some(GpuTensor::empty(
-            args.c.shared(),
-            crate::tensor::Shape::new([count, rows, cols]),
-            crate::tensor::DType::F32,
-        )?);
+        let (size, count) = split_depth(depth, splits, 4);
+        partial = Some(partial_buffer(args.c, count, rows, cols)?);
         let t = partial.as_ref().expect("just made");
         c = window(shared, t, Storage::F32, 0, (count * rows * cols) as u64)?;
         (c_rs, c_zs, chunk) = (cols, rows * cols, size);
@@ -765,10 +788,7 @@ fn encode_gemv(
         (c_rs, c_zs, chunk) = (args.n, 0, depth.max(1));
         let (f, b, bias, off) = epilogue(shared, args, piece, true)?;
         (alpha, beta, flags, bias_off) = (args.alpha, b, f, off);
-        bias_res = match bias {
-            Some(w) => w.resource(),
-            None => dummy.as_entire_binding(),
-        };
+        bias_res = bias_binding(bias.as_ref(), dummy);
     }
     let z = depth.max(1).div_ceil(chunk);
     let (params, groups) = gemm_params(
@@ -822,10 +842,7 @@ fn encode_reduce(
     let (m, n) = (args.m, args.n);
     let c = window(shared, args.c, Storage::F32, 0, (m * n) as u64)?;
     let (flags, beta, bias, bias_off) = epilogue(shared, args, piece, true)?;
-    let bias_res = match &bias {
-        Some(w) => w.resource(),
-        None => dummy.as_entire_binding(),
-    };
+    let bias_res = bias_binding(bias.as_ref(), dummy);
     encode_sum_partials(
         shared,
         rec,
