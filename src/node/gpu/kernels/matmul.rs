@@ -471,6 +471,30 @@ fn operand_windows<'a>(
     })
 }
 
+/// Records one dispatch in the binding layout of `gemm_common.wgsl`: A and B from `ops`, the
+/// output window `out` (C or the split partials), and the bias (or its placeholder).
+fn dispatch_product(
+    rec: &mut Recorder<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    params: &[u32],
+    ops: &OperandWindows<'_>,
+    out: &Window<'_>,
+    bias: wgpu::BindingResource<'_>,
+    groups: u64,
+) -> Result<()> {
+    rec.dispatch(
+        pipeline,
+        params,
+        &[
+            (1, ops.a.resource()),
+            (2, ops.b.resource()),
+            (3, out.resource()),
+            (4, bias),
+        ],
+        groups,
+    )
+}
+
 /// Parameter words of one GEMM dispatch (layout of `gemm_common.wgsl`).
 #[allow(clippy::too_many_arguments)]
 fn gemm_params(
@@ -597,17 +621,7 @@ fn encode_piece(
         0,
     );
     let bias_res = bias_binding(bias.as_ref(), dummy);
-    rec.dispatch(
-        &pipeline,
-        &params,
-        &[
-            (1, ops.a.resource()),
-            (2, ops.b.resource()),
-            (3, c.resource()),
-            (4, bias_res),
-        ],
-        groups,
-    )
+    dispatch_product(rec, &pipeline, &params, &ops, &c, bias_res, groups)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -649,15 +663,13 @@ fn encode_split_k(
         dim_u32("K", chunk as u64)?,
         dim_u32("M·N", (m * n) as u64)?,
     );
-    rec.dispatch(
+    dispatch_product(
+        rec,
         &pipeline,
         &params,
-        &[
-            (1, ops.a.resource()),
-            (2, ops.b.resource()),
-            (3, pw.resource()),
-            (4, dummy.as_entire_binding()),
-        ],
+        &ops,
+        &pw,
+        dummy.as_entire_binding(),
         groups,
     )?;
     encode_reduce(shared, rec, args, piece, &pw, splits, dummy)?;
@@ -807,17 +819,7 @@ fn encode_gemv(
         dim_u32("K", chunk as u64)?,
         dim_u32("M·N", c_zs as u64)?,
     );
-    rec.dispatch(
-        &pipeline,
-        &params,
-        &[
-            (1, ops.a.resource()),
-            (2, ops.b.resource()),
-            (3, c.resource()),
-            (4, bias_res),
-        ],
-        groups,
-    )?;
+    dispatch_product(rec, &pipeline, &params, &ops, &c, bias_res, groups)?;
     if partial.is_some() {
         encode_reduce(shared, rec, args, piece, &c, z, dummy)?;
     }
