@@ -428,6 +428,73 @@ fn dense_layers_of_up_to_eight_rows() {
 }
 
 #[test]
+fn a_column_comes_out_the_same_whatever_the_width_of_the_product() {
+    // The last few columns of a product whose width is not a multiple of a vector may run in
+    // another register layout than in a wider product; each output must still be formed in
+    // the same order (bit for bit), with a residual, the row bias and the ReLU, into C
+    // row-major and transposed. Depth 1100 spans several depth blocks.
+    let (m, k, wide) = (37, 1100, 224);
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    let a = random_vec(&mut rng, m * k);
+    let b = random_vec(&mut rng, k * wide);
+    let old = random_vec(&mut rng, m * wide);
+    let row_bias = random_vec(&mut rng, m);
+    let epi = Epilogue {
+        row_bias: Some(&row_bias),
+        col_bias: None,
+        relu: true,
+    };
+    let product = |isa: Isa, n: usize, beta: f32, transposed: bool| {
+        let narrow: Vec<f32> = (0..k).flat_map(|p| b[p * wide..][..n].to_vec()).collect();
+        let mut c: Vec<f32> = (0..m * n)
+            .map(|at| {
+                let (i, j) = if transposed {
+                    (at % m, at / m)
+                } else {
+                    (at / n, at % n)
+                };
+                old[i * wide + j]
+            })
+            .collect();
+        let view = if transposed {
+            MatMut::new(&mut c, m, n, 1, m).unwrap()
+        } else {
+            MatMut::row_major(&mut c, m, n).unwrap()
+        };
+        let (ar, br) = (
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&narrow, k, n).unwrap(),
+        );
+        gemm(isa, 1.0, ar, br, beta, view, &epi).unwrap();
+        c
+    };
+    for isa in Isa::available() {
+        for (beta, transposed) in [(0.0, false), (1.0, false), (0.5, false), (1.0, true)] {
+            let full = product(isa, wide, beta, transposed);
+            for n in [1, 2, 3, 4, 5, 17, 18, 20, 21, 33, 36, 49, 52, 113, 196] {
+                let part = product(isa, n, beta, transposed);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (at, at_full) = if transposed {
+                            (j * m + i, j * m + i)
+                        } else {
+                            (i * n + j, i * wide + j)
+                        };
+                        assert_eq!(
+                            part[at].to_bits(),
+                            full[at_full].to_bits(),
+                            "{isa} n {n} ({i},{j}) beta {beta} transposed {transposed}: {} vs {}",
+                            part[at],
+                            full[at_full]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn few_columns_split_in_half_tiles_over_threads() {
     // Column tasks on two threads with fewer than four tiles of columns per thread: the
     // columns are cut at half tiles, so tasks start and end mid-tile.
