@@ -77,26 +77,19 @@ pub(super) fn suits(g: &Geometry) -> bool {
 
 /// Whether the AVX-512 flat tiles beat the im2col gemm for `g`, whose AVX-512 kernel packs
 /// twice the multiply-adds per packed value of the AVX2 one: kernels larger than 1×1 with at
-/// least 16 input channels per group. Measured on this path's first Xeon, strided 3×3
-/// layers ran 0.84–1.00× the gemm's speed and a 3-channel 3×3 layer 0.66×.
+/// least 16 input channels per group, at stride 1. Measured on this path's first Xeon,
+/// strided 3×3 layers ran 0.84–1.00× the gemm's speed and a 3-channel 3×3 layer 0.66×.
 ///
-/// Strided kernels only on planes of at most [`SMALL_PLANE`] outputs: 512 → 512 3×3 at stride
-/// 2 from 14×14 ran 1.10–1.15× the gemm's speed, 256 → 256 from 28×28 0.76–0.81×, 128 → 128
-/// from 56×56 0.70×.
-///
-/// Also pointwise layers on planes of at most [`SMALL_PLANE`] outputs that widen the channels
-/// at least fourfold: the gemm's vectors of 16 columns fill 49 columns to 77 %, the tile's 8
-/// outputs to 88 %. Measured against the gemm: 512 → 2048 channels on 7×7 ran 1.12–1.16×
-/// (batch 8: 1.07–1.09×); 256 → 1024 on 14×14 1.00–1.10×; narrowing layers lost (1024 → 256
-/// on 14×14 0.75×, 2048 → 512 on 7×7 0.94×).
+/// Strided kernels and pointwise layers on small planes took these tiles while the gemm
+/// filled a 7×7 plane's 49 columns to 77 % and the tile's 8 outputs to 88 %; since the
+/// gemm's kernel runs a panel's last 1–4 columns as tail columns (99 %), the gemm wins there:
+/// 512 → 512 3×3 at stride 2 from 14×14 in 0.87–0.90× the flat tiles' time (batch 4 0.87×),
+/// 512 → 2048 pointwise on 7×7 in 0.84× (batch 4 0.88×). 3×3 layers at stride 1 on 7×7 stay
+/// here: 512 → 512 ran 1.00× on the gemm at batch 1 and 1.11× at batch 4 (192 → 384 0.87×,
+/// 160 → 320 0.77×, 5×5 48 → 128 1.35×).
 pub(super) fn suits_wide(g: &Geometry) -> bool {
-    let strided = g.sh > 1 || g.sw > 1;
-    (suits(g) && g.cg >= 16 && (!strided || g.out_plane() <= SMALL_PLANE))
-        || (g.is_pointwise() && g.out_plane() <= SMALL_PLANE && g.og >= 4 * g.cg && g.cg >= 16)
+    suits(g) && g.cg >= 16 && g.sh == 1 && g.sw == 1
 }
-
-/// Largest output plane of a pointwise layer the AVX-512 flat tiles take (see [`suits_wide`]).
-const SMALL_PLANE: usize = 64;
 
 /// Columns of a phase plane of `g`, which is also the width of the output grid.
 ///

@@ -14,8 +14,7 @@
 //!   outputs × 16 output channels on AVX2, 8 outputs × 32 channels on AVX-512) that
 //!   broadcasts each output's input values from a zero-padded, stride-phase-split copy of
 //!   the input through a table of per-tap offsets — no im2col packing at all; on AVX-512 only
-//!   with 16 or more input channels per group, at stride 1 or on output planes of at most 64,
-//!   and for pointwise layers that widen the channels on small planes;
+//!   with 16 or more input channels per group, at stride 1;
 //! - on AVX-512, kernels larger than 1×1 over at most 15 input channels per group (31 at
 //!   stride 1 in one group on output rows of 40 or more) with a depth of 64 or more (an image
 //!   network's first layer, SqueezeNet's 16-channel expands; see `lanes`), taken before the
