@@ -418,7 +418,8 @@ fn pack_a_all(plan: &Plan<'_>, dst: &mut [f32]) {
 }
 
 /// One column task: every row of C for columns `cols`, with A packed already (`pack_a_all`)
-/// and B packed here, one L2-sized block at a time.
+/// and B packed here, one L2-sized block at a time — by its own pass, or, where B is stored
+/// row by row and the kernel `packs_b`, by the first row panel's tiles as they read it.
 fn run_column_task(
     plan: &Plan<'_>,
     packed_a: &PrepackedA<'_>,
@@ -429,6 +430,12 @@ fn run_column_task(
     let (mr, nr) = (plan.kernel.mr, plan.kernel.nr);
     let (kc_max, nc) = (plan.blocking.kc, plan.blocking.nc);
     let row_panels = p.m.div_ceil(mr);
+    // B stored row by row: the first row panel's tiles read it in place and write the packed
+    // panels the others read, instead of a packing pass of its own before them.
+    let in_place = b
+        .direct_rows()
+        .filter(|_| plan.kernel.packs_b && plan.kernel.direct_b)
+        .filter(|&(data, row_stride)| block_fits(data.len(), &[(p.k, row_stride)], cols.end));
     let mut b_buf = A_BUFFER.take().unwrap_or_default();
     for n0 in cols.clone().step_by(nc) {
         let width = nc.min(cols.end - n0);
@@ -436,8 +443,11 @@ fn run_column_task(
         for k0 in (0..p.k).step_by(kc_max) {
             let kc = kc_max.min(p.k - k0);
             let packed_b = b_buf.get(panels * nr * kc);
-            b.pack_b(k0, kc, n0, width, nr, packed_b);
-            let packed_b = &*packed_b;
+            if in_place.is_none() {
+                b.pack_b(k0, kc, n0, width, nr, packed_b);
+            }
+            // Raw from here: the first row panel writes the panels the others read.
+            let packed_b = packed_b.as_mut_ptr();
             let step = TileStep {
                 kc,
                 beta: if k0 == 0 { p.beta } else { 1.0 },
@@ -450,11 +460,21 @@ fn run_column_task(
                     panels,
                 );
                 for jp in 0..panels {
-                    let b_panel = &packed_b[jp * nr * kc..][..nr * kc];
-                    let b_step = BPanel {
-                        ptr: b_panel.as_ptr(),
-                        stride: nr,
-                        packed: true,
+                    // Panel jp of the block's `panels·nr·kc` floats.
+                    let panel = packed_b.wrapping_add(jp * nr * kc);
+                    let b_step = match in_place {
+                        Some((data, row_stride)) if ip == 0 => BPanel {
+                            ptr: data[k0 * row_stride + n0 + jp * nr..].as_ptr(),
+                            stride: row_stride,
+                            packed: false,
+                            pack_to: panel,
+                        },
+                        _ => BPanel {
+                            ptr: panel,
+                            stride: nr,
+                            packed: true,
+                            pack_to: std::ptr::null_mut(),
+                        },
                     };
                     run_tile(
                         plan,
@@ -527,6 +547,8 @@ struct BPanel {
     stride: usize,
     /// Packed (full `nr` columns, zero-padded) or B read in place (only `nr_eff` columns).
     packed: bool,
+    /// Read in place: where the kernel also writes the panel packed, or null.
+    pack_to: *mut f32,
 }
 
 impl BSource<'_> {
@@ -546,11 +568,13 @@ impl BSource<'_> {
                 ptr: packed[k0 * panels * nr + jp * nr * kc..][..nr * kc].as_ptr(),
                 stride: nr,
                 packed: true,
+                pack_to: std::ptr::null_mut(),
             },
             BSource::Direct { data, row_stride } => BPanel {
                 ptr: data[k0 * row_stride + n0 + jp * nr..].as_ptr(),
                 stride: row_stride,
                 packed: false,
+                pack_to: std::ptr::null_mut(),
             },
         }
     }
@@ -726,6 +750,7 @@ fn run_tile(
         b: b_panel.ptr,
         b_stride: b_panel.stride,
         b_packed: b_panel.packed,
+        pack_b: b_panel.pack_to,
         // SAFETY: (row, col) is inside C: row < m and col < n by construction of the grid.
         c: unsafe { c.ptr.add(row * c.rs + col * c.cs) },
         rs_c: c.rs,
@@ -747,7 +772,9 @@ fn run_tile(
     // B is a packed panel of kc·nr floats (sliced by `BSource::panel`), or B in place, whose
     // rows k0..k0+kc hold nr_eff columns from `col` (`run` checked (k-1)·row_stride + n
     // against its length) and which only direct_b kernels get, reading those columns alone
-    // (`b_packed` false); the row bias, when set, is a slice of mr_eff values; the tile is
+    // (`b_packed` false), writing them packed to `pack_to` when set (only for packs_b
+    // kernels: a block panel of kc·nr floats of this task's own buffer, which no tile reads
+    // before the first row panel has written it); the row bias, when set, is a slice of mr_eff values; the tile is
     // inside C and only this task writes it; the kernel
     // matches the selected, available ISA.
     unsafe { (plan.kernel.run)(&args) };

@@ -20,6 +20,7 @@ pub(crate) const KERNEL: MicroKernel = MicroKernel {
     nr: NR,
     direct_b: true,
     direct_a: true,
+    packs_b: false,
     run: entry,
 };
 

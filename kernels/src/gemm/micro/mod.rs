@@ -40,6 +40,10 @@ pub(crate) struct TileArgs {
     /// Whether B is a packed panel (`b_stride == nr`, zero-padded columns) rather than B read
     /// in place, whose columns past `nr_eff` must not be touched.
     pub b_packed: bool,
+    /// With B read in place, where a kernel with `packs_b` also writes the steps it reads as
+    /// a packed panel (`kc` steps of `nr` values, columns past `nr_eff` zero), for the tiles
+    /// below to read packed; null for none.
+    pub pack_b: *mut f32,
     /// Top-left element of the C tile.
     pub c: *mut f32,
     /// Distance between rows of C.
@@ -93,13 +97,17 @@ pub(crate) struct MicroKernel {
     /// Whether the kernel can read A unpacked (any strides, only `mr_eff` rows), together with
     /// an unpacked B; other kernels only ever get packed A.
     pub direct_a: bool,
+    /// Whether the kernel, reading B in place, can write it out packed as well (`pack_b`).
+    pub packs_b: bool,
     /// The kernel.
     ///
     /// # Safety
     /// `a` must point to `kc·mr` readable packed floats (or, for `direct_a` kernels with
     /// `a_packed` false, to `mr_eff` rows of `kc` steps at strides `a_rs`, `a_ks`) and `b` to
     /// `kc` steps of `nr` readable floats `b_stride` apart (only `nr_eff` of them for
-    /// `direct_b` kernels with `b_packed` false); the `mr_eff × nr_eff`
+    /// `direct_b` kernels with `b_packed` false); `pack_b`, when not null (only for `packs_b`
+    /// kernels with `b_packed` false), to `kc·nr` writable floats nobody else accesses; the
+    /// `mr_eff × nr_eff`
     /// tile of C at `c` with strides `rs_c`, `cs_c` must be valid and written by nobody else;
     /// `row_bias`, when not null, must point to `mr_eff` readable floats;
     /// the instruction set of the kernel must be available.

@@ -11,6 +11,7 @@ pub(crate) const KERNEL: MicroKernel = MicroKernel {
     nr: NR,
     direct_b: false,
     direct_a: false,
+    packs_b: false,
     run: kernel,
 };
 
