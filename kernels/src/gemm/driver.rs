@@ -774,9 +774,9 @@ fn run_tile(
     // against its length) and which only direct_b kernels get, reading those columns alone
     // (`b_packed` false), writing them packed to `pack_to` when set (only for packs_b
     // kernels: a block panel of kc·nr floats of this task's own buffer, which no tile reads
-    // before the first row panel has written it); the row bias, when set, is a slice of mr_eff values; the tile is
-    // inside C and only this task writes it; the kernel
-    // matches the selected, available ISA.
+    // before the first row panel has written it); the row bias, when set, is a slice of
+    // mr_eff values; the tile is inside C and only this task writes it; the kernel matches
+    // the selected, available ISA.
     unsafe { (plan.kernel.run)(&args) };
     if step.last && !finished_in_kernel && !p.epilogue.is_identity() {
         apply_epilogue(p.epilogue, c, row, col, args.mr_eff, args.nr_eff);

@@ -6,8 +6,9 @@
 //! packed panel whose last vector would hold 1–4 live columns runs those as tail columns: the
 //! rows in the lanes of one vector, one multiply-add per column and depth step instead of one
 //! per row (a 7×7 plane's 49 columns take 37 multiply-adds per depth step of twelve rows
-//! instead of 48: 2048 → 512 channels on 7×7 ran 0.79× the time). Every output is summed in the same order either way,
-//! so a product's columns come out bit for bit the same whatever its width or split.
+//! instead of 48: 2048 → 512 channels on 7×7 ran 0.79× the time). Every output is summed in
+//! the same order either way, so a product's columns come out bit for bit the same whatever
+//! its width or split.
 
 use std::arch::x86_64::*;
 
