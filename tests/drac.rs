@@ -177,6 +177,13 @@ fn a_crashed_gpu_hands_its_parts_to_the_cpu() {
     let a = Tensor::random([96, 40], DType::F32, 12).unwrap();
     let b = Tensor::random([40, 50], DType::F32, 13).unwrap();
     let want = single(&Op::matmul(), &[&a, &b]);
+    // Warm the GPU up outside the plan: with an empty tiling cache its first product of a
+    // shape class times every candidate tiling (over a minute on llvmpipe on a 2-vCPU EPYC),
+    // which no part's time-out should have to cover.
+    // The plan gives it about half the rows (another shape class): warm that one too.
+    let half = Tensor::random([48, 40], DType::F32, 14).unwrap();
+    gpu.execute(&Op::matmul(), &[&a, &b]).unwrap();
+    gpu.execute(&Op::matmul(), &[&half, &b]).unwrap();
     // Slow, equal modelled rates so the plan gives the GPU a real share. Default time-outs:
     // a software GPU compiling its first kernels while other tests load the CPU can take
     // seconds, and a part given up on would leave the driver busy as the process exits.
