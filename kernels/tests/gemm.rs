@@ -56,6 +56,15 @@ impl Operand {
     }
 }
 
+/// `c` as an `m × n` C, row-major or transposed (element (i, j) at `j·m + i`).
+fn c_view(c: &mut [f32], m: usize, n: usize, transposed: bool) -> MatMut<'_, f32> {
+    if transposed {
+        MatMut::new(c, m, n, 1, m).unwrap()
+    } else {
+        MatMut::row_major(c, m, n).unwrap()
+    }
+}
+
 fn converted<T: Element>(data: &[f32]) -> Vec<T> {
     data.iter().map(|&v| T::from_f32(v)).collect()
 }
@@ -276,12 +285,7 @@ fn epilogue_adds_biases_and_relu() {
                         col_bias: cols.then_some(&col_bias[..]),
                         relu,
                     };
-                    // Transposed: C's element (i, j) lives at j·m + i.
-                    let view = if transposed {
-                        MatMut::new(&mut c, m, n, 1, m).unwrap()
-                    } else {
-                        MatMut::row_major(&mut c, m, n).unwrap()
-                    };
+                    let view = c_view(&mut c, m, n, transposed);
                     let (ar, br) = (
                         MatRef::row_major(&a, m, k).unwrap(),
                         MatRef::row_major(&b, k, n).unwrap(),
@@ -456,11 +460,7 @@ fn a_column_comes_out_the_same_whatever_the_width_of_the_product() {
                 old[i * wide + j]
             })
             .collect();
-        let view = if transposed {
-            MatMut::new(&mut c, m, n, 1, m).unwrap()
-        } else {
-            MatMut::row_major(&mut c, m, n).unwrap()
-        };
+        let view = c_view(&mut c, m, n, transposed);
         let (ar, br) = (
             MatRef::row_major(&a, m, k).unwrap(),
             MatRef::row_major(&narrow, k, n).unwrap(),

@@ -467,17 +467,10 @@ fn run_column_task(
                     let panel = packed_b.wrapping_add(jp * nr * kc);
                     let b_step = match in_place {
                         Some((data, row_stride)) if ip == 0 => BPanel {
-                            ptr: data[k0 * row_stride + n0 + jp * nr..].as_ptr(),
-                            stride: row_stride,
-                            packed: false,
                             pack_to: panel,
+                            ..BSource::Direct { data, row_stride }.panel(k0, kc, n0, jp, panels, nr)
                         },
-                        _ => BPanel {
-                            ptr: panel,
-                            stride: nr,
-                            packed: true,
-                            pack_to: std::ptr::null_mut(),
-                        },
+                        _ => BPanel::packed(panel, nr),
                     };
                     run_tile(
                         plan,
@@ -554,6 +547,19 @@ struct BPanel {
     pack_to: *mut f32,
 }
 
+impl BPanel {
+    /// A packed panel of `nr` columns per depth step.
+    #[inline]
+    fn packed(ptr: *const f32, nr: usize) -> BPanel {
+        BPanel {
+            ptr,
+            stride: nr,
+            packed: true,
+            pack_to: std::ptr::null_mut(),
+        }
+    }
+}
+
 impl BSource<'_> {
     /// Step `k0` of column panel `jp` (of `panels` in a super-block at `n0`).
     #[inline]
@@ -567,12 +573,10 @@ impl BSource<'_> {
         nr: usize,
     ) -> BPanel {
         match *self {
-            BSource::Packed(packed) => BPanel {
-                ptr: packed[k0 * panels * nr + jp * nr * kc..][..nr * kc].as_ptr(),
-                stride: nr,
-                packed: true,
-                pack_to: std::ptr::null_mut(),
-            },
+            BSource::Packed(packed) => BPanel::packed(
+                packed[k0 * panels * nr + jp * nr * kc..][..nr * kc].as_ptr(),
+                nr,
+            ),
             BSource::Direct { data, row_stride } => BPanel {
                 ptr: data[k0 * row_stride + n0 + jp * nr..].as_ptr(),
                 stride: row_stride,
