@@ -5,6 +5,7 @@
 //! a benchmark that measures this rate beside its kernels says what the machine could do in
 //! those same minutes.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::{Isa, Result};
@@ -70,6 +71,68 @@ pub fn measure(isa: Isa, duration: Duration) -> Result<Vec<ThreadRate>> {
     rayon::broadcast(|_| fma_loop(isa, passes))
         .into_iter()
         .collect()
+}
+
+/// Passes of each timed loop in [`wide_fma_pays`]: 10–20 µs on a 2.5 GHz core.
+const WIDTH_PASSES: u64 = 2048;
+/// Timed loops of each width in [`wide_fma_pays`]; the fastest of each counts.
+const WIDTH_ROUNDS: usize = 5;
+
+/// Whether 512-bit multiply-adds run here at least 1.5× the rate of 256-bit ones, as on cores
+/// with two full-width FMA units; not on cores that split each 512-bit operation in two
+/// 256-bit halves (AMD Zen 4: the same rate either way). Measured once per process (about a
+/// quarter of a millisecond), unless `ACCELMESH_WIDE_FMA` is `1` (pays) or `0` (does not);
+/// `false` where AVX-512 or AVX2 is missing.
+pub fn wide_fma_pays() -> bool {
+    static PAYS: OnceLock<bool> = OnceLock::new();
+    *PAYS.get_or_init(|| match std::env::var("ACCELMESH_WIDE_FMA").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => measure_width(),
+    })
+}
+
+/// Most measurements [`measure_width`] makes before it settles for an unclear ratio.
+const WIDTH_ATTEMPTS: usize = 4;
+
+/// The measurement of [`wide_fma_pays`]: the two loops in turn, the fastest run of each; again
+/// while the ratio is unclear (a loop slowed by another thread on the core).
+fn measure_width() -> bool {
+    if !(Isa::Avx512.is_available() && Isa::Avx2.is_available()) {
+        return false;
+    }
+    // Some cores power up the upper halves of their 512-bit units on first use and run wide
+    // operations slowly until then: a first, untimed loop.
+    let _ = fma_loop(Isa::Avx512, 4 * WIDTH_PASSES);
+    let mut best = [0.0f64; 2];
+    for _ in 0..WIDTH_ATTEMPTS {
+        for _ in 0..WIDTH_ROUNDS {
+            for (slot, isa) in [Isa::Avx2, Isa::Avx512].into_iter().enumerate() {
+                if let Ok(rate) = fma_loop(isa, WIDTH_PASSES) {
+                    best[slot] = best[slot].max(rate.gflops());
+                }
+            }
+        }
+        if let Some(pays) = clearly_pays(best[0], best[1]) {
+            return pays;
+        }
+    }
+    best[1] >= 1.5 * best[0]
+}
+
+/// Whether 512-bit multiply-adds at `wide` GFLOP/s clearly pay against 256-bit ones at
+/// `narrow`: yes from 1.75×, no up to 1.25× (the two kinds of cores measure about 2× and 1×),
+/// `None` between or when a rate is missing.
+fn clearly_pays(narrow: f64, wide: f64) -> Option<bool> {
+    if !(narrow > 0.0 && wide > 0.0) {
+        None
+    } else if wide >= 1.75 * narrow {
+        Some(true)
+    } else if wide <= 1.25 * narrow {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// The loop of `isa` (available on this machine): (flops, a value that depends on every one).
@@ -240,6 +303,20 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_multiply_adds_pay_only_at_about_twice_the_rate() {
+        assert_eq!(clearly_pays(100.0, 205.0), Some(true));
+        assert_eq!(clearly_pays(100.0, 175.0), Some(true));
+        assert_eq!(clearly_pays(100.0, 98.0), Some(false));
+        assert_eq!(clearly_pays(100.0, 125.0), Some(false));
+        assert_eq!(clearly_pays(100.0, 150.0), None);
+        assert_eq!(clearly_pays(0.0, 150.0), None);
+        assert_eq!(clearly_pays(100.0, f64::NAN), None);
+        if !Isa::Avx512.is_available() {
+            assert!(!measure_width());
+        }
+    }
 
     /// The loop's result, computed in f64 for one chain starting at `start`.
     fn chain(start: f64, passes: u64) -> f64 {

@@ -28,7 +28,9 @@ pub const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
 /// in half the time: measured on a 2-vCPU Xeon, n = 96 and 128 ran 0.016 and 0.031–0.035 ms
 /// on one thread against 0.019–0.022 and 0.036–0.038 on two, n = 160 0.056–0.061 against
 /// 0.048–0.050. (On an AVX2-only EPYC, n = 128 took 122 µs on one thread, the gemm crate 73 on
-/// two.)
+/// two.) Where 512-bit multiply-adds run no faster than two 256-bit ones it holds too: on a
+/// 2-vCPU EPYC (Zen 4), n = 128 took 41–43 µs on one thread with the AVX-512 kernel and
+/// 45–46 µs on two.
 pub const PARALLEL_MIN_MACS_AVX512: usize = 144 * 144 * 144;
 
 /// Whether a product of `macs` multiply-adds on `isa` stays on the calling thread.
@@ -46,6 +48,22 @@ pub fn stays_single(isa: Isa, macs: usize) -> bool {
 /// on a pool of its own installs them there only then.
 pub fn may_split(isa: Isa, m: usize, n: usize, k: usize) -> bool {
     !stays_single(isa, m.saturating_mul(n).saturating_mul(k)) || streams_wide(m, n, k)
+}
+
+/// The instruction set whose kernel runs a product of `macs` multiply-adds on `isa` when A is
+/// not packed beforehand (packed A is laid out for `isa`'s kernel): `isa`, or AVX2 for an
+/// AVX-512 product small enough to stay on one thread on either kernel (under
+/// [`PARALLEL_MIN_MACS`]) where 512-bit multiply-adds are no faster than two 256-bit ones
+/// ([`crate::peak::wide_fma_pays`]). There the AVX2 kernel's 6 × 16 tiles, which also read A
+/// in place, waste less on a small product's edges than 12 × 32 ones, at the same peak.
+/// Measured on a 2-vCPU AMD EPYC (Zen 4) by criterion, AVX2 / AVX-512 kernel time: n = 16
+/// 0.73–0.81, 32 0.84–1.00, 64 0.86–0.97 (at 128, on two threads against one, 1.04–1.26).
+pub fn product_isa(isa: Isa, macs: usize) -> Isa {
+    let narrow = isa == Isa::Avx512
+        && macs < PARALLEL_MIN_MACS
+        && Isa::Avx2.is_available()
+        && !crate::peak::wide_fma_pays();
+    if narrow { Isa::Avx2 } else { isa }
 }
 
 /// Whether a product of `m` rows streams so large a B that it splits whatever its
@@ -124,9 +142,17 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         scale_only(p, shared);
         return;
     }
-    let kernel = micro::for_isa(isa);
+    let macs = p.m.saturating_mul(p.n).saturating_mul(p.k);
     let caches = CacheSizes::detect();
-    let blocking = Blocking::for_kernel(kernel.mr, kernel.nr, caches).for_depth(p.k);
+    // Depth blocks as `isa`'s kernel cuts them, whichever kernel runs: each output's sum is
+    // then formed in the same order as in a larger product of the same depth.
+    let requested = micro::for_isa(isa);
+    let blocking = Blocking::for_kernel(requested.mr, requested.nr, caches).for_depth(p.k);
+    let isa = match a.prepacked() {
+        Some(_) => isa,
+        None => product_isa(isa, macs),
+    };
+    let kernel = micro::for_isa(isa);
     let pre = a.prepacked().filter(|pre| {
         let row_panels = p.m.div_ceil(kernel.mr);
         pre.mr == kernel.mr
@@ -144,7 +170,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         c: shared,
     };
     let threads = p.threads;
-    let parallel = threads > 1 && !stays_single(isa, p.m.saturating_mul(p.n).saturating_mul(p.k));
+    let parallel = threads > 1 && !stays_single(isa, macs);
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512)
         && Isa::Avx2.is_available()
@@ -839,7 +865,24 @@ fn scale_only(p: &Problem<'_>, c: SharedC) {
 
 #[cfg(test)]
 mod tests {
-    use super::{column_unit, even_share};
+    use super::{PARALLEL_MIN_MACS, column_unit, even_share, product_isa};
+    use crate::Isa;
+
+    #[test]
+    fn only_small_avx512_products_may_take_the_avx2_kernel() {
+        let wide_pays = crate::peak::wide_fma_pays();
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Neon] {
+            assert_eq!(product_isa(isa, 16 * 16 * 16), isa);
+        }
+        assert_eq!(product_isa(Isa::Avx512, PARALLEL_MIN_MACS), Isa::Avx512);
+        assert_eq!(product_isa(Isa::Avx512, usize::MAX), Isa::Avx512);
+        let small = product_isa(Isa::Avx512, 64 * 64 * 64);
+        if wide_pays || !Isa::Avx2.is_available() {
+            assert_eq!(small, Isa::Avx512);
+        } else {
+            assert_eq!(small, Isa::Avx2);
+        }
+    }
 
     #[test]
     fn few_columns_are_cut_in_half_tiles() {
