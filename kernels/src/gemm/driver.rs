@@ -52,15 +52,17 @@ pub fn may_split(isa: Isa, m: usize, n: usize, k: usize) -> bool {
 
 /// The instruction set whose kernel runs a product of `macs` multiply-adds on `isa` when A is
 /// not packed beforehand (packed A is laid out for `isa`'s kernel): `isa`, or AVX2 for an
-/// AVX-512 product small enough to stay on one thread on either kernel (under
-/// [`PARALLEL_MIN_MACS`]) where 512-bit multiply-adds are no faster than two 256-bit ones
+/// AVX-512 product that would stay on one thread there (under [`PARALLEL_MIN_MACS_AVX512`])
+/// where 512-bit multiply-adds are no faster than two 256-bit ones
 /// ([`crate::peak::wide_fma_pays`]). There the AVX2 kernel's 6 × 16 tiles, which also read A
-/// in place, waste less on a small product's edges than 12 × 32 ones, at the same peak.
+/// in place, waste less on a small product's edges than 12 × 32 ones, at the same peak, and
+/// from [`PARALLEL_MIN_MACS`] the product is split over threads as AVX2 products are.
 /// Measured on a 2-vCPU AMD EPYC (Zen 4) by criterion, AVX2 / AVX-512 kernel time: n = 16
-/// 0.73–0.81, 32 0.84–1.00, 64 0.86–0.97 (at 128, on two threads against one, 1.04–1.26).
+/// 0.73–0.81, 32 0.84–1.00, 64 0.86–0.97; n = 128 on two threads (A and B read in place) 31–38
+/// µs against 41–42 on one.
 pub fn product_isa(isa: Isa, macs: usize) -> Isa {
     let narrow = isa == Isa::Avx512
-        && macs < PARALLEL_MIN_MACS
+        && macs < PARALLEL_MIN_MACS_AVX512
         && Isa::Avx2.is_available()
         && !crate::peak::wide_fma_pays();
     if narrow { Isa::Avx2 } else { isa }
@@ -148,6 +150,9 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     // then formed in the same order as in a larger product of the same depth.
     let requested = micro::for_isa(isa);
     let blocking = Blocking::for_kernel(requested.mr, requested.nr, caches).for_depth(p.k);
+    // A dense layer's stream (below) keeps the instruction set asked for.
+    #[cfg(target_arch = "x86_64")]
+    let stream_isa = isa;
     let isa = match a.prepacked() {
         Some(_) => isa,
         None => product_isa(isa, macs),
@@ -172,7 +177,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     let threads = p.threads;
     let parallel = threads > 1 && !stays_single(isa, macs);
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512)
+    if matches!(stream_isa, Isa::Avx2 | Isa::Avx512)
         && Isa::Avx2.is_available()
         && p.m <= super::gemv::MAX_ROWS
         && let Some((data, cs)) = b.direct_columns()
@@ -181,35 +186,41 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         // Few rows, B column by column (a dense layer): stream B in place, never packed. The
         // stream is what takes the time, so a large B goes to every thread however few the
         // multiply-adds.
+        let parallel = threads > 1 && !stays_single(stream_isa, macs);
         let split = threads > 1 && (parallel || streams_wide(p.m, p.n, p.k));
-        run_gemv(&plan, isa, data, cs, if split { threads } else { 1 });
+        run_gemv(&plan, stream_isa, data, cs, if split { threads } else { 1 });
         return;
     }
-    let small = !parallel && p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
+    let small = p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
+    let a_direct = a
+        .direct()
+        .filter(|_| kernel.direct_a && plan.pre.is_none())
+        .filter(|&(data, rs, ks)| block_fits(data.len(), &[(p.m, rs), (p.k, ks)], 1))
+        .map(|(data, rs, ks)| ADirect { data, rs, ks });
     if small
+        && (!parallel || a_direct.is_some())
         && kernel.direct_b
         && let Some((data, row_stride)) = b.direct_rows()
         && block_fits(data.len(), &[(p.k, row_stride)], p.n)
         && !(row_stride == p.n && p.m >= PACK_DENSE_B_MIN_ROWS)
     {
-        // Small, single-threaded and cache-resident: read B in place, and A too where the
-        // kernel can (otherwise pack only A).
-        let a_direct = a
-            .direct()
-            .filter(|_| kernel.direct_a && plan.pre.is_none())
-            .filter(|&(data, rs, ks)| block_fits(data.len(), &[(p.m, rs), (p.k, ks)], 1))
-            .map(|(data, rs, ks)| ADirect { data, rs, ks });
+        // Small and cache-resident: read B in place, and A too where the kernel can
+        // (otherwise pack only A). Split over threads only when nothing is packed: each
+        // thread takes an even share of the column panels.
         let plan = Plan { a_direct, ..plan };
         let source = BSource::Direct { data, row_stride };
         let row_panels = p.m.div_ceil(kernel.mr);
-        run_task(
-            &plan,
-            0,
-            p.n,
-            source,
-            0..row_panels,
-            0..p.n.div_ceil(kernel.nr),
-        );
+        let col_panels = p.n.div_ceil(kernel.nr);
+        let tasks = if parallel { threads.min(col_panels) } else { 1 };
+        let task = |t: usize| {
+            let share = even_share(col_panels, tasks, t);
+            run_task(&plan, 0, p.n, source, 0..row_panels, share);
+        };
+        if tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            task(0);
+        }
         return;
     }
     let a_floats = p.m.div_ceil(kernel.mr) * kernel.mr * p.k;
@@ -865,7 +876,7 @@ fn scale_only(p: &Problem<'_>, c: SharedC) {
 
 #[cfg(test)]
 mod tests {
-    use super::{PARALLEL_MIN_MACS, column_unit, even_share, product_isa};
+    use super::{PARALLEL_MIN_MACS_AVX512, column_unit, even_share, product_isa};
     use crate::Isa;
 
     #[test]
@@ -874,7 +885,10 @@ mod tests {
         for isa in [Isa::Scalar, Isa::Avx2, Isa::Neon] {
             assert_eq!(product_isa(isa, 16 * 16 * 16), isa);
         }
-        assert_eq!(product_isa(Isa::Avx512, PARALLEL_MIN_MACS), Isa::Avx512);
+        assert_eq!(
+            product_isa(Isa::Avx512, PARALLEL_MIN_MACS_AVX512),
+            Isa::Avx512
+        );
         assert_eq!(product_isa(Isa::Avx512, usize::MAX), Isa::Avx512);
         let small = product_isa(Isa::Avx512, 64 * 64 * 64);
         if wide_pays || !Isa::Avx2.is_available() {
