@@ -150,14 +150,11 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     // then formed in the same order as in a larger product of the same depth.
     let requested = micro::for_isa(isa);
     let blocking = Blocking::for_kernel(requested.mr, requested.nr, caches).for_depth(p.k);
-    // A dense layer's stream (below) keeps the instruction set asked for.
-    #[cfg(target_arch = "x86_64")]
-    let stream_isa = isa;
-    let isa = match a.prepacked() {
+    let kernel_isa = match a.prepacked() {
         Some(_) => isa,
         None => product_isa(isa, macs),
     };
-    let kernel = micro::for_isa(isa);
+    let kernel = micro::for_isa(kernel_isa);
     let pre = a.prepacked().filter(|pre| {
         let row_panels = p.m.div_ceil(kernel.mr);
         pre.mr == kernel.mr
@@ -175,9 +172,8 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
         c: shared,
     };
     let threads = p.threads;
-    let parallel = threads > 1 && !stays_single(isa, macs);
     #[cfg(target_arch = "x86_64")]
-    if matches!(stream_isa, Isa::Avx2 | Isa::Avx512)
+    if matches!(isa, Isa::Avx2 | Isa::Avx512)
         && Isa::Avx2.is_available()
         && p.m <= super::gemv::MAX_ROWS
         && let Some((data, cs)) = b.direct_columns()
@@ -185,12 +181,13 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     {
         // Few rows, B column by column (a dense layer): stream B in place, never packed. The
         // stream is what takes the time, so a large B goes to every thread however few the
-        // multiply-adds.
-        let parallel = threads > 1 && !stays_single(stream_isa, macs);
-        let split = threads > 1 && (parallel || streams_wide(p.m, p.n, p.k));
-        run_gemv(&plan, stream_isa, data, cs, if split { threads } else { 1 });
+        // multiply-adds. It streams with the instruction set asked for (`isa`), whatever
+        // `kernel_isa` says of the tiled kernel.
+        let split = threads > 1 && (!stays_single(isa, macs) || streams_wide(p.m, p.n, p.k));
+        run_gemv(&plan, isa, data, cs, if split { threads } else { 1 });
         return;
     }
+    let parallel = threads > 1 && !stays_single(kernel_isa, macs);
     let small = p.k.saturating_mul(p.n) <= caches.l2 / 8 / 4;
     let a_direct = a
         .direct()

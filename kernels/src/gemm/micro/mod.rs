@@ -43,6 +43,7 @@ pub(crate) struct TileArgs {
     /// With B read in place, where a kernel with `packs_b` also writes the steps it reads as
     /// a packed panel (`kc` steps of `nr` values, columns past `nr_eff` zero), for the tiles
     /// below to read packed; null for none.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub pack_b: *mut f32,
     /// Top-left element of the C tile.
     pub c: *mut f32,
