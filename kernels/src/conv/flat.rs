@@ -47,11 +47,11 @@ const PARALLEL_FILL_MIN: usize = 1 << 15;
 const DEPTH_BLOCK: usize = 288;
 /// Most input rows (one per channel and distinct phase row of the kernel) a depth block reads
 /// per output: measured, a 3×3 stride-2 layer of 128 channels runs 10 % faster with 16
-/// channels per block than with 32.
+/// channels per block than with 32. The AVX-512 tiles took 48 while 56×56 layers ran here
+/// (5–10 % faster than with 96 then); those now run as Winograd or lanes, and on the small
+/// planes left, chains of layers whose weights come from memory as in a model ran faster
+/// with 96: 256 channels 3×3 on 14×14 0.97–0.98× the time (batch 8 0.98×), 512 on 7×7 0.95×.
 const ROWS_PER_BLOCK: usize = 96;
-/// [`ROWS_PER_BLOCK`] of the AVX-512 tiles, whose panel pairs take twice the cache: measured
-/// on the resnet preset, 48 runs the 56×56 layers 5–10 % faster than 96.
-const ROWS_PER_BLOCK_WIDE: usize = 48;
 /// Narrowest output rows that the AVX-512 row tiles take.
 const ROW_TILE_MIN: usize = 9;
 /// Narrowest output rows that the AVX-512 two-row tiles take.
@@ -111,10 +111,9 @@ fn grid_width(g: &Geometry) -> usize {
 /// The depth block of the flat path for `g`: its weight panels are packed with it.
 ///
 /// A block holds at most [`DEPTH_BLOCK`] depth indices, and at most [`ROWS_PER_BLOCK`] input
-/// rows per output ([`ROWS_PER_BLOCK_WIDE`] with the AVX-512 tiles, if `wide`): a strided
-/// kernel reads more rows per channel (a 3×3 kernel at stride 2 reads 6 phase rows, at
-/// stride 1 only 3), so its blocks hold fewer channels.
-pub(super) fn depth_block(g: &Geometry, wide: bool) -> usize {
+/// rows per output: a strided kernel reads more rows per channel (a 3×3 kernel at stride 2
+/// reads 6 phase rows, at stride 1 only 3), so its blocks hold fewer channels.
+pub(super) fn depth_block(g: &Geometry) -> usize {
     let mut rows = Vec::new();
     for r in 0..g.kh {
         for s in 0..g.kw {
@@ -124,17 +123,12 @@ pub(super) fn depth_block(g: &Geometry, wide: bool) -> usize {
             }
         }
     }
-    let rows_per_block = if wide {
-        ROWS_PER_BLOCK_WIDE
-    } else {
-        ROWS_PER_BLOCK
-    };
     // A pointwise block reads one value per channel and output: its depth is bounded by
     // DEPTH_BLOCK alone.
     let channels = if g.kh * g.kw == 1 {
         DEPTH_BLOCK
     } else {
-        (rows_per_block / rows.len().max(1)).max(1)
+        (ROWS_PER_BLOCK / rows.len().max(1)).max(1)
     };
     let most = (channels * g.kh * g.kw).min(DEPTH_BLOCK);
     let blocks = g.depth().div_ceil(most).max(1);
@@ -1005,7 +999,7 @@ mod tests {
             for wide in widths.filter(|&wide| !wide || Isa::Avx512.is_available()) {
                 for threads in [1, 2, 3] {
                     let weights =
-                        PackedWeights::pack(isa, &g, &w, depth_block(&g, wide), CHANNELS).unwrap();
+                        PackedWeights::pack(isa, &g, &w, depth_block(&g), CHANNELS).unwrap();
                     let mut got = old.clone();
                     rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)

@@ -246,10 +246,7 @@ fn run<T: Element>(
         Isa::Avx512 => Isa::Avx2.is_available() && flat::suits_wide(&g),
         _ => false,
     } {
-        let (kc, mr) = (
-            flat::depth_block(&g, isa == Isa::Avx512),
-            flat::PANEL_CHANNELS,
-        );
+        let (kc, mr) = (flat::depth_block(&g), flat::PANEL_CHANNELS);
         if let Some(weights) = pinned_or_packed(kc, mr) {
             flat::run(isa == Isa::Avx512, &g, &input, &weights, bias, output, beta);
             return Ok(());
