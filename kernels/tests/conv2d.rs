@@ -569,6 +569,35 @@ fn winograd_tiles_odd_planes_and_pads() {
         true,
     );
     check_case::<f32>(&mut rng, &whole_images, None);
+    // Small planes in a batch, whole images grouped (where 512-bit multiply-adds do not pay;
+    // `ACCELMESH_WIDE_FMA=0` forces it): 8 × 25 and 9 × 16 tiles in one block, the last tile
+    // row and column half outside.
+    for case in [
+        Case::new(
+            [8, 64, 9, 9],
+            [33, 64, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [9, 66, 7, 7],
+            [17, 66, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 0, 1, 2],
+            1,
+            false,
+            true,
+        ),
+    ] {
+        check_case::<f32>(&mut rng, &case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, &case, Some(n * c * h * w / 2 + w / 2));
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ const MIN_OUT_CHANNELS: usize = 16;
 const F2_MIN_CHANNELS: usize = 64;
 /// Fewest input channels of F(4×4, 3×3).
 const F4_MIN_CHANNELS: usize = 32;
-/// Fewest tiles per image of a layer whose images run whole (a 28×28 plane has 196).
+/// Fewest tiles of a block of whole images (a 28×28 plane has 196; see [`whole_tiles`]).
 const MIN_WHOLE_TILES: usize = 128;
 /// Most transformed values of a group of whole images: 32 MiB.
 const WHOLE_MAX_FLOATS: usize = 1 << 23;
@@ -125,7 +125,7 @@ thread_local! {
 /// group, at least [`MIN_OUT_CHANNELS`] output channels, and either F(4×4, 3×3)'s bounds
 /// ([`suits_f4`]) or F(2×2, 3×3)'s: at least [`F2_MIN_CHANNELS`] input channels and enough
 /// tiles, as many per image as input channels for blocks in L2 ([`in_blocks`]), or at least
-/// [`MIN_WHOLE_TILES`] per image when whole images run as blocks.
+/// [`MIN_WHOLE_TILES`] in a block when whole images run as blocks ([`whole_tiles`]).
 ///
 /// F(2×2, 3×3) measured against the flat path (two threads, alternating in one process,
 /// Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128 on 112×112
@@ -133,9 +133,10 @@ thread_local! {
 /// input channels lost (32 → 128 on 27×27 1.13–1.16, 48 → 192 on 13×13 1.95–2.02), and so
 /// did fewer tiles alone (256 on 14×14, batch 1: 1.46 in L2-sized blocks, 0.95 whole; 512 on
 /// 7×7: 2.95 in blocks, 1.04 whole) and inside the models: with them, ResNet-50 ran 1.07× and
-/// Inception v1 1.20× the time of the flat path. A batch does not make up for small planes:
-/// eight 14×14 planes of 256 channels (392 tiles in one group) ran 0.88 and 1.17 in two runs,
-/// eight 7×7 planes of 512 channels 1.18.
+/// Inception v1 1.20× the time of the flat path. On a two-FMA Xeon a batch did not make up
+/// for small planes (eight 14×14 planes of 256 channels, 392 tiles in one group, ran 0.88 and
+/// 1.17 in two runs; eight 7×7 planes of 512 channels 1.18); on a core whose 512-bit
+/// multiply-adds run at the 256-bit rate it does (see [`whole_tiles`]).
 pub(super) fn variant(g: &Geometry) -> Option<Tile> {
     let three_by_three = g.kh == 3
         && g.kw == 3
@@ -149,13 +150,31 @@ pub(super) fn variant(g: &Geometry) -> Option<Tile> {
         None
     } else if suits_f4(g) {
         Some(Tile::F4)
-    } else if g.cg >= F2_MIN_CHANNELS
-        && (in_blocks(g) || image_tiles(g, Tile::F2) >= MIN_WHOLE_TILES)
-    {
+    } else if g.cg >= F2_MIN_CHANNELS && (in_blocks(g) || whole_tiles(g) >= MIN_WHOLE_TILES) {
         Some(Tile::F2)
     } else {
         None
     }
+}
+
+/// The F(2×2, 3×3) tiles one block of whole images holds: one image's, or, on cores where
+/// 512-bit multiply-adds run no faster than two 256-bit ones ([`crate::peak::wide_fma_pays`]),
+/// those of a group of images ([`group_images`]), which share each transformed weight.
+///
+/// Measured on such a core (AMD EPYC, Zen 4 class), chains of layers whose weights come from
+/// memory as in a model, F(2×2) time / flat time: 256 channels on 14×14, four images 0.75,
+/// eight 0.80–0.82; 512 on 7×7, eight images 0.83; ResNet-50 at batch 8 0.92–0.95. One
+/// 14×14 image (49 tiles) stays on the flat path: 1.61× its time there. On a Skylake-SP Xeon,
+/// whose 512-bit multiply-adds run at twice the rate, eight 7×7 planes of 512 channels ran
+/// 1.18× and eight 14×14 planes of 256 channels 0.88–1.17× (alone, before the gemm's tail
+/// columns): there the saved multiplies are worth less against the transforms' traffic.
+fn whole_tiles(g: &Geometry) -> usize {
+    let images = if crate::peak::wide_fma_pays() {
+        1
+    } else {
+        group_images(g, Tile::F2)
+    };
+    images * image_tiles(g, Tile::F2)
 }
 
 /// Whether F(4×4, 3×3) runs `g` (a 3×3 stride-1 layer): at least [`F4_MIN_CHANNELS`] input
@@ -715,6 +734,19 @@ mod tests {
             ([1, 48, 13, 13], 192, None),
             ([1, 256, 14, 14], 256, None),
             ([1, 64, 56, 56], 8, None),
+        ] {
+            let g = geometry(input, [out, input[1], 3, 3]);
+            assert_eq!(variant(&g), want, "{input:?} -> {out}");
+        }
+        // Small planes in a batch: whole images together where 512-bit multiply-adds do not
+        // pay, one image at a time (too few tiles) where they do.
+        let grouped = (!crate::peak::wide_fma_pays()).then_some(Tile::F2);
+        for (input, out, want) in [
+            ([8, 256, 14, 14], 256, grouped),
+            ([8, 512, 7, 7], 512, grouped),
+            ([4, 256, 14, 14], 256, grouped),
+            ([2, 256, 14, 14], 256, None),
+            ([4, 512, 7, 7], 512, None),
         ] {
             let g = geometry(input, [out, input[1], 3, 3]);
             assert_eq!(variant(&g), want, "{input:?} -> {out}");
