@@ -42,6 +42,26 @@ impl<'a> Spread<'a> {
     }
 }
 
+/// Asks for the cache lines of `values` to be brought into L2 (a hint: nothing is read or
+/// waited for): the row a loop reads a few steps from now.
+pub(crate) fn lines<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let step =
+            (LINE_FLOATS * std::mem::size_of::<f32>() / std::mem::size_of::<T>().max(1)).max(1);
+        for line in values.chunks(step) {
+            // SAFETY: a prefetch hint never faults and changes no memory; SSE is part of every
+            // x86_64 target.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast::<i8>());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
 /// Cache lines a kernel asks to be brought into L2 while it runs, spread evenly over its depth
 /// steps: the weights its task reads next, so that their loads overlap this
 /// kernel's multiply-adds instead of stalling a later call. (A burst of prefetches would stall the

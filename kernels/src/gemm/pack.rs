@@ -127,6 +127,13 @@ fn f32_run<'s, T: Element>(
 /// depth block (so packing allocates nothing per call).
 static ZERO_LINE: [f32; 1024] = [0.0; 1024];
 
+/// Rows ahead that packing row by row asks for: each row of a block is a short run (2 KiB for
+/// 512 columns) that the hardware prefetchers hardly follow before it ends, and a batch's
+/// images come from memory. Measured on chains of pointwise layers at batch 8 (each image's
+/// gemm packs its B): 56×56 0.95×, 28×28 0.94× the time; ResNet-50 0.98× at batch 8 and at
+/// batch 1 (its channel pieces pack too); 4 rows ran as 8, 16 1.01×.
+const ROWS_AHEAD: usize = 8;
+
 /// Packing for a width known at compile time, so the inner copies unroll into vector moves.
 fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32]) {
     let depth = block.depth;
@@ -138,6 +145,10 @@ fn pack_fixed<T: Element, const W: usize>(block: &Block<'_, T>, dst: &mut [f32])
         let mut scratch = vec![0.0f32; if widen { block.lines } else { 0 }];
         for k in 0..depth {
             let start = block.base + k * block.depth_stride;
+            if k + ROWS_AHEAD < depth {
+                let far = start + ROWS_AHEAD * block.depth_stride;
+                crate::prefetch::lines(&block.data[far..far + block.lines]);
+            }
             let run = f32_run(block.data, start, block.lines, &mut scratch);
             for (p, panel) in dst.chunks_exact_mut(W * depth).enumerate() {
                 let out: &mut [f32; W] = (&mut panel[k * W..(k + 1) * W]).try_into().unwrap();
