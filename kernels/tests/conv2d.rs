@@ -639,6 +639,18 @@ fn winograd_four_by_four_tiles() {
             true,
             false,
         ),
+        // Small planes whose tiles count over the batch (where 512-bit multiply-adds do not
+        // pay; `ACCELMESH_WIDE_FMA=0` forces it): 3 × 49 tiles, blocks across the images.
+        Case::new(
+            [3, 64, 26, 27],
+            [33, 64, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 0],
+            1,
+            true,
+            true,
+        ),
     ];
     for case in &cases {
         check_case::<f32>(&mut rng, case, None);

@@ -60,6 +60,9 @@ const MIN_BLOCK_TILES: usize = 32;
 const WHOLE_BELOW_TILES: usize = 32;
 /// Fewest F(4×4, 3×3) tiles per image for that variant (a 56×56 plane has 196).
 const F4_MIN_TILES: usize = 128;
+/// Fewest F(4×4, 3×3) tiles per image for the batch to count in [`f4_tiles`] (a 28×28 plane
+/// has 49; a 14×14 one, 16, runs F(2×2, 3×3) over whole images instead).
+const F4_MIN_IMAGE_TILES: usize = 49;
 /// Fewest F(4×4, 3×3) tiles a block in L2 holds (C + O at most 910).
 const F4_MIN_BLOCK_TILES: usize = 8;
 /// Channels per parallel piece of a whole image's transforms.
@@ -182,13 +185,31 @@ fn whole_tiles(g: &Geometry) -> usize {
 /// [`F4_MIN_BLOCK_TILES`]. Measured against F(2×2, 3×3) (two threads, alternating in one
 /// process, F(4×4) time / F(2×2) time): 64 channels on 56×56 0.77–0.80 (batch 8: 0.84), on
 /// 224×224 0.67–0.73; 128 on 112×112 0.74–0.78, on 56×56 0.68–0.71; 64 → 192 on 56×56 0.73;
-/// 256 on 56×56 0.73–0.75. On 28×28 planes (49 tiles) it lost: 1.32–1.43. Against the flat
-/// path (F(4×4) time / flat time): 32 → 32 on 56×56 0.72–0.75, 32 → 128 0.66–0.67, 48 → 96
-/// 0.57–0.59, 32 → 64 on 112×112 0.63; 16 → 64 on 55×55 1.01–1.03, hence the channel bound.
+/// 256 on 56×56 0.73–0.75. On 28×28 planes (49 tiles) it lost: 1.32–1.43, and 1.46 in a
+/// chain of 128-channel layers on a Zen 4 core, but see [`f4_tiles`] for batches. Against the
+/// flat path (F(4×4) time / flat time): 32 → 32 on 56×56 0.72–0.75, 32 → 128 0.66–0.67, 48 →
+/// 96 0.57–0.59, 32 → 64 on 112×112 0.63; 16 → 64 on 55×55 1.01–1.03, hence the channel bound.
 fn suits_f4(g: &Geometry) -> bool {
     g.cg >= F4_MIN_CHANNELS
-        && image_tiles(g, Tile::F4) >= F4_MIN_TILES
+        && f4_tiles(g) >= F4_MIN_TILES
         && BLOCK_FLOATS / (Tile::F4.positions() * (g.c + g.o)) >= F4_MIN_BLOCK_TILES
+}
+
+/// The F(4×4, 3×3) tiles counted against [`F4_MIN_TILES`]: one image's, or, on cores where
+/// 512-bit multiply-adds run no faster than two 256-bit ones ([`crate::peak::wide_fma_pays`]),
+/// the whole batch's for planes of at least [`F4_MIN_IMAGE_TILES`] tiles and layers of at least
+/// [`F2_MIN_CHANNELS`] input channels: the blocks of tile rows run across the images, so a
+/// batch gives them the width one 28×28 image lacks. Measured on such a core (AMD EPYC, Zen 4
+/// class), chains of 128 → 128 3×3 layers on 28×28, F(4×4) time / F(2×2) time: batch 2 0.94,
+/// 4 0.96, 8 0.95 (batch 1 1.46); inside ResNet-50 at batch 8 0.92 on those layers, 0.99 in
+/// all. Not measured on a core with twice the 512-bit rate, which keeps the bound per image.
+fn f4_tiles(g: &Geometry) -> usize {
+    let per_image = image_tiles(g, Tile::F4);
+    if crate::peak::wide_fma_pays() || per_image < F4_MIN_IMAGE_TILES || g.cg < F2_MIN_CHANNELS {
+        per_image
+    } else {
+        per_image * g.n
+    }
 }
 
 /// The geometry whose "weights" are the transformed ones: one group per position, each an
@@ -740,13 +761,20 @@ mod tests {
         }
         // Small planes in a batch: whole images together where 512-bit multiply-adds do not
         // pay, one image at a time (too few tiles) where they do.
-        let grouped = (!crate::peak::wide_fma_pays()).then_some(Tile::F2);
+        let narrow_fma = !crate::peak::wide_fma_pays();
+        let grouped = narrow_fma.then_some(Tile::F2);
+        let over_batch = if narrow_fma { Tile::F4 } else { Tile::F2 };
         for (input, out, want) in [
             ([8, 256, 14, 14], 256, grouped),
             ([8, 512, 7, 7], 512, grouped),
             ([4, 256, 14, 14], 256, grouped),
             ([2, 256, 14, 14], 256, None),
             ([4, 512, 7, 7], 512, None),
+            // 28×28 planes: F(4×4) blocks across a batch of three or more.
+            ([8, 128, 28, 28], 128, Some(over_batch)),
+            ([3, 128, 28, 28], 128, Some(over_batch)),
+            ([2, 128, 28, 28], 128, Some(Tile::F2)),
+            ([8, 48, 28, 28], 96, None),
         ] {
             let g = geometry(input, [out, input[1], 3, 3]);
             assert_eq!(variant(&g), want, "{input:?} -> {out}");
