@@ -891,27 +891,37 @@ fn threaded_conv(kernel: usize) -> (Op, [Tensor; 3]) {
 fn winograd_convolutions_split_exactly_by_batch_and_closely_otherwise() {
     // A 3×3 stride-1 layer takes the Winograd path on AVX-512, whose rounding depends on
     // where an output sits in its 2×2 tile: a split by output rows or into parts of fewer than
-    // 16 channels (another path) agrees to float rounding, a batch split bit for bit.
+    // 16 channels (another path) agrees to float rounding, a batch split bit for bit — unless
+    // the batch itself chooses the variant: on cores where 512-bit multiply-adds do not pay,
+    // the two 33×33 images together take F(4×4, 3×3) (162 tiles over the batch), one alone
+    // F(2×2, 3×3), and then the batch split agrees to float rounding too. "Float rounding"
+    // here is that of F(4×4, 3×3) against F(2×2, 3×3) where the parts take another variant
+    // than the whole: up to 4.3·10⁻⁵ of |output| + its mean (within the conv tests' 2·10⁻⁵
+    // of Σ|w·x| against float64); parts on the same variant agree within 10⁻⁵.
     let dev = CpuDevice::with_threads(3).unwrap();
     let (op, [x, w, bias]) = threaded_conv(3);
     let inputs = [&x, &w, &bias];
     let shapes = [x.shape(), w.shape(), bias.shape()];
     let whole = run_whole(&dev, &op, &inputs);
-    let parts = partition(&op, &shapes, DType::F32, Strategy::Batch, &[1.0, 3.0]).unwrap();
-    let got = run_parts(&dev, &op, &inputs, parts);
-    assert_bits("threaded conv batch", &got, &whole);
     let want = whole.to_f32_vec();
     let scale = want.iter().map(|v| v.abs() as f64).sum::<f64>() / want.len() as f64;
+    let close = |what: String, got: &[f32]| {
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            let err = (a as f64 - b as f64).abs() / (b.abs() as f64 + scale);
+            assert!(err < 1e-4, "{what}: element {i} is {a}, whole gives {b}");
+        }
+    };
+    let parts = partition(&op, &shapes, DType::F32, Strategy::Batch, &[1.0, 3.0]).unwrap();
+    let got = run_parts(&dev, &op, &inputs, parts);
+    if accelmesh_kernels::peak::wide_fma_pays() {
+        assert_bits("threaded conv batch", &got, &whole);
+    } else {
+        close("conv batch".into(), &got.to_f32_vec());
+    }
     for strategy in [Strategy::OutChannels, Strategy::OutRows] {
         let parts = partition(&op, &shapes, DType::F32, strategy, &[1.0, 3.0, 0.5]).unwrap();
         let got = run_parts(&dev, &op, &inputs, parts).to_f32_vec();
-        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-            let err = (a as f64 - b as f64).abs() / (b.abs() as f64 + scale);
-            assert!(
-                err < 1e-5,
-                "conv {strategy}: element {i} is {a}, whole gives {b}"
-            );
-        }
+        close(format!("conv {strategy}"), &got);
     }
 }
 
