@@ -45,21 +45,25 @@ impl<'a> Spread<'a> {
 /// Asks for the cache lines of `values` to be brought into L2 (a hint: nothing is read or
 /// waited for): the row a loop reads a few steps from now.
 pub(crate) fn lines<T>(values: &[T]) {
+    let step = (LINE_FLOATS * std::mem::size_of::<f32>() / std::mem::size_of::<T>().max(1)).max(1);
+    for line in values.chunks(step) {
+        line_into_l2(line.as_ptr().cast());
+    }
+}
+
+/// Asks for the cache line holding `at` to be brought into L2; nothing off x86_64. Any
+/// address may be named.
+#[inline(always)]
+fn line_into_l2(at: *const i8) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let step =
-            (LINE_FLOATS * std::mem::size_of::<f32>() / std::mem::size_of::<T>().max(1)).max(1);
-        for line in values.chunks(step) {
-            // SAFETY: a prefetch hint never faults and changes no memory; SSE is part of every
-            // x86_64 target.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast::<i8>());
-            }
-        }
+    // SAFETY: a prefetch hint never faults and changes no memory, whatever the address; SSE
+    // is part of every x86_64 target.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T1>(at);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
+    let _ = at;
 }
 
 /// Cache lines a kernel asks to be brought into L2 while it runs, spread evenly over its depth
@@ -122,13 +126,7 @@ impl AheadWalk {
         self.countdown -= 1;
         if self.countdown == 0 {
             for _ in 0..self.per {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: a prefetch hint never faults and changes no memory, whatever the
-                // address; SSE is part of every x86_64 target.
-                unsafe {
-                    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-                    _mm_prefetch::<_MM_HINT_T1>(self.at.cast::<i8>());
-                }
+                line_into_l2(self.at.cast());
                 self.at = self.at.wrapping_add(LINE_FLOATS);
             }
             self.left -= 1;
