@@ -865,8 +865,10 @@ fn nan_reaches_exactly_its_receptive_field() {
 
 #[test]
 fn runs_in_caller_pools() {
-    // One image large enough to be split by output columns across the pool's threads, and a
-    // batch that is split by images.
+    // One image large enough to be split by output columns across the pool's threads, a
+    // batch that is split by images, and layers whose weights outweigh their input, whose
+    // threads split the output channels and each lay the whole input out for themselves
+    // (one image; two grouped and dilated), after one another in each thread's buffers.
     let split = Case::new(
         [1, 32, 40, 41],
         [48, 32, 3, 3],
@@ -887,6 +889,26 @@ fn runs_in_caller_pools() {
         false,
         true,
     );
+    let deep = Case::new(
+        [1, 64, 9, 11],
+        [128, 64, 5, 5],
+        [1, 1],
+        [1, 1],
+        [2, 2, 2, 2],
+        1,
+        true,
+        true,
+    );
+    let deep_grouped = Case::new(
+        [2, 64, 7, 10],
+        [128, 32, 3, 3],
+        [1, 1],
+        [2, 1],
+        [2, 1, 2, 0],
+        2,
+        false,
+        true,
+    );
     for threads in [1, 2, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -896,6 +918,9 @@ fn runs_in_caller_pools() {
         pool.install(|| {
             check_case::<f32>(&mut rng, &split, None);
             check_case::<f32>(&mut rng, &batch, None);
+            check_case::<f32>(&mut rng, &deep, None);
+            check_case::<f32>(&mut rng, &deep_grouped, None);
+            check_case::<f32>(&mut rng, &split, None);
         });
     }
 }

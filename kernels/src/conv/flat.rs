@@ -204,7 +204,9 @@ impl Layout {
     ///
     /// Every value of the layout is written, so `data` may come back from an earlier call
     /// with old values in it; it is only zero-filled where it has to grow.
-    fn fill(&self, g: &Geometry, input: &[f32], data: &mut Vec<f32>) {
+    ///
+    /// With `parallel`, large layouts are filled by the current pool's threads.
+    fn fill(&self, g: &Geometry, input: &[f32], data: &mut Vec<f32>, parallel: bool) {
         // A buffer never shrinks, so one that held a larger layout before is not zero-filled
         // again when it comes back to that size.
         if data.len() < self.len {
@@ -250,7 +252,7 @@ impl Layout {
         };
         let (planes, tail) = data.split_at_mut(g.n * self.image_len);
         tail.fill(0.0);
-        if planes.len() >= PARALLEL_FILL_MIN && rayon::current_num_threads() > 1 {
+        if parallel && planes.len() >= PARALLEL_FILL_MIN && rayon::current_num_threads() > 1 {
             planes
                 .par_chunks_exact_mut(self.plane)
                 .enumerate()
@@ -273,24 +275,48 @@ pub(super) fn with_layout<R>(
     f: impl FnOnce(&Layout, &[f32]) -> R,
 ) -> R {
     let layout = Layout::new(g);
-    let mut data = LAYOUT_BUFFER.take();
-    layout.fill(g, input, &mut data);
-    if data.len() < layout.len + extra {
-        data.resize(layout.len + extra, 0.0);
+    let filled = FilledLayout::new(g, &layout, input, extra, true);
+    f(&layout, &filled.data)
+}
+
+/// An input laid out in the current thread's reusable layout buffer, which goes back to the
+/// thread when this is dropped.
+struct FilledLayout {
+    /// The layout's values, then at least the `extra` values asked for.
+    data: Vec<f32>,
+}
+
+impl FilledLayout {
+    /// `input` laid out as `layout` says, with at least `extra` readable values past its end;
+    /// filled by the current pool's threads if `parallel`, else by this thread alone.
+    fn new(
+        g: &Geometry,
+        layout: &Layout,
+        input: &[f32],
+        extra: usize,
+        parallel: bool,
+    ) -> FilledLayout {
+        let mut data = LAYOUT_BUFFER.take();
+        layout.fill(g, input, &mut data, parallel);
+        if data.len() < layout.len + extra {
+            data.resize(layout.len + extra, 0.0);
+        }
+        FilledLayout { data }
     }
-    let result = f(&layout, &data);
-    if data.capacity() <= KEEP_LAYOUT_MAX {
-        LAYOUT_BUFFER.set(data);
+}
+
+impl Drop for FilledLayout {
+    fn drop(&mut self) {
+        if self.data.capacity() <= KEEP_LAYOUT_MAX {
+            LAYOUT_BUFFER.set(std::mem::take(&mut self.data));
+        }
     }
-    result
 }
 
 /// Everything the tasks of one convolution share.
 struct Flat<'a> {
     g: &'a Geometry,
     layout: &'a Layout,
-    /// The input as phase planes ([`Layout::fill`]).
-    data: &'a [f32],
     weights: &'a PackedWeights,
     bias: Option<&'a [f32]>,
     /// Scale of the output's old values added to the convolution.
@@ -359,9 +385,12 @@ impl Flat<'_> {
     }
 
     /// Outputs `outputs` of output channel panels `panels` of (image `n`, group `group`),
-    /// accumulated in `tile` and written to `out` (elements no other task writes).
+    /// read from the input laid out in `data`, accumulated in `tile` and written to `out`
+    /// (elements no other task writes).
+    #[allow(clippy::too_many_arguments)]
     fn task(
         &self,
+        data: &[f32],
         n: usize,
         group: usize,
         outputs: Range<usize>,
@@ -384,10 +413,10 @@ impl Flat<'_> {
         let furthest = cols.iter().max().copied().unwrap_or(0)
             + layout.offsets.iter().max().copied().unwrap_or(0);
         assert!(
-            base + furthest < layout.len && layout.len <= self.data.len(),
+            base + furthest < layout.len && layout.len <= data.len(),
             "flat convolution reads outside its layout"
         );
-        let b = self.data[base..].as_ptr();
+        let b = data[base..].as_ptr();
         let strips = self.strips(&outputs);
         let step = if self.wide { PANELS_WIDE } else { 1 };
         let units = panels.len().div_ceil(step);
@@ -637,87 +666,97 @@ pub(super) fn run(
         CHANNELS,
         "flat path needs panels of 16 channels"
     );
-    with_layout(g, input, 0, |layout, data| {
-        let flat = Flat {
-            g,
-            layout,
-            data,
-            weights,
-            bias,
-            beta,
-            wide,
-        };
-        let threads = rayon::current_num_threads();
-        // Shares are cut between units of the panels a tile covers.
-        let unit = if wide { PANELS_WIDE } else { 1 };
-        let panels = weights.panels();
-        let units = panels.div_ceil(unit);
-        let images = g.n * g.groups;
-        let mut columns = output_ranges(g.out_plane());
-        // Fewer than two (job, unit) pairs per thread (a narrow layer on a small plane, such as
-        // DenseNet's 128 → 32 3×3 on 14×14, one pair in all): the plane is cut into ranges of
-        // whole rows instead, so every thread takes a share. Alternating inside the models on
-        // two threads: DenseNet-121 1.01–1.03×, Inception v2 1.03–1.04×.
-        if threads > 1 && images * columns.len() * units < 2 * threads {
-            columns = row_ranges(g.oh, g.ow, (2 * threads).div_ceil(images * units));
+    let layout = Layout::new(g);
+    let flat = Flat {
+        g,
+        layout: &layout,
+        weights,
+        bias,
+        beta,
+        wide,
+    };
+    let threads = rayon::current_num_threads();
+    // Shares are cut between units of the panels a tile covers.
+    let unit = if wide { PANELS_WIDE } else { 1 };
+    let panels = weights.panels();
+    let units = panels.div_ceil(unit);
+    let images = g.n * g.groups;
+    let mut columns = output_ranges(g.out_plane());
+    // Fewer than two (job, unit) pairs per thread (a narrow layer on a small plane, such as
+    // DenseNet's 128 → 32 3×3 on 14×14, one pair in all): the plane is cut into ranges of
+    // whole rows instead, so every thread takes a share. Alternating inside the models on
+    // two threads: DenseNet-121 1.01–1.03×, Inception v2 1.03–1.04×.
+    if threads > 1 && images * columns.len() * units < 2 * threads {
+        columns = row_ranges(g.oh, g.ow, (2 * threads).div_ceil(images * units));
+    }
+    let jobs = images * columns.len();
+    // Work of one unit over job j's outputs, in tiles.
+    let strips = |job: usize| columns[job % columns.len()].len().div_ceil(flat.pixels());
+    let out = SharedOut::new(output);
+    // Units `units` of job `job`, read from `data` and accumulated in `tile`.
+    let run_job = |data: &[f32], job: usize, units: Range<usize>, tile: &mut Vec<f32>| {
+        let (first, end) = (units.start * unit, (units.end * unit).min(panels));
+        if first < end {
+            let (image_group, col) = (job / columns.len(), job % columns.len());
+            flat.task(
+                data,
+                image_group / g.groups,
+                image_group % g.groups,
+                columns[col].clone(),
+                first..end,
+                tile,
+                out,
+            );
         }
-        let jobs = images * columns.len();
-        // Work of one unit over job j's outputs, in tiles.
-        let strips = |job: usize| columns[job % columns.len()].len().div_ceil(flat.pixels());
-        let out = SharedOut::new(output);
-        // Units `units` of job `job`, accumulated in `tile`.
-        let run_job = |job: usize, units: Range<usize>, tile: &mut Vec<f32>| {
-            let (first, end) = (units.start * unit, (units.end * unit).min(panels));
-            if first < end {
-                let (image_group, col) = (job / columns.len(), job % columns.len());
-                flat.task(
-                    image_group / g.groups,
-                    image_group % g.groups,
-                    columns[col].clone(),
-                    first..end,
-                    tile,
-                    out,
-                );
-            }
-        };
-        let run_share = |share: Range<(usize, usize)>, tile: &mut Vec<f32>| {
-            for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
-                let first = if job == share.start.0 {
-                    share.start.1
-                } else {
-                    0
-                };
-                let end = if job == share.end.0 {
-                    share.end.1
-                } else {
-                    units
-                };
-                run_job(job, first..end, tile);
-            }
-        };
-        // Where a group's weights outweigh an image's input (deep layers on small planes), each
-        // thread takes an even share of the panels for every job: it reads only its share of the
-        // weights, which then stay in its L2, and both read the smaller input.
-        let weights_heavier = g.og * g.depth() > g.cg * g.h * g.w;
-        let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
-        // Either way the work is cut into a few shares per thread, which the threads claim one
-        // at a time (`for_each_claimed`), so a slower or stalled core holds back one share at most.
-        if threads > 1 && weights_heavier && panels_split && units >= threads {
-            let shares = split(units, (threads * SHARES_PER_THREAD).min(units));
-            for_each_claimed(shares.len(), Vec::new, |tile, s| {
-                for job in 0..jobs {
-                    run_job(job, shares[s].clone(), tile);
-                }
-            });
-        } else if threads > 1 && jobs * units > 1 {
-            let cuts = even_cuts(jobs, units, threads * SHARES_PER_THREAD, strips);
-            for_each_claimed(cuts.len() - 1, Vec::new, |tile, t| {
-                run_share(cuts[t]..cuts[t + 1], tile)
-            });
-        } else {
-            run_share((0, 0)..(jobs, 0), &mut Vec::new());
+    };
+    let run_share = |data: &[f32], share: Range<(usize, usize)>, tile: &mut Vec<f32>| {
+        for job in share.start.0..=share.end.0.min(jobs.saturating_sub(1)) {
+            let first = if job == share.start.0 {
+                share.start.1
+            } else {
+                0
+            };
+            let end = if job == share.end.0 {
+                share.end.1
+            } else {
+                units
+            };
+            run_job(data, job, first..end, tile);
         }
-    });
+    };
+    // Where a group's weights outweigh an image's input (deep layers on small planes), each
+    // thread takes an even share of the panels for every job: it reads only its share of the
+    // weights, which then stay in its L2, and all of the smaller input, which it lays out in
+    // a buffer of its own. A layout filled once and read by every core cost more than its
+    // copies: each call's writes wait for the other core to give up the lines it read last
+    // time (256 channels 3×3 on 14×14: the shared fill took 38 µs on two threads, 22 on
+    // one, and up to 150 in the VM's slow minutes).
+    let weights_heavier = g.og * g.depth() > g.cg * g.h * g.w;
+    let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
+    // Either way the work is cut into a few shares per thread, which the threads claim one
+    // at a time (`for_each_claimed`), so a slower or stalled core holds back one share at most.
+    if threads > 1 && weights_heavier && panels_split && units >= threads {
+        let shares = split(units, (threads * SHARES_PER_THREAD).min(units));
+        let own = || {
+            let filled = FilledLayout::new(g, &layout, input, 0, false);
+            (filled, Vec::new())
+        };
+        for_each_claimed(shares.len(), own, |(filled, tile), s| {
+            for job in 0..jobs {
+                run_job(&filled.data, job, shares[s].clone(), tile);
+            }
+        });
+        return;
+    }
+    let filled = FilledLayout::new(g, &layout, input, 0, true);
+    if threads > 1 && jobs * units > 1 {
+        let cuts = even_cuts(jobs, units, threads * SHARES_PER_THREAD, strips);
+        for_each_claimed(cuts.len() - 1, Vec::new, |tile, t| {
+            run_share(&filled.data, cuts[t]..cuts[t + 1], tile)
+        });
+    } else {
+        run_share(&filled.data, (0, 0)..(jobs, 0), &mut Vec::new());
+    }
 }
 
 #[cfg(test)]
