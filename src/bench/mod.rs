@@ -4,7 +4,7 @@
 //! Each case runs untimed warm-ups ([`warm_up`]), then `reps` timed repetitions; a repetition's time is
 //! the wall time of splitting the inputs, running the parts concurrently and assembling the
 //! output (for a GPU: uploads, kernels and downloads). On a single node the repetitions run as
-//! one batch of the node's work, back to back as a model's steps ([`measure_on`]). On a single
+//! one batch of the node's work, back to back as a model's steps (`measure_on`). On a single
 //! GPU node the kernels are also timed alone with the inputs resident. Inputs are seeded random
 //! tensors in [-1, 1).
 

@@ -44,7 +44,7 @@ pub fn stays_single(isa: Isa, macs: usize) -> bool {
 }
 /// Whether an `m × k` by `k × n` product on `isa` may use more than the calling thread: when
 /// its multiply-adds are many ([`stays_single`]), or when it has few enough rows to stream B
-/// (a dense layer, [`GEMV_PARALLEL_MIN_FLOATS`]) and B is large. A caller that runs products
+/// (a dense layer, `GEMV_PARALLEL_MIN_FLOATS`) and B is large. A caller that runs products
 /// on a pool of its own installs them there only then.
 pub fn may_split(isa: Isa, m: usize, n: usize, k: usize) -> bool {
     !stays_single(isa, m.saturating_mul(n).saturating_mul(k)) || streams_wide(m, n, k)

@@ -405,7 +405,7 @@ impl Tuner {
     /// A tuner for `info`'s adapter, on or off per `ACCELMESH_GPU_TUNE`, caching in
     /// [`default_cache_path`].
     /// `ACCELMESH_GPU_TILE=BM,BN,BK,TM,TN` forces one tiling wherever it fits (no tuning,
-    /// no cache): a malformed value is an [`Error::Parse`] naming it.
+    /// no cache): a malformed value is an [`crate::Error::Parse`] naming it.
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> crate::Result<Self> {
         let enabled = tuning_enabled(std::env::var("ACCELMESH_GPU_TUNE").ok().as_deref());
         let mut tuner = Tuner::with_settings(info, enabled, default_cache_path());
