@@ -866,9 +866,10 @@ fn nan_reaches_exactly_its_receptive_field() {
 #[test]
 fn runs_in_caller_pools() {
     // One image large enough to be split by output columns across the pool's threads, a
-    // batch that is split by images, and layers whose weights outweigh their input, whose
-    // threads split the output channels and each lay the whole input out for themselves
-    // (one image; two grouped and dilated), after one another in each thread's buffers.
+    // batch that is split by images (both laying out their small inputs once per thread), an
+    // image whose layout is large enough to be shared by the threads, and layers whose weights
+    // outweigh their input, whose threads split the output channels (one image; two grouped
+    // and dilated), after one another in each thread's buffers.
     let split = Case::new(
         [1, 32, 40, 41],
         [48, 32, 3, 3],
@@ -887,6 +888,16 @@ fn runs_in_caller_pools() {
         [1, 1, 1, 1],
         1,
         false,
+        true,
+    );
+    let large = Case::new(
+        [1, 64, 66, 70],
+        [24, 64, 3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1, 1, 1],
+        1,
+        true,
         true,
     );
     let deep = Case::new(
@@ -918,6 +929,7 @@ fn runs_in_caller_pools() {
         pool.install(|| {
             check_case::<f32>(&mut rng, &split, None);
             check_case::<f32>(&mut rng, &batch, None);
+            check_case::<f32>(&mut rng, &large, None);
             check_case::<f32>(&mut rng, &deep, None);
             check_case::<f32>(&mut rng, &deep_grouped, None);
             check_case::<f32>(&mut rng, &split, None);
