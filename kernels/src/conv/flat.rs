@@ -740,12 +740,10 @@ pub(super) fn run(
     let panels_split = units.is_multiple_of(threads) || units >= 4 * threads;
     // Either way the work is cut into a few shares per thread, which the threads claim one
     // at a time (`for_each_claimed`), so a slower or stalled core holds back one share at most.
+    // A thread that copies the layout for itself does so on its first share.
+    let own = || (FilledLayout::new(g, &layout, input, 0, false), Vec::new());
     if threads > 1 && weights_heavier && panels_split && units >= threads {
         let shares = split(units, (threads * SHARES_PER_THREAD).min(units));
-        let own = || {
-            let filled = FilledLayout::new(g, &layout, input, 0, false);
-            (filled, Vec::new())
-        };
         for_each_claimed(shares.len(), own, |(filled, tile), s| {
             for job in 0..jobs {
                 run_job(&filled.data, job, shares[s].clone(), tile);
@@ -759,7 +757,6 @@ pub(super) fn run(
     if threads > 1 && jobs * units > 1 {
         let cuts = even_cuts(jobs, units, threads * SHARES_PER_THREAD, strips);
         if layout.len <= PRIVATE_LAYOUT_MAX {
-            let own = || (FilledLayout::new(g, &layout, input, 0, false), Vec::new());
             for_each_claimed(cuts.len() - 1, own, |(filled, tile), t| {
                 run_share(&filled.data, cuts[t]..cuts[t + 1], tile)
             });
