@@ -33,6 +33,17 @@ const MMAP_THRESHOLD: libc::c_int = 32 << 20;
 /// Free memory at the top of glibc's heap kept for later allocations instead of returned.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = 1 << 30;
+/// Heap grown ahead of need and advised to use huge pages ([`retain_freed_memory`]): below
+/// [`TRIM_THRESHOLD`], so freeing it does not hand it back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const HUGE_HEAP_BYTES: libc::c_int = 512 << 20;
+/// glibc's own padding of each heap extension (`M_TOP_PAD`), restored after the growth.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const DEFAULT_TOP_PAD: libc::c_int = 128 << 10;
+/// The block whose allocation makes the heap grow by [`HUGE_HEAP_BYTES`] (more than any
+/// free space a new process's heap holds, less than [`MMAP_THRESHOLD`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GROWTH_SEED_BYTES: usize = 16 << 20;
 
 /// Asks the C allocator to keep the memory a process frees for its next allocations: blocks
 /// up to 32 MiB come from one heap shared by all threads, which is not trimmed below 1 GiB
@@ -41,22 +52,72 @@ const TRIM_THRESHOLD: libc::c_int = 1 << 30;
 /// batch 8 about 8 % faster, peak memory 224 MiB instead of 240 at batch 1 and 323 instead
 /// of 328 at batch 8 (with one heap per thread, as glibc would otherwise make, freed blocks
 /// of one thread's heap do not serve another's and the peak grew to 333 and 507 MiB).
+///
+/// It also grows that heap by 512 MiB of address space at once and advises it to use
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`, before any of it is touched): where the
+/// system hands them out on request (`transparent_hugepage/enabled` set to `madvise`, the
+/// usual default), the activations, packed weights and packing buffers allocated there sit
+/// on 2 MiB pages, and the kernels' strided reads (a tile's rows a plane apart) need a
+/// fraction of the TLB entries. Untouched pages cost no memory. Measured on a 2-vCPU AMD
+/// EPYC, alternating: ResNet-50 0.985× the latency at batch 1 and 0.993× at batch 8.
+///
 /// Process-wide, so it is for programs (the `accelmesh` binary) to call, not libraries;
-/// returns whether the allocator took the settings (glibc on Linux only).
+/// returns whether the allocator took the settings (glibc on Linux only; the huge-page
+/// advice is a hint, and the heap keeps small pages where it is refused).
 pub fn retain_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only sets glibc's allocation thresholds, with values inside the
         // ranges it accepts; it is thread-safe and affects no memory already allocated.
-        unsafe {
+        let taken = unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1) == 1
                 && libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        };
+        if taken {
+            static GROWN: std::sync::Once = std::sync::Once::new();
+            GROWN.call_once(grow_heap_on_huge_pages);
         }
+        taken
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Grows glibc's heap by [`HUGE_HEAP_BYTES`] and advises the new pages to use transparent
+/// huge pages (see [`retain_freed_memory`], which calls it once per process); does nothing
+/// where the heap cannot grow.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn grow_heap_on_huge_pages() {
+    const PAGE: usize = 4096;
+    // SAFETY: sbrk(0) only reads the current end of the heap. The padding is one of glibc's
+    // own settings, raised for one allocation and restored; the seed block is allocated and
+    // freed through glibc like any other (its memory is never read or written here), and with
+    // the trim threshold above the growth the heap keeps the freed space. The advised range
+    // is whole pages between the heap's old and new ends, which this process owns;
+    // MADV_HUGEPAGE only sets how later faults fill them and never changes their contents, so
+    // a refusal (huge pages configured off) needs no handling.
+    unsafe {
+        let before = libc::sbrk(0) as usize;
+        if before == usize::MAX {
+            return;
+        }
+        libc::mallopt(libc::M_TOP_PAD, HUGE_HEAP_BYTES);
+        // Kept opaque: a compiler may otherwise drop an allocation that is freed unused.
+        let seed = std::hint::black_box(libc::malloc(GROWTH_SEED_BYTES));
+        libc::mallopt(libc::M_TOP_PAD, DEFAULT_TOP_PAD);
+        let after = libc::sbrk(0) as usize;
+        libc::free(seed);
+        if after == usize::MAX || after <= before {
+            return;
+        }
+        let start = before.next_multiple_of(PAGE);
+        let end = after / PAGE * PAGE;
+        if end > start {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
     }
 }
 
