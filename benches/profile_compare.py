@@ -7,20 +7,24 @@ many runs), one after the other, and joins the two by input shapes: accelmesh's 
 shapes. Rows are sorted by the time accelmesh loses (ours - ort); the ratio is ours / ort
 (above 1: onnxruntime faster); `n` counts the steps behind a row on each side. Both engines
 run on the same cores in the same minute, so the ratios hold on a noisy machine better than
-times taken apart.
+times taken apart. With `--rounds R` the two engines take turns R times (accelmesh first in
+even rounds, onnxruntime in odd ones), each time profiling `--reps` runs: each row then shows
+the medians over the rounds, and its ratio is the median of the per-round ratios, so a slow
+minute of the VM weighs on both engines alike instead of on whichever ran in it.
 
 With `--batch` above 1 on a model that fixes its batch (the light models declare 1), both
 engines profile one batch-B inference of the batch-N copy that onnx_compare.py makes (batch
 dimension symbolic, Reshape shapes copying it), not B runs of one sample.
 
     benches/.venv/bin/python benches/profile_compare.py MODEL.onnx [--batch 8] [--reps 10]
-        [--threads 2] [--nodes cpu] [--bin target/release/accelmesh] [--cpus 1]
+        [--threads 2] [--nodes cpu] [--bin target/release/accelmesh] [--cpus 1] [--rounds 1]
 """
 
 import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +81,8 @@ def main():
     parser.add_argument("--nodes", default="cpu", help="accelmesh --nodes")
     parser.add_argument("--batch", type=int, default=1, help="batch of a symbolic first dim")
     parser.add_argument("--top", type=int, default=30, help="rows to print")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times the engines take turns (medians over the rounds)")
     machine_peak.add_cpus_option(parser)
     args = parser.parse_args()
     machine_peak.apply_cpus_option(args)
@@ -85,21 +91,38 @@ def main():
         if args.batch > 1 and fixes_batch(args.model):
             args.model = onnx_compare.batched_copy(args.model, tmp)
             print(f"(the model fixes its batch: both engines run {os.path.basename(args.model)})")
-        a, a_total = ours(args)
-        o, o_total = theirs(args)
+        rounds = []
+        for r in range(max(args.rounds, 1)):
+            if r % 2 == 0:
+                a, a_total = ours(args)
+                o, o_total = theirs(args)
+            else:
+                o, o_total = theirs(args)
+                a, a_total = ours(args)
+            rounds.append((a, a_total, o, o_total))
+    med = statistics.median
+    a_total = med([r[1] for r in rounds])
+    o_total = med([r[3] for r in rounds])
     print(f"{os.path.basename(args.model)}, batch {args.batch}: accelmesh {a_total:.2f} ms in "
           f"steps (--nodes {args.nodes}), onnxruntime {o_total:.2f} ms in nodes "
-          f"({args.threads} threads); medians of {args.reps} profiled runs each")
+          f"({args.threads} threads); medians of {args.reps} profiled runs each"
+          + (f", medians over {len(rounds)} alternating rounds (total ratio by round: "
+             f"{med([r[1] / r[3] for r in rounds]):.3f})" if len(rounds) > 1 else ""))
     rows = []
-    for key in set(a) | set(o):
-        ams, asteps, aop = a.get(key, (0.0, 0, "-"))
-        oms, osteps, oop = o.get(key, (0.0, 0, "-"))
-        rows.append((ams - oms, ams, oms, f"{asteps}/{osteps}", aop, oop, key))
+    keys = set().union(*(set(r[0]) | set(r[2]) for r in rounds))
+    for key in keys:
+        ours_ms = [r[0].get(key, (0.0, 0, "-")) for r in rounds]
+        ort_ms = [r[2].get(key, (0.0, 0, "-")) for r in rounds]
+        ams, oms = med([x[0] for x in ours_ms]), med([x[0] for x in ort_ms])
+        per_round = [x[0] / y[0] for x, y in zip(ours_ms, ort_ms) if x[0] > 0 and y[0] > 0]
+        ratio = med(per_round) if per_round else None
+        n = f"{ours_ms[0][1]}/{ort_ms[0][1]}"
+        rows.append((ams - oms, ams, oms, ratio, n, ours_ms[0][2], ort_ms[0][2], key))
     rows.sort(key=lambda r: -r[0])
     print(f"  {'ours-ort':>9} {'ours ms':>9} {'ort ms':>9} {'ratio':>6} {'n':>5}  op (ours / ort) "
           "and input shapes")
-    for lost, ams, oms, n, aop, oop, key in rows[: args.top]:
-        ratio = f"{ams / oms:6.2f}" if oms > 0 else "     -"
+    for lost, ams, oms, ratio, n, aop, oop, key in rows[: args.top]:
+        ratio = f"{ratio:6.2f}" if ratio is not None else "     -"
         shapes = re.sub(r"\s+", " ", key)
         print(f"  {lost:>9.3f} {ams:>9.3f} {oms:>9.3f} {ratio} {n:>5}  {aop} / {oop}  {shapes}")
 

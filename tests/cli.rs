@@ -368,6 +368,13 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
     );
     let step_ms: f64 = by_op.iter().map(|r| r["ms"].as_f64().unwrap()).sum();
     assert!(step_ms > 0.0 && step_ms <= lines[1]["total_ms"].as_f64().unwrap() * 1.0001);
+    // Every step in run order, whose times add up to the groups'.
+    let steps = lines[1]["steps"].as_array().expect("steps");
+    let counted: u64 = by_op.iter().map(|r| r["steps"].as_u64().unwrap()).sum();
+    assert_eq!(steps.len() as u64, counted);
+    assert!(steps.iter().all(|s| s["node"].is_string() && s["op"].is_string()));
+    let listed_ms: f64 = steps.iter().map(|s| s["ms"].as_f64().unwrap()).sum();
+    assert!((listed_ms - step_ms).abs() <= 1e-6 * step_ms.max(1.0), "{listed_ms} vs {step_ms}");
 
     // A batch above the model's fixed batch of 1 profiles the chunks it runs as.
     let lines = json_lines(&[

@@ -40,12 +40,18 @@ fn main() {
     );
     assert!(retain_freed_memory());
     let twice = advised_heap();
-    assert!(twice < once + GROWTH / 2, "a second call grew it again: {once} then {twice}");
+    assert!(
+        twice < once + GROWTH / 2,
+        "a second call grew it again: {once} then {twice}"
+    );
     // Blocks from the advised heap hold what is written to them.
     let mut blocks: Vec<Vec<f32>> = Vec::new();
     for (i, len) in [3usize << 20, 1 << 20, 7 << 18].into_iter().enumerate() {
         let mut v = try_zeroed_f32(len).expect("allocation");
-        assert!(v.iter().step_by(1021).all(|&x| x == 0.0), "block {i} zeroed");
+        assert!(
+            v.iter().step_by(1021).all(|&x| x == 0.0),
+            "block {i} zeroed"
+        );
         for (j, x) in v.iter_mut().enumerate() {
             *x = (j % 4099) as f32 + i as f32;
         }
@@ -53,7 +59,9 @@ fn main() {
     }
     for (i, v) in blocks.iter().enumerate() {
         assert!(
-            v.iter().enumerate().all(|(j, &x)| x == (j % 4099) as f32 + i as f32),
+            v.iter()
+                .enumerate()
+                .all(|(j, &x)| x == (j % 4099) as f32 + i as f32),
             "block {i} reads back"
         );
     }
@@ -62,5 +70,8 @@ fn main() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn main() {
-    assert!(!retain_freed_memory(), "only glibc on Linux takes the settings");
+    assert!(
+        !retain_freed_memory(),
+        "only glibc on Linux takes the settings"
+    );
 }

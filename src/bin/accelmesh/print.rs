@@ -371,6 +371,9 @@ pub fn profile(
             "total_ms": p.total_seconds * 1e3,
             "by_op": rows(p.by_op()),
             "by_op_and_shape": rows(p.by_op_and_shape()),
+            "steps": p.steps.iter().map(|s| serde_json::json!({
+                "node": s.node, "op": s.op, "ms": s.seconds * 1e3,
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{}", to_json(&v)?)?;
         return Ok(());
