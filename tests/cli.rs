@@ -372,9 +372,16 @@ fn infer_splits_a_batch_over_two_nodes_and_writes_outputs() {
     let steps = lines[1]["steps"].as_array().expect("steps");
     let counted: u64 = by_op.iter().map(|r| r["steps"].as_u64().unwrap()).sum();
     assert_eq!(steps.len() as u64, counted);
-    assert!(steps.iter().all(|s| s["node"].is_string() && s["op"].is_string()));
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["node"].is_string() && s["op"].is_string())
+    );
     let listed_ms: f64 = steps.iter().map(|s| s["ms"].as_f64().unwrap()).sum();
-    assert!((listed_ms - step_ms).abs() <= 1e-6 * step_ms.max(1.0), "{listed_ms} vs {step_ms}");
+    assert!(
+        (listed_ms - step_ms).abs() <= 1e-6 * step_ms.max(1.0),
+        "{listed_ms} vs {step_ms}"
+    );
 
     // A batch above the model's fixed batch of 1 profiles the chunks it runs as.
     let lines = json_lines(&[
