@@ -63,7 +63,8 @@ const GROWTH_SEED_BYTES: usize = 16 << 20;
 ///
 /// Process-wide, so it is for programs (the `accelmesh` binary) to call, not libraries;
 /// returns whether the allocator took the settings (glibc on Linux only; the huge-page
-/// advice is a hint, and the heap keeps small pages where it is refused).
+/// advice is a hint, and the heap keeps small pages where it is refused or where the heap
+/// cannot grow: [`huge_heap_range`] says which).
 pub fn retain_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -75,8 +76,7 @@ pub fn retain_freed_memory() -> bool {
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
         };
         if taken {
-            static GROWN: std::sync::Once = std::sync::Once::new();
-            GROWN.call_once(grow_heap_on_huge_pages);
+            HUGE_HEAP.get_or_init(grow_heap_on_huge_pages);
         }
         taken
     }
@@ -86,11 +86,28 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
-/// Grows glibc's heap by [`HUGE_HEAP_BYTES`] and advises the new pages to use transparent
-/// huge pages (see [`retain_freed_memory`], which calls it once per process); does nothing
-/// where the heap cannot grow.
+/// The heap range [`retain_freed_memory`] grew and advised, once per process.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn grow_heap_on_huge_pages() {
+static HUGE_HEAP: std::sync::OnceLock<Option<Range<usize>>> = std::sync::OnceLock::new();
+
+/// The addresses of the heap growth [`retain_freed_memory`] advised to use huge pages: `None`
+/// before its first call, or where the heap could not grow (or the platform has no glibc).
+pub fn huge_heap_range() -> Option<Range<usize>> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        HUGE_HEAP.get().cloned().flatten()
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Grows glibc's heap by [`HUGE_HEAP_BYTES`] and advises the new pages to use transparent
+/// huge pages (see [`retain_freed_memory`], which calls it once per process); returns the
+/// advised range, or `None` where the heap cannot grow.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn grow_heap_on_huge_pages() -> Option<Range<usize>> {
     const PAGE: usize = 4096;
     // SAFETY: sbrk(0) only reads the current end of the heap. The padding is one of glibc's
     // own settings, raised for one allocation and restored; the seed block is allocated and
@@ -102,7 +119,7 @@ fn grow_heap_on_huge_pages() {
     unsafe {
         let before = libc::sbrk(0) as usize;
         if before == usize::MAX {
-            return;
+            return None;
         }
         libc::mallopt(libc::M_TOP_PAD, HUGE_HEAP_BYTES);
         // Kept opaque: a compiler may otherwise drop an allocation that is freed unused.
@@ -111,13 +128,15 @@ fn grow_heap_on_huge_pages() {
         let after = libc::sbrk(0) as usize;
         libc::free(seed);
         if after == usize::MAX || after <= before {
-            return;
+            return None;
         }
         let start = before.next_multiple_of(PAGE);
         let end = after / PAGE * PAGE;
-        if end > start {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        if end <= start {
+            return None;
         }
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        Some(start..end)
     }
 }
 
