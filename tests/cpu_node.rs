@@ -257,3 +257,35 @@ fn convolution_added_onto_its_residual_in_place() {
             .is_none()
     );
 }
+
+#[test]
+fn launched_work_runs_on_the_pool_and_a_panic_ends_only_that_run() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dev = device(2);
+    let (tx, rx) = mpsc::channel();
+    let sent = tx.clone();
+    dev.launch(Box::new(move || {
+        let name = std::thread::current().name().map(str::to_string);
+        sent.send(name).unwrap();
+    }))
+    .unwrap();
+    let name = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        name.as_deref().is_some_and(|n| n.contains("worker")),
+        "ran on {name:?}, not on a worker of the node's pool"
+    );
+    // A panicking run drops its sender without an answer; the pool keeps working.
+    let lost = tx.clone();
+    dev.launch(Box::new(move || {
+        let _keep = lost;
+        panic!("a run that fails");
+    }))
+    .unwrap();
+    let sent = tx.clone();
+    drop(tx);
+    dev.launch(Box::new(move || sent.send(None).unwrap()))
+        .unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), None);
+    assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
+}

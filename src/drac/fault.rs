@@ -197,6 +197,10 @@ macro_rules! faulty_device_methods {
             self.$dev().keep_awake(body)
         }
 
+        fn launch(&self, work: Box<dyn FnOnce() + Send + 'static>) -> std::io::Result<()> {
+            self.$dev().launch(work)
+        }
+
         fn execute(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             self.run(|| self.$dev().execute(op, inputs))
         }
@@ -389,6 +393,12 @@ mod tests {
             body();
         }
 
+        fn launch(&self, work: Box<dyn FnOnce() + Send + 'static>) -> std::io::Result<()> {
+            self.note("launch");
+            work();
+            Ok(())
+        }
+
         fn lanes(&self) -> Vec<&dyn Device> {
             self.note("lanes");
             Vec::new()
@@ -432,6 +442,11 @@ mod tests {
         let mut kept = false;
         dev.keep_awake(&mut || kept = true);
         assert!(kept);
+        let launched = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&launched);
+        dev.launch(Box::new(move || flag.store(true, Ordering::SeqCst)))
+            .unwrap();
+        assert!(launched.load(Ordering::SeqCst));
         assert!(dev.lanes().is_empty());
         assert!(dev.gpu().is_none());
         dev.inject_device_loss();
@@ -446,6 +461,7 @@ mod tests {
             "run_batch",
             "run_beside",
             "keep_awake",
+            "launch",
             "lanes",
             "inject_device_loss",
         ];

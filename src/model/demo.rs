@@ -4,6 +4,7 @@
 //! single node.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -232,10 +233,11 @@ fn median_run(
     opts: &RunOptions,
     reps: usize,
 ) -> Result<ModelRun> {
-    warm_up(|_| model.run_values(drac, inputs, opts))?;
+    let inputs = Arc::new(inputs.clone());
+    warm_up(|_| model.run_shared(drac, &inputs, opts))?;
     let mut runs = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
-        runs.push(model.run_values(drac, inputs, opts)?);
+        runs.push(model.run_shared(drac, &inputs, opts)?);
     }
     runs.sort_by(|a, b| a.report.elapsed_s.total_cmp(&b.report.elapsed_s));
     Ok(runs.swap_remove(runs.len() / 2))

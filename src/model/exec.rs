@@ -169,7 +169,7 @@ impl Launched {
 pub(super) fn run(
     model: &Model,
     drac: &Drac,
-    inputs: &HashMap<String, Value>,
+    inputs: &Arc<HashMap<String, Value>>,
     options: &RunOptions,
 ) -> Result<ModelRun> {
     let layout = model.layout(inputs);
@@ -230,9 +230,9 @@ pub(super) fn run(
      -> Result<Option<Arc<ChannelSplit>>> {
         let range = parts[part].samples.clone();
         let part_inputs = if whole {
-            inputs.clone()
+            Arc::clone(inputs)
         } else {
-            batch::slice_inputs(inputs, range.clone())?
+            Arc::new(batch::slice_inputs(inputs, range.clone())?)
         };
         let part_layout = layout.map(|l| BatchLayout {
             samples: range.len(),
@@ -255,16 +255,16 @@ pub(super) fn run(
             Arc::clone(&lease.nodes()[node].device)
         };
         let tx = tx.clone();
-        std::thread::Builder::new()
-            .name(format!("model-part-{part}"))
-            .spawn(move || {
+        let runner = Arc::clone(&device);
+        device
+            .launch(Box::new(move || {
                 let t = Instant::now();
                 let out =
-                    run_on_device(&session, device.as_ref(), &part_inputs, part_layout, flops)
+                    run_on_device(&session, runner.as_ref(), &part_inputs, part_layout, flops)
                         .map(|o| (o, t.elapsed().as_secs_f64()));
                 let _ = tx.send(PartDone { seq, out });
-            })
-            .map_err(|e| Error::device("model", format!("cannot start a part thread: {e}")))?;
+            }))
+            .map_err(|e| Error::device("model", format!("cannot start part {part}: {e}")))?;
         Ok(split)
     };
 

@@ -456,6 +456,11 @@ impl Device for ChannelSplit {
         self.lead().conv_max_pool(conv, pool, inputs)
     }
 
+    fn launch(&self, work: Box<dyn FnOnce() + Send + 'static>) -> std::io::Result<()> {
+        // Its run_batch runs on the lead's threads: started there, it starts in place.
+        self.lead().launch(work)
+    }
+
     fn run_batch(&self, body: &mut (dyn FnMut() + Send)) {
         // The ops on the lead's threads, the other members polling for their parts meanwhile.
         self.lead()

@@ -5,7 +5,7 @@
 //! order.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{Model, ModelRun, RunOptions};
 use crate::Result;
@@ -34,7 +34,7 @@ impl Model {
                     loop {
                         let next = source.lock().ok().and_then(|mut s| s.next());
                         let Some((i, inputs)) = next else { break };
-                        let out = self.run_values(drac, &inputs, &options);
+                        let out = self.run_shared(drac, &Arc::new(inputs), &options);
                         if let Ok(mut r) = results.lock() {
                             r.push((i, out));
                         }

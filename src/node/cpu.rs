@@ -451,6 +451,15 @@ impl Device for CpuDevice {
         });
     }
 
+    fn launch(&self, work: Box<dyn FnOnce() + Send + 'static>) -> std::io::Result<()> {
+        // A panic escaping a job of the pool would abort the process: it ends the run
+        // instead (the launcher then sees no answer), as it would end a thread of its own.
+        self.pool.spawn(move || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        });
+        Ok(())
+    }
+
     fn lanes(&self) -> Vec<&dyn Device> {
         if self.pool.current_num_threads() < 2 {
             return Vec::new();

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -127,14 +128,15 @@ pub fn infer_paced(
         return Err(Error::parse("repetition count", "0", "must be at least 1"));
     }
     let options = RunOptions::default();
-    warm_up(|_| model.run_values(drac, inputs, &options))?;
+    let inputs = Arc::new(inputs.clone());
+    warm_up(|_| model.run_shared(drac, &inputs, &options))?;
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
         for _ in 0..before()? {
-            model.run_values(drac, inputs, &options)?;
+            model.run_shared(drac, &inputs, &options)?;
         }
         let start = Instant::now();
-        let run = model.run_values(drac, inputs, &options)?;
+        let run = model.run_shared(drac, &inputs, &options)?;
         let seconds = start.elapsed().as_secs_f64();
         after(seconds)?;
         runs.push((seconds, run));
