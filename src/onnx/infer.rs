@@ -101,7 +101,7 @@ pub fn random_inputs(session: &Session, batch: usize) -> Result<HashMap<String, 
 }
 
 /// Runs `model` on `drac`'s nodes `reps` times (after the warm-up of [`warm_up`]) and returns the
-/// outputs with the report; the DRAC places each run (whole on the fastest node, or the batch
+/// last run's outputs with the report of the run of median time; the DRAC places each run (whole on the fastest node, or the batch
 /// split across nodes).
 pub fn infer(
     model: &Model,
@@ -130,20 +130,26 @@ pub fn infer_paced(
     let options = RunOptions::default();
     let inputs = Arc::new(inputs.clone());
     warm_up(|_| model.run_shared(drac, &inputs, &options))?;
+    // Each run's time and report; only the latest outputs are kept (every run computes them
+    // from the same inputs), so a large output does not pile up over the repetitions, and
+    // the next run can take the memory of the one before.
     let mut runs = Vec::with_capacity(reps);
+    let mut outputs = HashMap::new();
     for _ in 0..reps {
         for _ in 0..before()? {
             model.run_shared(drac, &inputs, &options)?;
         }
+        drop(std::mem::take(&mut outputs));
         let start = Instant::now();
         let run = model.run_shared(drac, &inputs, &options)?;
         let seconds = start.elapsed().as_secs_f64();
         after(seconds)?;
-        runs.push((seconds, run));
+        runs.push((seconds, run.report));
+        outputs = run.outputs;
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (latency, median) = runs.swap_remove(runs.len() / 2);
-    let batch = median.report.samples;
+    let batch = median.samples;
     let report = InferReport {
         latency_ms: latency * 1e3,
         throughput_per_s: if latency > 0.0 {
@@ -151,14 +157,14 @@ pub fn infer_paced(
         } else {
             0.0
         },
-        nodes_used: median.report.nodes_used.len(),
-        nodes: median.report.nodes_used.clone(),
-        strategy: median.report.strategy.to_string(),
-        energy_j: median.report.energy_j,
+        nodes_used: median.nodes_used.len(),
+        nodes: median.nodes_used.clone(),
+        strategy: median.strategy.to_string(),
+        energy_j: median.energy_j,
         reps,
         batch,
     };
-    Ok((median.outputs, report))
+    Ok((outputs, report))
 }
 
 /// A file name for an output: the output's name with every character other than letters,
