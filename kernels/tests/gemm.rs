@@ -495,6 +495,28 @@ fn a_column_comes_out_the_same_whatever_the_width_of_the_product() {
 }
 
 #[test]
+fn a_packed_in_shares_over_threads() {
+    // Products whose A is packed once for column tasks, large enough to be packed by every
+    // thread in shares of its row panels: rows that end mid-panel, depths of one and of
+    // several blocks, uneven shares on three threads.
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for isa in Isa::available() {
+                let mut rng = ChaCha8Rng::seed_from_u64(43);
+                for (m, n, k) in [(65, 257, 1000), (320, 320, 320), (191, 193, 211)] {
+                    check_case::<f32>(isa, &mut rng, m, n, k, false, false, 0, 1.0, 0.0, 2e-5);
+                    check_case::<f32>(isa, &mut rng, m, n, k, true, false, 3, 0.5, 2.0, 2e-5);
+                }
+            }
+        });
+    }
+}
+
+#[test]
 fn few_columns_split_in_half_tiles_over_threads() {
     // Column tasks on two threads with fewer than four tiles of columns per thread: the
     // columns are cut at half tiles, so tasks start and end mid-tile.

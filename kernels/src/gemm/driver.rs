@@ -78,6 +78,9 @@ fn streams_wide(m: usize, n: usize, k: usize) -> bool {
 const TASKS_PER_THREAD: usize = 2;
 /// Micro-panels of B packed per parallel packing task.
 const PANELS_PER_PACK_TASK: usize = 8;
+/// Fewest floats of A packed in parallel by a product split over threads: below, one thread
+/// packs it faster than a hand-over costs.
+const PARALLEL_PACK_A_MIN_FLOATS: usize = 1 << 15;
 /// Fewest columns per thread for the column-task split (small A, wide B).
 const COLUMN_TASK_MIN_COLS: usize = 64;
 /// Most floats of B packed at once; wider problems are processed in column super-blocks.
@@ -244,7 +247,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
             Some(pre) => pre,
             None => {
                 let packed_a = a_buf.get(a_floats);
-                pack_a_all(&plan, packed_a);
+                pack_a_all(&plan, packed_a, if parallel { threads } else { 1 });
                 PrepackedA {
                     data: packed_a,
                     mr: kernel.mr,
@@ -456,13 +459,37 @@ fn pack_b_all(
 }
 
 /// Packs all of A, depth block by depth block: block `k0` at `k0·panels·mr`, panel `ip` of it
-/// at `ip·mr·kc`.
-fn pack_a_all(plan: &Plan<'_>, dst: &mut [f32]) {
+/// at `ip·mr·kc`. With `threads` above 1 and at least [`PARALLEL_PACK_A_MIN_FLOATS`] to pack,
+/// each thread packs an even share of every block's panels, so the others do not wait while
+/// one packs (n = 320 on two threads spent a fifth of its time packing A on one of them).
+fn pack_a_all(plan: &Plan<'_>, dst: &mut [f32], threads: usize) {
     let (mr, kc_max, p) = (plan.kernel.mr, plan.blocking.kc, plan.p);
     let panels = p.m.div_ceil(mr);
+    let shares = if panels * mr * p.k >= PARALLEL_PACK_A_MIN_FLOATS {
+        threads.min(panels).max(1)
+    } else {
+        1
+    };
+    let per_share = panels.div_ceil(shares);
+    // (k0, kc, first row, rows, destination) of every share of every depth block.
+    let mut pieces = Vec::with_capacity(p.k.div_ceil(kc_max) * shares);
     for (block, dst) in dst.chunks_mut(kc_max * panels * mr).enumerate() {
         let k0 = block * kc_max;
-        plan.a.pack_a(0, p.m, k0, kc_max.min(p.k - k0), mr, dst);
+        let kc = kc_max.min(p.k - k0);
+        for (share, dst) in dst.chunks_mut(per_share * mr * kc).enumerate() {
+            let m0 = share * per_share * mr;
+            if m0 < p.m {
+                pieces.push((k0, kc, m0, (per_share * mr).min(p.m - m0), dst));
+            }
+        }
+    }
+    let pack = |(k0, kc, m0, rows, dst): (usize, usize, usize, usize, &mut [f32])| {
+        plan.a.pack_a(m0, rows, k0, kc, mr, dst);
+    };
+    if shares > 1 {
+        pieces.into_par_iter().for_each(pack);
+    } else {
+        pieces.into_iter().for_each(pack);
     }
 }
 
