@@ -417,6 +417,18 @@ fn few_input_channels_with_deep_kernels() {
             true,
             true,
         ),
+        // Output rows of 48 (three whole vectors), covered row by row: a tile of two vectors
+        // and one of one per row, 17 channels (a panel of 5).
+        Case::new(
+            [1, 3, 96, 95],
+            [17, 3, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3; 4],
+            1,
+            true,
+            true,
+        ),
         // 11×11 at stride 4, asymmetric pads, 13 channels, batch 2; outputs exactly 16 wide.
         Case::new(
             [2, 3, 71, 70],

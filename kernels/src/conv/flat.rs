@@ -248,6 +248,19 @@ impl Layout {
                 let image = &mut row[first..end];
                 if g.sw == 1 {
                     image.copy_from_slice(&line[x0..x0 + image.len()]);
+                } else if g.sw == 2 {
+                    // Every other value, in pairs of a constant width, which the compiler
+                    // turns into vector shuffles (a strided 7×7 stem's layout, 640 KB, took
+                    // 7 % of its convolution's time read one value at a time).
+                    let src = &line[x0..];
+                    let pairs = image.len().min(src.len() / 2);
+                    let (whole, last) = image.split_at_mut(pairs);
+                    for (value, pair) in whole.iter_mut().zip(src.chunks_exact(2)) {
+                        *value = pair[0];
+                    }
+                    for (value, x) in last.iter_mut().zip((2 * pairs..).step_by(2)) {
+                        *value = src[x];
+                    }
                 } else {
                     for (value, x) in image.iter_mut().zip((x0..).step_by(g.sw)) {
                         *value = line[x];

@@ -14,8 +14,11 @@
 //! broadcast, channels on the lanes) transposes every output on the way out: on a 7×7 stem
 //! (depth 147) that write-out took 28 % of its time in a sampling profile.
 //!
-//! Work is cut into tasks of (image, group, a range of vectors), each running every weight
-//! panel over its vectors (a panel's weights stay in L1 across them).
+//! Where output rows are as wide as whole vectors, each row is covered apart instead, its
+//! vectors never reaching the padding columns (`grid_tiles`: the way that computes fewer).
+//!
+//! Work is cut into tasks of (image, group, a range of tiles), each running every weight
+//! panel over its tiles (a panel's weights stay in L1 across them).
 
 use rayon::prelude::*;
 
@@ -27,8 +30,8 @@ use super::shared::SharedOut;
 
 /// Output channels of a weight panel of the lanes path.
 pub(super) const PANEL_ROWS: usize = ROWS;
-/// Vectors of grid columns per task.
-const TASK_VECTORS: usize = 16;
+/// Register tiles (of up to two vectors of grid columns) per task.
+const TASK_TILES: usize = 8;
 /// Most input channels per group the path takes on rows narrower than [`WIDE_ROW`]: with more,
 /// the flat tiles (whose transposition then costs little against the depth) run as fast, and
 /// on rows of 27 outputs faster (16 → 64 3×3 on 27×27: the lanes path 1.34× their time).
@@ -81,52 +84,44 @@ pub(super) fn run(
     let bias = bias.unwrap_or(&zeros);
     let out = SharedOut::new(output);
     flat::with_layout(g, input, VECTORS * LANES, |layout, data| {
-        // Grid columns of the outputs: up to the last output's, rounded up to whole vectors.
-        let vectors = ((g.oh - 1) * layout.wph + g.ow).div_ceil(LANES);
+        let tiles = grid_tiles(layout.wph, g.ow, g.oh);
         let furthest = layout.offsets.iter().max().copied().unwrap_or(0);
-        let tasks_per_job = vectors.div_ceil(TASK_VECTORS);
+        let tasks_per_job = tiles.len().div_ceil(TASK_TILES);
         let jobs = g.n * g.groups;
         let task = |t: usize| {
             let (job, part) = (t / tasks_per_job, t % tasks_per_job);
             let (n, group) = (job / g.groups, job % g.groups);
-            let first = part * TASK_VECTORS;
-            let end = (first + TASK_VECTORS).min(vectors);
+            let first = part * TASK_TILES;
+            let mine = &tiles[first..(first + TASK_TILES).min(tiles.len())];
             let base = n * layout.image_len + group * g.cg * layout.plane;
-            let spans: Vec<Spans> = (first..end)
-                .map(|v| spans_of(v * LANES, layout.wph, g.ow, g.oh))
-                .collect();
             for panel in 0..weights.panels() {
                 let rows = (g.og - panel * ROWS).min(ROWS);
                 let channel = group * g.og + panel * ROWS;
                 let w = weights.panel_run(group, 0, panel, 1);
-                let mut v = first;
-                while v < end {
-                    let count = (end - v).min(VECTORS);
-                    let kernel = tile_for(rows, count);
-                    let q = v * LANES;
+                for tile in mine {
+                    let kernel = tile_for(rows, tile.vectors);
                     assert!(
-                        base + q + furthest + count * LANES <= data.len(),
+                        base + tile.q + furthest + tile.vectors * LANES <= data.len(),
                         "lanes convolution reads outside its layout"
                     );
                     // SAFETY: AVX-512F was checked by the caller; `w` holds ROWS values per
                     // depth index of the whole depth; every read at base + q + offset + lane
                     // lies inside `data` (asserted above); the spans' lanes address positions
                     // inside the planes of image n's channels `channel..channel + rows`
-                    // (`spans_of`), positions of these vectors that no other task writes.
+                    // (`grid_tiles`), positions of this tile that no other tile writes.
                     unsafe {
                         kernel(
                             layout.offsets.len(),
                             w.as_ptr(),
-                            data.as_ptr().add(base + q),
+                            data.as_ptr().add(base + tile.q),
                             layout.offsets.as_ptr(),
                             out.element((n * g.o + channel) * out_plane, rows * out_plane),
                             out_plane,
-                            &spans[v - first..v - first + count],
+                            &tile.spans[..tile.vectors],
                             &bias[channel..channel + rows],
                             finish,
                         );
                     }
-                    v += count;
                 }
             }
         };
@@ -139,21 +134,77 @@ pub(super) fn run(
     });
 }
 
+/// One register tile's place in the grid: `vectors` consecutive vectors of grid columns from
+/// `q`, and where each goes in the output planes.
+#[derive(Clone, Copy)]
+struct GridTile {
+    q: usize,
+    vectors: usize,
+    spans: [Spans; VECTORS],
+}
+
+/// The tiles that cover an output plane of `oh` rows of `ow` on a grid `wph` wide, in one of
+/// two ways, whichever computes fewer vectors: the grid's columns in order, vectors wrapping
+/// from one output row into the next across the padding columns (which they compute too), or
+/// each output row apart, its last vector masked where `ow` is not a multiple of 16. Rows as
+/// wide as whole vectors take the second: ResNet's 7×7 stem (112 outputs on a 115-wide grid)
+/// then computes 784 vectors instead of 805.
+fn grid_tiles(wph: usize, ow: usize, oh: usize) -> Vec<GridTile> {
+    let flat = ((oh - 1) * wph + ow).div_ceil(LANES);
+    let per_row = ow.div_ceil(LANES);
+    let mut tiles = Vec::new();
+    if per_row * oh < flat {
+        for oy in 0..oh {
+            for first in (0..per_row).step_by(VECTORS) {
+                let vectors = (per_row - first).min(VECTORS);
+                let mut spans = [Spans::default(); VECTORS];
+                for (v, span) in spans.iter_mut().enumerate().take(vectors) {
+                    let ox = (first + v) * LANES;
+                    span.offsets[0] = (oy * ow + ox) as isize;
+                    span.masks[0] = lane_bits(0, ow - ox);
+                }
+                tiles.push(GridTile {
+                    q: oy * wph + first * LANES,
+                    vectors,
+                    spans,
+                });
+            }
+        }
+    } else {
+        for first in (0..flat).step_by(VECTORS) {
+            let vectors = (flat - first).min(VECTORS);
+            let mut spans = [Spans::default(); VECTORS];
+            for (v, span) in spans.iter_mut().enumerate().take(vectors) {
+                *span = spans_of((first + v) * LANES, wph, ow, oh);
+            }
+            tiles.push(GridTile {
+                q: first * LANES,
+                vectors,
+                spans,
+            });
+        }
+    }
+    tiles
+}
+
+/// The lanes `from..to` of a vector (clamped to its 16) as a mask.
+fn lane_bits(from: usize, to: usize) -> u16 {
+    let bits = |n: usize| {
+        if n >= LANES {
+            u16::MAX
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    bits(to.min(LANES)) & !bits(from.min(LANES))
+}
+
 /// Where the 16 grid columns from `q` go in an output plane of `oh` rows of `ow` (grid rows
 /// `wph` wide, `ow ≥ 16`): the lanes before the row's end, and those that wrap into the next
 /// row past its padding columns (none past the last row).
 fn spans_of(q: usize, wph: usize, ow: usize, oh: usize) -> Spans {
     let (oy, ox) = (q / wph, q % wph);
-    let lanes = |from: usize, to: usize| -> u16 {
-        let bits = |n: usize| {
-            if n >= LANES {
-                u16::MAX
-            } else {
-                (1u16 << n) - 1
-            }
-        };
-        bits(to.min(LANES)) & !bits(from.min(LANES))
-    };
+    let lanes = lane_bits;
     let mut spans = Spans::default();
     if oy < oh && ox < ow {
         spans.offsets[0] = (oy * ow + ox) as isize;
@@ -171,22 +222,41 @@ fn spans_of(q: usize, wph: usize, ow: usize, oh: usize) -> Spans {
 mod tests {
     use super::*;
 
-    /// Every output of a plane is covered by exactly one lane of one vector, and no lane
-    /// writes outside the plane.
+    /// Every output of a plane is covered by exactly one lane of one tile's vectors, each lane
+    /// at the grid column it reads (`q + 16·v + lane`), in both ways of covering the plane.
     #[test]
-    fn spans_cover_each_output_once() {
-        for (ow, pad, oh) in [(16, 0, 3), (16, 3, 2), (17, 1, 5), (112, 3, 4), (33, 20, 3)] {
+    fn tiles_cover_each_output_once_at_its_grid_column() {
+        let cases = [
+            (16, 0, 3),
+            (16, 3, 2),
+            (17, 1, 5),
+            (112, 3, 4),
+            (33, 20, 3),
+            (32, 2, 3),
+            (48, 5, 2),
+            (47, 1, 3),
+        ];
+        for (ow, pad, oh) in cases {
             let wph = ow + pad;
             let mut hits = vec![0u32; ow * oh];
-            let vectors = ((oh - 1) * wph + ow).div_ceil(LANES);
-            for v in 0..vectors {
-                let s = spans_of(v * LANES, wph, ow, oh);
-                for run in 0..2 {
-                    for lane in 0..LANES {
-                        if s.masks[run] >> lane & 1 == 1 {
-                            let at = s.offsets[run] + lane as isize;
-                            assert!(at >= 0 && (at as usize) < ow * oh, "{ow} {pad} {oh} {v}");
-                            hits[at as usize] += 1;
+            let tiles = grid_tiles(wph, ow, oh);
+            let by_row = ow.is_multiple_of(LANES) && pad > 0;
+            if by_row {
+                let vectors: usize = tiles.iter().map(|t| t.vectors).sum();
+                assert_eq!(vectors, oh * ow / LANES, "{ow} {pad} {oh}: rows apart");
+            }
+            for t in &tiles {
+                for (v, s) in t.spans[..t.vectors].iter().enumerate() {
+                    for run in 0..2 {
+                        for lane in 0..LANES {
+                            if s.masks[run] >> lane & 1 == 1 {
+                                let at = s.offsets[run] + lane as isize;
+                                assert!(at >= 0 && (at as usize) < ow * oh, "{ow} {pad} {oh}");
+                                let at = at as usize;
+                                hits[at] += 1;
+                                let column = (at / ow) * wph + at % ow;
+                                assert_eq!(column, t.q + v * LANES + lane, "{ow} {pad} {oh}");
+                            }
                         }
                     }
                 }
