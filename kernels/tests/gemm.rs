@@ -494,25 +494,36 @@ fn a_column_comes_out_the_same_whatever_the_width_of_the_product() {
     }
 }
 
+/// Checks each `(m, n, k)` on every instruction set inside a pool of `threads` threads, plain
+/// and with A transposed, `pad` values between rows, alpha 0.5 and beta 2.
+fn check_on_threads(threads: usize, seed: u64, shapes: &[(usize, usize, usize)], pad: usize) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for isa in Isa::available() {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            for &(m, n, k) in shapes {
+                check_case::<f32>(isa, &mut rng, m, n, k, false, false, 0, 1.0, 0.0, 2e-5);
+                check_case::<f32>(isa, &mut rng, m, n, k, true, false, pad, 0.5, 2.0, 2e-5);
+            }
+        }
+    });
+}
+
 #[test]
 fn a_packed_in_shares_over_threads() {
     // Products whose A is packed once for column tasks, large enough to be packed by every
     // thread in shares of its row panels: rows that end mid-panel, depths of one and of
     // several blocks, uneven shares on three threads.
     for threads in [2, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            for isa in Isa::available() {
-                let mut rng = ChaCha8Rng::seed_from_u64(43);
-                for (m, n, k) in [(65, 257, 1000), (320, 320, 320), (191, 193, 211)] {
-                    check_case::<f32>(isa, &mut rng, m, n, k, false, false, 0, 1.0, 0.0, 2e-5);
-                    check_case::<f32>(isa, &mut rng, m, n, k, true, false, 3, 0.5, 2.0, 2e-5);
-                }
-            }
-        });
+        check_on_threads(
+            threads,
+            43,
+            &[(65, 257, 1000), (320, 320, 320), (191, 193, 211)],
+            3,
+        );
     }
 }
 
@@ -520,19 +531,12 @@ fn a_packed_in_shares_over_threads() {
 fn few_columns_split_in_half_tiles_over_threads() {
     // Column tasks on two threads with fewer than four tiles of columns per thread: the
     // columns are cut at half tiles, so tasks start and end mid-tile.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    pool.install(|| {
-        for isa in Isa::available() {
-            let mut rng = ChaCha8Rng::seed_from_u64(41);
-            for (m, n, k) in [(256, 196, 300), (257, 129, 97), (33, 200, 1001)] {
-                check_case::<f32>(isa, &mut rng, m, n, k, false, false, 0, 1.0, 0.0, 2e-5);
-                check_case::<f32>(isa, &mut rng, m, n, k, true, false, 5, 0.5, 2.0, 2e-5);
-            }
-        }
-    });
+    check_on_threads(
+        2,
+        41,
+        &[(256, 196, 300), (257, 129, 97), (33, 200, 1001)],
+        5,
+    );
 }
 
 #[test]

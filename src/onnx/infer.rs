@@ -101,8 +101,8 @@ pub fn random_inputs(session: &Session, batch: usize) -> Result<HashMap<String, 
 }
 
 /// Runs `model` on `drac`'s nodes `reps` times (after the warm-up of [`warm_up`]) and returns the
-/// last run's outputs with the report of the run of median time; the DRAC places each run (whole on the fastest node, or the batch
-/// split across nodes).
+/// last run's outputs with the report of the run of median time; the DRAC places each run
+/// (whole on the fastest node, or the batch split across nodes).
 pub fn infer(
     model: &Model,
     drac: &Drac,
@@ -158,7 +158,7 @@ pub fn infer_paced(
             0.0
         },
         nodes_used: median.nodes_used.len(),
-        nodes: median.nodes_used.clone(),
+        nodes: median.nodes_used,
         strategy: median.strategy.to_string(),
         energy_j: median.energy_j,
         reps,

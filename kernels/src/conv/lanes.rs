@@ -204,16 +204,15 @@ fn lane_bits(from: usize, to: usize) -> u16 {
 /// row past its padding columns (none past the last row).
 fn spans_of(q: usize, wph: usize, ow: usize, oh: usize) -> Spans {
     let (oy, ox) = (q / wph, q % wph);
-    let lanes = lane_bits;
     let mut spans = Spans::default();
     if oy < oh && ox < ow {
         spans.offsets[0] = (oy * ow + ox) as isize;
-        spans.masks[0] = lanes(0, ow - ox);
+        spans.masks[0] = lane_bits(0, ow - ox);
     }
     // Lane l lands on column ox + l - wph of the next row when ox + l >= wph.
     if oy + 1 < oh {
         spans.offsets[1] = ((oy + 1) * ow) as isize + ox as isize - wph as isize;
-        spans.masks[1] = lanes(wph - ox, wph - ox + ow);
+        spans.masks[1] = lane_bits(wph - ox, wph - ox + ow);
     }
     spans
 }

@@ -152,15 +152,17 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
     // Depth blocks as `isa`'s kernel cuts them, whichever kernel runs: each output's sum is
     // then formed in the same order as in a larger product of the same depth.
     let requested = micro::for_isa(isa);
-    let blocking = match a.prepacked() {
-        Some(_) => Blocking::for_kernel(requested.mr, requested.nr, caches),
-        None => Blocking::for_plain_product(requested.mr, requested.nr, caches),
-    }
-    .for_depth(p.k);
-    let kernel_isa = match a.prepacked() {
-        Some(_) => isa,
-        None => product_isa(isa, macs),
+    let (blocking, kernel_isa) = match a.prepacked() {
+        Some(_) => (
+            Blocking::for_kernel(requested.mr, requested.nr, caches),
+            isa,
+        ),
+        None => (
+            Blocking::for_plain_product(requested.mr, requested.nr, caches),
+            product_isa(isa, macs),
+        ),
     };
+    let blocking = blocking.for_depth(p.k);
     let kernel = micro::for_isa(kernel_isa);
     let pre = a.prepacked().filter(|pre| {
         let row_panels = p.m.div_ceil(kernel.mr);
