@@ -585,6 +585,39 @@ fn winograd_tiles_odd_planes_and_pads() {
             false,
             true,
         ),
+        // Small planes of one or two images (where 512-bit multiply-adds do not pay): whole
+        // images split by output channels, patches gathered; 7 × 7 and 7 × 6 tiles, 4 × 5
+        // over two images with asymmetric padding.
+        Case::new(
+            [1, 96, 14, 14],
+            [64, 96, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [1, 128, 13, 11],
+            [70, 128, 3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 0, 0, 2],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [2, 100, 7, 9],
+            [65, 100, 3, 3],
+            [1, 1],
+            [1, 1],
+            [2, 1, 0, 0],
+            1,
+            true,
+            false,
+        ),
     ];
     for case in &cases {
         check_case::<f32>(&mut rng, case, None);

@@ -69,6 +69,21 @@ const F4_MIN_BLOCK_TILES: usize = 8;
 const CHANNELS_PER_PIECE: usize = 16;
 /// Blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
+/// Fewest output channels of a layer whose small planes split by them
+/// ([`small_planes_split`]).
+const SPLIT_MIN_OUT_CHANNELS: usize = 64;
+/// Fewest input channels (the gemms' depth) of a layer whose small planes split by output
+/// channels: SqueezeNet's 64 → 256 on 13×13 ran the model 1.04× the time of the flat path.
+const SPLIT_MIN_IN_CHANNELS: usize = 96;
+/// Tiles per row below which F(2×2, 3×3)'s input transform gathers each channel's patches
+/// ([`Block::gather_plan`]) instead of transforming tile row by tile row, whose vectors
+/// would be mostly empty.
+const GATHER_BELOW_TILES: usize = 8;
+/// Fewest multiply-adds of a piece of output channels when whole images split by them
+/// ([`Block::products_by_channels`]): one weight panel of 256 channels on 14×14 (2.4 M), two
+/// of 512 on 7×7. Measured there against pieces of two and three panels (one), one and three
+/// (two): 0.96–0.97×, 0.94–1.04×.
+const PIECE_MIN_MACS: usize = 1 << 21;
 
 /// A Winograd variant, named by its output tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +168,9 @@ pub(super) fn variant(g: &Geometry) -> Option<Tile> {
         None
     } else if suits_f4(g) {
         Some(Tile::F4)
-    } else if g.cg >= F2_MIN_CHANNELS && (in_blocks(g) || whole_tiles(g) >= MIN_WHOLE_TILES) {
+    } else if g.cg >= F2_MIN_CHANNELS
+        && (in_blocks(g) || whole_tiles(g) >= MIN_WHOLE_TILES || small_planes_split(g))
+    {
         Some(Tile::F2)
     } else {
         None
@@ -271,6 +288,18 @@ fn image_tiles(g: &Geometry, tile: Tile) -> usize {
     th * tw
 }
 
+/// Whether `g`'s small planes run F(2×2, 3×3) as whole images split by output channels
+/// ([`Block::products_by_channels`]), on cores where 512-bit multiply-adds run no faster
+/// than two 256-bit ones ([`crate::peak::wide_fma_pays`]): at least
+/// [`SPLIT_MIN_OUT_CHANNELS`] output channels, and a group of whole images whose
+/// transformed inputs per position stay small ([`by_output_channels`]).
+fn small_planes_split(g: &Geometry) -> bool {
+    !crate::peak::wide_fma_pays()
+        && g.og >= SPLIT_MIN_OUT_CHANNELS
+        && g.cg >= SPLIT_MIN_IN_CHANNELS
+        && by_output_channels(g, group_images(g, Tile::F2) * image_tiles(g, Tile::F2))
+}
+
 /// Whether `g` runs F(2×2, 3×3) in blocks of tile rows sized for L2: when such a block holds
 /// at least [`WHOLE_BELOW_TILES`] tiles (C + O at most 512) and an image has at least as many
 /// tiles as input channels. Otherwise groups of whole images run as one block each,
@@ -281,6 +310,14 @@ fn image_tiles(g: &Geometry, tile: Tile) -> usize {
 fn in_blocks(g: &Geometry) -> bool {
     BLOCK_FLOATS / (Tile::F2.positions() * (g.c + g.o)) >= WHOLE_BELOW_TILES
         && image_tiles(g, Tile::F2) >= g.c
+}
+
+/// Whether a block of `count` tiles of whole images of `g` splits its gemms by output
+/// channels ([`Block::products_by_channels`]) rather than each gemm over the threads: when a
+/// position's transformed inputs (`C × count`) are small enough for every thread's gemms to
+/// read them in place from L2, as each piece of channels reads them again.
+fn by_output_channels(g: &Geometry, count: usize) -> bool {
+    g.c * count * 4 <= crate::gemm::CacheSizes::detect().l2 / 8
 }
 
 /// Whether `g` runs with `tile` as groups of whole images: F(2×2, 3×3) outside
@@ -402,6 +439,17 @@ fn position_runs<const P: usize>(
     std::array::from_fn(|_| runs.next().expect("a block holds every position"))
 }
 
+/// Where F(2×2, 3×3)'s gathered input transform reads each tile's patch
+/// ([`Block::gather_plan`]).
+struct GatherPlan {
+    /// Offsets from a channel's plane in image 0, per vector of 16 tiles, patch value and lane.
+    index: Vec<i32>,
+    /// Per vector and patch value, the lanes inside the input (the rest is padding).
+    masks: Vec<u16>,
+    /// One past the largest offset under a mask bit.
+    reach: usize,
+}
+
 /// What the blocks of one convolution share.
 struct Block<'a> {
     isa: Isa,
@@ -424,7 +472,7 @@ impl Block<'_> {
         let positions = self.tile.positions();
         let count = rows.len() * tiles(g, self.tile).1;
         let (v, m) = split_buffer(buffer, g.c * positions * count, g.o * positions * count);
-        self.transform_input(&rows, 0..g.c, v);
+        self.transform_input(&rows, 0..g.c, self.gather_plan(&rows).as_ref(), v);
         self.gemms(v, m, count, Threading::Single)?;
         self.transform_output(&rows, 0..g.o, m, out);
         Ok(())
@@ -443,11 +491,15 @@ impl Block<'_> {
         let count = rows.len() * tiles(g, self.tile).1;
         let (v, m) = split_buffer(buffer, g.c * positions * count, g.o * positions * count);
         let piece = CHANNELS_PER_PIECE * positions * count;
+        let gather = self.gather_plan(&rows);
         v.par_chunks_mut(piece).enumerate().for_each(|(p, v)| {
             let first = p * CHANNELS_PER_PIECE;
             let channels = first..(first + CHANNELS_PER_PIECE).min(g.c);
-            self.transform_input(&rows, channels, v);
+            self.transform_input(&rows, channels, gather.as_ref(), v);
         });
+        if by_output_channels(g, count) {
+            return self.products_by_channels(&rows, v, m, out);
+        }
         self.gemms(v, m, count, Threading::CurrentPool)?;
         m.par_chunks(piece).enumerate().for_each(|(p, m)| {
             let first = p * CHANNELS_PER_PIECE;
@@ -457,9 +509,53 @@ impl Block<'_> {
         Ok(())
     }
 
+    /// The products and the output transform of a block of whole images, split over the
+    /// threads by output channels: each piece of whole weight panels runs
+    /// its rows of every position's gemm on one thread, then transforms its channels back
+    /// while their products are in its cache. One hand-over (after the input transform)
+    /// instead of one per gemm.
+    fn products_by_channels(
+        &self,
+        rows: &Range<usize>,
+        v: &[f32],
+        m: &mut [f32],
+        out: SharedOut<'_>,
+    ) -> Result<()> {
+        let g = self.g;
+        let count = rows.len() * tiles(g, self.tile).1;
+        let mr = self.weights.mr();
+        let panel_macs = mr * g.c * count * self.tile.positions();
+        let piece_panels = PIECE_MIN_MACS.div_ceil(panel_macs).max(1);
+        let piece_rows = piece_panels * mr;
+        let stride = self.tile.positions() * count;
+        m[..g.o * stride]
+            .par_chunks_mut(piece_rows * stride)
+            .enumerate()
+            .try_for_each(|(p, m)| {
+                let first = p * piece_rows;
+                let channels = first..(first + piece_rows).min(g.o);
+                self.gemms_rows(v, m, count, channels.clone(), Threading::Single)?;
+                self.transform_output(rows, channels, m, out);
+                Ok(())
+            })
+    }
+
     /// `m[o][ξ][t] = Σ_c U[ξ][o][c]·v[c][ξ][t]` for the block's `count` tiles: one gemm per
     /// position.
     fn gemms(&self, v: &[f32], m: &mut [f32], count: usize, threading: Threading) -> Result<()> {
+        self.gemms_rows(v, m, count, 0..self.g.o, threading)
+    }
+
+    /// [`Self::gemms`] for output channels `channels` only (their first a multiple of the
+    /// weight panels' rows), `m` starting at the first.
+    fn gemms_rows(
+        &self,
+        v: &[f32],
+        m: &mut [f32],
+        count: usize,
+        channels: Range<usize>,
+        threading: Threading,
+    ) -> Result<()> {
         let g = self.g;
         let positions = self.tile.positions();
         let stride = positions * count;
@@ -467,12 +563,12 @@ impl Block<'_> {
             let a = Panels {
                 pre: self
                     .weights
-                    .view(xi, 0)
-                    .expect("position panels start at row 0"),
+                    .view(xi, channels.start)
+                    .expect("channel pieces start at a panel's first row"),
                 depth: g.c,
             };
             let b = MatRef::new(&v[xi * count..], g.c, count, stride, 1)?;
-            let c = MatMut::new(&mut m[xi * count..], g.o, count, stride, 1)?;
+            let c = MatMut::new(&mut m[xi * count..], channels.len(), count, stride, 1)?;
             gemm_packed(
                 self.isa,
                 threading,
@@ -490,60 +586,119 @@ impl Block<'_> {
 
     /// `v[c][ξ][t] = (Bᵀ·d·B)[ξ]` for channels `channels` (`v` starts at the first) and every
     /// tile `t` of the block.
-    fn transform_input(&self, rows: &Range<usize>, channels: Range<usize>, v: &mut [f32]) {
+    fn transform_input(
+        &self,
+        rows: &Range<usize>,
+        channels: Range<usize>,
+        gather: Option<&GatherPlan>,
+        v: &mut [f32],
+    ) {
         let (g, tile) = (self.g, self.tile);
         let (th, tw) = tiles(g, tile);
         let (step, span) = (tile.out(), tile.span());
         let count = rows.len() * tw;
         let (top, left) = (g.pads[0], g.pads[1]);
-        // Each padded input row under a tile row, split into `step` phases of its columns
-        // (phase j holds columns step·i + j; tile tx reads phases at tx and tx + 1): the
-        // transform then reads contiguously. Row r's phase j is line r·step + j.
+        if let Some(plan) = gather {
+            let plane = g.h * g.w;
+            let plan = (&plan.index[..], &plan.masks[..], plan.reach);
+            for (c, v) in channels.zip(v.chunks_exact_mut(tile.positions() * count)) {
+                // SAFETY: the Winograd path runs only with AVX-512F selected, hence
+                // available; the plan's indices lie below its reach (`gather_plan`).
+                unsafe {
+                    winograd_x86::input_gathered(&self.input[c * plane..], plan, v);
+                }
+            }
+            return;
+        }
+        // The padded input rows under a run of tile rows of one image, each split into
+        // `step` phases of its columns (phase j holds columns step·i + j; tile tx reads
+        // phases at tx and tx + 1), so that the transform reads contiguously. Padded row
+        // step·ty0 + k's phase j is line k·step + j.
         let half = tw + 1;
-        let mut split = vec![0.0f32; span * step * half];
+        let most_rows = rows.len().min(th);
+        let mut split = vec![0.0f32; (step * most_rows + span - step) * step * half];
         for (c, v) in channels.zip(v.chunks_exact_mut(tile.positions() * count)) {
-            for (row_index, row) in rows.clone().enumerate() {
-                let (n, ty) = (row / th, row % th);
+            let mut row = rows.start;
+            while row < rows.end {
+                let (n, ty0) = (row / th, row % th);
+                let run = (th - ty0).min(rows.end - row);
                 let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
-                for (r, lines) in split.chunks_exact_mut(step * half).enumerate() {
-                    let Some(y) = (step * ty + r).checked_sub(top).filter(|&y| y < g.h) else {
-                        lines.fill(0.0);
-                        continue;
-                    };
-                    let line = &plane[y * g.w..][..g.w];
-                    let mut phases = lines.chunks_exact_mut(half);
-                    let mut next = || phases.next().expect("a line per phase");
-                    // SAFETY: the Winograd path runs only with AVX-512F selected, hence
-                    // available.
+                let lines = &mut split[..(step * run + span - step) * step * half];
+                // SAFETY: the Winograd path runs only with AVX-512F selected, hence
+                // available.
+                unsafe {
+                    winograd_x86::split_rows(
+                        plane,
+                        (g.h, g.w),
+                        (top, left),
+                        step * ty0,
+                        step,
+                        half,
+                        lines,
+                    );
+                }
+                for k in 0..run {
+                    let first = (row - rows.start + k) * tw;
+                    let line =
+                        |r: usize, j: usize| &split[((step * k + r) * step + j) * half..][..half];
+                    // SAFETY: as above.
                     unsafe {
                         match tile {
-                            Tile::F2 => winograd_x86::split_columns(line, left, next(), next()),
-                            Tile::F4 => winograd_x86::split_columns_4(
-                                line,
-                                left,
-                                [next(), next(), next(), next()],
+                            Tile::F2 => winograd_x86::input_row(
+                                std::array::from_fn(|r| line(r, 0)),
+                                std::array::from_fn(|r| line(r, 1)),
+                                position_runs::<16>(v, count, first, tw),
+                            ),
+                            Tile::F4 => winograd_x86::input_row_4(
+                                std::array::from_fn(|r| std::array::from_fn(|j| line(r, j))),
+                                position_runs::<36>(v, count, first, tw),
                             ),
                         }
                     }
                 }
-                let first = row_index * tw;
-                let line = |r: usize, j: usize| &split[(r * step + j) * half..][..half];
-                // SAFETY: as above.
-                unsafe {
-                    match tile {
-                        Tile::F2 => winograd_x86::input_row(
-                            std::array::from_fn(|r| line(r, 0)),
-                            std::array::from_fn(|r| line(r, 1)),
-                            position_runs::<16>(v, count, first, tw),
-                        ),
-                        Tile::F4 => winograd_x86::input_row_4(
-                            std::array::from_fn(|r| std::array::from_fn(|j| line(r, j))),
-                            position_runs::<36>(v, count, first, tw),
-                        ),
-                    }
+                row += run;
+            }
+        }
+    }
+
+    /// Where F(2×2, 3×3)'s input transform gathers the patches of tile rows `rows` from, if
+    /// it does ([`GATHER_BELOW_TILES`]): per vector of 16 tiles and patch value `(r, j)`, the
+    /// 16 tiles' offsets from their channel's plane in image 0 and the mask of those inside
+    /// the input (the rest is padding), as [`winograd_x86::input_gathered`] reads them.
+    fn gather_plan(&self, rows: &Range<usize>) -> Option<GatherPlan> {
+        let (g, tile) = (self.g, self.tile);
+        let (th, tw) = tiles(g, tile);
+        let image = g.c * g.h * g.w;
+        let last = (rows.end.checked_sub(1)? / th + 1).checked_mul(image)?;
+        if tile != Tile::F2 || tw >= GATHER_BELOW_TILES || i32::try_from(last).is_err() {
+            return None;
+        }
+        let count = rows.len() * tw;
+        let vectors = count.div_ceil(16);
+        let mut index = vec![0i32; vectors * 16 * 16];
+        let mut masks = vec![0u16; vectors * 16];
+        let mut reach = 0;
+        for t in 0..count {
+            let (row, tx) = (rows.start + t / tw, t % tw);
+            let (n, ty) = (row / th, row % th);
+            let (vector, lane) = (t / 16, t % 16);
+            for (rj, (r, j)) in (0..4).flat_map(|r| (0..4).map(move |j| (r, j))).enumerate() {
+                let y = (2 * ty + r).checked_sub(g.pads[0]).filter(|&y| y < g.h);
+                let x = (2 * tx + j).checked_sub(g.pads[1]).filter(|&x| x < g.w);
+                if let (Some(y), Some(x)) = (y, x) {
+                    let at = n * image + y * g.w + x;
+                    index[(vector * 16 + rj) * 16 + lane] =
+                        i32::try_from(at).expect("offsets below the last image's end fit");
+                    masks[vector * 16 + rj] |= 1 << lane;
+                    reach = reach.max(at + 1);
                 }
             }
         }
+        Some(GatherPlan {
+            index,
+            masks,
+            reach,
+        })
     }
 
     /// Output rows of the block's tiles: `Aᵀ·m·A` per tile, with the bias, `beta` times the
@@ -753,14 +908,15 @@ mod tests {
             ([1, 16, 55, 55], 64, None),
             ([1, 32, 27, 27], 128, None),
             ([1, 48, 13, 13], 192, None),
-            ([1, 256, 14, 14], 256, None),
+            ([1, 64, 13, 13], 256, None),
             ([1, 64, 56, 56], 8, None),
         ] {
             let g = geometry(input, [out, input[1], 3, 3]);
             assert_eq!(variant(&g), want, "{input:?} -> {out}");
         }
-        // Small planes in a batch: whole images together where 512-bit multiply-adds do not
-        // pay, one image at a time (too few tiles) where they do.
+        // Small planes: whole images together where 512-bit multiply-adds do not pay (a batch's
+        // tiles, or one or two images split by output channels), one image at a time (too
+        // few tiles) where they do.
         let narrow_fma = !crate::peak::wide_fma_pays();
         let grouped = narrow_fma.then_some(Tile::F2);
         let over_batch = if narrow_fma { Tile::F4 } else { Tile::F2 };
@@ -768,8 +924,11 @@ mod tests {
             ([8, 256, 14, 14], 256, grouped),
             ([8, 512, 7, 7], 512, grouped),
             ([4, 256, 14, 14], 256, grouped),
-            ([2, 256, 14, 14], 256, None),
-            ([4, 512, 7, 7], 512, None),
+            ([2, 256, 14, 14], 256, grouped),
+            ([1, 256, 14, 14], 256, grouped),
+            ([1, 512, 7, 7], 512, grouped),
+            ([1, 96, 14, 14], 64, grouped),
+            ([1, 96, 14, 14], 48, None),
             // 28×28 planes: F(4×4) blocks across a batch of three or more.
             ([8, 128, 28, 28], 128, Some(over_batch)),
             ([3, 128, 28, 28], 128, Some(over_batch)),

@@ -58,6 +58,39 @@ pub(super) unsafe fn split_columns(line: &[f32], left: usize, even: &mut [f32], 
     }
 }
 
+/// `Bᵀ·v` for a column of four values, `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transform_four([v0, v1, v2, v3]: [__m512; 4]) -> [__m512; 4] {
+    [
+        _mm512_sub_ps(v0, v2),
+        _mm512_add_ps(v1, v2),
+        _mm512_sub_ps(v2, v1),
+        _mm512_sub_ps(v1, v3),
+    ]
+}
+
+/// `Bᵀ·d·B` of sixteen tiles' 4×4 patches given by columns (`columns[j][r]` is `d[r][j]`):
+/// position `a·4 + b` of the result is its row `a`, column `b`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transform_patch(columns: [[__m512; 4]; 4]) -> [__m512; POSITIONS] {
+    // Bᵀ·d column by column, then (Bᵀ·d)·B row by row (no closures: they would not inline).
+    let [q0, q1, q2, q3] = columns;
+    let (q0, q1, q2, q3) = (
+        transform_four(q0),
+        transform_four(q1),
+        transform_four(q2),
+        transform_four(q3),
+    );
+    let row = |a: usize| transform_four([q0[a], q1[a], q2[a], q3[a]]);
+    let ([a0, a1, a2, a3], [b0, b1, b2, b3]) = (row(0), row(1));
+    let ([c0, c1, c2, c3], [d0, d1, d2, d3]) = (row(2), row(3));
+    [
+        a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+    ]
+}
+
 /// One tile row's input transform: the 4×4 patch `d[r][j]` of tile `tx` is `even[r][tx]`,
 /// `odd[r][tx]`, `even[r][tx+1]`, `odd[r][tx+1]`; `dst[ξ][tx] = (Bᵀ·d·B)[ξ]` with
 /// `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`, for every `tx` of `dst[0]`.
@@ -80,34 +113,16 @@ pub(super) unsafe fn input_row(even: [&[f32]; 4], odd: [&[f32]; 4], dst: [&mut [
         // the `tw + 1` of each input (asserted), the inputs also at tx + 1.
         unsafe {
             let load = |line: &[f32], at: usize| _mm512_maskz_loadu_ps(m, line.as_ptr().add(at));
-            // Bᵀ·d for each column j: 0 even tx, 1 odd tx, 2 even tx+1, 3 odd tx+1.
-            let column = |lines: [&[f32]; 4], at: usize| {
-                let [a0, a1, a2, a3] = lines.map(|line| load(line, at));
-                [
-                    _mm512_sub_ps(a0, a2),
-                    _mm512_add_ps(a1, a2),
-                    _mm512_sub_ps(a2, a1),
-                    _mm512_sub_ps(a1, a3),
-                ]
-            };
-            let q = [
+            // Columns j: 0 even tx, 1 odd tx, 2 even tx+1, 3 odd tx+1.
+            let column = |lines: [&[f32]; 4], at: usize| lines.map(|line| load(line, at));
+            let columns = [
                 column(even, tx),
                 column(odd, tx),
                 column(even, tx + 1),
                 column(odd, tx + 1),
             ];
-            // (Bᵀ·d)·B for each row a: position a·4 + b.
-            for a in 0..4 {
-                let (q0, q1, q2, q3) = (q[0][a], q[1][a], q[2][a], q[3][a]);
-                let out = [
-                    _mm512_sub_ps(q0, q2),
-                    _mm512_add_ps(q1, q2),
-                    _mm512_sub_ps(q2, q1),
-                    _mm512_sub_ps(q1, q3),
-                ];
-                for (b, value) in out.into_iter().enumerate() {
-                    _mm512_mask_storeu_ps(dst[a * 4 + b].add(tx), m, value);
-                }
+            for (xi, value) in transform_patch(columns).into_iter().enumerate() {
+                _mm512_mask_storeu_ps(dst[xi].add(tx), m, value);
             }
         }
         tx += LANES;
@@ -223,6 +238,94 @@ pub(super) unsafe fn finish_row(
             }
         }
         x += 2 * LANES;
+    }
+}
+
+/// F(2×2, 3×3)'s input transform of one channel's tiles read by gathers (small planes,
+/// whose tile rows would fill a fraction of a vector): lane `l` of vector `i` is tile
+/// `16·i + l`, its patch value `d[r][j]` is `src[index[(16·i + 4·r + j)·16 + l]]` where bit
+/// `l` of `masks[16·i + 4·r + j]` is set and zero (padding) where it is clear;
+/// `dst[ξ·count + t] = (Bᵀ·d·B)[ξ]` for the `count` tiles, `count = dst.len() / 16`.
+///
+/// # Safety
+/// AVX-512F must be available, and every index whose mask bit is set must lie in
+/// `0..reach`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn input_gathered(
+    src: &[f32],
+    (index, masks, reach): (&[i32], &[u16], usize),
+    dst: &mut [f32],
+) {
+    let count = dst.len() / POSITIONS;
+    let vectors = count.div_ceil(LANES);
+    assert!(
+        index.len() >= vectors * POSITIONS * LANES
+            && masks.len() >= vectors * POSITIONS
+            && reach <= src.len(),
+        "winograd gather indices outside the input"
+    );
+    let base = src.as_ptr();
+    let out = dst.as_mut_ptr();
+    for i in 0..vectors {
+        let t = LANES * i;
+        let m = lane_mask(count - t);
+        // SAFETY: every index read is below `reach` (the caller's promise), inside `src`
+        // (asserted), and masked-off lanes are not read;
+        // the stores' lanes t.. under `m` lie inside each position's `count` values.
+        unsafe {
+            let d = |r: usize, j: usize| {
+                let at = (i * POSITIONS + 4 * r + j) * LANES;
+                let idx = _mm512_loadu_si512(index.as_ptr().add(at).cast());
+                _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    masks[i * POSITIONS + 4 * r + j],
+                    idx,
+                    base,
+                )
+            };
+            let column = |j: usize| [d(0, j), d(1, j), d(2, j), d(3, j)];
+            let columns = [column(0), column(1), column(2), column(3)];
+            for (xi, value) in transform_patch(columns).into_iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add(xi * count + t), m, value);
+            }
+        }
+    }
+}
+
+/// Padded rows `first..` of `plane` (`h` rows of `w` columns; padded row `y` is the plane's
+/// row `y - top`, zero outside it), as many as `dst` holds, each split into `step` (2 or 4)
+/// column phases of `half` values ([`split_columns`], [`split_columns_4`]): phase `j` of the
+/// `k`-th row into `dst[(k·step + j)·half..][..half]`. One call per plane, not per row.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn split_rows(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    (top, left): (usize, usize),
+    first: usize,
+    step: usize,
+    half: usize,
+    dst: &mut [f32],
+) {
+    for (k, lines) in dst.chunks_exact_mut(step * half).enumerate() {
+        let Some(y) = (first + k).checked_sub(top).filter(|&y| y < h) else {
+            lines.fill(0.0);
+            continue;
+        };
+        let line = &plane[y * w..][..w];
+        let mut phases = lines.chunks_exact_mut(half);
+        let mut next = || phases.next().expect("a line per phase");
+        // SAFETY: AVX-512F is available (this function's contract).
+        unsafe {
+            if step == 2 {
+                split_columns(line, left, next(), next());
+            } else {
+                split_columns_4(line, left, [next(), next(), next(), next()]);
+            }
+        }
     }
 }
 
