@@ -139,6 +139,7 @@ impl PackedWeights {
             kc: self.kc,
             panels: self.panels,
             first_panel: first_row / self.mr,
+            then: &[],
         })
     }
 

@@ -143,7 +143,8 @@ thread_local! {
 /// group, at least [`MIN_OUT_CHANNELS`] output channels, and either F(4×4, 3×3)'s bounds
 /// ([`suits_f4`]) or F(2×2, 3×3)'s: at least [`F2_MIN_CHANNELS`] input channels and enough
 /// tiles, as many per image as input channels for blocks in L2 ([`in_blocks`]), or at least
-/// [`MIN_WHOLE_TILES`] in a block when whole images run as blocks ([`whole_tiles`]).
+/// [`MIN_WHOLE_TILES`] in a block when whole images run as blocks ([`whole_tiles`]), or
+/// small planes split by output channels ([`small_planes_split`]).
 ///
 /// F(2×2, 3×3) measured against the flat path (two threads, alternating in one process,
 /// Winograd time / flat time): 64 channels on 224×224 0.79, on 56×56 0.86; 128 on 112×112
@@ -184,7 +185,8 @@ pub(super) fn variant(g: &Geometry) -> Option<Tile> {
 /// Measured on such a core (AMD EPYC, Zen 4 class), chains of layers whose weights come from
 /// memory as in a model, F(2×2) time / flat time: 256 channels on 14×14, four images 0.75,
 /// eight 0.80–0.82; 512 on 7×7, eight images 0.83; ResNet-50 at batch 8 0.92–0.95. One
-/// 14×14 image (49 tiles) stays on the flat path: 1.61× its time there. On a Skylake-SP Xeon,
+/// 14×14 image (49 tiles) ran 1.61× the flat path's time with each gemm threaded; split by
+/// output channels it runs by [`small_planes_split`]. On a Skylake-SP Xeon,
 /// whose 512-bit multiply-adds run at twice the rate, eight 7×7 planes of 512 channels ran
 /// 1.18× and eight 14×14 planes of 256 channels 0.88–1.17× (alone, before the gemm's tail
 /// columns): there the saved multiplies are worth less against the transforms' traffic.
@@ -291,8 +293,13 @@ fn image_tiles(g: &Geometry, tile: Tile) -> usize {
 /// Whether `g`'s small planes run F(2×2, 3×3) as whole images split by output channels
 /// ([`Block::products_by_channels`]), on cores where 512-bit multiply-adds run no faster
 /// than two 256-bit ones ([`crate::peak::wide_fma_pays`]): at least
-/// [`SPLIT_MIN_OUT_CHANNELS`] output channels, and a group of whole images whose
-/// transformed inputs per position stay small ([`by_output_channels`]).
+/// [`SPLIT_MIN_IN_CHANNELS`] input and [`SPLIT_MIN_OUT_CHANNELS`] output channels, and a
+/// group of whole images whose transformed inputs per position stay small
+/// ([`by_output_channels`]). Measured on such a core (AMD EPYC, Zen 4 class), two threads,
+/// alternating, time with / without: 256 channels on 14×14 alone 0.80 / 1.05 ms
+/// (onnxruntime 0.98); in the models ResNet-50 0.963–0.968, batch 8 0.974 (its 7×7 planes
+/// gathered), Inception v1 0.98, Inception v2 0.97, VGG-19 0.99, ZFNet-512 0.94. Not
+/// measured on a core with twice the 512-bit rate, which keeps the flat path.
 fn small_planes_split(g: &Geometry) -> bool {
     !crate::peak::wide_fma_pays()
         && g.og >= SPLIT_MIN_OUT_CHANNELS
@@ -559,14 +566,19 @@ impl Block<'_> {
         let g = self.g;
         let positions = self.tile.positions();
         let stride = positions * count;
+        let view = |xi: usize| {
+            self.weights
+                .view(xi, channels.start)
+                .expect("channel pieces start at a panel's first row")
+        };
         for xi in 0..positions {
-            let a = Panels {
-                pre: self
-                    .weights
-                    .view(xi, channels.start)
-                    .expect("channel pieces start at a panel's first row"),
-                depth: g.c,
-            };
+            let mut pre = view(xi);
+            // The next position's first panel comes from memory while this one computes.
+            if xi + 1 < positions {
+                let next = view(xi + 1);
+                pre.then = next.panel(0, next.kc.min(g.c), 0);
+            }
+            let a = Panels { pre, depth: g.c };
             let b = MatRef::new(&v[xi * count..], g.c, count, stride, 1)?;
             let c = MatMut::new(&mut m[xi * count..], channels.len(), count, stride, 1)?;
             gemm_packed(

@@ -256,6 +256,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, a: &dyn PackA, b: &dyn PackB, c: &m
                     kc: plan.blocking.kc,
                     panels: p.m.div_ceil(kernel.mr),
                     first_panel: 0,
+                    then: &[],
                 }
             }
         };
@@ -797,7 +798,7 @@ fn next_a_panel<'a>(
         let next = k0 + kc_max;
         a.panel(next, kc_max.min(k - next), rows.start)
     } else {
-        &[]
+        a.then
     }
 }
 

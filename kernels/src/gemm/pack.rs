@@ -42,6 +42,10 @@ pub(crate) struct PrepackedA<'a> {
     pub panels: usize,
     /// The panel holding row 0 of the operand this view stands for.
     pub first_panel: usize,
+    /// What to ask into cache while the last panel computes: the A the caller's next product
+    /// reads first (empty if none), so that a run of products over one set of weights does
+    /// not start each from memory.
+    pub then: &'a [f32],
 }
 
 impl<'a> PrepackedA<'a> {
