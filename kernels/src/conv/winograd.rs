@@ -571,11 +571,11 @@ impl Block<'_> {
                 .view(xi, channels.start)
                 .expect("channel pieces start at a panel's first row")
         };
+        let mut pre = view(0);
         for xi in 0..positions {
-            let mut pre = view(xi);
             // The next position's first panel comes from memory while this one computes.
-            if xi + 1 < positions {
-                let next = view(xi + 1);
+            let next = (xi + 1 < positions).then(|| view(xi + 1));
+            if let Some(next) = next {
                 pre.then = next.panel(0, next.kc.min(g.c), 0);
             }
             let a = Panels { pre, depth: g.c };
@@ -592,6 +592,9 @@ impl Block<'_> {
                 c,
                 &Epilogue::NONE,
             )?;
+            if let Some(next) = next {
+                pre = next;
+            }
         }
         Ok(())
     }

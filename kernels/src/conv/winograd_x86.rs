@@ -19,7 +19,7 @@ const LANES: usize = 16;
 /// # Safety
 /// AVX-512F must be available.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn split_columns(line: &[f32], left: usize, even: &mut [f32], odd: &mut [f32]) {
+unsafe fn split_columns(line: &[f32], left: usize, even: &mut [f32], odd: &mut [f32]) {
     let len = even.len().min(odd.len());
     let at = |x: usize| match x.checked_sub(left) {
         Some(x) if x < line.len() => line[x],
@@ -299,7 +299,6 @@ pub(super) unsafe fn input_gathered(
 ///
 /// # Safety
 /// AVX-512F must be available.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn split_rows(
     plane: &[f32],
@@ -335,7 +334,7 @@ pub(super) unsafe fn split_rows(
 /// # Safety
 /// AVX-512F must be available.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn split_columns_4(line: &[f32], left: usize, phases: [&mut [f32]; 4]) {
+unsafe fn split_columns_4(line: &[f32], left: usize, phases: [&mut [f32]; 4]) {
     let len = phases.iter().map(|p| p.len()).min().unwrap_or(0);
     let at = |x: usize| match x.checked_sub(left) {
         Some(x) if x < line.len() => line[x],
