@@ -323,10 +323,12 @@ fn conv_cases() -> Vec<ConvCase> {
             params: p([1, 2], [2, 2], [2, 0, 0, 2], 1, false),
             bias: false,
         },
+        // 15 output channels: below Winograd over stride phases (see
+        // `winograd_convolutions_split_exactly_by_batch_and_closely_otherwise`).
         ConvCase {
             name: "7x7 stem, stride 2, pads 3",
             input: [2, 3, 33, 33],
-            weight: [17, 3, 7, 7],
+            weight: [15, 3, 7, 7],
             params: p([2, 2], [1, 1], [3, 3, 3, 3], 1, true),
             bias: true,
         },
@@ -922,6 +924,33 @@ fn winograd_convolutions_split_exactly_by_batch_and_closely_otherwise() {
         let parts = partition(&op, &shapes, DType::F32, strategy, &[1.0, 3.0, 0.5]).unwrap();
         let got = run_parts(&dev, &op, &inputs, parts).to_f32_vec();
         close(format!("conv {strategy}"), &got);
+    }
+    // A 7×7 stride-2 stem of 64 channels takes Winograd over its stride phases on AVX-512
+    // (3×3 tiles of outputs; parts of fewer than 16 channels take the lanes path): its batch
+    // splits are bit for bit the whole's, its row and channel splits agree to float rounding.
+    let op = Op::Conv2d(Conv2dParams {
+        stride: [2, 2],
+        pads: [3; 4],
+        relu: true,
+        ..Conv2dParams::default()
+    });
+    let x = Tensor::random([2, 3, 67, 67], DType::F32, 36).unwrap();
+    let w = Tensor::random([64, 3, 7, 7], DType::F32, 37).unwrap();
+    let bias = Tensor::random([64], DType::F32, 38).unwrap();
+    let inputs = [&x, &w, &bias];
+    let shapes = [x.shape(), w.shape(), bias.shape()];
+    let whole = run_whole(&dev, &op, &inputs);
+    let want = whole.to_f32_vec();
+    let scale = want.iter().map(|v| v.abs() as f64).sum::<f64>() / want.len() as f64;
+    let parts = partition(&op, &shapes, DType::F32, Strategy::Batch, &[1.0, 3.0]).unwrap();
+    assert_bits("stem batch", &run_parts(&dev, &op, &inputs, parts), &whole);
+    for strategy in [Strategy::OutChannels, Strategy::OutRows] {
+        let parts = partition(&op, &shapes, DType::F32, strategy, &[1.0, 3.0, 0.5]).unwrap();
+        let got = run_parts(&dev, &op, &inputs, parts).to_f32_vec();
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            let err = (a as f64 - b as f64).abs() / (b.abs() as f64 + scale);
+            assert!(err < 1e-4, "stem {strategy}: element {i} is {a}, whole gives {b}");
+        }
     }
 }
 

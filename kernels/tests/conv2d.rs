@@ -699,6 +699,76 @@ fn winograd_four_by_four_tiles() {
 }
 
 #[test]
+fn winograd_over_stride_phases() {
+    // 7×7 and 8×8 kernels at stride 2 over at most 16 input channels with 16 or more output
+    // channels (on AVX-512, F(3×3, 4×4) over the four stride phases): output planes whose
+    // last tile row and column are partly outside, asymmetric padding, output channels not a
+    // multiple of the four per pass, a batch, rows of fewer tiles than a vector (vectors
+    // spanning several tile rows), planes of a few tiles, one and sixteen input channels,
+    // a 7×8 kernel. NaN inputs reach only the outputs whose windows hold them, although they
+    // spread over the transformed tile.
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let cases = [
+        Case::new(
+            [2, 3, 37, 29],
+            [19, 3, 7, 7],
+            [2, 2],
+            [1, 1],
+            [2, 3, 1, 0],
+            1,
+            true,
+            true,
+        ),
+        Case::new(
+            [1, 1, 20, 70],
+            [16, 1, 8, 8],
+            [2, 2],
+            [1, 1],
+            [0, 1, 3, 2],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 16, 23, 25],
+            [18, 16, 7, 8],
+            [2, 2],
+            [1, 1],
+            [3, 3, 3, 3],
+            1,
+            true,
+            false,
+        ),
+        Case::new(
+            [3, 2, 9, 9],
+            [16, 2, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3, 3, 3, 3],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 3, 66, 65],
+            [33, 3, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3, 3, 3, 3],
+            1,
+            true,
+            true,
+        ),
+    ];
+    for case in &cases {
+        check_case::<f32>(&mut rng, case, None);
+        let [n, c, h, w] = case.input;
+        check_case::<f32>(&mut rng, case, Some(n * c * h * w / 2 + w / 3 + 1));
+        check_case::<f32>(&mut rng, case, Some(w + 1));
+    }
+}
+
+#[test]
 fn pointwise_widening_on_small_planes() {
     // Pointwise layers that widen the channels fourfold or more on planes of up to 64 outputs
     // (on AVX-512, the flat tiles): a plane of 49, depths below and above one depth block
@@ -1346,6 +1416,14 @@ fn convolution_then_max_pool_fused_in_bands_matches_the_two_apart() {
             w: [17, 2, 5, 5],
             params: conv(1, [2; 4], true),
             pool: pool(3, 1, [1, 0, 2, 1]),
+        },
+        // A stem tall enough for several bands (on AVX-512, Winograd over stride phases, whose
+        // bands start and end on whole tile rows of three conv rows).
+        PooledCase {
+            x: [1, 3, 122, 101],
+            w: [64, 3, 7, 7],
+            params: conv(2, [3, 2, 3, 3], true),
+            pool: pool(3, 2, [1; 4]),
         },
         // Output tall enough for several bands of 512 KiB per image.
         PooledCase {

@@ -29,6 +29,8 @@ fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
         ([1, 256, 14, 14], [256, 256, 3, 3], p(1, 1, 1, true)),
         ([1, 96, 7, 7], [200, 96, 1, 1], p(1, 0, 1, false)),
         ([1, 3, 37, 41], [13, 3, 7, 7], p(2, 3, 1, true)),
+        // A stem with enough output channels for Winograd over stride phases (AVX-512).
+        ([1, 3, 37, 41], [17, 3, 7, 7], p(2, 3, 1, true)),
         ([1, 12, 10, 10], [18, 4, 3, 3], p(1, 1, 3, true)),
         ([1, 8, 9, 9], [8, 1, 3, 3], p(1, 1, 8, true)),
         ([1, 600, 5, 5], [37, 600, 1, 1], p(1, 0, 1, false)),

@@ -56,6 +56,10 @@ mod shared;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
 #[cfg(target_arch = "x86_64")]
+mod winograd_phases;
+#[cfg(target_arch = "x86_64")]
+mod winograd_phases_x86;
+#[cfg(target_arch = "x86_64")]
 mod winograd_x86;
 
 use std::borrow::Cow;
@@ -241,6 +245,20 @@ fn run<T: Element>(
         }
     }
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && winograd_phases::suits(&g) {
+        let weights = match &weight {
+            Cow::Borrowed(w) => prepack::packed_winograd_phases(isa, &g, w),
+            Cow::Owned(_) => None,
+        }
+        .or_else(|| {
+            prepack::PackedWeights::winograd_phases(isa, &g, &weight).map(std::sync::Arc::new)
+        });
+        if let Some(weights) = weights {
+            winograd_phases::run(&g, &input, &weight, &weights, bias, output, beta);
+            return Ok(());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && lanes::suits(&g) {
         let (kc, mr) = (g.depth(), lanes::PANEL_ROWS);
         if let Some(weights) = pinned_or_packed(kc, mr) {
@@ -274,6 +292,23 @@ fn run<T: Element>(
         output,
         beta,
     )
+}
+
+/// The output rows a band of this convolution's output, convolved apart from the rest,
+/// should start on (and end on, unless it ends with the image) to hold the same bits as the
+/// whole image's: 1 except on paths whose tiles span several output rows.
+pub(super) fn band_row_alignment(
+    isa: Isa,
+    input_dims: [usize; 4],
+    weight_dims: [usize; 4],
+    params: &Conv2dParams,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(g) = Geometry::new(input_dims, weight_dims, params) {
+        return winograd_phases::row_alignment(isa, &g);
+    }
+    let _ = (isa, input_dims, weight_dims, params);
+    1
 }
 
 /// For a 1×1 convolution with a stride and no padding: the geometry of the same convolution

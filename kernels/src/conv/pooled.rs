@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::params::product;
-use super::{Conv2dParams, check_len, conv2d, conv2d_output_dims};
+use super::{Conv2dParams, band_row_alignment, check_len, conv2d, conv2d_output_dims};
 use crate::pool::{Pool2dParams, max_pool2d_with_isa, pool2d_output_dims};
 use crate::{Element, Isa, Result};
 
@@ -250,6 +250,16 @@ impl Bands {
         let first = window_start(prows.start);
         let end = window_start(prows.end - 1) + pk as isize;
         let (c0, c1) = (first.max(0) as usize, (end.min(oh as isize)) as usize);
+        // Convolved from and to rows the whole image's convolution could start a tile on, so
+        // that the band's values are the whole image's bit for bit.
+        let align = band_row_alignment(isa, self.input_dims, weight_dims, params);
+        let (c0, skip) = (c0 / align * align, c0 % align);
+        let (c1, spare) = if align > 1 {
+            let aligned = c1.div_ceil(align) * align;
+            (aligned.min(oh), aligned.min(oh) - c1)
+        } else {
+            (c1, 0)
+        };
         // The input rows those convolution rows read (may reach into the conv's padding).
         let (sh, dh, ct) = (
             params.stride[0],
@@ -296,12 +306,30 @@ impl Bands {
             ..*pool
         };
         buffers.pooled.resize(o * prows.len() * pw, 0.0);
-        max_pool2d_with_isa(
-            &buffers.conv,
-            [1, o, conv_rows, ow],
-            &band_pool,
-            &mut buffers.pooled,
-            isa,
-        )
+        if skip == 0 && spare == 0 {
+            return max_pool2d_with_isa(
+                &buffers.conv,
+                [1, o, conv_rows, ow],
+                &band_pool,
+                &mut buffers.pooled,
+                isa,
+            );
+        }
+        // Pool each plane's rows between the alignment's extra ones.
+        let pooled_rows = conv_rows - skip - spare;
+        for (plane, pooled) in buffers
+            .conv
+            .chunks_exact(conv_rows * ow)
+            .zip(buffers.pooled.chunks_exact_mut(prows.len() * pw))
+        {
+            max_pool2d_with_isa(
+                &plane[skip * ow..][..pooled_rows * ow],
+                [1, 1, pooled_rows, ow],
+                &band_pool,
+                pooled,
+                isa,
+            )?;
+        }
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::params::Geometry;
 #[cfg(target_arch = "x86_64")]
-use super::winograd;
+use super::{winograd, winograd_phases};
 use crate::Isa;
 use crate::gemm::{Blocking, CacheSizes, MatRef, PackA, PrepackedA, micro_kernel};
 
@@ -115,6 +115,21 @@ impl PackedWeights {
         })
     }
 
+    #[cfg(target_arch = "x86_64")]
+    /// The stride-phase Winograd weights of `g` (7×7 or 8×8 at stride 2, one group): the
+    /// matrices of [`winograd_phases::transformed_geometry`] in panels of
+    /// [`winograd_phases::GROUP`] channels and one depth block.
+    pub fn winograd_phases(isa: Isa, g: &Geometry, weight: &[f32]) -> Option<PackedWeights> {
+        let transformed = winograd_phases::transformed_geometry(g);
+        let rows = winograd_phases::transform_weights(weight, g);
+        let depth = transformed.cg;
+        let pack = Self::pack(isa, &transformed, &rows, depth, winograd_phases::GROUP)?;
+        Some(PackedWeights {
+            winograd_of: Some(([g.o, g.cg, g.kh, g.kw], transformed.groups)),
+            ..pack
+        })
+    }
+
     /// Whether these are the panels of `g` on `isa` in depth blocks of `kc`, `mr` rows each.
     fn fits(&self, isa: Isa, g: &Geometry, kc: usize, mr: usize) -> bool {
         self.winograd_of.is_none()
@@ -141,6 +156,17 @@ impl PackedWeights {
             first_panel: first_row / self.mr,
             then: &[],
         })
+    }
+
+    /// Every group's packed values, one after the other, and the values per group.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub fn groups_values(&self) -> (&[f32], usize) {
+        let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
+        let group_len = self.panels * self.mr * depth;
+        (
+            &self.data[self.start..][..group_len * self.groups],
+            group_len,
+        )
     }
 
     /// Rows per panel.
@@ -302,6 +328,25 @@ pub(crate) fn packed_winograd(
         weight,
         |p| p.winograd_of == of && p.isa == isa,
         || PackedWeights::winograd(isa, g, weight, tile),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+/// [`PackedWeights::winograd_phases`] of a pinned `weight`, made on the first call; `None`
+/// for a buffer that is not pinned.
+pub(crate) fn packed_winograd_phases(
+    isa: Isa,
+    g: &Geometry,
+    weight: &[f32],
+) -> Option<Arc<PackedWeights>> {
+    let of = Some((
+        [g.o, g.cg, g.kh, g.kw],
+        winograd_phases::transformed_geometry(g).groups,
+    ));
+    cached(
+        weight,
+        |p| p.winograd_of == of && p.isa == isa,
+        || PackedWeights::winograd_phases(isa, g, weight),
     )
 }
 

@@ -178,7 +178,7 @@ pub(super) unsafe fn output_row(m: [&[f32]; POSITIONS], lines: [&mut [f32]; 4]) 
 /// The lanes of `v` under `mask` that hold a NaN or an infinity.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn not_finite(mask: __mmask16, v: __m512) -> __mmask16 {
+pub(super) fn not_finite(mask: __mmask16, v: __m512) -> __mmask16 {
     _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(mask, _mm512_abs_ps(v), _mm512_set1_ps(f32::INFINITY))
 }
 
@@ -398,7 +398,7 @@ unsafe fn split_columns_4(line: &[f32], left: usize, phases: [&mut [f32]; 4]) {
 /// `Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn input_column_4(d: [__m512; 6]) -> [__m512; 6] {
+pub(super) fn input_column_4(d: [__m512; 6]) -> [__m512; 6] {
     let [d0, d1, d2, d3, d4, d5] = d;
     let (two, four, five) = (
         _mm512_set1_ps(2.0),

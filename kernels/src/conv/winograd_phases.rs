@@ -1,0 +1,376 @@
+//! Winograd over stride phases: a 7×7 (or 8×8) convolution at stride 2 — the first layer of
+//! ResNets, GoogLeNet and DenseNets — as F(3×3, 4×4) with 3.1× fewer multiplies.
+//!
+//! At stride 2, output `(y, x)` reads input rows `2y + r` and columns `2x + s`. Split the
+//! input into its four stride phases (`(py, px)`: rows `2i + py`, columns `2j + px`) and the
+//! kernel likewise (taps `(2a + py, 2b + px)`, zero past the kernel's edge): the convolution
+//! is the sum over the phases of stride-1 convolutions with 4×4 kernels — one stride-1 4×4
+//! convolution over `4·C` phase channels. F(3×3, 4×4) computes each 3×3 block of its outputs
+//! (a *tile*) from the 6×6 patch of each phase channel under it, `Aᵀ·[Σ U ⊙ V]·A`, with the
+//! six points (0, ±1, ±2, ∞) of F(4×4, 3×3): the input transform `V = Bᵀ·d·B` is the same,
+//! `G` (6×4) and `Aᵀ` (3×6) are its counterparts for a 4-tap filter and 3 outputs. 36
+//! multiplies per phase channel give 9 outputs: 48 per output over 3 input channels, against
+//! the 147 of the direct 7×7 convolution. The sum over phase channels is, per position ξ, a
+//! gemm `M[ξ] (O × tiles) = U[ξ] (O × 4C) · V[ξ] (4C × tiles)`.
+//!
+//! The work is cut into blocks of tiles of one image, sized so that a block's transformed
+//! inputs and products stay in L2, and run in parallel. A block gathers its tiles' patches
+//! straight from the NCHW input (no phase-split copy; padding is a gather mask), runs the 36
+//! gemms on its thread with the transformed weights packed once, and transforms the products
+//! back into the output rows with the bias, the residual and the ReLU.
+//!
+//! The transforms scale values by up to 5 and 8, as F(4×4, 3×3)'s do, within the tests'
+//! bound (weights are transformed in f64 and rounded once). A NaN or an infinity in a patch
+//! spreads over the whole transformed tile: outputs whose transform is not finite are
+//! computed directly instead. Patches leave out the input only a 7×7 kernel's zero phase
+//! taps would read, so a tile's values depend only on the input its outputs' windows read:
+//! convolving a band of whole tile rows gives the same bits as the whole image
+//! ([`row_alignment`]).
+
+use std::cell::Cell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::params::Geometry;
+use super::prepack::PackedWeights;
+use super::shared::SharedOut;
+use super::winograd_phases_x86::{
+    self as x86, CHANNEL_VALUES, GROUP_OUTPUTS, LANES, PHASES, POSITIONS, TileVector,
+};
+use crate::Isa;
+
+pub(super) use super::winograd_phases_x86::GROUP;
+
+/// Outputs along each side of a tile.
+const OUT: usize = 3;
+/// Input rows (and columns) between neighbouring tiles' patches: a tile's outputs at stride 2.
+const TILE_STEP: usize = 2 * OUT;
+/// Taps of a phase kernel along each side.
+const PHASE_TAPS: usize = 4;
+/// Fewest output channels: below, the transforms outweigh the saved multiplies.
+const MIN_OUT_CHANNELS: usize = 16;
+/// Most input channels (each four phase channels of gemm depth).
+const MAX_CHANNELS: usize = 16;
+/// Most vectors of sixteen tiles per parallel task.
+const TASK_VECTORS: usize = 4;
+/// Tasks per thread at least, where the vectors allow (for load balance on small planes).
+const TASKS_PER_THREAD: usize = 4;
+
+/// The rows of G, F(3×3, 4×4)'s weight transform (`U = G·g·Gᵀ`): `s·(1, p, p², p³)` for the
+/// points p = 0, 1, -1, 2, -2 with F(4×4, 3×3)'s scales `s`, and `(0, 0, 0, 1)` for ∞.
+const G_ROWS: [[f64; PHASE_TAPS]; 6] = [
+    [0.25, 0.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, 1.0 / 3.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, -1.0 / 3.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
+
+thread_local! {
+    /// A vector's transformed inputs, kept for this thread's next call.
+    static INPUT_BUFFER: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Whether the stride-phase Winograd path runs `g`: a 7×7 or 8×8 kernel (4×4 phase
+/// kernels) at stride 2 and dilation 1, one group, at least [`MIN_OUT_CHANNELS`] output
+/// channels and at most [`MAX_CHANNELS`] input channels, and a plane whose gather offsets
+/// fit in 32 bits.
+pub(super) fn suits(g: &Geometry) -> bool {
+    g.sh == 2
+        && g.sw == 2
+        && g.dh == 1
+        && g.dw == 1
+        && g.groups == 1
+        && matches!(g.kh, 7 | 8)
+        && matches!(g.kw, 7 | 8)
+        && g.og >= MIN_OUT_CHANNELS
+        && g.cg <= MAX_CHANNELS
+        && offsets_fit(g)
+}
+
+/// Whether every offset a gather forms (from a tile's patch corner, which may lie in the
+/// padding, to any of its 12×12 values) fits in an `i32`.
+fn offsets_fit(g: &Geometry) -> bool {
+    let (th, tw) = tiles(g);
+    let (h, w) = (g.h as i128, g.w as i128);
+    let lowest = -(g.pads[0] as i128) * w - g.pads[1] as i128;
+    let y_most = (TILE_STEP * th + x86::REACH) as i128 - g.pads[0] as i128;
+    let x_most = (TILE_STEP * tw + x86::REACH) as i128 - g.pads[1] as i128;
+    let highest = y_most * w + x_most;
+    let range = i128::from(i32::MIN)..=i128::from(i32::MAX);
+    range.contains(&lowest) && range.contains(&highest) && range.contains(&(h * w))
+}
+
+/// The output rows a band of `g`'s output (convolved apart, as `conv2d_max_pool` does) should
+/// start and end on (unless it ends with the image) to compute the same bits as the whole
+/// image: whole tile rows on this path, any row elsewhere.
+pub(super) fn row_alignment(isa: Isa, g: &Geometry) -> usize {
+    if isa == Isa::Avx512 && suits(g) {
+        OUT
+    } else {
+        1
+    }
+}
+
+/// Tiles along each axis.
+fn tiles(g: &Geometry) -> (usize, usize) {
+    (g.oh.div_ceil(OUT), g.ow.div_ceil(OUT))
+}
+
+/// The geometry whose "weights" are the transformed ones: one group per position, each an
+/// `O × 4C` matrix, so that they pack into the gemm's panels as a pointwise convolution's.
+pub(super) fn transformed_geometry(g: &Geometry) -> Geometry {
+    Geometry {
+        n: 1,
+        c: POSITIONS * PHASES * g.c,
+        h: 1,
+        w: 1,
+        o: POSITIONS * g.o,
+        kh: 1,
+        kw: 1,
+        oh: 1,
+        ow: 1,
+        groups: POSITIONS,
+        cg: PHASES * g.c,
+        og: g.o,
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        pads: [0; 4],
+        relu: false,
+    }
+}
+
+/// `U[ξ][o][4c + 2py + px] = (G·g·Gᵀ)[ξ]` for the phase `(py, px)` kernel `g` of channel `c`
+/// of OIHW weights `weight` (`g[a][b]` is tap `(2a + py, 2b + px)`, zero past the kernel),
+/// position-major, computed in f64 and rounded once.
+pub(super) fn transform_weights(weight: &[f32], g: &Geometry) -> Vec<f32> {
+    let depth = PHASES * g.c;
+    let mut u = vec![0.0f32; POSITIONS * g.o * depth];
+    let taps = g.kh * g.kw;
+    for (index, kernel) in weight.chunks_exact(taps).take(g.o * g.c).enumerate() {
+        let (o, c) = (index / g.c, index % g.c);
+        for (phase, (py, px)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+            let tap = |a: usize, b: usize| {
+                let (r, s) = (2 * a + py, 2 * b + px);
+                if r < g.kh && s < g.kw {
+                    f64::from(kernel[r * g.kw + s])
+                } else {
+                    0.0
+                }
+            };
+            // G·g (6 × 4), then (G·g)·Gᵀ (6 × 6).
+            let gg: Vec<[f64; PHASE_TAPS]> = G_ROWS
+                .iter()
+                .map(|row| {
+                    std::array::from_fn(|b| (0..PHASE_TAPS).map(|a| row[a] * tap(a, b)).sum())
+                })
+                .collect();
+            for (a, left) in gg.iter().enumerate() {
+                for (b, row) in G_ROWS.iter().enumerate() {
+                    let value: f64 = (0..PHASE_TAPS).map(|s| left[s] * row[s]).sum();
+                    u[((a * 6 + b) * g.o + o) * depth + PHASES * c + phase] = value as f32;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// Runs the convolution `g` (see [`suits`]) with `weights`, the transformed weights packed as
+/// [`PackedWeights::winograd_phases`] packs them: `output = relu?(conv + bias + beta·output)`.
+/// `weight` (OIHW) computes directly the outputs of tiles whose transform is not finite.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    g: &Geometry,
+    input: &[f32],
+    weight: &[f32],
+    weights: &PackedWeights,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    beta: f32,
+) {
+    let (values, per_position) = weights.groups_values();
+    assert!(
+        weights.mr() == GROUP && per_position >= g.o.div_ceil(GROUP) * GROUP * PHASES * g.c,
+        "stride-phase weights need panels of {GROUP} channels"
+    );
+    let convolution = Convolution {
+        g,
+        input,
+        weight,
+        values,
+        per_position,
+        bias,
+        beta,
+    };
+    let (th, tw) = tiles(g);
+    let vectors = (th * tw).div_ceil(LANES);
+    let threads = rayon::current_num_threads();
+    let per_task = (g.n * vectors / (TASKS_PER_THREAD * threads)).clamp(1, TASK_VECTORS);
+    let jobs: Vec<(usize, Range<usize>)> = (0..g.n)
+        .flat_map(|n| {
+            (0..vectors)
+                .step_by(per_task)
+                .map(move |first| (n, first..(first + per_task).min(vectors)))
+        })
+        .collect();
+    let out = SharedOut::new(output);
+    let run_job = |(n, span): &(usize, Range<usize>)| {
+        let mut buffer = INPUT_BUFFER.take();
+        buffer.resize(g.c * CHANNEL_VALUES, 0.0);
+        let mut y = [0.0f32; GROUP_OUTPUTS];
+        for vector in span.clone() {
+            convolution.vector(*n, vector, &mut buffer, &mut y, out);
+        }
+        INPUT_BUFFER.set(buffer);
+    };
+    if jobs.len() > 1 && threads > 1 {
+        jobs.par_iter().for_each(run_job);
+    } else {
+        jobs.iter().for_each(run_job);
+    }
+}
+
+/// What the vectors of tiles of one convolution share.
+struct Convolution<'a> {
+    g: &'a Geometry,
+    input: &'a [f32],
+    /// The untransformed OIHW weights.
+    weight: &'a [f32],
+    /// The transformed weights: position ξ's panels from `ξ·per_position`, each [`GROUP`]
+    /// channels × `4C` phase channels.
+    values: &'a [f32],
+    per_position: usize,
+    bias: Option<&'a [f32]>,
+    beta: f32,
+}
+
+impl Convolution<'_> {
+    /// Vector `vector` of sixteen tiles (counted row by row) of image `n`: the input transform
+    /// into `v`, then per group of output channels the products and output transform into
+    /// `y`, then the outputs into `out` (which no other vector writes).
+    fn vector(
+        &self,
+        n: usize,
+        vector: usize,
+        v: &mut [f32],
+        y: &mut [f32; GROUP_OUTPUTS],
+        out: SharedOut<'_>,
+    ) {
+        let g = self.g;
+        let (th, tw) = tiles(g);
+        let first = vector * LANES;
+        let live = (th * tw - first).min(LANES);
+        let corners: Vec<(isize, isize)> = (first..first + live)
+            .map(|t| {
+                let (ty, tx) = (t / tw, t % tw);
+                (
+                    (TILE_STEP * ty) as isize - g.pads[0] as isize,
+                    (TILE_STEP * tx) as isize - g.pads[1] as isize,
+                )
+            })
+            .collect();
+        let tiles = TileVector::new(&corners, (g.h, g.w), (g.kh, g.kw));
+        let plane = g.h * g.w;
+        for (c, v) in v.chunks_exact_mut(CHANNEL_VALUES).take(g.c).enumerate() {
+            let src = &self.input[(n * g.c + c) * plane..][..plane];
+            let v: &mut [f32; CHANNEL_VALUES] = v.try_into().expect("a channel's values");
+            // SAFETY: this path runs only with AVX-512F selected, hence available; the
+            // vector's masks keep every gathered offset inside the plane (`TileVector::new`).
+            unsafe { x86::input_vector(src, g.w, &tiles, v) };
+        }
+        // Runs of lanes within one tile row: (first lane, lanes, tile row, first tile column).
+        let mut runs = Vec::with_capacity(2);
+        let mut lane = 0;
+        while lane < live {
+            let t = first + lane;
+            let (ty, tx) = (t / tw, t % tw);
+            let len = (tw - tx).min(live - lane);
+            runs.push((lane, len, ty, tx));
+            lane += len;
+        }
+        let depth = PHASES * g.c;
+        for group in 0..g.o.div_ceil(GROUP) {
+            let u = &self.values[group * GROUP * depth..];
+            // SAFETY: AVX-512F is available (as above).
+            let finite = unsafe { x86::products_out(v, depth, u, self.per_position, y) };
+            let channels = (group * GROUP..g.o).take(GROUP);
+            for (o, y) in channels.zip(y.chunks_exact_mut(9 * LANES)) {
+                if !finite {
+                    self.direct_non_finite(n, o, first, live, y);
+                }
+                self.finish(n, o, &runs, y, out);
+            }
+        }
+    }
+
+    /// Writes channel `o`'s outputs of a vector of tiles, `y[(3i + j)·16 + lane]`, into its
+    /// output rows with the bias, `beta` times the old output and the ReLU.
+    fn finish(
+        &self,
+        n: usize,
+        o: usize,
+        runs: &[(usize, usize, usize, usize)],
+        y: &[f32],
+        out: SharedOut<'_>,
+    ) {
+        let g = self.g;
+        let bias = self.bias.map_or(0.0, |b| b[o]);
+        for &(lane, len, ty, tx) in runs {
+            let x0 = OUT * tx;
+            let width = (OUT * (tx + len)).min(g.ow) - x0;
+            for i in 0..OUT {
+                let oy = OUT * ty + i;
+                if oy >= g.oh {
+                    break;
+                }
+                let start = ((n * g.o + o) * g.oh + oy) * g.ow + x0;
+                // SAFETY: these columns of output row `oy` of channel `o` of image `n` belong
+                // to this vector's tiles, which no other vector holds.
+                let dst = unsafe { out.slice(start, width) };
+                let phase = |j: usize| &y[(OUT * i + j) * LANES + lane..][..len];
+                // SAFETY: this path runs only with AVX-512F selected, hence available.
+                unsafe {
+                    x86::finish_row(dst, [phase(0), phase(1), phase(2)], bias, self.beta, g.relu);
+                }
+            }
+        }
+    }
+
+    /// Replaces each value of `y` (channel `o`'s outputs of the `live` tiles from `first` of
+    /// image `n`, `y[(3i + j)·16 + lane]`) that is not finite by the direct sum of its window.
+    fn direct_non_finite(&self, n: usize, o: usize, first: usize, live: usize, y: &mut [f32]) {
+        let g = self.g;
+        let tw = tiles(g).1;
+        for (index, value) in y.iter_mut().enumerate() {
+            let (line, lane) = (index / LANES, index % LANES);
+            let t = first + lane;
+            let (oy, ox) = (OUT * (t / tw) + line / OUT, OUT * (t % tw) + line % OUT);
+            if lane >= live || value.is_finite() || oy >= g.oh || ox >= g.ow {
+                continue;
+            }
+            let mut sum = 0.0f32;
+            for c in 0..g.c {
+                let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
+                let taps = &self.weight[(o * g.c + c) * g.kh * g.kw..][..g.kh * g.kw];
+                for (r, row) in taps.chunks_exact(g.kw).enumerate() {
+                    let y = (g.sh * oy + r).checked_sub(g.pads[0]).filter(|&y| y < g.h);
+                    let Some(y) = y else {
+                        continue;
+                    };
+                    for (s, &w) in row.iter().enumerate() {
+                        let x = (g.sw * ox + s).checked_sub(g.pads[1]).filter(|&x| x < g.w);
+                        if let Some(x) = x {
+                            sum += w * plane[y * g.w + x];
+                        }
+                    }
+                }
+            }
+            *value = sum;
+        }
+    }
+}
