@@ -949,7 +949,10 @@ fn winograd_convolutions_split_exactly_by_batch_and_closely_otherwise() {
         let got = run_parts(&dev, &op, &inputs, parts).to_f32_vec();
         for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
             let err = (a as f64 - b as f64).abs() / (b.abs() as f64 + scale);
-            assert!(err < 1e-4, "stem {strategy}: element {i} is {a}, whole gives {b}");
+            assert!(
+                err < 1e-4,
+                "stem {strategy}: element {i} is {a}, whole gives {b}"
+            );
         }
     }
 }

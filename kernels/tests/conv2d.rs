@@ -700,11 +700,11 @@ fn winograd_four_by_four_tiles() {
 
 #[test]
 fn winograd_over_stride_phases() {
-    // 7×7 and 8×8 kernels at stride 2 over at most 16 input channels with 16 or more output
+    // 7×7 and 8×8 kernels at stride 2 over at most 64 input channels with 16 or more output
     // channels (on AVX-512, F(3×3, 4×4) over the four stride phases): output planes whose
     // last tile row and column are partly outside, asymmetric padding, output channels not a
     // multiple of the four per pass, a batch, rows of fewer tiles than a vector (vectors
-    // spanning several tile rows), planes of a few tiles, one and sixteen input channels,
+    // spanning several tile rows), planes of a few tiles, one, sixteen and forty input channels,
     // a 7×8 kernel. NaN inputs reach only the outputs whose windows hold them, although they
     // spread over the transformed tile.
     let mut rng = ChaCha8Rng::seed_from_u64(31);
@@ -745,6 +745,16 @@ fn winograd_over_stride_phases() {
             [2, 2],
             [1, 1],
             [3, 3, 3, 3],
+            1,
+            false,
+            true,
+        ),
+        Case::new(
+            [1, 40, 19, 21],
+            [20, 40, 7, 7],
+            [2, 2],
+            [1, 1],
+            [3, 2, 1, 3],
             1,
             false,
             true,

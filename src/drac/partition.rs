@@ -29,7 +29,9 @@
 //! output-channel or output-row part is computed by the same kernel with the same reduction
 //! order as in the whole op (the gemm's depth blocking depends on K only, and the halo gives
 //! each output row the same input values and padding), so those splits are bit for bit equal
-//! to the single-node result. K-split partials are rounded separately and then added, so they
+//! to the single-node result — except row and channel splits of convolutions on a Winograd
+//! path, whose rounding depends on where an output sits in its tile (see
+//! docs/architecture.md). K-split partials are rounded separately and then added, so they
 //! match within float tolerance.
 //!
 //! Planning touches no tensor data: [`partition`] and [`split_to_fit`] only compute ranges and

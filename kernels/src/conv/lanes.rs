@@ -19,6 +19,9 @@
 //!
 //! Work is cut into tasks of (image, group, a range of tiles), each running every weight
 //! panel over its tiles (a panel's weights stay in L1 across them).
+//!
+//! 7×7 and 8×8 kernels at stride 2 with 16 or more output channels take Winograd over their
+//! stride phases before this path (`winograd_phases`).
 
 use rayon::prelude::*;
 
