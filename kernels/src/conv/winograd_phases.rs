@@ -11,13 +11,16 @@
 //! `G` (6×4) and `Aᵀ` (3×6) are its counterparts for a 4-tap filter and 3 outputs. 36
 //! multiplies per phase channel give 9 outputs: 48 per output over 3 input channels, against
 //! the 147 of the direct 7×7 convolution. The sum over phase channels is, per position ξ, a
-//! gemm `M[ξ] (O × tiles) = U[ξ] (O × 4C) · V[ξ] (4C × tiles)`.
+//! product `M[ξ] (O × tiles) = U[ξ] (O × 4C) · V[ξ] (4C × tiles)`.
 //!
-//! The work is cut into blocks of tiles of one image, sized so that a block's transformed
-//! inputs and products stay in L2, and run in parallel. A block gathers its tiles' patches
-//! straight from the NCHW input (no phase-split copy; padding is a gather mask), runs the 36
-//! gemms on its thread with the transformed weights packed once, and transforms the products
-//! back into the output rows with the bias, the residual and the ReLU.
+//! The work is cut into vectors of 16 tiles of one image (counted row by row, so a vector may
+//! span tile rows), a few per parallel task. A vector gathers its tiles' phase patches
+//! straight from the NCHW input (no phase-split copy; padding is a gather mask) and
+//! transforms them; then, for each group of four output channels, one kernel forms the 36
+//! products of depth `4C` in registers and applies the output transform to them there, and
+//! the outputs are interleaved into the output rows with the bias, the residual and the
+//! ReLU. The products never reach memory: run as 36 gemms of depth 12 over blocks in L2,
+//! their round trip cost more than the multiplies they saved.
 //!
 //! The transforms scale values by up to 5 and 8, as F(4×4, 3×3)'s do, within the tests'
 //! bound (weights are transformed in f64 and rounded once). A NaN or an infinity in a patch
@@ -269,16 +272,15 @@ impl Convolution<'_> {
         let (th, tw) = tiles(g);
         let first = vector * LANES;
         let live = (th * tw - first).min(LANES);
-        let corners: Vec<(isize, isize)> = (first..first + live)
-            .map(|t| {
-                let (ty, tx) = (t / tw, t % tw);
-                (
-                    (TILE_STEP * ty) as isize - g.pads[0] as isize,
-                    (TILE_STEP * tx) as isize - g.pads[1] as isize,
-                )
-            })
-            .collect();
-        let tiles = TileVector::new(&corners, (g.h, g.w), (g.kh, g.kw));
+        let mut corners = [(0isize, 0isize); LANES];
+        for (corner, t) in corners.iter_mut().zip(first..first + live) {
+            let (ty, tx) = (t / tw, t % tw);
+            *corner = (
+                (TILE_STEP * ty) as isize - g.pads[0] as isize,
+                (TILE_STEP * tx) as isize - g.pads[1] as isize,
+            );
+        }
+        let tiles = TileVector::new(&corners[..live], (g.h, g.w), (g.kh, g.kw));
         let plane = g.h * g.w;
         for (c, v) in v.chunks_exact_mut(CHANNEL_VALUES).take(g.c).enumerate() {
             let src = &self.input[(n * g.c + c) * plane..][..plane];
@@ -287,16 +289,19 @@ impl Convolution<'_> {
             // vector's masks keep every gathered offset inside the plane (`TileVector::new`).
             unsafe { x86::input_vector(src, g.w, &tiles, v) };
         }
-        // Runs of lanes within one tile row: (first lane, lanes, tile row, first tile column).
-        let mut runs = Vec::with_capacity(2);
-        let mut lane = 0;
+        // Runs of lanes within one tile row: (first lane, lanes, tile row, first tile column);
+        // at most one per lane.
+        let mut runs = [(0, 0, 0, 0); LANES];
+        let (mut count, mut lane) = (0, 0);
         while lane < live {
             let t = first + lane;
             let (ty, tx) = (t / tw, t % tw);
             let len = (tw - tx).min(live - lane);
-            runs.push((lane, len, ty, tx));
+            runs[count] = (lane, len, ty, tx);
+            count += 1;
             lane += len;
         }
+        let runs = &runs[..count];
         let depth = PHASES * g.c;
         for group in 0..g.o.div_ceil(GROUP) {
             let u = &self.values[group * GROUP * depth..];
@@ -307,7 +312,7 @@ impl Convolution<'_> {
                 if !finite {
                     self.direct_non_finite(n, o, first, live, y);
                 }
-                self.finish(n, o, &runs, y, out);
+                self.finish(n, o, runs, y, out);
             }
         }
     }
