@@ -228,17 +228,38 @@ pub(super) fn run(
     let out = SharedOut::new(output);
     let run_job = |(n, span): &(usize, Range<usize>)| {
         let mut buffer = INPUT_BUFFER.take();
-        buffer.resize(g.c * CHANNEL_VALUES, 0.0);
-        let mut y = [0.0f32; GROUP_OUTPUTS];
-        for vector in span.clone() {
-            convolution.vector(*n, vector, &mut buffer, &mut y, out);
-        }
+        buffer.resize(per_task * g.c * CHANNEL_VALUES, 0.0);
+        convolution.task(*n, span.clone(), &mut buffer, out);
         INPUT_BUFFER.set(buffer);
     };
     if jobs.len() > 1 && threads > 1 {
         jobs.par_iter().for_each(run_job);
     } else {
         jobs.iter().for_each(run_job);
+    }
+}
+
+/// Where a vector's tiles lie: the first, how many there are, and their runs within one tile
+/// row (first lane, lanes, tile row, first tile column; at most one per lane).
+struct VectorPlan {
+    first: usize,
+    live: usize,
+    runs: [(usize, usize, usize, usize); LANES],
+    count: usize,
+}
+
+/// A plan of no tiles.
+const EMPTY_PLAN: VectorPlan = VectorPlan {
+    first: 0,
+    live: 0,
+    runs: [(0, 0, 0, 0); LANES],
+    count: 0,
+};
+
+impl VectorPlan {
+    /// The runs of lanes within one tile row.
+    fn runs(&self) -> &[(usize, usize, usize, usize)] {
+        &self.runs[..self.count]
     }
 }
 
@@ -257,17 +278,43 @@ struct Convolution<'a> {
 }
 
 impl Convolution<'_> {
-    /// Vector `vector` of sixteen tiles (counted row by row) of image `n`: the input transform
-    /// into `v`, then per group of output channels the products and output transform into
-    /// `y`, then the outputs into `out` (which no other vector writes).
-    fn vector(
-        &self,
-        n: usize,
-        vector: usize,
-        v: &mut [f32],
-        y: &mut [f32; GROUP_OUTPUTS],
-        out: SharedOut<'_>,
-    ) {
+    /// Vectors `span` of sixteen tiles (counted row by row) of image `n`: their input
+    /// transforms into `v`, then per group of output channels, vector by vector, the products
+    /// and output transform and the outputs into `out` (which no other task writes). A group's
+    /// outputs of the task's vectors are written one after the other, so that the rows a
+    /// thread writes at a time are few (12, not 192 for 64 channels) and run on.
+    fn task(&self, n: usize, span: Range<usize>, v: &mut [f32], out: SharedOut<'_>) {
+        let g = self.g;
+        let per_vector = g.c * CHANNEL_VALUES;
+        let mut plans = [EMPTY_PLAN; TASK_VECTORS];
+        let count = span.len();
+        for ((plan, vector), v) in plans
+            .iter_mut()
+            .zip(span)
+            .zip(v.chunks_exact_mut(per_vector))
+        {
+            *plan = self.transform_input(n, vector, v);
+        }
+        let depth = PHASES * g.c;
+        let mut y = [0.0f32; GROUP_OUTPUTS];
+        for group in 0..g.o.div_ceil(GROUP) {
+            let u = &self.values[group * GROUP * depth..];
+            for (plan, v) in plans[..count].iter().zip(v.chunks_exact(per_vector)) {
+                // SAFETY: this path runs only with AVX-512F selected, hence available.
+                let finite = unsafe { x86::products_out(v, depth, u, self.per_position, &mut y) };
+                let channels = (group * GROUP..g.o).take(GROUP);
+                for (o, y) in channels.zip(y.chunks_exact_mut(9 * LANES)) {
+                    if !finite {
+                        self.direct_non_finite(n, o, plan.first, plan.live, y);
+                    }
+                    self.finish(n, o, plan.runs(), y, out);
+                }
+            }
+        }
+    }
+
+    /// The input transform of vector `vector` of image `n` into `v`, and where its tiles lie.
+    fn transform_input(&self, n: usize, vector: usize, v: &mut [f32]) -> VectorPlan {
         let g = self.g;
         let (th, tw) = tiles(g);
         let first = vector * LANES;
@@ -289,32 +336,21 @@ impl Convolution<'_> {
             // vector's masks keep every gathered offset inside the plane (`TileVector::new`).
             unsafe { x86::input_vector(src, g.w, &tiles, v) };
         }
-        // Runs of lanes within one tile row: (first lane, lanes, tile row, first tile column);
-        // at most one per lane.
-        let mut runs = [(0, 0, 0, 0); LANES];
-        let (mut count, mut lane) = (0, 0);
+        let mut plan = VectorPlan {
+            first,
+            live,
+            ..EMPTY_PLAN
+        };
+        let mut lane = 0;
         while lane < live {
             let t = first + lane;
             let (ty, tx) = (t / tw, t % tw);
             let len = (tw - tx).min(live - lane);
-            runs[count] = (lane, len, ty, tx);
-            count += 1;
+            plan.runs[plan.count] = (lane, len, ty, tx);
+            plan.count += 1;
             lane += len;
         }
-        let runs = &runs[..count];
-        let depth = PHASES * g.c;
-        for group in 0..g.o.div_ceil(GROUP) {
-            let u = &self.values[group * GROUP * depth..];
-            // SAFETY: AVX-512F is available (as above).
-            let finite = unsafe { x86::products_out(v, depth, u, self.per_position, y) };
-            let channels = (group * GROUP..g.o).take(GROUP);
-            for (o, y) in channels.zip(y.chunks_exact_mut(9 * LANES)) {
-                if !finite {
-                    self.direct_non_finite(n, o, first, live, y);
-                }
-                self.finish(n, o, runs, y, out);
-            }
-        }
+        plan
     }
 
     /// Writes channel `o`'s outputs of a vector of tiles, `y[(3i + j)·16 + lane]`, into its
