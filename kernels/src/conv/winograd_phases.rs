@@ -66,6 +66,9 @@ const MAX_CHANNELS: usize = 64;
 /// channel each, stay in L2 while every group of output channels runs over them). Against 4,
 /// ResNet-50's stem and pool in the model ran 0.96× the time, the stem alone the same.
 const TASK_VECTORS: usize = 8;
+/// Largest buffer (in values) a thread keeps for its next call: 4 MiB (a task of the stem
+/// holds 216 KiB).
+const KEEP_BUFFER_MAX: usize = 1 << 20;
 /// Tasks per thread at least, where the vectors allow (for load balance on small planes).
 const TASKS_PER_THREAD: usize = 4;
 
@@ -195,7 +198,6 @@ pub(super) fn transform_weights(weight: &[f32], g: &Geometry) -> Vec<f32> {
 /// Runs the convolution `g` (see [`suits`]) with `weights`, the transformed weights packed as
 /// [`PackedWeights::winograd_phases`] packs them: `output = relu?(conv + bias + beta·output)`.
 /// `weight` (OIHW) computes directly the outputs of tiles whose transform is not finite.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     g: &Geometry,
     input: &[f32],
@@ -235,7 +237,9 @@ pub(super) fn run(
         let mut buffer = INPUT_BUFFER.take();
         buffer.resize(per_task * g.c * CHANNEL_VALUES, 0.0);
         convolution.task(*n, span.clone(), &mut buffer, out);
-        INPUT_BUFFER.set(buffer);
+        if buffer.capacity() <= KEEP_BUFFER_MAX {
+            INPUT_BUFFER.set(buffer);
+        }
     };
     if jobs.len() > 1 && threads > 1 {
         jobs.par_iter().for_each(run_job);
