@@ -84,7 +84,7 @@ const G_ROWS: [[f64; PHASE_TAPS]; 6] = [
 ];
 
 thread_local! {
-    /// A vector's transformed inputs, kept for this thread's next call.
+    /// A task's transformed inputs, kept for this thread's next call.
     static INPUT_BUFFER: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
@@ -426,5 +426,67 @@ impl Convolution<'_> {
             }
             *value = sum;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// F(4×4, 3×3)'s input transform, which the kernels apply (`winograd_x86::input_column_4`).
+    const B_T: [[f64; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    /// F(3×3, 4×4)'s output transform (`winograd_phases_x86::output_column_3`).
+    const A_T: [[f64; 6]; 3] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 1.0],
+    ];
+
+    #[test]
+    fn transforms_compute_three_outputs_of_a_four_tap_correlation() {
+        // Aᵀ·[(G·g) ⊙ (Bᵀ·d)] = (Σ_k g[k]·d[i + k])_i for i < 3, on uneven values.
+        let d: [f64; 6] = [0.7, -1.3, 2.1, 0.4, -0.9, 1.6];
+        let g: [f64; 4] = [1.1, -0.6, 0.35, 2.2];
+        let gg: Vec<f64> = G_ROWS
+            .iter()
+            .map(|row| row.iter().zip(&g).map(|(r, v)| r * v).sum())
+            .collect();
+        let bd: Vec<f64> = B_T
+            .iter()
+            .map(|row| row.iter().zip(&d).map(|(r, v)| r * v).sum())
+            .collect();
+        for (i, row) in A_T.iter().enumerate() {
+            let got: f64 = (0..6).map(|xi| row[xi] * gg[xi] * bd[xi]).sum();
+            let want: f64 = (0..4).map(|k| g[k] * d[i + k]).sum();
+            assert!(
+                (got - want).abs() < 1e-12,
+                "output {i}: {got} against {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn suits_stems_only() {
+        let geometry = |input: [usize; 4], weight: [usize; 4], stride: usize| {
+            let params = crate::conv::Conv2dParams {
+                stride: [stride, stride],
+                pads: [3; 4],
+                ..Default::default()
+            };
+            Geometry::new(input, weight, &params).unwrap()
+        };
+        assert!(suits(&geometry([1, 3, 224, 224], [64, 3, 7, 7], 2)));
+        assert!(suits(&geometry([1, 64, 56, 56], [16, 64, 8, 7], 2)));
+        assert!(!suits(&geometry([1, 3, 224, 224], [15, 3, 7, 7], 2)));
+        assert!(!suits(&geometry([1, 65, 56, 56], [64, 65, 7, 7], 2)));
+        assert!(!suits(&geometry([1, 3, 224, 224], [64, 3, 7, 7], 1)));
+        assert!(!suits(&geometry([1, 3, 224, 224], [64, 3, 5, 5], 2)));
     }
 }
