@@ -222,37 +222,41 @@ fn run<T: Element>(
         Cow::Borrowed(w) => prepack::packed(isa, &g, w, kc, mr),
         Cow::Owned(_) => None,
     };
+    // The caller's own f32 weights, which may be pinned.
+    #[cfg(target_arch = "x86_64")]
+    let pinnable = matches!(weight, Cow::Borrowed(_));
     // The panels of a path that packs its own (pinned ones, or packed for this call).
     #[cfg(target_arch = "x86_64")]
     let pinned_or_packed = |kc: usize, mr: usize| {
-        pinned(kc, mr).or_else(|| {
-            prepack::PackedWeights::pack(isa, &g, &weight, kc, mr).map(std::sync::Arc::new)
-        })
+        pinned_or_made(
+            &weight,
+            pinnable,
+            |w| prepack::packed(isa, &g, w, kc, mr),
+            |w| prepack::PackedWeights::pack(isa, &g, w, kc, mr),
+        )
     };
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512
         && let Some(tile) = winograd::variant(&g)
     {
-        let weights = match &weight {
-            Cow::Borrowed(w) => prepack::packed_winograd(isa, &g, w, tile),
-            Cow::Owned(_) => None,
-        }
-        .or_else(|| {
-            prepack::PackedWeights::winograd(isa, &g, &weight, tile).map(std::sync::Arc::new)
-        });
+        let weights = pinned_or_made(
+            &weight,
+            pinnable,
+            |w| prepack::packed_winograd(isa, &g, w, tile),
+            |w| prepack::PackedWeights::winograd(isa, &g, w, tile),
+        );
         if let Some(weights) = weights {
             return winograd::run(isa, &g, tile, &input, &weight, &weights, bias, output, beta);
         }
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && winograd_phases::suits(&g) {
-        let weights = match &weight {
-            Cow::Borrowed(w) => prepack::packed_winograd_phases(isa, &g, w),
-            Cow::Owned(_) => None,
-        }
-        .or_else(|| {
-            prepack::PackedWeights::winograd_phases(isa, &g, &weight).map(std::sync::Arc::new)
-        });
+        let weights = pinned_or_made(
+            &weight,
+            pinnable,
+            |w| prepack::packed_winograd_phases(isa, &g, w),
+            |w| prepack::PackedWeights::winograd_phases(isa, &g, w),
+        );
         if let Some(weights) = weights {
             winograd_phases::run(&g, &input, &weight, &weights, bias, output, beta);
             return Ok(());
@@ -292,6 +296,22 @@ fn run<T: Element>(
         output,
         beta,
     )
+}
+
+/// Weights packed for a path: once per pinned buffer (`pinned`, which finds or makes the
+/// pack; `None` for a buffer that is not pinned) where the caller's own buffer is at hand
+/// (`pinnable`: not widened from another type), else by `make` for this call.
+#[cfg(target_arch = "x86_64")]
+fn pinned_or_made(
+    weight: &[f32],
+    pinnable: bool,
+    pinned: impl FnOnce(&[f32]) -> Option<std::sync::Arc<prepack::PackedWeights>>,
+    make: impl FnOnce(&[f32]) -> Option<prepack::PackedWeights>,
+) -> Option<std::sync::Arc<prepack::PackedWeights>> {
+    pinnable
+        .then(|| pinned(weight))
+        .flatten()
+        .or_else(|| make(weight).map(std::sync::Arc::new))
 }
 
 /// The output rows a band of this convolution's output, convolved apart from the rest,

@@ -252,6 +252,67 @@ impl Geometry {
     pub fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pads == [0; 4]
     }
+
+    /// The geometry of `groups` matrices of `rows × depth` "weights" packed as a pointwise
+    /// convolution's (one group each): how transformed weights (one matrix per transform
+    /// position) pack into the gemm's panels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub fn matrices(groups: usize, rows: usize, depth: usize) -> Geometry {
+        Geometry {
+            n: 1,
+            c: groups * depth,
+            h: 1,
+            w: 1,
+            o: groups * rows,
+            kh: 1,
+            kw: 1,
+            oh: 1,
+            ow: 1,
+            groups,
+            cg: depth,
+            og: rows,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pads: [0; 4],
+            relu: false,
+        }
+    }
+
+    /// Output `(oy, ox)` of channel `o` of image `n` summed directly from its window (no bias;
+    /// one group): channel by channel, kernel row by row, in f32. The fallback of the
+    /// Winograd paths for outputs whose transform is not finite.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub fn direct_output(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        n: usize,
+        o: usize,
+        (oy, ox): (usize, usize),
+    ) -> f32 {
+        let plane_len = self.h * self.w;
+        let taps_len = self.kh * self.kw;
+        let mut sum = 0.0f32;
+        for c in 0..self.c {
+            let plane = &input[(n * self.c + c) * plane_len..][..plane_len];
+            let taps = &weight[(o * self.c + c) * taps_len..][..taps_len];
+            for (r, row) in taps.chunks_exact(self.kw).enumerate() {
+                let y = (self.sh * oy + self.dh * r).checked_sub(self.pads[0]);
+                let Some(y) = y.filter(|&y| y < self.h) else {
+                    continue;
+                };
+                for (s, &w) in row.iter().enumerate() {
+                    let x = (self.sw * ox + self.dw * s).checked_sub(self.pads[1]);
+                    if let Some(x) = x.filter(|&x| x < self.w) {
+                        sum += w * plane[y * self.w + x];
+                    }
+                }
+            }
+        }
+        sum
+    }
 }
 
 #[cfg(test)]

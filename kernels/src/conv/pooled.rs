@@ -254,12 +254,8 @@ impl Bands {
         // that the band's values are the whole image's bit for bit.
         let align = band_row_alignment(isa, self.input_dims, weight_dims, params);
         let (c0, skip) = (c0 / align * align, c0 % align);
-        let (c1, spare) = if align > 1 {
-            let aligned = c1.div_ceil(align) * align;
-            (aligned.min(oh), aligned.min(oh) - c1)
-        } else {
-            (c1, 0)
-        };
+        let aligned_end = (c1.div_ceil(align) * align).min(oh);
+        let (c1, spare) = (aligned_end, aligned_end - c1);
         // The input rows those convolution rows read (may reach into the conv's padding).
         let (sh, dh, ct) = (
             params.stride[0],

@@ -108,11 +108,7 @@ impl PackedWeights {
         let transformed = winograd::transformed_geometry(g, tile);
         let rows = winograd::transform_weights(weight, g.o, g.c, tile);
         let kc = Self::gemm_depth_block(isa, &transformed);
-        let pack = Self::pack(isa, &transformed, &rows, kc, Self::gemm_rows(isa))?;
-        Some(PackedWeights {
-            winograd_of: Some(([g.o, g.cg, g.kh, g.kw], tile.positions())),
-            ..pack
-        })
+        Self::pack_transformed(isa, g, &transformed, &rows, kc, Self::gemm_rows(isa))
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -123,9 +119,24 @@ impl PackedWeights {
         let transformed = winograd_phases::transformed_geometry(g);
         let rows = winograd_phases::transform_weights(weight, g);
         let depth = transformed.cg;
-        let pack = Self::pack(isa, &transformed, &rows, depth, winograd_phases::GROUP)?;
+        Self::pack_transformed(isa, g, &transformed, &rows, depth, winograd_phases::GROUP)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    /// `rows`, one matrix per transform position as `transformed` lays them out, packed in
+    /// depth blocks of `kc` and panels of `mr` rows, and marked as the transform of `g`'s
+    /// weights ([`transform_key`]).
+    fn pack_transformed(
+        isa: Isa,
+        g: &Geometry,
+        transformed: &Geometry,
+        rows: &[f32],
+        kc: usize,
+        mr: usize,
+    ) -> Option<PackedWeights> {
+        let pack = Self::pack(isa, transformed, rows, kc, mr)?;
         Some(PackedWeights {
-            winograd_of: Some(([g.o, g.cg, g.kh, g.kw], transformed.groups)),
+            winograd_of: transform_key(g, transformed.groups),
             ..pack
         })
     }
@@ -146,8 +157,7 @@ impl PackedWeights {
         if !first_row.is_multiple_of(self.mr) || group >= self.groups {
             return None;
         }
-        let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
-        let group_len = self.panels * self.mr * depth;
+        let group_len = self.group_len();
         Some(PrepackedA {
             data: &self.data[self.start + group * group_len..][..group_len],
             mr: self.mr,
@@ -161,12 +171,21 @@ impl PackedWeights {
     /// Every group's packed values, one after the other, and the values per group.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn groups_values(&self) -> (&[f32], usize) {
-        let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
-        let group_len = self.panels * self.mr * depth;
+        let group_len = self.group_len();
         (
             &self.data[self.start..][..group_len * self.groups],
             group_len,
         )
+    }
+
+    /// Depth of a group's weight matrix (`C/g·KH·KW` of the dims packed).
+    fn depth(&self) -> usize {
+        self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3]
+    }
+
+    /// Packed values per group.
+    fn group_len(&self) -> usize {
+        self.panels * self.mr * self.depth()
     }
 
     /// Rows per panel.
@@ -191,11 +210,9 @@ impl PackedWeights {
     /// the last block) depth indices.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn panel_run(&self, group: usize, block: usize, first: usize, count: usize) -> &[f32] {
-        let depth = self.weight_dims[1] * self.weight_dims[2] * self.weight_dims[3];
-        let group_len = self.panels * self.mr * depth;
         let k0 = block * self.kc;
-        let kcb = self.kc.min(depth - k0);
-        let start = group * group_len + k0 * self.panels * self.mr + first * self.mr * kcb;
+        let kcb = self.kc.min(self.depth() - k0);
+        let start = group * self.group_len() + k0 * self.panels * self.mr + first * self.mr * kcb;
         &self.data[self.start + start..][..count * self.mr * kcb]
     }
 }
@@ -323,12 +340,9 @@ pub(crate) fn packed_winograd(
     weight: &[f32],
     tile: winograd::Tile,
 ) -> Option<Arc<PackedWeights>> {
-    let of = Some(([g.o, g.cg, g.kh, g.kw], tile.positions()));
-    cached(
-        weight,
-        |p| p.winograd_of == of && p.isa == isa,
-        || PackedWeights::winograd(isa, g, weight, tile),
-    )
+    cached_transform(isa, g, weight, tile.positions(), || {
+        PackedWeights::winograd(isa, g, weight, tile)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -339,15 +353,31 @@ pub(crate) fn packed_winograd_phases(
     g: &Geometry,
     weight: &[f32],
 ) -> Option<Arc<PackedWeights>> {
-    let of = Some((
-        [g.o, g.cg, g.kh, g.kw],
-        winograd_phases::transformed_geometry(g).groups,
-    ));
-    cached(
-        weight,
-        |p| p.winograd_of == of && p.isa == isa,
-        || PackedWeights::winograd_phases(isa, g, weight),
-    )
+    let positions = winograd_phases::transformed_geometry(g).groups;
+    cached_transform(isa, g, weight, positions, || {
+        PackedWeights::winograd_phases(isa, g, weight)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+/// What marks weights transformed for a Winograd path: the OIHW dims of `g`'s weights and
+/// the transform's positions.
+fn transform_key(g: &Geometry, positions: usize) -> Option<([usize; 4], usize)> {
+    Some(([g.o, g.cg, g.kh, g.kw], positions))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// The transform of pinned `weight` for `g` on `isa` with `positions` positions, made with
+/// `make` on the first call; `None` for a buffer that is not pinned.
+fn cached_transform(
+    isa: Isa,
+    g: &Geometry,
+    weight: &[f32],
+    positions: usize,
+    make: impl FnOnce() -> Option<PackedWeights>,
+) -> Option<Arc<PackedWeights>> {
+    let of = transform_key(g, positions);
+    cached(weight, |p| p.winograd_of == of && p.isa == isa, make)
 }
 
 /// The pack of pinned `weight` that `matches`, made with `make` if there is none yet; `None`

@@ -234,27 +234,7 @@ fn f4_tiles(g: &Geometry) -> usize {
 /// The geometry whose "weights" are the transformed ones: one group per position, each an
 /// `O × C` matrix, so that they pack into the gemm's panels as a pointwise convolution's.
 pub(super) fn transformed_geometry(g: &Geometry, tile: Tile) -> Geometry {
-    let positions = tile.positions();
-    Geometry {
-        n: 1,
-        c: positions * g.c,
-        h: 1,
-        w: 1,
-        o: positions * g.o,
-        kh: 1,
-        kw: 1,
-        oh: 1,
-        ow: 1,
-        groups: positions,
-        cg: g.c,
-        og: g.o,
-        sh: 1,
-        sw: 1,
-        dh: 1,
-        dw: 1,
-        pads: [0; 4],
-        relu: false,
-    }
+    Geometry::matrices(tile.positions(), g.o, g.c)
 }
 
 /// `U[ξ][o][c] = (G·g·Gᵀ)[ξ]` for OIHW 3×3 weights `weight` of `o × c` channels,
@@ -800,22 +780,7 @@ impl Block<'_> {
             if value.is_finite() || oy >= g.oh || ox >= g.ow {
                 continue;
             }
-            let mut sum = 0.0f32;
-            for c in 0..g.c {
-                let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
-                let taps = &self.weight[(o * g.c + c) * 9..][..9];
-                for (r, row) in taps.chunks_exact(3).enumerate() {
-                    let Some(y) = (oy + r).checked_sub(g.pads[0]).filter(|&y| y < g.h) else {
-                        continue;
-                    };
-                    for (s, &w) in row.iter().enumerate() {
-                        if let Some(x) = (ox + s).checked_sub(g.pads[1]).filter(|&x| x < g.w) {
-                            sum += w * plane[y * g.w + x];
-                        }
-                    }
-                }
-            }
-            *value = sum;
+            *value = g.direct_output(self.input, self.weight, n, o, (oy, ox));
         }
     }
 }

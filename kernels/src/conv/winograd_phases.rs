@@ -137,26 +137,7 @@ fn tiles(g: &Geometry) -> (usize, usize) {
 /// The geometry whose "weights" are the transformed ones: one group per position, each an
 /// `O × 4C` matrix, so that they pack into the gemm's panels as a pointwise convolution's.
 pub(super) fn transformed_geometry(g: &Geometry) -> Geometry {
-    Geometry {
-        n: 1,
-        c: POSITIONS * PHASES * g.c,
-        h: 1,
-        w: 1,
-        o: POSITIONS * g.o,
-        kh: 1,
-        kw: 1,
-        oh: 1,
-        ow: 1,
-        groups: POSITIONS,
-        cg: PHASES * g.c,
-        og: g.o,
-        sh: 1,
-        sw: 1,
-        dh: 1,
-        dw: 1,
-        pads: [0; 4],
-        relu: false,
-    }
+    Geometry::matrices(POSITIONS, g.o, PHASES * g.c)
 }
 
 /// `U[ξ][o][4c + 2py + px] = (G·g·Gᵀ)[ξ]` for the phase `(py, px)` kernel `g` of channel `c`
@@ -407,24 +388,7 @@ impl Convolution<'_> {
             if lane >= live || value.is_finite() || oy >= g.oh || ox >= g.ow {
                 continue;
             }
-            let mut sum = 0.0f32;
-            for c in 0..g.c {
-                let plane = &self.input[(n * g.c + c) * g.h * g.w..][..g.h * g.w];
-                let taps = &self.weight[(o * g.c + c) * g.kh * g.kw..][..g.kh * g.kw];
-                for (r, row) in taps.chunks_exact(g.kw).enumerate() {
-                    let y = (g.sh * oy + r).checked_sub(g.pads[0]).filter(|&y| y < g.h);
-                    let Some(y) = y else {
-                        continue;
-                    };
-                    for (s, &w) in row.iter().enumerate() {
-                        let x = (g.sw * ox + s).checked_sub(g.pads[1]).filter(|&x| x < g.w);
-                        if let Some(x) = x {
-                            sum += w * plane[y * g.w + x];
-                        }
-                    }
-                }
-            }
-            *value = sum;
+            *value = g.direct_output(self.input, self.weight, n, o, (oy, ox));
         }
     }
 }

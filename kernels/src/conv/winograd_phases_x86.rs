@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::winograd_x86::input_column_4;
+use super::winograd_x86::{finish_vector, input_column_4};
 use crate::gemm::lane_mask;
 
 /// Positions of the 6×6 transform.
@@ -270,11 +270,7 @@ pub(super) unsafe fn finish_row(
         )
     };
     let third = INTERLEAVE.third;
-    let (bias_v, beta_v, zero) = (
-        _mm512_set1_ps(bias),
-        _mm512_set1_ps(beta),
-        _mm512_setzero_ps(),
-    );
+    let bias_v = _mm512_set1_ps(bias);
     let mut x = 0;
     while x < len {
         // Output columns x..x + 48 come from tiles x/3..x/3 + 16.
@@ -292,19 +288,9 @@ pub(super) unsafe fn finish_row(
             }
             let store = lane_mask(len - start);
             let pairs = _mm512_permutex2var_ps(p0, first[v], p1);
-            let mut y = _mm512_mask_permutexvar_ps(pairs, third[v], second[v], p2);
-            y = _mm512_add_ps(y, bias_v);
+            let y = _mm512_mask_permutexvar_ps(pairs, third[v], second[v], p2);
             // SAFETY: the store's mask keeps it inside `dst` (columns start.. below `len`).
-            unsafe {
-                let ptr = dst.as_mut_ptr().add(start);
-                if beta != 0.0 {
-                    y = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(store, ptr), y);
-                }
-                if relu {
-                    y = _mm512_max_ps(zero, y);
-                }
-                _mm512_mask_storeu_ps(ptr, store, y);
-            }
+            unsafe { finish_vector(dst.as_mut_ptr().add(start), store, y, bias_v, beta, relu) };
         }
         x += 3 * LANES;
     }

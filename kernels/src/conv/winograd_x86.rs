@@ -182,6 +182,36 @@ pub(super) fn not_finite(mask: __mmask16, v: __m512) -> __mmask16 {
     _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(mask, _mm512_abs_ps(v), _mm512_set1_ps(f32::INFINITY))
 }
 
+/// Stores `y + bias`, plus `beta` times the values already there, through the ReLU if
+/// `relu`, into the lanes of `store` from `ptr`: the Winograd paths' output epilogue.
+///
+/// # Safety
+/// AVX-512F must be available, and the lanes of `store` from `ptr` must be writable.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn finish_vector(
+    ptr: *mut f32,
+    store: __mmask16,
+    y: __m512,
+    bias: __m512,
+    beta: f32,
+    relu: bool,
+) {
+    let mut y = _mm512_add_ps(y, bias);
+    // SAFETY: the caller's promise: the masked lanes from `ptr` are writable (so readable);
+    // masked-off lanes are not touched.
+    unsafe {
+        if beta != 0.0 {
+            let old = _mm512_maskz_loadu_ps(store, ptr);
+            y = _mm512_fmadd_ps(_mm512_set1_ps(beta), old, y);
+        }
+        if relu {
+            y = _mm512_max_ps(_mm512_setzero_ps(), y);
+        }
+        _mm512_mask_storeu_ps(ptr, store, y);
+    }
+}
+
 /// Writes one output row from its even and odd columns: `relu?(y + bias + beta·old)`.
 ///
 /// # Safety
@@ -201,11 +231,7 @@ pub(super) unsafe fn finish_row(
     );
     let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    let (bias_v, beta_v, zero) = (
-        _mm512_set1_ps(bias),
-        _mm512_set1_ps(beta),
-        _mm512_setzero_ps(),
-    );
+    let bias_v = _mm512_set1_ps(bias);
     let len = dst.len();
     let mut x = 0;
     while x < len {
@@ -226,15 +252,8 @@ pub(super) unsafe fn finish_row(
                     break;
                 }
                 let store = lane_mask(len - start);
-                let ptr = dst.as_mut_ptr().add(start);
-                let mut v = _mm512_add_ps(_mm512_permutex2var_ps(e, index, o), bias_v);
-                if beta != 0.0 {
-                    v = _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(store, ptr), v);
-                }
-                if relu {
-                    v = _mm512_max_ps(zero, v);
-                }
-                _mm512_mask_storeu_ps(ptr, store, v);
+                let y = _mm512_permutex2var_ps(e, index, o);
+                finish_vector(dst.as_mut_ptr().add(start), store, y, bias_v, beta, relu);
             }
         }
         x += 2 * LANES;
